@@ -1,0 +1,991 @@
+"""The run's HDF5 catalog: tables of rows, a restart ledger, JSON metadata groups.
+
+The module is generic: it knows nothing about deblending. A *table* is declared
+with a :class:`TableSpec` (name, numpy structured dtype, units per column, sort
+key) and written as one resizable, chunked, uncompressed compound dataset
+``/<name>``. Rows arrive in *write rounds* (:meth:`CatalogWriter.write_round`),
+which every MPI rank enters together; at the end :meth:`CatalogWriter.finalize`
+sorts every table so that the bytes of the table data depend only on the set of
+rows written, never on the number of ranks, on which rank wrote which rows, or
+on the writer kind.
+
+File layout (``SCHEMA_VERSION`` 1)::
+
+    /                      attrs: schema_version (int), created (UTC ISO),
+                                  complete (bool), finished (UTC ISO, once
+                                  complete), writer ("mpio"|"serial"),
+                                  tables (JSON list of table names),
+                                  n_resumes (int), resumed (UTC ISO, if any),
+                                  + the user's ``attrs``
+    /<table>               compound dataset, shape (n_rows,), maxshape (None,)
+                           attrs: units (JSON {column: unit}), unit_<column>
+                                  (str, '' = dimensionless), sort_key (str),
+                                  __table_column_meta__ (astropy's YAML
+                                  header, so Table.read gets the units)
+    /ledger                group, attrs: rounds (int), n_units (int),
+                                         rows_<table> (int, committed rows)
+    /ledger/units          S256 dataset of finished unit keys; only the first
+                           ``n_units`` entries are committed
+    /<json group>          group, attrs: json (the JSON text), and one attribute
+                           per scalar value (nested keys joined with '.')
+
+Crash consistency: a round writes and flushes the table rows first, then the
+ledger (unit keys, then counts) and flushes again. Readers and a resumed writer
+trust only the first ``rows_<table>`` rows of each table and the first
+``n_units`` unit keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+import h5py
+import numpy as np
+
+from hpcblend.errors import CatalogError, SchemaVersionError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "UNIT_KEY_BYTES",
+    "TableSpec",
+    "CatalogWriter",
+    "open_catalog",
+    "read_table",
+    "read_ledger",
+    "read_json_group",
+]
+
+#: Version of the file layout written by this module; readers refuse any other.
+SCHEMA_VERSION: int = 1
+
+#: Maximum length in bytes (UTF-8) of a finished-unit key in the ledger.
+UNIT_KEY_BYTES: int = 256
+
+_LEDGER = "ledger"
+_LEDGER_UNITS = "units"
+_ASTROPY_META = "__table_column_meta__"
+_RESERVED_ROOT_ATTRS = frozenset(
+    {"schema_version", "created", "complete", "finished", "writer", "tables", "n_resumes", "resumed"}
+)
+_ALLOWED_KINDS = frozenset("biufcS")
+_CHUNK_BYTES = 256 * 1024
+_LIBVER = ("v108", "v110")  # 1.8+ format: attributes larger than 64 KiB are allowed
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _utc_now() -> str:
+    """Current UTC time as an ISO-8601 string with milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _packed(dtype: np.dtype) -> np.dtype:
+    """The same fields as ``dtype`` without padding (offsets packed, no alignment)."""
+    return np.dtype([(name, dtype.fields[name][0]) for name in dtype.names])
+
+
+def _same_fields(a: np.dtype, b: np.dtype) -> bool:
+    """True when two structured dtypes have the same field names, order and field types."""
+    if a.names is None or b.names is None or a.names != b.names:
+        return False
+    return all(a.fields[n][0] == b.fields[n][0] for n in a.names)
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise CatalogError(f"{kind} name must be a non-empty string, got {name!r}")
+    if "/" in name or "." in name or name.startswith("__") or name == _LEDGER:
+        raise CatalogError(
+            f"{kind} name {name!r} is not allowed (no '/' or '.', no leading '__', not {_LEDGER!r})"
+        )
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _flatten_scalars(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalar leaves of a JSON-like mapping, nested keys joined with '.'."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten_scalars(value, name + "."))
+        elif isinstance(value, bool):
+            out[name] = np.bool_(value)
+        elif isinstance(value, int):
+            if -(2**63) <= value < 2**63:
+                out[name] = np.int64(value)
+        elif isinstance(value, float):
+            out[name] = value
+        elif isinstance(value, str):
+            out[name] = value.replace("\x00", "")  # HDF5 strings cannot hold NUL
+    return out
+
+
+def _attr_to_py(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _astropy_header(spec: "TableSpec") -> list[bytes] | None:
+    """astropy's YAML table header (column units) for ``spec``, or None if astropy is absent."""
+    try:
+        from astropy.table import Table, meta
+    except Exception:  # pragma: no cover - astropy is a dependency, but stay usable without it
+        return None
+    table = Table(np.zeros(0, dtype=spec.dtype))
+    for col, unit in spec.units.items():
+        if unit:
+            table[col].unit = unit
+    table.meta = {"hpcblend_table": spec.name, "schema_version": SCHEMA_VERSION}
+    return [line.encode("utf-8") for line in meta.get_yaml_from_table(table)]
+
+
+def _collective_write(dset: h5py.Dataset, start: int, data: np.ndarray) -> None:
+    """Collectively write ``data`` (possibly empty) at rows ``[start, start+len(data))``.
+
+    Every rank of the file's communicator must call this together. h5py's
+    ``dset[...] = x`` returns early on an empty selection, which would leave the
+    other ranks waiting inside the collective call, so the low-level API is used
+    with an explicit empty selection instead.
+    """
+    from h5py import h5fd, h5p, h5s, h5t
+
+    n = len(data)
+    fspace = dset.id.get_space()
+    if n:
+        buf = np.ascontiguousarray(data)
+        fspace.select_hyperslab((start,), (n,))
+        mspace = h5s.create_simple((n,))
+    else:
+        buf = np.zeros(1, dtype=dset.dtype)
+        fspace.select_none()
+        mspace = h5s.create_simple((1,))
+        mspace.select_none()
+    dxpl = h5p.create(h5p.DATASET_XFER)
+    dxpl.set_dxpl_mpio(h5fd.MPIO_COLLECTIVE)
+    dset.id.write(mspace, fspace, buf, h5t.py_create(buf.dtype), dxpl=dxpl)
+
+
+def _agree(comm: Any, error: str | None) -> None:
+    """Collectively raise CatalogError on every rank if any rank reports an error."""
+    errors = comm.allgather(error)
+    bad = [(r, e) for r, e in enumerate(errors) if e is not None]
+    if bad:
+        if len(bad) == 1 or all(e == bad[0][1] for _, e in bad):
+            msg = bad[0][1]
+            if comm.Get_size() > 1:
+                msg = f"{msg} (rank(s) {', '.join(str(r) for r, _ in bad)})"
+        else:
+            msg = "; ".join(f"rank {r}: {e}" for r, e in bad)
+        raise CatalogError(msg)
+
+
+# --------------------------------------------------------------------------- TableSpec
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Declaration of one catalog table.
+
+    Parameters
+    ----------
+    name : str
+        Dataset name in the file (``/<name>``); no ``/`` or ``.``, not ``ledger``.
+    dtype : numpy.dtype or dtype-like
+        Structured dtype of a row. Fields may be scalars of kind bool, int,
+        uint, float, complex, fixed-size sub-arrays of those (e.g.
+        ``('bbox', 'i8', (4,))``), or fixed-length byte strings (``'S64'``).
+        No object, unicode, vlen or nested compound fields. The stored dtype is
+        the *packed* version (no padding bytes), so the file's bytes are
+        deterministic; rows given with an aligned dtype are repacked.
+    units : dict of str -> str, optional
+        Unit string per column (astropy syntax, e.g. ``'pix'``, ``'deg'``,
+        ``'s'``, ``'nJy'``); ``''`` for dimensionless. Columns left out get
+        ``''``; unknown columns raise.
+    sort_key : str, optional
+        Scalar column :meth:`CatalogWriter.finalize` sorts by (stable, ties
+        broken by the row's bytes). Default ``'id'``.
+
+    Raises
+    ------
+    CatalogError
+        If the name, dtype, units or sort key are invalid.
+    """
+
+    name: str
+    dtype: np.dtype
+    units: dict = field(default_factory=dict, hash=False)
+    sort_key: str = "id"
+
+    def __post_init__(self) -> None:
+        _check_name("table", self.name)
+        try:
+            dt = np.dtype(self.dtype)
+        except TypeError as exc:
+            raise CatalogError(f"table {self.name!r}: invalid dtype {self.dtype!r}: {exc}") from exc
+        if dt.names is None or not dt.names:
+            raise CatalogError(f"table {self.name!r}: dtype must be structured with ≥1 field, got {dt}")
+        for col in dt.names:
+            fdt = dt.fields[col][0]
+            base = fdt.base
+            if base.names is not None or base.kind not in _ALLOWED_KINDS or base.metadata:
+                raise CatalogError(
+                    f"table {self.name!r}, column {col!r}: dtype {fdt} not allowed "
+                    "(use bool/int/uint/float/complex scalars or fixed sub-arrays, or 'S<n>' strings)"
+                )
+            if base.kind == "S" and base.itemsize == 0:
+                raise CatalogError(f"table {self.name!r}, column {col!r}: zero-length string dtype")
+        dt = _packed(dt)
+        units = dict(self.units or {})
+        unknown = sorted(set(units) - set(dt.names))
+        if unknown:
+            raise CatalogError(f"table {self.name!r}: units given for unknown column(s) {unknown}")
+        for col, unit in units.items():
+            if not isinstance(unit, str):
+                raise CatalogError(f"table {self.name!r}, column {col!r}: unit must be str, got {unit!r}")
+        units = {col: units.get(col, "") for col in dt.names}
+        if self.sort_key not in dt.names:
+            raise CatalogError(f"table {self.name!r}: sort_key {self.sort_key!r} is not a column")
+        if dt.fields[self.sort_key][0].shape != ():
+            raise CatalogError(f"table {self.name!r}: sort_key {self.sort_key!r} must be a scalar column")
+        object.__setattr__(self, "dtype", dt)
+        object.__setattr__(self, "units", units)
+
+    def empty(self, n: int = 0) -> np.ndarray:
+        """A zero-filled array of ``n`` rows of this table's dtype."""
+        return np.zeros(n, dtype=self.dtype)
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class CatalogWriter:
+    """Writer of one run's catalog file, collective over an MPI communicator.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output file; must be the same on every rank.
+    comm : mpi4py.MPI.Comm or None
+        Communicator of all ranks taking part (``MPI.COMM_WORLD``, or
+        ``MPI.COMM_SELF`` for a one-process run). ``None`` means ``COMM_SELF``.
+    tables : list of TableSpec
+        Tables of the catalog, same on every rank.
+    attrs : dict, optional
+        Extra root attributes (h5py-storable values; names in
+        ``schema_version, created, complete, finished, writer, tables,
+        n_resumes, resumed`` are reserved). Rank 0's values are used.
+    json_groups : dict of str -> dict, optional
+        Groups of JSON-serialisable metadata, e.g. ``{"config": ...,
+        "provenance": ...}``. Each becomes group ``/<name>`` with attribute
+        ``json`` (the JSON text) and one attribute per scalar leaf (nested keys
+        joined by ``'.'``; a leaf named ``json`` is only in the text). Rank 0's
+        values are used. On resume, groups of the same name are replaced.
+    writer : {"auto", "mpio", "serial"}
+        ``"auto"``: ``"mpio"`` when ``comm`` has more than one rank and h5py was
+        built with MPI, else ``"serial"``. ``"mpio"``: collective parallel HDF5
+        (h5py must have MPI). ``"serial"``: rows are gathered to rank 0, which
+        alone opens the file.
+    resume : bool
+        Open an existing, incomplete file written with the same table specs,
+        drop rows beyond the ledger's committed counts, and continue. The set
+        of units finished before is :meth:`finished_units`.
+
+    Attributes
+    ----------
+    path : str
+    writer_kind : {"mpio", "serial"}
+    tables : dict of str -> TableSpec
+
+    Raises
+    ------
+    CatalogError
+        Invalid arguments, arguments that differ between ranks, a file that
+        cannot be created, or (resume) a missing / complete / incompatible file.
+    SchemaVersionError
+        (resume) the file's ``schema_version`` is not :data:`SCHEMA_VERSION`.
+
+    Notes
+    -----
+    Every method except :meth:`finished_units` and :meth:`committed_rows` is
+    *collective*: all ranks of ``comm`` must call it, in the same order. Errors
+    detected on any rank before I/O (bad rows, bad unit keys) are agreed via
+    ``allgather`` and raised on every rank, so ranks do not deadlock. An
+    exception raised on one rank only *outside* these methods leaves the others
+    waiting in the next collective call: abort with ``comm.Abort()``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        comm: Any,
+        tables: Sequence[TableSpec],
+        *,
+        attrs: Mapping[str, Any] | None = None,
+        json_groups: Mapping[str, Mapping[str, Any]] | None = None,
+        writer: str = "auto",
+        resume: bool = False,
+    ) -> None:
+        if comm is None:
+            from mpi4py import MPI
+
+            comm = MPI.COMM_SELF
+        self.comm = comm
+        self.rank: int = comm.Get_rank()
+        self.size: int = comm.Get_size()
+        self.path: str = os.fspath(path)
+        self._file: h5py.File | None = None
+        self._closed = False
+        self._finalized = False
+
+        # --- local argument checks, agreed across ranks
+        error: str | None = None
+        specs: dict[str, TableSpec] = {}
+        try:
+            if writer not in ("auto", "mpio", "serial"):
+                raise CatalogError(f"{self.path}: writer must be 'auto', 'mpio' or 'serial', got {writer!r}")
+            if writer == "mpio" and not h5py.get_config().mpi:
+                raise CatalogError(
+                    f"{self.path}: writer='mpio' requested but h5py {h5py.__version__} was built without MPI"
+                )
+            for spec in tables:
+                if not isinstance(spec, TableSpec):
+                    raise CatalogError(f"{self.path}: tables must be TableSpec objects, got {spec!r}")
+                if spec.name in specs:
+                    raise CatalogError(f"{self.path}: table {spec.name!r} declared twice")
+                specs[spec.name] = spec
+            if not specs:
+                raise CatalogError(f"{self.path}: at least one table is required")
+            for name in json_groups or {}:
+                _check_name("json group", name)
+                if name in specs:
+                    raise CatalogError(f"{self.path}: json group {name!r} has the name of a table")
+            bad_attrs = sorted(set(attrs or {}) & _RESERVED_ROOT_ATTRS)
+            if bad_attrs:
+                raise CatalogError(f"{self.path}: root attribute name(s) {bad_attrs} are reserved")
+        except CatalogError as exc:
+            error = str(exc)
+        _agree(comm, error)
+        signature = (self.path, writer, bool(resume), [(s.name, s.dtype.descr, s.units, s.sort_key) for s in specs.values()])
+        sigs = comm.allgather(signature)
+        if any(s != sigs[0] for s in sigs):
+            raise CatalogError(
+                f"{self.path}: CatalogWriter arguments (path, writer, resume, tables) differ between ranks"
+            )
+        self.tables: dict[str, TableSpec] = specs
+
+        if writer == "auto":
+            writer = "mpio" if (self.size > 1 and h5py.get_config().mpi) else "serial"
+        self.writer_kind: str = writer
+
+        # --- metadata prepared on rank 0 (identical values on every rank, as mpio requires)
+        plan: dict[str, Any] | None = None
+        error = None
+        error_cls: type[CatalogError] = CatalogError
+        if self.rank == 0:
+            try:
+                plan = self._make_plan(attrs or {}, json_groups or {}, resume)
+            except CatalogError as exc:
+                error, error_cls = str(exc), type(exc)
+            except Exception as exc:  # noqa: BLE001 - report any failure collectively
+                error = f"{self.path}: cannot prepare catalog: {type(exc).__name__}: {exc}"
+        plan, error, error_cls = comm.bcast((plan, error, error_cls), root=0)
+        if error is not None:
+            raise error_cls(error)
+        assert plan is not None
+
+        self._counts: dict[str, int] = dict(plan["counts"])
+        self._finished: set[str] = set(plan["units"])
+        self._n_units: int = len(plan["units"])
+        self._rounds: int = int(plan["rounds"])
+
+        # --- open / create
+        self._io_step(lambda: self._open_and_setup(plan, resume), "cannot create" if not resume else "cannot resume")
+
+    # ------------------------------------------------------------------ setup
+
+    def _make_plan(self, attrs: Mapping[str, Any], json_groups: Mapping[str, Mapping[str, Any]], resume: bool) -> dict:
+        """Rank 0: everything needed to create or reopen the file, as plain data."""
+        plan: dict[str, Any] = {"time": _utc_now()}
+        plan["attrs"] = dict(attrs)
+        groups = {}
+        for name, content in json_groups.items():
+            try:
+                text = json.dumps(content, sort_keys=True, default=_json_default)
+            except (TypeError, ValueError) as exc:
+                raise CatalogError(f"{self.path}: json group {name!r} is not JSON-serialisable: {exc}") from exc
+            groups[name] = (text, _flatten_scalars(json.loads(text)))
+        plan["json_groups"] = groups
+        plan["astropy"] = {name: _astropy_header(spec) for name, spec in self.tables.items()}
+        if resume:
+            plan.update(self._inspect_existing())
+        else:
+            parent = os.path.dirname(os.path.abspath(self.path))
+            if not os.path.isdir(parent):
+                raise CatalogError(f"{self.path}: directory {parent} does not exist")
+            plan.update(counts={n: 0 for n in self.tables}, units=[], rounds=0, n_resumes=0)
+        return plan
+
+    def _inspect_existing(self) -> dict:
+        """Rank 0, resume: validate the existing file and read its ledger."""
+        with open_catalog(self.path) as f:
+            if bool(f.attrs.get("complete", False)):
+                raise CatalogError(
+                    f"{self.path}: cannot resume: the catalog is complete (finalized at "
+                    f"{_attr_to_py(f.attrs.get('finished', '?'))}); write to a new file"
+                )
+            if _LEDGER not in f:
+                raise CatalogError(f"{self.path}: cannot resume: no /{_LEDGER} group")
+            led = f[_LEDGER]
+            present = sorted(
+                k for k, v in f.items() if isinstance(v, h5py.Dataset) and v.dtype.names is not None
+            )
+            missing = sorted(set(self.tables) - set(present))
+            extra = sorted(set(present) - set(self.tables))
+            if missing or extra:
+                raise CatalogError(
+                    f"{self.path}: cannot resume: tables differ (missing in file: {missing}, "
+                    f"in file but not declared: {extra})"
+                )
+            counts = {}
+            for name, spec in self.tables.items():
+                dset = f[name]
+                if not _same_fields(dset.dtype, spec.dtype):
+                    raise CatalogError(
+                        f"{self.path}: cannot resume: table {name!r} has dtype {dset.dtype} in the file, "
+                        f"but {spec.dtype} is declared"
+                    )
+                try:
+                    file_units = json.loads(_attr_to_py(dset.attrs["units"]))
+                except (KeyError, ValueError):
+                    file_units = None
+                if file_units != spec.units:
+                    raise CatalogError(
+                        f"{self.path}: cannot resume: table {name!r} has units {file_units} in the file, "
+                        f"but {spec.units} are declared"
+                    )
+                key = f"rows_{name}"
+                if key not in led.attrs:
+                    raise CatalogError(f"{self.path}: cannot resume: ledger has no attribute {key!r}")
+                counts[name] = int(led.attrs[key])
+                if counts[name] > dset.shape[0]:
+                    raise CatalogError(
+                        f"{self.path}: ledger says {counts[name]} rows of {name!r} are committed "
+                        f"but the dataset holds only {dset.shape[0]}"
+                    )
+            n_units = int(led.attrs.get("n_units", 0))
+            units = [u.decode("utf-8") for u in led[_LEDGER_UNITS][:n_units]]
+            return {
+                "counts": counts,
+                "units": units,
+                "rounds": int(led.attrs.get("rounds", 0)),
+                "n_resumes": int(f.attrs.get("n_resumes", 0)) + 1,
+            }
+
+    def _open(self, mode: str) -> h5py.File:
+        if self.writer_kind == "mpio":
+            return h5py.File(self.path, mode, driver="mpio", comm=self.comm, libver=_LIBVER)
+        return h5py.File(self.path, mode, libver=_LIBVER)
+
+    def _open_and_setup(self, plan: dict, resume: bool) -> None:
+        """Open (collectively for mpio, rank 0 for serial) and write the layout."""
+        f = self._file = self._open("r+" if resume else "w")
+        if not resume:
+            f.attrs["schema_version"] = np.int64(SCHEMA_VERSION)
+            f.attrs["created"] = plan["time"]
+            f.attrs["complete"] = np.bool_(False)
+            for name, spec in self.tables.items():
+                rows_per_chunk = max(1, min(65536, _CHUNK_BYTES // spec.dtype.itemsize))
+                dset = f.create_dataset(
+                    name, shape=(0,), maxshape=(None,), dtype=spec.dtype, chunks=(rows_per_chunk,)
+                )
+                self._write_table_attrs(dset, spec, plan["astropy"][name])
+            led = f.create_group(_LEDGER)
+            led.create_dataset(
+                _LEDGER_UNITS, shape=(0,), maxshape=(None,), dtype=f"S{UNIT_KEY_BYTES}", chunks=(1024,)
+            )
+            led.attrs["rounds"] = np.int64(0)
+            led.attrs["n_units"] = np.int64(0)
+            for name in self.tables:
+                led.attrs[f"rows_{name}"] = np.int64(0)
+        else:
+            f.attrs["resumed"] = plan["time"]
+            for name in self.tables:
+                f[name].resize((plan["counts"][name],))
+            f[_LEDGER][_LEDGER_UNITS].resize((len(plan["units"]),))
+        f.attrs["writer"] = self.writer_kind
+        f.attrs["tables"] = json.dumps(list(self.tables))
+        f.attrs["n_resumes"] = np.int64(plan["n_resumes"])
+        for key, value in plan["attrs"].items():
+            f.attrs[key] = value
+        for name, (text, scalars) in plan["json_groups"].items():
+            if name in f:
+                del f[name]
+            grp = f.create_group(name)
+            grp.attrs["json"] = text
+            for key, value in scalars.items():
+                if key != "json":
+                    grp.attrs[key] = value
+        f.flush()
+
+    @staticmethod
+    def _write_table_attrs(dset: h5py.Dataset, spec: TableSpec, astropy_header: list[bytes] | None) -> None:
+        dset.attrs["units"] = json.dumps(spec.units)
+        for col, unit in spec.units.items():
+            dset.attrs[f"unit_{col}"] = unit
+        dset.attrs["sort_key"] = spec.sort_key
+        if astropy_header is not None:
+            dset.attrs[_ASTROPY_META] = np.array(astropy_header)
+
+    def _io_step(self, fn: Any, what: str) -> None:
+        """Run an I/O step on the ranks that hold the file; raise collectively on failure.
+
+        mpio: every rank runs ``fn`` (collective HDF5 calls inside). serial:
+        rank 0 runs it and broadcasts success or the error.
+        """
+        if self.writer_kind == "mpio":
+            try:
+                fn()
+            except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
+                raise CatalogError(f"{self.path}: {what}: {type(exc).__name__}: {exc}") from exc
+            return
+        error = None
+        if self.rank == 0:
+            try:
+                fn()
+            except CatalogError as exc:
+                error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - must reach the other ranks
+                error = f"{self.path}: {what}: {type(exc).__name__}: {exc}"
+        error = self.comm.bcast(error, root=0)
+        if error is not None:
+            raise CatalogError(error)
+
+    # ------------------------------------------------------------------ queries
+
+    def finished_units(self) -> set[str]:
+        """Keys of all units recorded as finished in the ledger (local; not collective).
+
+        Returns
+        -------
+        set of str
+            Same on every rank: keys committed by earlier runs (resume) and by
+            completed :meth:`write_round` calls of this one.
+        """
+        return set(self._finished)
+
+    def committed_rows(self) -> dict[str, int]:
+        """Committed row count per table (local; not collective)."""
+        return dict(self._counts)
+
+    @property
+    def rounds(self) -> int:
+        """Number of completed write rounds recorded in the file (all runs)."""
+        return self._rounds
+
+    # ------------------------------------------------------------------ rounds
+
+    def _prepare_rows(self, rows: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        unknown = sorted(set(rows) - set(self.tables))
+        if unknown:
+            raise CatalogError(f"{self.path}: write_round got rows for undeclared table(s) {unknown}")
+        out: dict[str, np.ndarray] = {}
+        for name, spec in self.tables.items():
+            arr = rows.get(name)
+            if arr is None:
+                out[name] = spec.empty(0)
+                continue
+            arr = np.asarray(arr)
+            if arr.ndim != 1:
+                raise CatalogError(f"{self.path}: table {name!r}: rows must be 1-D, got shape {arr.shape}")
+            if len(arr) == 0:
+                out[name] = spec.empty(0)
+                continue
+            if arr.dtype == spec.dtype:
+                out[name] = np.ascontiguousarray(arr)
+                continue
+            if arr.dtype.names is None or set(arr.dtype.names) != set(spec.dtype.names):
+                raise CatalogError(
+                    f"{self.path}: table {name!r}: rows have columns {arr.dtype.names}, "
+                    f"expected {spec.dtype.names}"
+                )
+            packed = spec.empty(len(arr))
+            for col in spec.dtype.names:
+                src, dst = arr.dtype.fields[col][0], spec.dtype.fields[col][0]
+                if src.shape != dst.shape or not np.can_cast(src.base, dst.base, "safe"):
+                    raise CatalogError(
+                        f"{self.path}: table {name!r}, column {col!r}: rows have dtype {src}, "
+                        f"declared {dst} (no safe cast)"
+                    )
+                packed[col] = arr[col]
+            out[name] = packed
+        return out
+
+    def write_round(self, rows: Mapping[str, np.ndarray], finished_units: Sequence[str]) -> None:
+        """Append each rank's rows to the tables and commit a ledger entry. COLLECTIVE.
+
+        Parameters
+        ----------
+        rows : dict of str -> ndarray, shape (n_rows,)
+            This rank's new rows per table, with the table's structured dtype
+            (or one with the same columns that casts safely). Tables left out,
+            or given empty arrays, get no rows from this rank.
+        finished_units : list of str
+            Keys (≤ :data:`UNIT_KEY_BYTES` bytes in UTF-8) of the units this
+            rank completed since the last round; their rows must be in ``rows``
+            of this round or earlier ones. May be empty.
+
+        Raises
+        ------
+        CatalogError
+            On every rank, if any rank passed invalid rows or keys (nothing is
+            written then), or if the write failed, or the writer is closed.
+
+        Notes
+        -----
+        Rows of rank ``r`` are placed after those of ranks ``< r`` in this
+        round; the final order is fixed by :meth:`finalize`. Order of a round:
+        (1) resize tables, write rows, flush; (2) append the new unit keys to
+        ``/ledger/units``; (3) set ``/ledger`` attributes ``rows_<table>``,
+        ``n_units``, ``rounds``; flush.
+        """
+        error: str | None = None
+        prepared: dict[str, np.ndarray] = {}
+        units: list[str] = []
+        try:
+            if self._closed:
+                raise CatalogError(f"{self.path}: write_round on a closed CatalogWriter")
+            prepared = self._prepare_rows(rows)
+            for key in finished_units:
+                if not isinstance(key, str):
+                    raise CatalogError(f"{self.path}: finished unit key must be str, got {key!r}")
+                if len(key.encode("utf-8")) > UNIT_KEY_BYTES:
+                    raise CatalogError(
+                        f"{self.path}: finished unit key {key[:40]!r}... is longer than {UNIT_KEY_BYTES} bytes"
+                    )
+                units.append(key)
+        except CatalogError as exc:
+            error = str(exc)
+        _agree(self.comm, error)
+
+        local_counts = [len(prepared[name]) for name in self.tables]
+        gathered = self.comm.allgather((local_counts, units))
+        all_counts = np.array([c for c, _ in gathered], dtype=np.int64).reshape(self.size, len(self.tables))
+        new_units = sorted({u for _, us in gathered for u in us} - self._finished)
+        new_counts = {
+            name: self._counts[name] + int(all_counts[:, i].sum()) for i, name in enumerate(self.tables)
+        }
+
+        if self.writer_kind == "mpio":
+            step = lambda: self._round_mpio(prepared, all_counts, new_counts, new_units)  # noqa: E731
+        else:
+            pieces = {name: self.comm.gather(prepared[name], root=0) for name in self.tables}
+            step = lambda: self._round_serial(pieces, new_counts, new_units)  # noqa: E731
+        self._io_step(step, "write_round failed")
+
+        self._counts = new_counts
+        self._finished.update(new_units)
+        self._n_units += len(new_units)
+        self._rounds += 1
+
+    def _round_mpio(
+        self, prepared: dict[str, np.ndarray], all_counts: np.ndarray, new_counts: dict[str, int], new_units: list[str]
+    ) -> None:
+        f = self._file
+        for i, name in enumerate(self.tables):
+            dset = f[name]
+            old = self._counts[name]
+            if new_counts[name] != old:
+                dset.resize((new_counts[name],))
+                offset = old + int(all_counts[: self.rank, i].sum())
+                _collective_write(dset, offset, prepared[name])
+        f.flush()
+        self._commit_ledger(new_counts, new_units)
+
+    def _round_serial(
+        self, pieces: dict[str, list[np.ndarray]], new_counts: dict[str, int], new_units: list[str]
+    ) -> None:
+        f = self._file
+        for name in self.tables:
+            old = self._counts[name]
+            if new_counts[name] != old:
+                data = np.concatenate(pieces[name])
+                dset = f[name]
+                dset.resize((new_counts[name],))
+                dset[old : new_counts[name]] = data
+        f.flush()
+        self._commit_ledger(new_counts, new_units)
+
+    def _commit_ledger(self, new_counts: dict[str, int], new_units: list[str]) -> None:
+        f = self._file
+        led = f[_LEDGER]
+        n_units = self._n_units + len(new_units)
+        if new_units:
+            dset = led[_LEDGER_UNITS]
+            dset.resize((n_units,))
+            data = np.array([u.encode("utf-8") for u in new_units], dtype=f"S{UNIT_KEY_BYTES}")
+            if self.writer_kind == "mpio":
+                _collective_write(dset, self._n_units, data if self.rank == 0 else data[:0])
+            else:
+                dset[self._n_units : n_units] = data
+        for name in self.tables:
+            led.attrs[f"rows_{name}"] = np.int64(new_counts[name])
+        led.attrs["n_units"] = np.int64(n_units)
+        led.attrs["rounds"] = np.int64(self._rounds + 1)
+        f.flush()
+
+    # ------------------------------------------------------------------ finish
+
+    def finalize(self) -> None:
+        """Sort every table by its sort key, mark the file complete, close it. COLLECTIVE.
+
+        Each table is sorted stably by ``sort_key``, ties broken by the rows'
+        raw bytes, so the stored data depend only on the multiset of rows
+        written. mpio: every rank reads the whole table (memory: one table
+        per rank) and writes its contiguous slice of the sorted order
+        collectively; serial: rank 0 does it. Then root attributes
+        ``complete=True`` and ``finished`` (UTC ISO) are set and the file is
+        closed.
+
+        Raises
+        ------
+        CatalogError
+            If the writer is already closed, or on an I/O failure (every rank).
+        """
+        error = f"{self.path}: finalize on a closed CatalogWriter" if self._closed else None
+        _agree(self.comm, error)
+        stamp = self.comm.bcast(_utc_now() if self.rank == 0 else None, root=0)
+        self._io_step(lambda: self._finalize_io(stamp), "finalize failed")
+        self._finalized = True
+        self.close()
+
+    def _finalize_io(self, stamp: str) -> None:
+        f = self._file
+        for name, spec in self.tables.items():
+            dset = f[name]
+            n = self._counts[name]
+            data = dset[:n] if n else spec.empty(0)
+            # ties in the sort key: order by raw row bytes first, then stable sort by key
+            order = np.argsort(np.ascontiguousarray(data).view(f"V{spec.dtype.itemsize}"), kind="stable")
+            order = order[np.argsort(data[spec.sort_key][order], kind="stable")]
+            data = data[order]
+            if self.writer_kind == "mpio" and n:
+                # nobody may overwrite rows before every rank has read them
+                self.comm.Barrier()
+                lo, hi = (self.rank * n) // self.size, ((self.rank + 1) * n) // self.size
+                _collective_write(dset, lo, data[lo:hi])
+            elif n:
+                dset[:n] = data
+        f.flush()
+        f.attrs["complete"] = np.bool_(True)
+        f.attrs["finished"] = stamp
+        f.flush()
+
+    def close(self) -> None:
+        """Close the file without finalizing (a later run may resume). COLLECTIVE; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def _close() -> None:
+            if self._file is not None:
+                f, self._file = self._file, None
+                f.close()
+
+        self._io_step(_close, "close failed")
+        self.comm.Barrier()
+
+    def __enter__(self) -> "CatalogWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "finalized" if self._finalized else ("closed" if self._closed else "open")
+        return (
+            f"CatalogWriter({self.path!r}, writer={self.writer_kind!r}, ranks={self.size}, "
+            f"tables={list(self.tables)}, rounds={self._rounds}, {state})"
+        )
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def open_catalog(path: str | os.PathLike) -> h5py.File:
+    """Open a catalog read-only after checking it is an HDF5 catalog of this schema.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Catalog file.
+
+    Returns
+    -------
+    h5py.File
+        Open read-only; close it (or use it as a context manager).
+
+    Raises
+    ------
+    CatalogError
+        If the file does not exist, is not HDF5, is truncated or unreadable,
+        or has no ``schema_version`` attribute (not an hpcblend catalog).
+    SchemaVersionError
+        If ``schema_version`` differs from :data:`SCHEMA_VERSION`.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CatalogError(f"{path}: catalog file does not exist")
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read catalog file: {exc}") from exc
+    if not is_hdf5:
+        raise CatalogError(f"{path}: not an HDF5 file (no HDF5 signature); is it a catalog?")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot open HDF5 catalog (truncated or corrupt?): {exc}") from exc
+    try:
+        if "schema_version" not in f.attrs:
+            raise CatalogError(f"{path}: not an hpcblend catalog (no root attribute 'schema_version')")
+        try:
+            version = int(f.attrs["schema_version"])
+        except (TypeError, ValueError) as exc:
+            raise CatalogError(
+                f"{path}: root attribute schema_version={f.attrs['schema_version']!r} is not an integer"
+            ) from exc
+        if version != SCHEMA_VERSION:
+            age = "newer" if version > SCHEMA_VERSION else "older"
+            raise SchemaVersionError(
+                f"{path}: catalog schema_version is {version}, this hpcblend reads schema_version "
+                f"{SCHEMA_VERSION}: the file is {age} than this hpcblend "
+                + ("(upgrade hpcblend)" if version > SCHEMA_VERSION else "(re-run or convert the file)")
+            )
+    except (CatalogError, OSError) as exc:
+        f.close()
+        if isinstance(exc, CatalogError):
+            raise
+        raise CatalogError(f"{path}: cannot read catalog (truncated or corrupt?): {exc}") from exc
+    return f
+
+
+def _committed(f: h5py.File, name: str) -> int:
+    """Committed row count of table ``name`` from the ledger."""
+    if name not in f or not isinstance(f[name], h5py.Dataset) or f[name].dtype.names is None:
+        tables = sorted(k for k, v in f.items() if isinstance(v, h5py.Dataset) and v.dtype.names is not None)
+        raise CatalogError(f"{f.filename}: no table {name!r} in the catalog (tables: {tables})")
+    try:
+        n = int(f[_LEDGER].attrs[f"rows_{name}"])
+    except KeyError as exc:
+        raise CatalogError(f"{f.filename}: ledger has no committed row count 'rows_{name}'") from exc
+    return min(n, f[name].shape[0])
+
+
+def read_table(path_or_file: str | os.PathLike | h5py.File, name: str) -> np.ndarray:
+    """Read the committed rows of one table.
+
+    Parameters
+    ----------
+    path_or_file : str, os.PathLike or h5py.File
+        Catalog path (opened with :func:`open_catalog`), or an open file.
+    name : str
+        Table name.
+
+    Returns
+    -------
+    ndarray, shape (n_committed,)
+        Structured array with the table's dtype; rows beyond the ledger's
+        ``rows_<name>`` (a half-written round) are left out.
+
+    Raises
+    ------
+    CatalogError, SchemaVersionError
+        As :func:`open_catalog`; or if the table or its ledger count is missing.
+    """
+    if isinstance(path_or_file, (h5py.File, h5py.Group)):
+        f = path_or_file.file
+        try:
+            n = _committed(f, name)
+            return f[name][:n]
+        except OSError as exc:
+            raise CatalogError(f"{f.filename}: cannot read table {name!r}: {exc}") from exc
+    with open_catalog(path_or_file) as f:
+        return read_table(f, name)
+
+
+def read_ledger(path: str | os.PathLike) -> tuple[set[str], dict[str, int]]:
+    """Read the restart ledger.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Catalog path.
+
+    Returns
+    -------
+    units : set of str
+        Committed finished-unit keys.
+    counts : dict of str -> int
+        Committed rows per table.
+
+    Raises
+    ------
+    CatalogError, SchemaVersionError
+        As :func:`open_catalog`; or if ``/ledger`` is missing.
+    """
+    with open_catalog(path) as f:
+        if _LEDGER not in f:
+            raise CatalogError(f"{f.filename}: no /{_LEDGER} group")
+        try:
+            led = f[_LEDGER]
+            n_units = int(led.attrs.get("n_units", 0))
+            units = {u.decode("utf-8") for u in led[_LEDGER_UNITS][:n_units]}
+            counts = {k[len("rows_"):]: int(v) for k, v in led.attrs.items() if k.startswith("rows_")}
+        except (OSError, KeyError) as exc:
+            raise CatalogError(f"{f.filename}: cannot read /{_LEDGER}: {exc}") from exc
+        return units, counts
+
+
+def read_json_group(path: str | os.PathLike, name: str) -> dict:
+    """Read a JSON metadata group (e.g. ``"config"``, ``"provenance"``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Catalog path.
+    name : str
+        Group name.
+
+    Returns
+    -------
+    dict
+        The decoded JSON.
+
+    Raises
+    ------
+    CatalogError, SchemaVersionError
+        As :func:`open_catalog`; or if the group or its ``json`` attribute is missing.
+    """
+    with open_catalog(path) as f:
+        if name not in f or not isinstance(f[name], h5py.Group) or "json" not in f[name].attrs:
+            raise CatalogError(f"{f.filename}: no JSON group {name!r} in the catalog")
+        return json.loads(_attr_to_py(f[name].attrs["json"]))

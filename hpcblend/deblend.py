@@ -1,0 +1,348 @@
+"""Deblend one blend: observation, source initialisation, the fit, flags.
+
+Orchestrates the kernels of :mod:`hpcblend.kernels` for a single
+:class:`~hpcblend.inputs.BlendData` following scarlet (Melchior et al. 2018,
+Astronomy & Computing 24, 129) and scarlet_lite's split of concerns:
+:class:`Observation` (data, weights, PSF-difference kernels),
+initialisation (:func:`initialize_sources`), the compiled fit loop
+(:func:`hpcblend.kernels.fit.fit_blend`, one call per blend), and the child
+measurements (:mod:`hpcblend.measure`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .config import DeblendConfig
+from .errors import BlendDataError, NumericalFailure, PsfError
+from .inputs import BlendData
+from .kernels import convolution, fit, initialization, psf
+from .measure import chi2_per_pixel, measure_children
+
+__all__ = ["Observation", "DeblendResult", "build_observation", "initialize_sources", "deblend_blend",
+           "warm_up"]
+
+PSF_SUM_TOLERANCE = 1e-2
+
+
+@dataclass
+class Observation:
+    """A blend's data prepared for the fit.
+
+    Attributes
+    ----------
+    images : ndarray, shape (B, H, W), float32
+        Data in counts.
+    weights : ndarray, shape (B, H, W), float32
+        Inverse variance; zero at bad mask planes, non-positive variance and
+        outside the footprint.
+    noise_rms : ndarray, shape (B,), float64
+        Background σ per band: sqrt of the median variance over weighted
+        footprint pixels (counts).
+    diff_kernels : ndarray, shape (B, 2r+1, 2r+1), float64
+        PSF-difference kernels ``D_b`` (``P_b ≈ D_b * P_model``), cropped at
+        ``kernel_tolerance``.
+    model_psf : ndarray, shape (Ph, Pw), float64
+        The Gaussian model PSF.
+    transfer : ndarray, shape (B, Hp, Wp//2+1), complex64
+        FFT of ``diff_kernels`` on the padded grid.
+    fft_shape : tuple (Hp, Wp)
+    """
+
+    images: np.ndarray
+    weights: np.ndarray
+    noise_rms: np.ndarray
+    diff_kernels: np.ndarray
+    model_psf: np.ndarray
+    transfer: np.ndarray
+    fft_shape: tuple
+
+    @property
+    def kernel_radius(self) -> int:
+        """Half-size of the difference kernels, pixels."""
+        return int(self.diff_kernels.shape[-1] // 2)
+
+
+@dataclass
+class DeblendResult:
+    """Everything the deblender says about one blend.
+
+    Attributes
+    ----------
+    n_peaks, footprint_area : int
+    iterations : int
+        Iterations of the fit loop (0 when not fitted).
+    converged : bool
+    loss_history : ndarray, shape (iterations,)
+    chi2_per_pixel : float
+        See :func:`hpcblend.measure.chi2_per_pixel`; NaN when not fitted.
+    t_init, t_fit, t_measure : float
+        Wall times in seconds.
+    flags : dict of str → bool
+        Parent flags (``flag_skipped_too_many_peaks``, ``flag_skipped_too_large``,
+        ``flag_not_converged``, ``flag_failed``, ``flag_incomplete_data``).
+    error_type, error_message : str
+        Exception class and message of a numerical failure, else "".
+    sed : ndarray, shape (K, B) or None
+    morphs : ndarray, shape (K, H, W) or None
+    boxes : ndarray, shape (K, 4) or None
+        (y0, y1, x0, x1) of each child's morphology, blend frame.
+    children : dict
+        Child measurements (see :func:`hpcblend.measure.measure_children`)
+        plus ``alive`` (K,) bool; empty when not fitted.
+    """
+
+    n_peaks: int
+    footprint_area: int
+    iterations: int = 0
+    converged: bool = False
+    loss_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    chi2_per_pixel: float = float("nan")
+    t_init: float = 0.0
+    t_fit: float = 0.0
+    t_measure: float = 0.0
+    flags: dict = field(default_factory=dict)
+    error_type: str = ""
+    error_message: str = ""
+    sed: Optional[np.ndarray] = None
+    morphs: Optional[np.ndarray] = None
+    boxes: Optional[np.ndarray] = None
+    children: dict = field(default_factory=dict)
+
+    @property
+    def fitted(self) -> bool:
+        """True when the fit ran to the end (converged or not) without failing."""
+        return self.sed is not None and not self.flags.get("flag_failed", False)
+
+
+PARENT_FLAGS = ("flag_skipped_too_many_peaks", "flag_skipped_too_large", "flag_not_converged",
+                "flag_failed", "flag_incomplete_data")
+
+
+def _check_psfs(blend: BlendData) -> np.ndarray:
+    psfs = np.asarray(blend.psfs, dtype=np.float64)
+    if psfs.ndim != 3 or psfs.shape[0] != blend.n_bands:
+        raise PsfError(f"{blend.source}: key 'psfs': expected shape (B={blend.n_bands}, Ph, Pw), got {psfs.shape}")
+    if psfs.shape[1] % 2 == 0 or psfs.shape[2] % 2 == 0:
+        raise PsfError(f"{blend.source}: key 'psfs': sides must be odd, got {psfs.shape[1:]}")
+    for b in range(psfs.shape[0]):
+        if not np.all(np.isfinite(psfs[b])):
+            raise PsfError(f"{blend.source}: key 'psfs': band {blend.bands[b]} PSF has non-finite pixels")
+        s = psfs[b].sum()
+        if abs(s - 1.0) > PSF_SUM_TOLERANCE:
+            raise PsfError(f"{blend.source}: key 'psfs': band {blend.bands[b]} PSF sums to {s:.4g}, not ~1")
+    return psfs / psfs.sum(axis=(1, 2), keepdims=True)
+
+
+def build_observation(blend: BlendData, config: DeblendConfig) -> Observation:
+    """Prepare data, weights, noise levels and PSF-difference kernels of a blend.
+
+    Raises
+    ------
+    BlendDataError
+        NaN/inf in images or weights at weighted pixels; a blend with no
+        weighted pixel; a band with no weighted pixel.
+    PsfError
+        A PSF that is not finite, not odd-sized, or does not sum to ~1.
+    """
+    images = np.asarray(blend.images, dtype=np.float32)
+    weights = blend.weights(config.bad_mask_planes).astype(np.float32)
+    if not np.all(np.isfinite(weights)):
+        raise BlendDataError(f"{blend.source}: key 'variance': weights are not finite")
+    good = weights > 0
+    if not good.any():
+        raise BlendDataError(f"{blend.source}: key 'variance': every pixel has zero weight "
+                             "(all masked, outside the footprint, or variance <= 0)")
+    for b in range(images.shape[0]):
+        if not good[b].any():
+            raise BlendDataError(f"{blend.source}: key 'variance': band {blend.bands[b]} has zero weight everywhere")
+    if not np.all(np.isfinite(images[good])):
+        raise BlendDataError(f"{blend.source}: key 'images': NaN or inf at weighted pixels")
+    images = np.where(good, images, 0.0).astype(np.float32)
+    var = np.asarray(blend.variance, dtype=np.float64)
+    noise_rms = np.array([np.sqrt(np.median(var[b][good[b]])) for b in range(images.shape[0])])
+    psfs = _check_psfs(blend)
+    size = max(psfs.shape[1], psfs.shape[2])
+    size += 1 - size % 2
+    model_psf = psf.gaussian_psf(size, config.model_psf_sigma)
+    kernels = np.array([psf.psf_difference_kernel(p, model_psf, config.psf_regularization) for p in psfs])
+    radius = psf.kernel_radius_for_tolerance(kernels, config.kernel_tolerance)
+    kernels = psf.crop_kernel(kernels, radius, renormalize=True)
+    fft_shape = psf.fft_shape_for(images.shape[1:], radius)
+    transfer = psf.kernel_transfer_function(kernels, fft_shape)
+    return Observation(images=images, weights=weights, noise_rms=noise_rms, diff_kernels=kernels,
+                       model_psf=model_psf, transfer=transfer, fft_shape=fft_shape)
+
+
+def convolve_sources(morphs: np.ndarray, obs: Observation) -> np.ndarray:
+    """Every morphology convolved to every band, shape (K, B, H, W), float32."""
+    hp, wp = obs.fft_shape
+    out = np.empty((morphs.shape[0], obs.images.shape[0]) + morphs.shape[1:], dtype=np.float32)
+    for k in range(morphs.shape[0]):
+        out[k] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)
+    return out
+
+
+def _dilate(boxes: np.ndarray, radius: int, shape: tuple) -> np.ndarray:
+    out = boxes.copy()
+    out[:, 0] = np.maximum(out[:, 0] - radius, 0)
+    out[:, 1] = np.minimum(out[:, 1] + radius, shape[0])
+    out[:, 2] = np.maximum(out[:, 2] - radius, 0)
+    out[:, 3] = np.minimum(out[:, 3] + radius, shape[1])
+    return out
+
+
+def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfig):
+    """Initial morphologies and SEDs of all sources (scarlet's initialisation).
+
+    Morphologies come from the detection image ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²``
+    via :func:`hpcblend.kernels.initialization.init_morphology` (threshold
+    ``bg_thresh × σ_det``); SEDs from a joint non-negative least-squares fit
+    per band (:func:`hpcblend.kernels.initialization.fit_seds`).
+
+    Parameters
+    ----------
+    obs : Observation
+    peaks : ndarray, shape (K, 2), int
+        Peaks (y, x).
+    config : DeblendConfig
+
+    Returns
+    -------
+    sed : ndarray, shape (K, B), float64
+    morphs : ndarray, shape (K, H, W), float32
+    boxes : ndarray, shape (K, 4), int64
+    """
+    nb, h, w = obs.images.shape
+    band_weight = 1.0 / obs.noise_rms ** 2
+    detect = (np.tensordot(band_weight, obs.images, axes=1) / band_weight.sum()).astype(np.float32)
+    sigma_det = 1.0 / np.sqrt(band_weight.sum())
+    threshold = config.bg_thresh * sigma_det
+    if config.init_deconvolve > 0:
+        # Morphologies live in the model frame (model PSF), the detection image in the
+        # observed frame: deconvolve it by the band-weighted difference kernel (Tikhonov)
+        # for the *shapes*, keeping the support where the observed detection image is
+        # above the threshold.
+        hp, wp = obs.fft_shape
+        t = np.tensordot(band_weight / band_weight.sum(), obs.transfer, axes=1)
+        spec = np.fft.rfft2(detect, s=(hp, wp))
+        power = np.abs(t) ** 2
+        sharp = np.fft.irfft2(spec * np.conj(t) / (power + config.init_deconvolve), s=(hp, wp))[:h, :w]
+        sharp = np.where(detect > threshold, np.maximum(sharp, 0), 0)
+        detect = sharp.astype(np.float32)
+    k = peaks.shape[0]
+    morphs = np.zeros((k, h, w), dtype=np.float32)
+    boxes = np.zeros((k, 4), dtype=np.int64)
+    for i in range(k):
+        boxes[i] = initialization.init_morphology(detect, int(peaks[i, 0]), int(peaks[i, 1]), threshold,
+                                                  config.init_symmetric, config.box_margin, morphs[i])
+    conv = convolve_sources(morphs, obs)
+    support = _dilate(boxes, obs.kernel_radius, (h, w))
+    sed = initialization.fit_seds(obs.images, obs.weights, conv, support, config.sed_ridge)
+    # a source with no flux in any band starts at the noise level so it can still be fitted
+    dead = ~(sed > 0).any(axis=1)
+    sed[dead] = obs.noise_rms[None, :] * 0.1
+    return sed, morphs, boxes
+
+
+def _skip_flags(blend: BlendData, config: DeblendConfig) -> dict:
+    area = blend.footprint_area
+    flags = {name: False for name in PARENT_FLAGS}
+    if blend.n_peaks > config.max_n_peaks:
+        flags["flag_skipped_too_many_peaks"] = True
+    if area > config.max_footprint_area or area * blend.n_peaks > config.max_area_times_peaks:
+        flags["flag_skipped_too_large"] = True
+    return flags
+
+
+def deblend_blend(blend: BlendData, config: DeblendConfig) -> DeblendResult:
+    """Deblend one blend: build the observation, initialise, fit, measure.
+
+    Parameters
+    ----------
+    blend : BlendData
+    config : DeblendConfig
+
+    Returns
+    -------
+    DeblendResult
+        Skipped blends (size guards) come back unfitted with their skip flag;
+        a numerical failure during the fit comes back with ``flag_failed``,
+        ``error_type`` and ``error_message`` set.
+
+    Raises
+    ------
+    BlendDataError, PsfError
+        Unusable input (see :func:`build_observation`).
+    """
+    result = DeblendResult(n_peaks=blend.n_peaks, footprint_area=blend.footprint_area)
+    result.flags = _skip_flags(blend, config)
+    if result.flags["flag_skipped_too_many_peaks"] or result.flags["flag_skipped_too_large"]:
+        return result
+    t0 = time.perf_counter()
+    obs = build_observation(blend, config)
+    fp = blend.footprint
+    masked_fraction = float(((obs.weights == 0) & fp[None]).sum(axis=(1, 2)).max() / max(fp.sum(), 1))
+    result.flags["flag_incomplete_data"] = masked_fraction > 0.1
+    peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
+    sed, morphs, boxes = initialize_sources(obs, peaks, config)
+    t1 = time.perf_counter()
+    result.t_init = t1 - t0
+    loss = np.zeros(config.max_iter)
+    hp, wp = obs.fft_shape
+    optimizer = fit.OPT_ADAPROX if config.optimizer == "adaprox" else fit.OPT_FISTA
+    try:
+        n_iter, converged, status, alive = fit.fit_blend(
+            obs.images, obs.weights, obs.transfer, hp, wp, peaks, sed, morphs, boxes, obs.noise_rms,
+            optimizer, config.max_iter, config.min_iter, config.e_rel, config.bg_thresh,
+            config.monotonic, config.symmetric, config.sed_step_factor, config.morph_step,
+            config.box_margin, obs.kernel_radius, config.step_scale, loss)
+        if status == fit.STATUS_NONFINITE:
+            raise NumericalFailure(f"{blend.source}: loss became non-finite at iteration {n_iter}")
+        if not (np.all(np.isfinite(sed)) and np.all(np.isfinite(morphs))):
+            raise NumericalFailure(f"{blend.source}: model parameters became non-finite")
+    except NumericalFailure as exc:
+        result.t_fit = time.perf_counter() - t1
+        result.flags["flag_failed"] = True
+        result.error_type = type(exc).__name__
+        result.error_message = str(exc)
+        return result
+    t2 = time.perf_counter()
+    result.t_fit = t2 - t1
+    result.iterations = int(n_iter)
+    result.converged = bool(converged)
+    result.flags["flag_not_converged"] = not converged
+    result.loss_history = loss[:n_iter].copy()
+    conv = convolve_sources(morphs, obs)
+    model_observed = (conv * sed[:, :, None, None].astype(np.float32)).sum(axis=0)
+    result.chi2_per_pixel = chi2_per_pixel(obs.images, obs.weights, model_observed)
+    children = measure_children(obs.images, np.asarray(blend.variance, dtype=np.float64), obs.weights, fp,
+                                sed, morphs, conv)
+    children["alive"] = np.asarray(alive, dtype=bool)
+    result.children = dict(children)
+    result.sed = sed
+    result.morphs = morphs
+    result.boxes = boxes
+    result.t_measure = time.perf_counter() - t2
+    return result
+
+
+def warm_up() -> float:
+    """Compile (or load from cache) every kernel on a tiny synthetic blend; returns seconds taken."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    h = w = 15
+    yy, xx = np.indices((h, w))
+    img = np.exp(-((yy - 7) ** 2 + (xx - 7) ** 2) / 4.0)[None].repeat(2, 0).astype(np.float32) * 10
+    img += rng.normal(0, 0.1, img.shape).astype(np.float32)
+    p = psf.gaussian_psf(7, 1.2)
+    blend = BlendData(id=0, source="<warm-up>", bands=("a", "b"), images=img,
+                      variance=np.full(img.shape, 0.01, np.float32), mask=np.zeros(img.shape, np.int32),
+                      footprint=np.ones((h, w), bool), psfs=np.array([p, p]), peaks=np.array([[7, 7]]))
+    for opt in ("adaprox", "fista"):
+        deblend_blend(blend, DeblendConfig(max_iter=6, optimizer=opt))
+    return time.perf_counter() - t0

@@ -1,0 +1,1 @@
+"""Numba kernels of hpcblend (installed as ``hpcblend.kernels``)."""
