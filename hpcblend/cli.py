@@ -1,0 +1,156 @@
+"""Command line: ``hpcblend run | summary | bench deblend``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["main", "summarize"]
+
+
+def _setup_env():
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def cmd_run(args) -> int:
+    from .config import default_job, load_job, apply_overrides, job_from_dict, job_to_dict
+    from .driver import run_job
+    from .errors import HpcblendError
+
+    try:
+        overrides = tuple(args.set or ())
+        if args.input:
+            overrides += (f"input.paths=[{args.input!r}]", "input.kind=blends")
+        job = load_job(args.job, overrides) if args.job else default_job(overrides)
+        if args.input and not args.job:
+            data = apply_overrides(job_to_dict(job), ())
+            data.pop("base_dir", None)
+            job = job_from_dict(data, source="--input", base_dir=os.getcwd())
+        out = run_job(job, output=args.output)
+    except HpcblendError as exc:
+        print(f"hpcblend: error: {exc}", file=sys.stderr)
+        return 2
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.rank == 0:
+        print(f"catalog written: {out}")
+        print(summarize(out))
+    return 0
+
+
+def summarize(path: str) -> str:
+    """Text summary of a run catalog: fractions, runtime statistics, tables by n_peaks and area."""
+    from .catalog import read_table
+
+    b = read_table(path, "blends")
+    n = len(b)
+    lines = [f"{path}: {n} blends, {int(b['n_peaks'].sum())} peaks"]
+    if n == 0:
+        return "\n".join(lines)
+    exc = (b["error_type"] != b"") & b["flag_failed"]
+    lines.append(f"exception fraction: {exc.mean():.4f} ({int(exc.sum())})")
+    types = {}
+    for t in b["error_type"][exc]:
+        types[t.decode()] = types.get(t.decode(), 0) + 1
+    for t, c in sorted(types.items()):
+        lines.append(f"  {t}: {c}")
+    for f in [c for c in b.dtype.names if c.startswith("flag_")]:
+        lines.append(f"flagged {f}: {b[f].mean():.4f} ({int(b[f].sum())})")
+    t = b["t_total"]
+    lines.append(f"runtime per blend [s]: total {t.sum():.3f}  median {np.median(t):.4f}  "
+                 f"p90 {np.percentile(t, 90):.4f}  max {t.max():.4f}")
+    chi = b["chi2_per_pixel"][np.isfinite(b["chi2_per_pixel"])]
+    if len(chi):
+        lines.append(f"chi2/pixel: median {np.median(chi):.4f}  p90 {np.percentile(chi, 90):.3f}")
+    for col, edges in (("n_peaks", [1, 2, 3, 5, 9, 17, 33, 10**9]),
+                       ("footprint_area", [0, 500, 1000, 2000, 4000, 8000, 16000, 10**12])):
+        lines.append(f"median runtime by {col}:")
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            sel = (b[col] >= lo) & (b[col] < hi)
+            if sel.any():
+                hi_s = "inf" if hi >= 10**9 else str(hi)
+                lines.append(f"  [{lo}, {hi_s}): n={int(sel.sum()):4d}  median {np.median(t[sel]):.4f} s")
+    lines.append("slowest 10 blends:")
+    for i in np.argsort(-t)[:10]:
+        lines.append(f"  id {b['id'][i]}  {t[i]:.4f} s  n_peaks {b['n_peaks'][i]}  area {b['footprint_area'][i]}  "
+                     f"iterations {b['iterations'][i]}  chi2/px {b['chi2_per_pixel'][i]:.3f}")
+    return "\n".join(lines)
+
+
+def cmd_summary(args) -> int:
+    print(summarize(args.catalog))
+    return 0
+
+
+def cmd_bench_deblend(args) -> int:
+    """Deblend every npz blend in DIR on one core after warming the kernels; JSON + table."""
+    from .config import DeblendConfig
+    from .deblend import deblend_blend, warm_up
+    from .inputs import expand_inputs, read_blend
+
+    t0 = time.perf_counter()
+    cold = warm_up()
+    files = expand_inputs(args.paths)
+    cfg = DeblendConfig()
+    rows = []
+    for i, f in enumerate(files):
+        blend = read_blend(f, blend_id=i + 1)
+        t = time.perf_counter()
+        r = deblend_blend(blend, cfg)
+        dt = time.perf_counter() - t
+        rows.append(dict(file=os.path.basename(f), wall=dt, t_init=r.t_init, t_fit=r.t_fit, t_measure=r.t_measure,
+                         iterations=r.iterations, converged=r.converged, chi2_per_pixel=r.chi2_per_pixel,
+                         n_peaks=blend.n_peaks, area=blend.footprint_area))
+    wall = np.array([r["wall"] for r in rows])
+    chi = np.array([r["chi2_per_pixel"] for r in rows])
+    summary = dict(n_blends=len(rows), cold_start_s=cold, total_s=float(wall.sum()),
+                   init_s=float(sum(r["t_init"] for r in rows)), fit_s=float(sum(r["t_fit"] for r in rows)),
+                   measure_s=float(sum(r["t_measure"] for r in rows)), median_s=float(np.median(wall)),
+                   p90_s=float(np.percentile(wall, 90)), max_s=float(wall.max()),
+                   median_chi2=float(np.nanmedian(chi)), median_iterations=float(np.median([r["iterations"] for r in rows])))
+    for r in sorted(rows, key=lambda r: -r["wall"])[: args.top]:
+        print(f"{r['file']:28s} {r['wall']*1e3:8.1f} ms  it {r['iterations']:4d}  chi2/px {r['chi2_per_pixel']:8.3f}  "
+              f"n_peaks {r['n_peaks']:3d}  area {r['area']:6d}")
+    for k, v in summary.items():
+        print(f"{k:20s} {v}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(summary=summary, blends=rows), fh, indent=1, default=float)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``hpcblend`` console script."""
+    _setup_env()
+    p = argparse.ArgumentParser(prog="hpcblend", description="MPI-parallel batch deblending (scarlet model, Numba)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a job (no job file: the built-in demo)")
+    r.add_argument("job", nargs="?")
+    r.add_argument("--input")
+    r.add_argument("--output")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser("summary", help="summarise a run catalog")
+    s.add_argument("catalog")
+    s.set_defaults(func=cmd_summary)
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bd = bsub.add_parser("deblend", help="deblend every npz blend on one core")
+    bd.add_argument("paths", nargs="+")
+    bd.add_argument("--json")
+    bd.add_argument("--top", type=int, default=10)
+    bd.set_defaults(func=cmd_bench_deblend)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
