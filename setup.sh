@@ -61,6 +61,6 @@ fi
 # --- 4. verify ----------------------------------------------------------------
 $VPY -c "import h5py, sys; assert h5py.get_config().mpi, 'h5py in $VENV has no MPI'; print('[setup] h5py', h5py.__version__, 'with MPI')"
 out=$(mpirun --oversubscribe -n 2 "$VPY" -c "from mpi4py import MPI; c=MPI.COMM_WORLD; print('hello from rank', c.rank, 'of', c.size)" 2>&1) || { echo "$out"; log "2-rank MPI hello FAILED"; exit 1; }
-echo "$out" | grep -c "hello from rank" | grep -q 2 || { echo "$out"; log "2-rank MPI hello did not print two ranks"; exit 1; }
+[ "$(echo "$out" | grep -o "hello from rank" | wc -l)" -eq 2 ] || { echo "$out"; log "2-rank MPI hello did not print two ranks"; exit 1; }
 log "2-rank MPI hello OK"
 log "ready: source $VENV/bin/activate  (or use bin/hpcblend-mpirun)"
