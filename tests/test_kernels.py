@@ -1,0 +1,282 @@
+"""Each Numba/NumPy kernel of hpcblend.kernels against a plain NumPy/SciPy reference."""
+
+import numpy as np
+import pytest
+from scipy.signal import fftconvolve
+
+from hpcblend.kernels import convolution, fit, operators, psf
+
+# ---------------------------------------------------------------- PSF kernels
+
+
+def _gauss2d(shape, sy, sx, cy=0.0, cx=0.0, theta=0.0):
+    yy, xx = np.indices(shape, dtype=np.float64)
+    yy -= shape[0] // 2 + cy
+    xx -= shape[1] // 2 + cx
+    c, s = np.cos(theta), np.sin(theta)
+    u = c * xx + s * yy
+    v = -s * xx + c * yy
+    g = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2))
+    return g / g.sum()
+
+
+def _double_gaussian(shape, s1=1.6, s2=4.0, f=0.1):
+    p = (1 - f) * _gauss2d(shape, s1, s1) + f * _gauss2d(shape, s2, s2)
+    return p / p.sum()
+
+
+def _real_like_psf(shape=(41, 43)):
+    """Elliptical, rotated, slightly off-centre core plus a wide wing: not symmetric."""
+    p = 0.85 * _gauss2d(shape, 1.5, 1.9, cy=0.2, cx=-0.15, theta=0.4) + 0.15 * _gauss2d(shape, 4.0, 4.6, theta=-0.3)
+    return p / p.sum()
+
+
+def test_psf_difference_kernel_double_gaussian():
+    p = _double_gaussian((41, 41))
+    m = psf.gaussian_psf(41, 0.8)
+    d = psf.psf_difference_kernel(p, m)
+    assert d.shape == p.shape
+    assert d.sum() == pytest.approx(1.0, abs=1e-12)
+    rec = fftconvolve(d, m, mode="same")
+    assert np.abs(rec - p).max() < 1e-3 * p.max()
+
+
+def test_psf_difference_kernel_rectangular_real_like():
+    p = _real_like_psf((41, 43))
+    m = psf.gaussian_psf(43, 0.8)
+    d = psf.psf_difference_kernel(p, m)
+    assert d.shape == (41, 43)
+    # pad D to the model's square grid (centred) so 'same' keeps the common centre, then crop back
+    d_pad = np.zeros((43, 43))
+    d_pad[1:42, :] = d
+    rec = fftconvolve(d_pad, m, mode="same")[1:42, :]
+    assert np.abs(rec - p).max() < 1e-3 * p.max()
+
+
+# ---------------------------------------------------------------- convolution
+
+
+@pytest.fixture(scope="module")
+def conv_setup():
+    rng = np.random.default_rng(3)
+    img = rng.random((2, 30, 37)).astype(np.float32)
+    k = rng.random((2, 9, 9))
+    hp, wp = psf.fft_shape_for((30, 37), 4)
+    t = psf.kernel_transfer_function(k, (hp, wp))
+    return img, k, hp, wp, t
+
+
+def test_convolve_bands_matches_fftconvolve(conv_setup):
+    img, k, hp, wp, t = conv_setup
+    out = np.asarray(convolution.convolve_bands(img, t, hp, wp), dtype=np.float64)
+    for b in range(2):
+        ref = fftconvolve(img[b].astype(np.float64), k[b], mode="same")
+        assert np.abs(out[b] - ref).max() / np.abs(ref).max() < 1e-5
+
+
+def test_correlate_bands_is_adjoint(conv_setup):
+    img, k, hp, wp, t = conv_setup
+    rng = np.random.default_rng(4)
+    y = rng.random(img.shape).astype(np.float32)
+    cx = np.asarray(convolution.convolve_bands(img, t, hp, wp), dtype=np.float64)
+    cty = np.asarray(convolution.correlate_bands(y, t, hp, wp), dtype=np.float64)
+    lhs = np.sum(cx * y.astype(np.float64))
+    rhs = np.sum(img.astype(np.float64) * cty)
+    assert abs(lhs - rhs) <= 1e-5 * abs(lhs)
+    # and correlation is the flipped-kernel convolution
+    for b in range(2):
+        ref = fftconvolve(y[b].astype(np.float64), k[b][::-1, ::-1], mode="same")
+        assert np.abs(cty[b] - ref).max() / np.abs(ref).max() < 1e-5
+
+
+# ---------------------------------------------------------------- gradients of the loss
+
+
+def _grad_problem():
+    """Small float64 problem: K=2 sources, B=3 bands, 14x13 frame, 5x5 kernels."""
+    rng = np.random.default_rng(7)
+    nk, nb, h, w = 2, 3, 14, 13
+    kern = rng.random((nb, 5, 5)) + 0.2
+    kern /= kern.sum(axis=(1, 2), keepdims=True)
+    hp, wp = psf.fft_shape_for((h, w), 2)
+    transfer = psf.kernel_transfer_function(kern, (hp, wp), dtype=np.complex128)
+    sed = rng.random((nk, nb)) + 0.5
+    morph = np.zeros((nk, h, w))
+    boxes = np.array([[0, h, 0, w], [3, 11, 2, 9]], dtype=np.int64)
+    for k in range(nk):
+        y0, y1, x0, x1 = boxes[k]
+        morph[k, y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0))
+    alive = np.ones(nk, dtype=np.bool_)
+    images = rng.normal(1.0, 0.5, (nb, h, w))
+    weights = rng.random((nb, h, w)) + 0.1
+    weights[:, 0, :3] = 0.0  # some zero-weight pixels
+    return sed, morph, boxes, alive, images, weights, transfer, hp, wp
+
+
+def _loss(sed, morph, boxes, alive, images, weights, transfer, hp, wp):
+    model = np.zeros(images.shape)
+    fit.render_model(sed, morph, boxes, alive, model)
+    residual = np.zeros(images.shape)
+    loss = fit.blend_loss(model, images, weights, transfer, hp, wp, residual)
+    return loss, residual
+
+
+def test_render_model_matches_numpy():
+    sed, morph, boxes, alive, images, *_ = _grad_problem()
+    out = np.zeros(images.shape)
+    fit.render_model(sed, morph, boxes, alive, out)
+    ref = np.einsum("kb,khw->bhw", sed, morph)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_blend_loss_matches_numpy():
+    sed, morph, boxes, alive, images, weights, transfer, hp, wp = _grad_problem()
+    # the problem's kernels are not kept: recover them from the transfer functions
+    loss, residual = _loss(sed, morph, boxes, alive, images, weights, transfer, hp, wp)
+    model = np.einsum("kb,khw->bhw", sed, morph)
+    conv = np.fft.irfft2(np.fft.rfft2(model, s=(hp, wp)) * transfer, s=(hp, wp))[:, :images.shape[1], :images.shape[2]]
+    ref_res = weights * (conv - images)
+    np.testing.assert_allclose(residual, ref_res, rtol=1e-10, atol=1e-12)
+    assert loss == pytest.approx(0.5 * np.sum(weights * (conv - images) ** 2), rel=1e-12)
+
+
+def test_gradients_match_finite_differences():
+    """Analytic gradients vs central differences, float64 throughout (complex128 transfer).
+
+    The loss is quadratic in each parameter, so central differences are exact
+    up to rounding; tolerance: 1e-5 relative.
+    """
+    sed, morph, boxes, alive, images, weights, transfer, hp, wp = _grad_problem()
+    args = (images, weights, transfer, hp, wp)
+    _, residual = _loss(sed, morph, boxes, alive, *args)
+    g = np.asarray(convolution.correlate_bands(residual, transfer, hp, wp))
+    grad_sed = np.einsum("bhw,khw->kb", g, morph)
+    grad_morph = np.einsum("kb,bhw->khw", sed, g)
+
+    step = 1e-4
+    for k in range(sed.shape[0]):
+        for b in range(sed.shape[1]):
+            sp, sm = sed.copy(), sed.copy()
+            sp[k, b] += step
+            sm[k, b] -= step
+            fd = (_loss(sp, morph, boxes, alive, *args)[0] - _loss(sm, morph, boxes, alive, *args)[0]) / (2 * step)
+            assert fd == pytest.approx(grad_sed[k, b], rel=1e-5, abs=1e-8)
+
+    rng = np.random.default_rng(11)
+    for k in range(morph.shape[0]):
+        y0, y1, x0, x1 = boxes[k]
+        for _ in range(8):
+            y, x = int(rng.integers(y0, y1)), int(rng.integers(x0, x1))
+            mp, mm = morph.copy(), morph.copy()
+            mp[k, y, x] += step
+            mm[k, y, x] -= step
+            fd = (_loss(sed, mp, boxes, alive, *args)[0] - _loss(sed, mm, boxes, alive, *args)[0]) / (2 * step)
+            assert fd == pytest.approx(grad_morph[k, y, x], rel=1e-5, abs=1e-8)
+
+
+# ---------------------------------------------------------------- proximal operators
+
+_RAYS = [(0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1)]
+
+
+def _peaked_image(shape=(23, 21), peak=(11, 8), seed=5):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices(shape)
+    img = np.exp(-((yy - peak[0]) ** 2 + (xx - peak[1]) ** 2) / 20.0) + 0.3 * rng.random(shape)
+    img[peak] = img.max() + 0.5
+    return img
+
+
+@pytest.mark.parametrize("box", [(0, 23, 0, 21), (3, 19, 2, 17)])
+def test_prox_monotonic(box):
+    cy, cx = 11, 8
+    y0, y1, x0, x1 = box
+    img = _peaked_image(peak=(cy, cx))
+    out = img.copy()
+    operators.prox_monotonic(out, cy, cx, y0, y1, x0, x1)
+    # pixels never increase, nothing outside the box changes, the peak is kept
+    assert np.all(out <= img)
+    inside = np.zeros(img.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    np.testing.assert_array_equal(out[~inside], img[~inside])
+    assert out[cy, cx] == img[cy, cx]
+    assert np.all(out >= 0)
+    # non-increasing along the 8 principal rays
+    for dy, dx in _RAYS:
+        prof = []
+        y, x = cy, cx
+        while y0 <= y < y1 and x0 <= x < x1:
+            prof.append(out[y, x])
+            y, x = y + dy, x + dx
+        assert np.all(np.diff(prof) <= 0), (dy, dx, prof)
+    # every pixel is at most its reference (weighted mean of inner neighbours)
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            if (y, x) == (cy, cx):
+                continue
+            ref = operators.monotonic_reference(out, y, x, cy, cx, y0, y1, x0, x1)
+            assert out[y, x] <= ref + 1e-12, (y, x, out[y, x], ref)
+    # idempotent
+    again = out.copy()
+    operators.prox_monotonic(again, cy, cx, y0, y1, x0, x1)
+    np.testing.assert_array_equal(again, out)
+
+
+def test_prox_symmetric_symmetric_box():
+    cy, cx = 10, 9
+    y0, y1, x0, x1 = 4, 17, 3, 16  # symmetric about (10, 9)
+    img = np.random.default_rng(2).random((22, 20))
+    out = img.copy()
+    operators.prox_symmetric(out, cy, cx, y0, y1, x0, x1)
+    sub = out[y0:y1, x0:x1]
+    np.testing.assert_array_equal(sub, sub[::-1, ::-1])
+    # each pair becomes the smaller of the two
+    ref = np.minimum(img[y0:y1, x0:x1], img[y0:y1, x0:x1][::-1, ::-1])
+    np.testing.assert_array_equal(sub, ref)
+    np.testing.assert_array_equal(out[:y0], img[:y0])
+
+
+def test_prox_symmetric_asymmetric_box_zeroes_unpaired():
+    cy, cx = 10, 9
+    y0, y1, x0, x1 = 4, 19, 3, 16  # rows 17, 18 have no mirror in the box
+    img = np.random.default_rng(3).random((22, 20)) + 0.1
+    out = img.copy()
+    operators.prox_symmetric(out, cy, cx, y0, y1, x0, x1)
+    assert np.all(out[17:19, x0:x1] == 0)
+    sub = out[4:17, x0:x1]
+    np.testing.assert_array_equal(sub, sub[::-1, ::-1])
+
+
+def test_prox_positive():
+    img = np.random.default_rng(8).normal(0, 1, (15, 16))
+    out = img.copy()
+    operators.prox_positive(out, 0, 15, 0, 16)
+    assert np.all(out >= 0)
+    np.testing.assert_array_equal(out, np.maximum(img, 0))
+    part = img.copy()
+    operators.prox_positive(part, 2, 10, 3, 12)
+    assert np.all(part[2:10, 3:12] >= 0)
+    assert (part[:2] < 0).any()  # outside the box untouched
+
+
+def test_prox_threshold():
+    rng = np.random.default_rng(9)
+    img = rng.normal(0.5, 1.0, (15, 16))
+    cy, cx = 7, 6
+    img[cy, cx] = -0.3  # the peak is kept even below the threshold
+    thr = 0.4
+    out = img.copy()
+    operators.prox_threshold(out, thr, cy, cx, 0, 15, 0, 16)
+    assert out[cy, cx] == img[cy, cx]
+    mask = np.ones(img.shape, bool)
+    mask[cy, cx] = False
+    below = (img < thr) & mask
+    assert np.all(out[below] == 0)
+    np.testing.assert_array_equal(out[~below], img[~below])
+    # threshold then positive: no negatives at all with a positive peak
+    img[cy, cx] = 2.0
+    out = img.copy()
+    operators.prox_threshold(out, thr, cy, cx, 0, 15, 0, 16)
+    operators.prox_positive(out, 0, 15, 0, 16)
+    assert np.all(out >= 0)
+    assert np.all((out == 0) | (out >= thr))
