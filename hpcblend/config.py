@@ -314,8 +314,6 @@ def _validate(job: JobConfig, source: str) -> JobConfig:
     d = job.deblend
     if d.min_iter > d.max_iter:
         raise ConfigError(f"{source}: key 'deblend.min_iter': {d.min_iter} exceeds deblend.max_iter = {d.max_iter}")
-    if not (d.monotonic or d.symmetric) and d.bg_thresh == 0:
-        pass  # allowed: an unconstrained (positivity only) fit
     from .inputs import MASK_PLANES  # local: inputs imports nothing from config
 
     for plane in d.bad_mask_planes:
