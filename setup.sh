@@ -14,6 +14,11 @@ log() { printf '[setup] %s\n' "$*"; }
 
 # --- 1. system packages (Debian): OpenMPI and parallel HDF5 -----------------
 DEB_PKGS="openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config"
+# Test tools: headless Chromium (report test) and a single-node Slurm (sbatch tests).
+# Skip them with HPCBLEND_NO_TEST_TOOLS=1 on a production machine.
+if [ "${HPCBLEND_NO_TEST_TOOLS:-0}" != "1" ]; then
+    DEB_PKGS="$DEB_PKGS chromium slurmctld slurmd slurm-client munge"
+fi
 missing=""
 for p in $DEB_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
