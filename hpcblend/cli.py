@@ -19,9 +19,21 @@ def _setup_env():
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
+def _setup_logging(level: str = "INFO") -> None:
+    """Log lines name the rank and host: ``time rank r@host LEVEL message``."""
+    from mpi4py import MPI
+    import socket
+
+    fmt = f"%(asctime)s rank {MPI.COMM_WORLD.rank}@{socket.gethostname()} %(levelname)s %(message)s"
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, datefmt="%H:%M:%S")
+
+
 def cmd_run(args) -> int:
     from .config import default_job, load_job, apply_overrides, job_from_dict, job_to_dict
-    from .driver import run_job
+    from .driver import RunInterrupted, run_job
     from .errors import HpcblendError
 
     try:
@@ -33,7 +45,11 @@ def cmd_run(args) -> int:
             data = apply_overrides(job_to_dict(job), ())
             data.pop("base_dir", None)
             job = job_from_dict(data, source="--input", base_dir=os.getcwd())
-        out = run_job(job, output=args.output)
+        _setup_logging(job.run.log_level)
+        out = run_job(job, output=args.output, resume=args.resume)
+    except RunInterrupted as exc:
+        print(f"hpcblend: {exc}", file=sys.stderr)
+        return 3
     except HpcblendError as exc:
         print(f"hpcblend: error: {exc}", file=sys.stderr)
         return 2
@@ -136,6 +152,8 @@ def main(argv=None) -> int:
     r.add_argument("--input")
     r.add_argument("--output")
     r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same --output: units in its ledger are skipped")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("summary", help="summarise a run catalog")
     s.add_argument("catalog")

@@ -1,35 +1,108 @@
-"""MPI driver: cost-ordered dynamic scheduling of blend files across ranks, catalog writing.
+"""MPI driver: cost-ordered dynamic scheduling of work units across ranks, periodic collective writes, restart.
 
-Every rank knows the sorted unit list; the next unit is taken from a shared
-counter on rank 0 (MPI one-sided ``Fetch_and_op``), so idle ranks pull work
-without a dedicated scheduler rank. Units go out largest expected cost
-(n_peaks × footprint area) first. Rows go to the catalog in one collective
-write round at the end (periodic rounds: not yet), then sorted by id.
+How a run goes
+--------------
+1. Rank 0 lists the work units (one blend file each, or one patch of a tract)
+   and their expected cost; everyone receives the list. Units are handed out
+   largest expected cost first (``run.schedule: cost``) or in input order.
+2. Ranks pull the next unit from a shared counter held by rank 0 (MPI
+   one-sided ``Fetch_and_op`` on an RMA window), so no rank is a dedicated
+   scheduler and an idle rank never waits for a busy one.
+3. Rows are buffered per rank and written in collective *write rounds*
+   (``run.write_every_units`` finished units in all, or
+   ``run.write_every_seconds`` after the last round, and at the end). A rank
+   that notices a round is due raises a round counter in the window; every
+   rank sees it before pulling its next unit (ranks without work poll for
+   it) and joins. Each round ends with the catalog's ledger of finished
+   units, so a killed run loses at most the units in flight.
+4. ``resume=True`` reopens an incomplete catalog, trusts only what its
+   ledger records and runs the remaining units. When all units are done the
+   catalog is finalised (rows sorted by id): the file is the same for any
+   number of ranks and any number of interruptions.
+
+Signals
+-------
+``SIGTERM`` or ``SIGUSR1`` (Slurm's warning before the time limit, forwarded
+by ``mpirun``/``srun``) make the rank ask everyone to stop: the current units
+finish, one last round is written, and :class:`RunInterrupted` is raised (the
+CLI exits with code 3: "checkpointed, resume with --resume").
+
+Rank failure
+------------
+A blend or patch that raises becomes a flagged row (see
+:mod:`hpcblend.pipeline`). An error outside that isolation on one rank is
+logged with the rank and the unit, and ``MPI.Abort`` ends the whole job with a
+non-zero exit instead of leaving the others waiting. Every rank keeps
+``<output>.log/rank_<r>.inflight`` naming the unit it is working on, removed
+when the run ends cleanly; after a hard kill (``kill -9``) the file says which
+unit was lost, and ``--resume`` reports it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
+import socket
+import threading
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .catalog import CatalogWriter
 from .config import JobConfig, job_to_dict
-from .errors import InputError
+from .errors import CatalogError, HpcblendError, InputError
 from .inputs import expand_inputs, peek_blend
-from .pipeline import process_blend_file
 from .provenance import collect_provenance
 from .schema import blend_spec, source_spec
 
-__all__ = ["run_job", "list_units"]
+__all__ = ["run_job", "plan_units", "WorkUnit", "RunInterrupted", "inflight_units", "list_units"]
 
 log = logging.getLogger("hpcblend")
 
+# RMA window slots (int64 on rank 0)
+_NEXT_UNIT, _ROUND, _DONE_RANKS, _STOP = range(4)
+_POLL_SECONDS = 0.01
 
-def list_units(job: JobConfig):
-    """Sorted input files of a job (``kind: demo`` writes its synthetic blends first)."""
+
+class RunInterrupted(HpcblendError):
+    """The run stopped on request (signal) after writing a consistent checkpoint; resume it."""
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One schedulable piece of work.
+
+    Attributes
+    ----------
+    index : int
+        Position in the run's sorted unit list; ids of rows derive from it, so
+        they do not depend on which rank ran the unit.
+    key : str
+        Ledger key (path relative to the job's base directory).
+    path : str
+        File the unit reads.
+    cost : float
+        Expected cost (arbitrary units; n_peaks × footprint area in pixels for
+        blend files), used only for ordering.
+    kind : str
+        ``"blend"`` (an npz blend file).
+    info : dict
+        What the cheap look at the unit found (n_peaks, footprint_area, ...).
+    """
+
+    index: int
+    key: str
+    path: str
+    cost: float
+    kind: str = "blend"
+    info: dict = field(default_factory=dict, compare=False)
+
+
+def list_units(job: JobConfig) -> list:
+    """Sorted input files of a blend-collection job (``kind: demo`` writes its synthetic blends first)."""
     if job.input.kind == "demo":
         from .synthetic import write_demo_blends
 
@@ -40,112 +113,359 @@ def list_units(job: JobConfig):
     return expand_inputs(list(job.input.paths), base_dir=job.base_dir)
 
 
+def _unit_key(path: str, base_dir: str) -> str:
+    try:
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(base_dir))
+    except ValueError:  # different drive (Windows) – keep the absolute path
+        return os.path.abspath(path)
+
+
+def plan_units(job: JobConfig) -> list:
+    """All work units of a job, in index order (rank 0 calls this).
+
+    Raises
+    ------
+    InputError
+        No inputs match, or an input cannot be looked at.
+    """
+    units = []
+    for i, p in enumerate(list_units(job)):
+        info = peek_blend(p)
+        cost = max(info.get("n_peaks") or 0, 1) * max(info.get("footprint_area") or 0, 1)
+        units.append(WorkUnit(index=i, key=_unit_key(p, job.base_dir), path=p, cost=float(cost), info=info))
+    return units
+
+
 def _comm():
     from mpi4py import MPI
 
     return MPI, MPI.COMM_WORLD
 
 
-def run_job(job: JobConfig, output: str | None = None, progress: bool | None = None, comm=None) -> str:
+def _bands_from_first(units):
+    from .inputs import read_blend
+
+    for u in units:
+        try:
+            return tuple(read_blend(u.path, blend_id=u.index + 1).bands)
+        except Exception:  # noqa: BLE001 - a bad first file must not decide the run
+            continue
+    return ("g", "r", "i", "z", "y")
+
+
+def _log_dir(out: str) -> str:
+    return os.path.abspath(out) + ".log"
+
+
+def inflight_units(out: str) -> dict:
+    """Units a previous run of ``out`` was working on when it ended abnormally.
+
+    Returns
+    -------
+    dict of int -> dict
+        Rank → ``{"unit": key, "since": iso time, "host": name}``.
+    """
+    d = _log_dir(out)
+    found = {}
+    if not os.path.isdir(d):
+        return found
+    for name in sorted(os.listdir(d)):
+        if name.startswith("rank_") and name.endswith(".inflight"):
+            try:
+                with open(os.path.join(d, name)) as fh:
+                    rec = json.load(fh)
+                found[int(name[5:-9])] = rec
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+class _Inflight:
+    """``<output>.log/rank_<r>.inflight``: the unit this rank works on (for post-mortems)."""
+
+    def __init__(self, out: str, rank: int):
+        self.path = os.path.join(_log_dir(out), f"rank_{rank}.inflight")
+        self.host = socket.gethostname()
+
+    def set(self, unit: WorkUnit | None) -> None:
+        rec = {"unit": unit.key if unit else None, "index": unit.index if unit else None, "host": self.host,
+               "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(rec, fh)
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class _StopOnSignal:
+    """Install SIGTERM/SIGUSR1 handlers (main thread only) that set a flag; restore on exit."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handler)
+        return self
+
+    def _handler(self, signum, frame):  # noqa: ARG002
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+class _Schedule:
+    """The shared RMA counters on rank 0: next unit, round number, finished ranks, stop flag."""
+
+    def __init__(self, MPI, comm):
+        self.MPI, self.comm = MPI, comm
+        item = MPI.INT64_T.Get_size()
+        self.win = MPI.Win.Allocate(4 * item if comm.rank == 0 else 0, item, comm=comm)
+        if comm.rank == 0:
+            np.frombuffer(self.win.tomemory(), dtype=np.int64)[:4] = 0
+        comm.Barrier()
+        self._one = np.ones(1, dtype=np.int64)
+        self._zero = np.zeros(1, dtype=np.int64)
+        self._res = np.zeros(1, dtype=np.int64)
+
+    def _op(self, slot: int, value: np.ndarray, op) -> int:
+        self.win.Lock(0, self.MPI.LOCK_SHARED)
+        self.win.Fetch_and_op(value, self._res, 0, slot, op)
+        self.win.Unlock(0)
+        return int(self._res[0])
+
+    def read(self, slot: int) -> int:
+        return self._op(slot, self._zero, self.MPI.NO_OP)
+
+    def add(self, slot: int, n: int = 1) -> int:
+        """Atomically add ``n``; return the value before."""
+        return self._op(slot, np.array([n], dtype=np.int64), self.MPI.SUM)
+
+    def raise_to(self, slot: int, value: int) -> None:
+        self._op(slot, np.array([value], dtype=np.int64), self.MPI.MAX)
+
+    def free(self) -> None:
+        self.comm.Barrier()
+        self.win.Free()
+
+
+def run_job(job: JobConfig, output: str | None = None, progress: bool | None = None, comm=None,
+            resume: bool = False) -> str:
     """Run a job on all ranks of ``comm`` (default ``MPI.COMM_WORLD``; one rank without mpirun).
+
+    Parameters
+    ----------
+    job : JobConfig
+    output : str, optional
+        Catalog path (default ``job.output.path``).
+    progress : bool, optional
+        Progress bar on rank 0 (default ``job.run.progress``).
+    comm : mpi4py.MPI.Comm, optional
+    resume : bool
+        Continue an interrupted run of the same catalog: units in its ledger
+        are skipped. Without it an existing catalog is replaced when
+        ``output.overwrite`` is true, else it is an error.
 
     Returns
     -------
     str
         Path of the finished catalog.
+
+    Raises
+    ------
+    InputError
+        The inputs cannot be listed.
+    CatalogError
+        The output exists and may not be replaced, or cannot be resumed.
+    RunInterrupted
+        A stop signal arrived; the catalog holds a consistent checkpoint.
     """
     MPI, world = _comm()
     comm = comm or world
     rank, size = comm.rank, comm.size
-    out = output or job.output.path
-    err = None
-    units = peeks = None
+    out = os.path.abspath(output or job.output.path)
+
+    err, units = None, None
     if rank == 0:
         try:
-            units = list_units(job)
-            peeks = [peek_blend(p) for p in units]
-        except InputError as exc:
-            err = str(exc)
+            units = plan_units(job)
+            exists = os.path.exists(out)
+            if exists and not resume and not job.output.overwrite:
+                raise CatalogError(f"{out}: exists and output.overwrite is false (use --resume to continue it)")
+            if resume and not exists:
+                raise CatalogError(f"{out}: cannot resume, no such catalog")
+            if resume:
+                lost = inflight_units(out)
+                for r, rec in sorted(lost.items()):
+                    if rec.get("unit"):
+                        log.warning("previous run: rank %d (host %s) was working on %s since %s and did not finish it",
+                                    r, rec.get("host"), rec.get("unit"), rec.get("since"))
+            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+            if exists and not resume:
+                os.remove(out)
+            os.makedirs(_log_dir(out), exist_ok=True)
+            state = os.environ.get("HPCBLEND_RUN_STATE")
+            if state:  # tells bin/hpcblend-mpirun where to look after a crash
+                with open(state, "w") as fh:
+                    fh.write(out + "\n")
+            for name in os.listdir(_log_dir(out)):
+                if name.endswith(".inflight"):
+                    os.remove(os.path.join(_log_dir(out), name))
+        except HpcblendError as exc:
+            err = (type(exc), str(exc))
     err = comm.bcast(err, root=0)
     if err:
-        raise InputError(err)
-    units, peeks = comm.bcast((units, peeks), root=0)
+        raise err[0](err[1])
+    units = comm.bcast(units, root=0)
     bands = job.input.bands
     if bands is None:
         bands = _bands_from_first(units) if rank == 0 else None
         bands = comm.bcast(bands, root=0)
-    cost = np.array([max(p.get("n_peaks") or 0, 1) * max(p.get("footprint_area") or 0, 1) for p in peeks], float)
-    order = np.argsort(-cost, kind="stable") if job.run.schedule == "cost" else np.arange(len(units))
-    if rank == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-        if os.path.exists(out):
-            os.remove(out)
-    comm.Barrier()
+    bands = tuple(bands)
+
     t_warm = 0.0
     if job.run.warmup:
         from .deblend import warm_up
 
         t_warm = warm_up()
         log.info("rank %d: kernels ready in %.2f s (cold start)", rank, t_warm)
-    prov = collect_provenance(comm, units)
+    prov = collect_provenance(comm, [u.path for u in units])
     prov["warmup_seconds_rank0"] = t_warm
-    writer = CatalogWriter(out, comm, [blend_spec(), source_spec(bands)], writer=job.output.writer,
+    specs = [blend_spec(), source_spec(bands)]
+    writer = CatalogWriter(out, comm, specs, writer=job.output.writer, resume=resume,
                            json_groups={"config": job_to_dict(job), "provenance": prov},
                            attrs={"bands": ",".join(bands)})
-    # shared counter for dynamic pulling
-    itemsize = MPI.INT64_T.Get_size()
-    win = MPI.Win.Allocate(itemsize if rank == 0 else 0, itemsize, comm=comm)
-    if rank == 0:
-        np.frombuffer(win.tomemory(), dtype=np.int64)[0] = 0
-    comm.Barrier()
-    one = np.ones(1, dtype=np.int64)
-    got = np.zeros(1, dtype=np.int64)
-    blend_rows, source_rows, done = [], [], []
-    bar = None
-    if rank == 0 and (job.run.progress if progress is None else progress):
-        try:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(units), unit="blend", desc="deblend (rank 0 share)")
-        except ImportError:
-            bar = None
-    t0 = time.time()
-    while True:
-        win.Lock(0, MPI.LOCK_SHARED)
-        win.Fetch_and_op(one, got, 0, 0, MPI.SUM)
-        win.Unlock(0)
-        i = int(got[0])
-        if i >= len(units):
-            break
-        idx = int(order[i])
-        row, src = process_blend_file(units[idx], idx, job, bands, rank)
-        blend_rows.append(row)
-        source_rows.append(src)
-        done.append(os.path.basename(units[idx]))
-        if row["flag_failed"][0]:
-            log.warning("rank %d: %s failed: %s: %s", rank, units[idx], row["error_type"][0].decode(),
-                        row["error_message"][0].decode())
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    log.info("rank %d: %d blends in %.1f s", rank, len(done), time.time() - t0)
-    comm.Barrier()
-    win.Free()
-    bspec, sspec = blend_spec(), source_spec(bands)
-    rows = {"blends": np.concatenate(blend_rows) if blend_rows else bspec.empty(),
-            "sources": np.concatenate(source_rows) if source_rows else sspec.empty()}
-    writer.write_round(rows, done)
+    finished = writer.finished_units()
+    cost = np.array([u.cost for u in units])
+    order = np.argsort(-cost, kind="stable") if job.run.schedule == "cost" else np.arange(len(units))
+    todo = [int(i) for i in order if units[int(i)].key not in finished]
+    if resume and rank == 0:
+        log.info("resume: %d of %d units already in the catalog, %d to go", len(units) - len(todo), len(units),
+                 len(todo))
+    try:
+        stopped = _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress)
+    except BaseException as exc:  # noqa: BLE001 - one rank's unexpected error must end the job, not hang it
+        if size > 1 and not isinstance(exc, KeyboardInterrupt):
+            where = getattr(exc, "hpcblend_unit", None)
+            log.critical("rank %d: fatal %s: %s (%s) — aborting all ranks", rank, type(exc).__name__, exc,
+                         f"while processing unit {where}" if where else "outside any unit")
+            comm.Abort(1)
+        raise
+    if stopped and len(writer.finished_units()) < len(units):
+        writer.close()
+        raise RunInterrupted(f"{out}: stopped by signal after a checkpoint; {len(writer.finished_units())} of "
+                             f"{len(units)} units written; run again with --resume to finish")
     writer.finalize()
     return out
 
 
-def _bands_from_first(units):
-    from .inputs import read_blend
+def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress) -> bool:
+    """Pull units, process them, write rounds. Returns True when stopped by a signal."""
+    from .pipeline import process_unit
 
-    for i, p in enumerate(units):
+    rank, size = comm.rank, comm.size
+    sched = _Schedule(MPI, comm)
+    inflight = _Inflight(out, rank)
+    bar = None
+    if rank == 0 and (job.run.progress if progress is None else progress) and todo:
         try:
-            return tuple(read_blend(p, blend_id=i + 1).bands)
-        except Exception:
-            continue
-    return ("g", "r", "i", "z", "y")
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), unit="unit", desc=f"{len(todo)} units on {size} rank(s)", smoothing=0.05)
+        except ImportError:
+            bar = None
+    buffered = {s.name: [] for s in specs}
+    pending_units: list = []
+    local_round = 0
+    t_round = time.monotonic()
+    claimed_at_round = 0
+    n_done_local, t_busy, t_start = 0, 0.0, time.monotonic()
+    every_units = max(int(job.run.write_every_units), 1)
+    every_seconds = float(job.run.write_every_seconds)
+    exhausted = stopping = False
+
+    def do_round():
+        nonlocal local_round, t_round, claimed_at_round, buffered, pending_units
+        rows = {name: (np.concatenate(parts) if parts else spec.empty())
+                for (name, parts), spec in zip(buffered.items(), specs)}
+        writer.write_round(rows, [u.key for u in pending_units])
+        local_round += 1
+        t_round = time.monotonic()
+        claimed_at_round = sched.read(_NEXT_UNIT)
+        buffered = {s.name: [] for s in specs}
+        if rank == 0 and bar is None:
+            log.info("round %d written: %d units in the catalog", local_round, len(writer.finished_units()))
+        pending_units = []
+
+    with _StopOnSignal() as sig:
+        while True:
+            if sig.requested and not stopping and not exhausted:
+                # an exhausted rank ignores the signal: the run is ending anyway, and raising a round
+                # after the others left the loop would leave them waiting
+                log.warning("rank %d: stop signal received; writing a checkpoint round", rank)
+                stopping = True
+                sched.raise_to(_STOP, 1)
+                sched.raise_to(_ROUND, local_round + 1)
+            if sched.read(_ROUND) > local_round:
+                stopping = stopping or sched.read(_STOP) > 0
+                do_round()
+                continue
+            if stopping or (not exhausted and sched.read(_STOP) > 0):
+                stopping = True
+                if not exhausted:
+                    exhausted = True
+                    sched.add(_DONE_RANKS)
+            if not exhausted:
+                i = sched.add(_NEXT_UNIT)
+                if i >= len(todo):
+                    exhausted = True
+                    sched.add(_DONE_RANKS)
+                    continue
+                unit = units[todo[i]]
+                inflight.set(unit)
+                t0 = time.monotonic()
+                try:
+                    tables = process_unit(unit, job, bands, rank)
+                except BaseException as exc:
+                    exc.hpcblend_unit = unit.key  # for the fatal-error message in run_job
+                    raise
+                t_busy += time.monotonic() - t0
+                for name, rows in tables.items():
+                    buffered[name].append(rows)
+                pending_units.append(unit)
+                n_done_local += 1
+                inflight.set(None)
+                if bar is not None:
+                    bar.n = min(sched.read(_NEXT_UNIT), len(todo))
+                    bar.refresh()
+                claimed = sched.read(_NEXT_UNIT)
+                due = (claimed - claimed_at_round >= every_units) or (time.monotonic() - t_round >= every_seconds)
+                if due and claimed < len(todo):
+                    sched.raise_to(_ROUND, local_round + 1)
+                continue
+            # no more work here: wait for rounds others ask for, or for everyone to finish
+            if sched.read(_DONE_RANKS) >= size and sched.read(_ROUND) <= local_round:
+                break
+            time.sleep(_POLL_SECONDS)
+        do_round()  # the final round (collective: every rank arrives here once all are done)
+    if bar is not None:
+        bar.n = len(todo)
+        bar.close()
+    wall = time.monotonic() - t_start
+    log.info("rank %d: %d units in %.1f s (busy %.1f s, %.0f%%)", rank, n_done_local, wall, t_busy,
+             100.0 * t_busy / max(wall, 1e-9))
+    sched.free()
+    inflight.clear()
+    return stopping

@@ -15,7 +15,28 @@ from .deblend import deblend_blend
 from .inputs import peek_blend, read_blend
 from .schema import blend_spec, source_spec
 
-__all__ = ["process_blend_file", "child_id"]
+__all__ = ["process_unit", "process_blend_file", "child_id"]
+
+
+def process_unit(unit, job: JobConfig, bands, rank: int = 0) -> dict:
+    """Process one work unit into catalog rows.
+
+    Parameters
+    ----------
+    unit : hpcblend.driver.WorkUnit
+    job : JobConfig
+    bands : tuple of str
+    rank : int
+
+    Returns
+    -------
+    dict of str -> ndarray
+        Rows per catalog table (``"blends"``, ``"sources"``).
+    """
+    if unit.kind == "blend":
+        row, src = process_blend_file(unit.path, unit.index, job, bands, rank)
+        return {"blends": row, "sources": src}
+    raise ValueError(f"unknown work unit kind {unit.kind!r}")
 
 
 def child_id(unit_index: int, peak_index: int) -> int:
