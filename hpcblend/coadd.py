@@ -1,0 +1,845 @@
+"""Read and write a coadded tract: one FITS file per band, plus one PSF file per band.
+
+File layout (what :func:`write_tract` writes and :func:`read_tract` reads)
+---------------------------------------------------------------------------
+A tract is a directory (or any set of paths, see :class:`TractPaths`) holding,
+for each band ``<b>``:
+
+``coadd_<b>.fits``
+    * HDU 0 ``PRIMARY``: no data; header keys ``TRACT`` (int), ``BAND``
+      (str), ``MAGZERO`` (zero point: ``mag = MAGZERO - 2.5 log10(counts)``),
+      ``HBCOADD`` (format version, currently 1).
+    * HDU ``IMAGE``: float32 (H, W), background-subtracted counts; the header
+      holds the tract's celestial WCS (FITS convention, 1-based ``CRPIX``).
+    * HDU ``VARIANCE``: float32 (H, W), counts², same WCS.
+    * HDU ``MASK``: int32 (H, W) bit planes, same WCS; the header carries the
+      mask-plane dictionary as ``MP_<NAME> = <bit>`` cards, as LSST's
+      ``afw`` writes them (value of a plane = ``1 << bit``).
+
+``psf_<b>.fits``
+    One PSF image for the whole tract (no spatial variation): HDU ``PSF``
+    (the primary HDU is accepted when no HDU is named ``PSF``), 2-D float,
+    odd-sized on both axes, centred on the central pixel, summing to 1.
+    Per-patch PSF cubes are not supported (a 3-D PSF raises
+    :class:`~hpcblend.errors.PsfError`).
+
+The file names are patterns (``pattern``, ``psf_pattern``) with a ``{band}``
+field, so other layouts are a keyword away.
+
+Validation done on reading (``read_tract`` and, on the patch's outer box only,
+``read_patch``); every failure names the file and the HDU:
+
+* every band file has ``IMAGE``, ``VARIANCE`` and ``MASK`` HDUs, 2-D, of the
+  same shape, and the same shape in every band (:class:`InputError`);
+* the ``IMAGE`` header holds a 2-axis celestial WCS, the same in every band
+  (``CTYPE`` equal, ``CRVAL`` within 1e-9 deg, ``CRPIX`` within 1e-6 px, the
+  pixel-scale matrix (CD, or PC x CDELT) within relative 1e-9)
+  (:class:`InputError`);
+* ``TRACT`` is the same in every band; ``BAND``, where present, matches the
+  band the file was read as (:class:`InputError`);
+* where the ``NO_DATA`` mask bit is clear, image and variance are finite and
+  the variance is > 0 (:class:`InputError`);
+* the PSF file exists, is 2-D, odd-sized, finite and sums to 1 within
+  ``psf_tolerance`` (default 1e-3) (:class:`PsfError`); it is then
+  renormalised to sum to exactly 1 (float64). PSFs of different sizes are
+  zero-padded to the largest (both odd, so the centre stays the centre).
+
+Mask planes: hpcblend's planes and bits are :data:`hpcblend.inputs.MASK_PLANES`.
+A file without ``MP_`` cards is taken to use them. A file whose dictionary
+differs is remapped on reading: planes named in ``MASK_PLANES`` get hpcblend's
+bit, other planes get the free bits above it (in the order of their file
+bits), and :attr:`TractData.mask_planes` lists the result.
+
+Coordinates: arrays are band-first ``(B, H, W)`` and positions ``(y, x)``,
+0-based, pixel centres at integers. :attr:`TractData.wcs` is the tract's WCS
+(tract pixel frame, astropy's 0-based ``pixel_to_world``);
+:attr:`TractData.box` is where the arrays sit in the tract frame, and
+:meth:`TractData.local_wcs` gives the WCS of the arrays' own frame.
+
+References
+----------
+Bosch, J. et al. 2018, PASJ 70, S5 (HSC pipeline: coadds, tracts, patches,
+mask planes). Pence, W. D. et al. 2010, A&A 524, A42 (FITS standard 3.0).
+Calabretta, M. R. & Greisen, E. W. 2002, A&A 395, 1077 (celestial WCS, TAN).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from .errors import InputError, PsfError
+from .inputs import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, mask_bits
+from .skymap import Box, PatchInfo
+
+__all__ = [
+    "COADD_FORMAT_VERSION",
+    "DEFAULT_PATTERN",
+    "DEFAULT_PSF_PATTERN",
+    "PSF_TOLERANCE",
+    "TractPaths",
+    "TractData",
+    "tract_paths",
+    "read_tract",
+    "read_patch",
+    "read_tract_shape",
+    "write_tract",
+]
+
+#: Version of the file layout written by :func:`write_tract` (``HBCOADD`` card).
+COADD_FORMAT_VERSION: int = 1
+#: Default coadd file name pattern.
+DEFAULT_PATTERN: str = "coadd_{band}.fits"
+#: Default PSF file name pattern.
+DEFAULT_PSF_PATTERN: str = "psf_{band}.fits"
+#: A PSF image must sum to 1 within this (then it is renormalised exactly).
+PSF_TOLERANCE: float = 1e-3
+
+_HDUS = ("IMAGE", "VARIANCE", "MASK")
+_WCS_TOL = dict(crval=1e-9, crpix=1e-6, cd_rtol=1e-9)
+#: Canonical band order used when bands are discovered from file names.
+_BAND_ORDER = ("u", "g", "r", "i", "z", "y", "N387", "N816", "N921")
+
+PathLike = Union[str, os.PathLike]
+
+
+# -----------------------------------------------------------------------------
+# paths
+# -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TractPaths:
+    """The files of one tract.
+
+    Attributes
+    ----------
+    bands : tuple of str
+        Band names, in array order.
+    coadds : dict of str to str
+        Band -> coadd FITS file (IMAGE, VARIANCE, MASK HDUs).
+    psfs : dict of str to str
+        Band -> PSF FITS file.
+    """
+
+    bands: tuple
+    coadds: dict
+    psfs: dict
+
+    def files(self) -> list:
+        """All paths, coadds then PSFs, in band order (for provenance hashing)."""
+        return [self.coadds[b] for b in self.bands] + [self.psfs[b] for b in self.bands]
+
+
+def _band_sort_key(band: str):
+    return (_BAND_ORDER.index(band), "") if band in _BAND_ORDER else (len(_BAND_ORDER), band)
+
+
+def tract_paths(directory: PathLike, bands: Optional[Sequence[str]] = None,
+                pattern: str = DEFAULT_PATTERN, psf_pattern: str = DEFAULT_PSF_PATTERN) -> TractPaths:
+    """Paths of a tract stored as one directory.
+
+    Parameters
+    ----------
+    directory : str or path
+        The tract directory.
+    bands : sequence of str, optional
+        Bands to use, in this order. If None, discovered from the files that
+        match ``pattern`` and ordered u, g, r, i, z, y (others after, sorted).
+    pattern, psf_pattern : str
+        File names relative to ``directory`` with a ``{band}`` field.
+
+    Returns
+    -------
+    TractPaths
+        Paths are not checked for existence here (the readers do).
+
+    Raises
+    ------
+    InputError
+        If ``directory`` is not a directory, a pattern lacks ``{band}``, or
+        no band is given and none is found.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise InputError(f"{directory}: tract directory not found")
+    for name, pat in (("pattern", pattern), ("psf_pattern", psf_pattern)):
+        if "{band}" not in pat:
+            raise InputError(f"{name} {pat!r} has no '{{band}}' field")
+    if bands is None:
+        head, tail = pattern.split("{band}", 1)
+        regex = re.compile(re.escape(head) + r"(.+?)" + re.escape(tail) + r"$")
+        found = []
+        for hit in glob.glob(os.path.join(glob.escape(directory), glob.escape(head) + "*" + glob.escape(tail))):
+            m = regex.match(os.path.relpath(hit, directory).replace(os.sep, "/"))
+            if m and os.path.isfile(hit):
+                found.append(m.group(1))
+        if not found:
+            raise InputError(f"{directory}: no coadd file matches {pattern!r}")
+        bands = sorted(set(found), key=_band_sort_key)
+    bands = tuple(str(b) for b in bands)
+    if not bands:
+        raise InputError(f"{directory}: empty band list")
+    if len(set(bands)) != len(bands):
+        raise InputError(f"{directory}: duplicate bands {bands}")
+    coadds = {b: os.path.join(directory, pattern.format(band=b)) for b in bands}
+    psfs = {b: os.path.join(directory, psf_pattern.format(band=b)) for b in bands}
+    return TractPaths(bands=bands, coadds=coadds, psfs=psfs)
+
+
+def _as_paths(source, bands, pattern, psf_pattern) -> TractPaths:
+    if isinstance(source, TractPaths):
+        if bands is None:
+            return source
+        bands = tuple(str(b) for b in bands)
+        missing = [b for b in bands if b not in source.coadds or b not in source.psfs]
+        if missing:
+            raise InputError(f"bands {missing} are not among the tract's bands {source.bands}")
+        return TractPaths(bands=bands, coadds={b: source.coadds[b] for b in bands},
+                          psfs={b: source.psfs[b] for b in bands})
+    if isinstance(source, Mapping):
+        order = tuple(str(b) for b in (bands if bands is not None else source.keys()))
+        coadds, psfs = {}, {}
+        for b in order:
+            if b not in source:
+                raise InputError(f"band {b!r}: no file given (bands given: {tuple(source)})")
+            value = source[b]
+            if isinstance(value, (str, os.PathLike)):
+                coadds[b] = os.fspath(value)
+                psfs[b] = os.path.join(os.path.dirname(coadds[b]), psf_pattern.format(band=b))
+            else:
+                try:
+                    c, p = value
+                except (TypeError, ValueError):
+                    raise InputError(f"band {b!r}: expected a path or (coadd, psf) paths, got {value!r}") from None
+                coadds[b], psfs[b] = os.fspath(c), os.fspath(p)
+        if not order:
+            raise InputError("no band given")
+        return TractPaths(bands=order, coadds=coadds, psfs=psfs)
+    if isinstance(source, (str, os.PathLike)):
+        return tract_paths(source, bands, pattern, psf_pattern)
+    raise InputError(f"expected a tract directory, a TractPaths or a band -> path mapping, got {source!r}")
+
+
+# -----------------------------------------------------------------------------
+# data
+# -----------------------------------------------------------------------------
+
+
+@dataclass
+class TractData:
+    """Pixels of a tract, or of one patch's outer box, in all bands.
+
+    Attributes
+    ----------
+    bands : tuple of str
+        Band names, one per plane.
+    images : ndarray, shape (B, H, W), float32
+        Background-subtracted counts.
+    variance : ndarray, shape (B, H, W), float32
+        Variance in counts².
+    mask : ndarray, shape (B, H, W), int32
+        Mask bits, planes as in :attr:`mask_planes`.
+    wcs : astropy.wcs.WCS
+        Celestial WCS of the **tract** pixel frame (0-based in astropy's
+        ``pixel_to_world``); see :meth:`local_wcs` for the arrays' frame.
+    psfs : ndarray, shape (B, Ph, Pw), float64
+        PSF per band, odd-sized, centred, each summing to 1.
+    tract : int
+        Tract number (``TRACT`` card; 0 if absent).
+    paths : TractPaths
+        Files read.
+    mask_planes : dict of str to int
+        Plane name -> bit number; equals :data:`hpcblend.inputs.MASK_PLANES`
+        plus any extra planes found in the files.
+    box : Box
+        Where the arrays sit in the tract frame: ``Box((0, 0), tract_shape)``
+        for :func:`read_tract`, the patch's outer box for :func:`read_patch`.
+    tract_shape : tuple of int
+        (H, W) of the whole tract.
+    zero_point : float
+        ``MAGZERO``: ``mag = zero_point - 2.5 log10(counts)``; NaN if absent.
+    patch : PatchInfo or None
+        The patch read by :func:`read_patch`.
+    """
+
+    bands: tuple
+    images: np.ndarray
+    variance: np.ndarray
+    mask: np.ndarray
+    wcs: WCS
+    psfs: np.ndarray
+    tract: int = 0
+    paths: Optional[TractPaths] = None
+    mask_planes: dict = field(default_factory=lambda: dict(MASK_PLANES))
+    box: Optional[Box] = None
+    tract_shape: Optional[Tuple[int, int]] = None
+    zero_point: float = float("nan")
+    patch: Optional[PatchInfo] = None
+
+    def __post_init__(self) -> None:
+        if self.box is None:
+            self.box = Box((0, 0), tuple(int(n) for n in self.images.shape[1:]))
+        if self.tract_shape is None:
+            self.tract_shape = self.box.stop
+
+    @property
+    def n_bands(self) -> int:
+        """Number of bands B."""
+        return len(self.bands)
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """(H, W) of the arrays."""
+        return tuple(int(n) for n in self.images.shape[1:])
+
+    def local_wcs(self) -> WCS:
+        """The WCS of the arrays' own frame (pixel ``[0, 0]`` = tract pixel ``box.origin``)."""
+        y0, x0 = self.box.origin
+        if y0 == 0 and x0 == 0:
+            return self.wcs.deepcopy()
+        return self.wcs.slice((slice(y0, None), slice(x0, None)))
+
+    def pixel_to_sky(self, y, x):
+        """Sky position of array positions.
+
+        Parameters
+        ----------
+        y, x : float or array_like
+            Positions in the arrays' frame (pixels, 0-based).
+
+        Returns
+        -------
+        ra, dec : ndarray
+            Degrees.
+        """
+        ra, dec = self.wcs.pixel_to_world_values(np.asarray(x, float) + self.box.x0,
+                                                 np.asarray(y, float) + self.box.y0)
+        return ra, dec
+
+    def bad_pixels(self, bad_planes=DEFAULT_BAD_MASK_PLANES) -> np.ndarray:
+        """Pixels that must get zero weight, shape (B, H, W), bool.
+
+        True where a plane of ``bad_planes`` is set, or the variance is not
+        finite or <= 0.
+        """
+        bits = 0
+        for name in ([bad_planes] if isinstance(bad_planes, str) else bad_planes):
+            key = str(name).upper()
+            if key in self.mask_planes:
+                bits |= 1 << self.mask_planes[key]
+            else:
+                bits |= mask_bits(key)  # raises KeyError naming the unknown plane
+        bad = ~np.isfinite(self.variance) | ~(self.variance > 0)
+        if bits:
+            bad |= (self.mask & bits) != 0
+        return bad
+
+
+# -----------------------------------------------------------------------------
+# reading helpers
+# -----------------------------------------------------------------------------
+
+
+def _open_fits(path: str, what: str, error=InputError) -> fits.HDUList:
+    if not os.path.isfile(path):
+        raise error(f"{path}: {what} file not found")
+    try:
+        return fits.open(path, memmap=True, lazy_load_hdus=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise error(f"{path}: cannot read {what} file as FITS: {exc}") from None
+
+
+def _get_hdu(hdul: fits.HDUList, path: str, name: str):
+    try:
+        return hdul[name]
+    except KeyError:
+        names = []
+        try:
+            names = [h.name for h in hdul]
+        except Exception:  # truncated file: listing the HDUs fails too
+            pass
+        raise InputError(f"{path}: HDU {name!r} missing (HDUs: {names})") from None
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise InputError(f"{path}: HDU {name!r}: cannot read: {exc}") from None
+
+
+def _hdu_shape(hdu, path: str, name: str) -> Tuple[int, int]:
+    hdr = hdu.header
+    naxis = hdr.get("NAXIS", 0)
+    if naxis != 2:
+        raise InputError(f"{path}: HDU {name!r}: expected a 2-D image, got NAXIS = {naxis}")
+    return (int(hdr["NAXIS2"]), int(hdr["NAXIS1"]))
+
+
+def _read_section(hdu, path: str, name: str, box: Box) -> np.ndarray:
+    (y0, x0), (y1, x1) = box.origin, box.stop
+    try:
+        arr = hdu.section[y0:y1, x0:x1]
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        raise InputError(f"{path}: HDU {name!r}: cannot read pixels [{y0}:{y1}, {x0}:{x1}]: {exc}") from None
+    arr = np.asarray(arr)
+    if arr.shape != box.shape:
+        raise InputError(f"{path}: HDU {name!r}: truncated data: read {arr.shape} pixels, expected {box.shape}")
+    return arr
+
+
+def _read_wcs(hdu, path: str) -> WCS:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            w = WCS(hdu.header, naxis=2)
+    except Exception as exc:  # astropy raises assorted types for malformed WCS cards
+        raise InputError(f"{path}: HDU 'IMAGE': invalid WCS: {exc}") from None
+    if not w.has_celestial or w.naxis != 2 or w.celestial.naxis != 2:
+        raise InputError(f"{path}: HDU 'IMAGE': no 2-axis celestial WCS in the header "
+                         f"(CTYPE = {list(w.wcs.ctype)})")
+    return w
+
+
+def _wcs_difference(a: WCS, b: WCS) -> Optional[str]:
+    """Why two WCSs differ, or None if they agree within :data:`_WCS_TOL`."""
+    if list(a.wcs.ctype) != list(b.wcs.ctype):
+        return f"CTYPE {list(b.wcs.ctype)} != {list(a.wcs.ctype)}"
+    if not np.allclose(a.wcs.crval, b.wcs.crval, rtol=0, atol=_WCS_TOL["crval"]):
+        return f"CRVAL {list(b.wcs.crval)} != {list(a.wcs.crval)}"
+    if not np.allclose(a.wcs.crpix, b.wcs.crpix, rtol=0, atol=_WCS_TOL["crpix"]):
+        return f"CRPIX {list(b.wcs.crpix)} != {list(a.wcs.crpix)}"
+    ma, mb = a.pixel_scale_matrix, b.pixel_scale_matrix
+    scale = float(np.max(np.abs(ma)))
+    if not np.allclose(ma, mb, rtol=0, atol=_WCS_TOL["cd_rtol"] * scale):
+        return f"CD (pixel scale matrix) {mb.tolist()} != {ma.tolist()}"
+    return None
+
+
+def _header_mask_planes(header, path: str) -> Optional[dict]:
+    planes = {}
+    for key, value in header.items():
+        if key.startswith("MP_"):
+            name = key[3:]
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value <= 31:
+                raise InputError(f"{path}: HDU 'MASK': card {key} = {value!r} is not a bit number 0..31")
+            planes[name] = int(value)
+    if not planes:
+        return None
+    if len(set(planes.values())) != len(planes):
+        raise InputError(f"{path}: HDU 'MASK': two planes share a bit in {planes}")
+    return planes
+
+
+def _remap_table(file_planes: Optional[dict], merged: dict) -> Optional[list]:
+    """(src_bit, dst_bit) pairs turning a file's bits into hpcblend's, or None if identical.
+
+    ``merged`` (plane -> bit) is updated with extra planes.
+    """
+    if file_planes is None:
+        return None
+    pairs = []
+    for name, bit in sorted(file_planes.items(), key=lambda kv: kv[1]):
+        if name not in merged:
+            used = set(merged.values())
+            free = [b for b in range(31) if b not in used]
+            if not free:
+                raise InputError(f"more than 31 mask planes in the tract's files ({sorted(merged)} + {name})")
+            merged[name] = free[0]
+        pairs.append((bit, merged[name]))
+    if all(src == dst for src, dst in pairs):
+        return None
+    return pairs
+
+
+def _apply_remap(mask: np.ndarray, pairs: Optional[list]) -> np.ndarray:
+    if pairs is None:
+        return mask
+    out = np.zeros_like(mask)
+    for src, dst in pairs:
+        out |= (((mask >> src) & 1) << dst).astype(mask.dtype)
+    return out
+
+
+def _first_bad(bad: np.ndarray, box: Box) -> str:
+    iy, ix = np.unravel_index(int(np.argmax(bad.ravel())), bad.shape)
+    return f"{int(np.count_nonzero(bad))} pixel(s), first at (y={iy + box.y0}, x={ix + box.x0})"
+
+
+def _read_psf(path: str, band: str, tolerance: float) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise PsfError(f"{path}: PSF file for band {band!r} not found")
+    hdul = _open_fits(path, "PSF", error=PsfError)
+    with hdul:
+        try:
+            names = [h.name for h in hdul]
+        except (OSError, ValueError, TypeError) as exc:
+            raise PsfError(f"{path}: cannot read PSF file: {exc}") from None
+        if "PSF" in names:
+            name = "PSF"
+        elif names and hdul[0].header.get("NAXIS", 0) > 0:
+            name = "PRIMARY"
+        else:
+            raise PsfError(f"{path}: no HDU 'PSF' and no image in the primary HDU (HDUs: {names})")
+        try:
+            psf = hdul[name].data
+        except (OSError, ValueError, TypeError) as exc:
+            raise PsfError(f"{path}: HDU {name!r}: cannot read PSF: {exc}") from None
+        psf = None if psf is None else np.array(psf, dtype=np.float64)
+    if psf is None or psf.ndim != 2:
+        shape = None if psf is None else psf.shape
+        raise PsfError(f"{path}: HDU {name!r}: expected a 2-D PSF image, got shape {shape} "
+                       f"(per-patch PSF cubes are not supported)")
+    if psf.shape[0] % 2 == 0 or psf.shape[1] % 2 == 0:
+        raise PsfError(f"{path}: HDU {name!r}: PSF shape {psf.shape} is not odd-sized on both axes")
+    if not np.isfinite(psf).all():
+        raise PsfError(f"{path}: HDU {name!r}: PSF has {int(np.count_nonzero(~np.isfinite(psf)))} "
+                       f"non-finite pixel(s)")
+    total = float(psf.sum())
+    if not abs(total - 1.0) <= tolerance:
+        raise PsfError(f"{path}: HDU {name!r}: PSF sums to {total:.6g}, not 1 within {tolerance:g}")
+    return psf / total
+
+
+def _pad_psfs(psfs: list) -> np.ndarray:
+    ph = max(p.shape[0] for p in psfs)
+    pw = max(p.shape[1] for p in psfs)
+    out = np.zeros((len(psfs), ph, pw), dtype=np.float64)
+    for i, p in enumerate(psfs):
+        dy, dx = (ph - p.shape[0]) // 2, (pw - p.shape[1]) // 2
+        out[i, dy:dy + p.shape[0], dx:dx + p.shape[1]] = p
+    return out
+
+
+def _read(source, bands, box: Optional[Box], pattern: str, psf_pattern: str, psf_tolerance: float,
+          validate: bool, patch: Optional[PatchInfo] = None) -> TractData:
+    paths = _as_paths(source, bands, pattern, psf_pattern)
+    merged_planes = dict(MASK_PLANES)
+    nodata_bit = 1 << MASK_PLANES["NO_DATA"]
+    images = variance = mask = None
+    ref_wcs = ref_shape = ref_path = None
+    tract = None
+    zero_point = float("nan")
+    for i, band in enumerate(paths.bands):
+        path = paths.coadds[band]
+        hdul = _open_fits(path, "coadd")
+        with hdul:
+            try:
+                primary = hdul[0].header
+            except (OSError, ValueError, TypeError, IndexError) as exc:
+                raise InputError(f"{path}: HDU 'PRIMARY': cannot read: {exc}") from None
+            version = primary.get("HBCOADD")
+            if version is not None and (not isinstance(version, int) or version > COADD_FORMAT_VERSION):
+                raise InputError(f"{path}: HDU 'PRIMARY': format version HBCOADD = {version!r} is newer "
+                                 f"than this hpcblend reads ({COADD_FORMAT_VERSION})")
+            file_band = primary.get("BAND")
+            if file_band is not None and str(file_band).strip() != band:
+                raise InputError(f"{path}: HDU 'PRIMARY': BAND = {file_band!r}, but the file was given "
+                                 f"for band {band!r}")
+            try:
+                file_tract = int(primary.get("TRACT", 0))
+            except (TypeError, ValueError):
+                raise InputError(f"{path}: HDU 'PRIMARY': TRACT = {primary.get('TRACT')!r} is not an "
+                                 f"integer") from None
+            if tract is None:
+                tract = file_tract
+            elif file_tract != tract:
+                raise InputError(f"{path}: HDU 'PRIMARY': TRACT = {file_tract}, but {ref_path} has "
+                                 f"TRACT = {tract}")
+            if i == 0 and "MAGZERO" in primary:
+                zero_point = float(primary["MAGZERO"])
+
+            hdus = {name: _get_hdu(hdul, path, name) for name in _HDUS}
+            shape = _hdu_shape(hdus["IMAGE"], path, "IMAGE")
+            for name in ("VARIANCE", "MASK"):
+                other = _hdu_shape(hdus[name], path, name)
+                if other != shape:
+                    raise InputError(f"{path}: HDU {name!r}: shape {other} differs from IMAGE {shape}")
+            wcs = _read_wcs(hdus["IMAGE"], path)
+            if ref_shape is None:
+                ref_shape, ref_wcs, ref_path = shape, wcs, path
+                read_box = Box((0, 0), shape) if box is None else box
+                if not Box((0, 0), shape).contains_box(read_box) or read_box.is_empty:
+                    raise InputError(f"{path}: HDU 'IMAGE': requested box {read_box} is not inside the "
+                                     f"tract of shape {shape}")
+                n_bands = len(paths.bands)
+                images = np.empty((n_bands,) + read_box.shape, dtype=np.float32)
+                variance = np.empty((n_bands,) + read_box.shape, dtype=np.float32)
+                mask = np.empty((n_bands,) + read_box.shape, dtype=np.int32)
+            else:
+                if shape != ref_shape:
+                    raise InputError(f"{path}: HDU 'IMAGE': shape {shape} differs from {ref_path} {ref_shape}")
+                why = _wcs_difference(ref_wcs, wcs)
+                if why is not None:
+                    raise InputError(f"{path}: HDU 'IMAGE': WCS differs from {ref_path}: {why}")
+
+            img = _read_section(hdus["IMAGE"], path, "IMAGE", read_box)
+            var = _read_section(hdus["VARIANCE"], path, "VARIANCE", read_box)
+            msk = _read_section(hdus["MASK"], path, "MASK", read_box)
+            for name, arr in (("IMAGE", img), ("VARIANCE", var)):
+                if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+                    raise InputError(f"{path}: HDU {name!r}: expected numbers, got dtype {arr.dtype}")
+            if not np.issubdtype(msk.dtype, np.integer):
+                raise InputError(f"{path}: HDU 'MASK': expected integer bits, got dtype {msk.dtype}")
+            pairs = _remap_table(_header_mask_planes(hdus["MASK"].header, path), merged_planes)
+            msk = _apply_remap(msk.astype(np.int64), pairs).astype(np.int32)
+            images[i] = img
+            variance[i] = var
+            mask[i] = msk
+
+            if validate:
+                usable = (msk & nodata_bit) == 0
+                bad = ~np.isfinite(images[i]) & usable
+                if bad.any():
+                    raise InputError(f"{path}: HDU 'IMAGE': non-finite values where NO_DATA is not set: "
+                                     f"{_first_bad(bad, read_box)}")
+                bad = ~(variance[i] > 0) & usable
+                if bad.any():
+                    raise InputError(f"{path}: HDU 'VARIANCE': variance <= 0 or non-finite where NO_DATA "
+                                     f"is not set: {_first_bad(bad, read_box)}")
+
+    psfs = _pad_psfs([_read_psf(paths.psfs[b], b, psf_tolerance) for b in paths.bands])
+    return TractData(bands=paths.bands, images=images, variance=variance, mask=mask, wcs=ref_wcs,
+                     psfs=psfs, tract=int(tract), paths=paths, mask_planes=merged_planes, box=read_box,
+                     tract_shape=ref_shape, zero_point=zero_point, patch=patch)
+
+
+# -----------------------------------------------------------------------------
+# public readers
+# -----------------------------------------------------------------------------
+
+
+def read_tract(source: Union[PathLike, TractPaths, Mapping], bands: Optional[Sequence[str]] = None, *,
+               pattern: str = DEFAULT_PATTERN, psf_pattern: str = DEFAULT_PSF_PATTERN,
+               psf_tolerance: float = PSF_TOLERANCE, validate: bool = True) -> TractData:
+    """Read a whole tract, all bands, and validate it.
+
+    Parameters
+    ----------
+    source : str, path, TractPaths or mapping
+        A tract directory (files found by ``pattern`` / ``psf_pattern``), a
+        :class:`TractPaths`, or a mapping band -> coadd path (the PSF is then
+        ``psf_pattern`` next to it) or band -> ``(coadd_path, psf_path)``.
+    bands : sequence of str, optional
+        Bands to read, in this order; default: all bands of ``source``
+        (discovered in a directory, in u g r i z y order).
+    pattern, psf_pattern : str
+        File name patterns with a ``{band}`` field (directory sources only,
+        and ``psf_pattern`` for a mapping of coadd paths).
+    psf_tolerance : float, default 1e-3
+        Allowed ``|sum(psf) - 1|``.
+    validate : bool, default True
+        Check pixels (finite image, variance > 0 where ``NO_DATA`` is clear).
+        Headers, shapes, WCS and PSFs are always checked.
+
+    Returns
+    -------
+    TractData
+        ``images``/``variance`` float32 (B, H, W), ``mask`` int32 (B, H, W),
+        ``psfs`` float64 (B, Ph, Pw), ``box == Box((0, 0), (H, W))``.
+
+    Raises
+    ------
+    InputError
+        A file or HDU missing or unreadable, shapes or WCS differing between
+        bands, bad pixels (see the module docstring); the message names the
+        file and HDU.
+    PsfError
+        PSF file missing, not 2-D, even-sized, not finite or not normalised.
+    """
+    return _read(source, bands, None, pattern, psf_pattern, psf_tolerance, validate)
+
+
+def read_patch(source: Union[PathLike, TractPaths, Mapping], patch: PatchInfo,
+               bands: Optional[Sequence[str]] = None, *, pattern: str = DEFAULT_PATTERN,
+               psf_pattern: str = DEFAULT_PSF_PATTERN, psf_tolerance: float = PSF_TOLERANCE,
+               validate: bool = True) -> TractData:
+    """Read the outer box of one patch, all bands, without loading the whole tract.
+
+    The files are opened memory-mapped and only the rows/columns of
+    ``patch.outer`` are read (``ImageHDU.section``), so a rank holds
+    ``B x outer area`` pixels, not the tract. Headers, WCS and PSFs are
+    validated as in :func:`read_tract`; pixel checks cover the outer box only.
+
+    Parameters
+    ----------
+    source : str, path, TractPaths or mapping
+        As for :func:`read_tract`.
+    patch : PatchInfo
+        From :func:`hpcblend.skymap.make_patches` for this tract's shape.
+    bands, pattern, psf_pattern, psf_tolerance, validate
+        As for :func:`read_tract`.
+
+    Returns
+    -------
+    TractData
+        Arrays of shape (B, outer.h, outer.w); ``box == patch.outer``,
+        ``patch`` set; ``wcs`` is still the tract's (use
+        :meth:`TractData.local_wcs` or :meth:`TractData.pixel_to_sky` for
+        array positions).
+
+    Raises
+    ------
+    InputError
+        As :func:`read_tract`, and if the outer box is not inside the tract
+        (a patch made for another tract shape), or ``patch.tract`` differs
+        from the files' ``TRACT``.
+    PsfError
+        As :func:`read_tract`.
+    """
+    if not isinstance(patch, PatchInfo):
+        raise InputError(f"read_patch: expected a PatchInfo, got {patch!r}")
+    data = _read(source, bands, patch.outer, pattern, psf_pattern, psf_tolerance, validate, patch=patch)
+    if data.tract != patch.tract:
+        raise InputError(f"{data.paths.coadds[data.bands[0]]}: HDU 'PRIMARY': TRACT = {data.tract}, "
+                         f"but the patch belongs to tract {patch.tract}")
+    return data
+
+
+def read_tract_shape(source: Union[PathLike, TractPaths, Mapping],
+                     bands: Optional[Sequence[str]] = None, *,
+                     pattern: str = DEFAULT_PATTERN) -> Tuple[int, int]:
+    """(H, W) of a tract from the first band's ``IMAGE`` header, reading no pixels.
+
+    For making the patch grid (:func:`hpcblend.skymap.make_patches`) before
+    any rank reads pixels.
+
+    Raises
+    ------
+    InputError
+        File or ``IMAGE`` HDU missing or not 2-D.
+    """
+    paths = _as_paths(source, bands, pattern, DEFAULT_PSF_PATTERN)
+    path = paths.coadds[paths.bands[0]]
+    with _open_fits(path, "coadd") as hdul:
+        return _hdu_shape(_get_hdu(hdul, path, "IMAGE"), path, "IMAGE")
+
+
+# -----------------------------------------------------------------------------
+# writer
+# -----------------------------------------------------------------------------
+
+
+def _atomic_writeto(hdul: fits.HDUList, path: str, overwrite: bool) -> None:
+    if os.path.exists(path) and not overwrite:
+        raise InputError(f"{path}: file exists (overwrite=False)")
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        hdul.writeto(tmp, overwrite=True, output_verify="exception")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_tract(directory: PathLike, bands: Sequence[str], images: np.ndarray, variance: np.ndarray,
+                mask: Optional[np.ndarray], wcs: WCS, psfs: np.ndarray, *, tract: int = 0,
+                zero_point: float = 27.0, mask_planes: Optional[Mapping[str, int]] = None,
+                pattern: str = DEFAULT_PATTERN, psf_pattern: str = DEFAULT_PSF_PATTERN,
+                header: Optional[Mapping] = None, overwrite: bool = True) -> TractPaths:
+    """Write a tract in the layout of this module (one coadd and one PSF file per band).
+
+    Parameters
+    ----------
+    directory : str or path
+        Output directory (created if missing).
+    bands : sequence of str
+        Band names, one per plane.
+    images, variance : array_like, shape (B, H, W)
+        Counts and counts²; written as float32.
+    mask : array_like, shape (B, H, W), int, or None
+        Mask bits (planes of ``mask_planes``); written as int32; None writes zeros.
+    wcs : astropy.wcs.WCS
+        2-axis celestial WCS of the tract pixel frame; written to every HDU header.
+    psfs : array_like, shape (B, Ph, Pw)
+        PSF images, odd-sized; written as float64 as given (not renormalised).
+    tract : int, default 0
+        ``TRACT`` card.
+    zero_point : float, default 27.0
+        ``MAGZERO`` card (HSC coadds: 27).
+    mask_planes : mapping of str to int, optional
+        Plane -> bit, written as ``MP_<NAME>`` cards; default
+        :data:`hpcblend.inputs.MASK_PLANES`.
+    pattern, psf_pattern : str
+        File names with a ``{band}`` field.
+    header : mapping, optional
+        Extra cards for every primary header (keys <= 8 characters, or
+        ``HIERARCH``-style longer keys).
+    overwrite : bool, default True
+        Replace existing files (each file is written to a temporary name and
+        renamed, so a reader never sees half a file).
+
+    Returns
+    -------
+    TractPaths
+        The files written.
+
+    Raises
+    ------
+    InputError
+        Shapes inconsistent, WCS not 2-axis celestial, a file exists and
+        ``overwrite`` is False.
+    PsfError
+        PSFs not 3-D (B, Ph, Pw) with odd Ph, Pw.
+    """
+    bands = tuple(str(b) for b in bands)
+    images = np.asarray(images)
+    variance = np.asarray(variance)
+    if images.ndim != 3 or images.shape[0] != len(bands):
+        raise InputError(f"write_tract: images shape {images.shape} is not (B={len(bands)}, H, W)")
+    if variance.shape != images.shape:
+        raise InputError(f"write_tract: variance shape {variance.shape} differs from images {images.shape}")
+    if mask is None:
+        mask = np.zeros(images.shape, dtype=np.int32)
+    mask = np.asarray(mask)
+    if mask.shape != images.shape or not np.issubdtype(mask.dtype, np.integer):
+        raise InputError(f"write_tract: mask must be integer (B, H, W) = {images.shape}, got "
+                         f"{mask.dtype} {mask.shape}")
+    psfs = np.asarray(psfs, dtype=np.float64)
+    if psfs.ndim != 3 or psfs.shape[0] != len(bands) or psfs.shape[1] % 2 == 0 or psfs.shape[2] % 2 == 0:
+        raise PsfError(f"write_tract: psfs shape {psfs.shape} is not (B={len(bands)}, odd, odd)")
+    if not isinstance(wcs, WCS) or wcs.naxis != 2 or not wcs.has_celestial:
+        raise InputError("write_tract: wcs must be a 2-axis celestial astropy WCS")
+    planes = dict(MASK_PLANES if mask_planes is None else mask_planes)
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    wcs_header = wcs.to_header()
+    paths = tract_paths(directory, bands, pattern, psf_pattern)
+
+    for i, band in enumerate(bands):
+        primary = fits.PrimaryHDU()
+        primary.header["HBCOADD"] = (COADD_FORMAT_VERSION, "hpcblend coadd file layout version")
+        primary.header["TRACT"] = (int(tract), "tract number")
+        primary.header["BAND"] = (band, "band (filter) name")
+        primary.header["MAGZERO"] = (float(zero_point), "mag = MAGZERO - 2.5 log10(counts)")
+        for key, value in (header or {}).items():
+            primary.header[key] = value
+        hdus = [primary]
+        for name, arr, dtype, unit in (("IMAGE", images[i], np.float32, "count"),
+                                       ("VARIANCE", variance[i], np.float32, "count2"),
+                                       ("MASK", mask[i], np.int32, None)):
+            hdu = fits.ImageHDU(np.ascontiguousarray(arr, dtype=dtype), name=name)
+            hdu.header.extend(wcs_header, update=True)
+            if unit:
+                hdu.header["BUNIT"] = unit
+            if name == "MASK":
+                for plane, bit in sorted(planes.items(), key=lambda kv: kv[1]):
+                    key = f"MP_{plane.upper()}"
+                    if len(key) > 8:  # LSST writes these as HIERARCH cards too
+                        key = "HIERARCH " + key
+                    hdu.header[key] = (int(bit), f"mask plane {plane} = 1 << {int(bit)}")
+            hdus.append(hdu)
+        _atomic_writeto(fits.HDUList(hdus), paths.coadds[band], overwrite)
+
+        psf_primary = fits.PrimaryHDU()
+        psf_primary.header["HBCOADD"] = (COADD_FORMAT_VERSION, "hpcblend coadd file layout version")
+        psf_primary.header["TRACT"] = (int(tract), "tract number")
+        psf_primary.header["BAND"] = (band, "band (filter) name")
+        psf_hdu = fits.ImageHDU(np.ascontiguousarray(psfs[i]), name="PSF")
+        _atomic_writeto(fits.HDUList([psf_primary, psf_hdu]), paths.psfs[band], overwrite)
+    return paths
