@@ -579,33 +579,84 @@ def _segment(signif: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
     return seg > 0
 
 
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def _prominent(cand: np.ndarray, values: np.ndarray, sub_signif: np.ndarray, sub_mask: np.ndarray,
+               min_prominence: float) -> np.ndarray:
+    """(n,) bool: candidate ``i`` has topographic prominence >= ``min_prominence`` in the footprint.
+
+    Prominence >= h  <=>  in the connected part of ``{S >= v_i - h} ∩ footprint``
+    holding candidate ``i`` nothing is higher than ``v_i``. Testing each
+    candidate at its own level costs one labelling per candidate (too slow
+    for the thousands of noise maxima of a large footprint), so levels are
+    snapped to a grid of step ``h/4``: at the grid level just above
+    ``v_i - h`` a higher point in the component proves prominence < h (drop);
+    at the grid level just below, no higher point proves prominence >= h
+    (keep); the rare candidates in between are tested exactly. The result is
+    exact; the cost is two labellings per grid level in use.
+    """
+    n = len(cand)
+    if min_prominence <= 0 or n <= 1:
+        return np.ones(n, dtype=bool)
+    h = float(min_prominence)
+    step = h / 4.0
+    cache: dict = {}
+
+    def comp_max(level: float, key):
+        """Labels of {S >= level} ∩ footprint and the maximum of S per label (index 0: -inf)."""
+        if key in cache:
+            return cache[key]
+        region = sub_mask & (sub_signif >= level)
+        lab, nlab = ndi.label(region, structure=_EIGHT)
+        mx = np.full(nlab + 1, -np.inf)
+        if nlab:
+            np.maximum.at(mx, lab[region], sub_signif[region])
+        cache[key] = (lab, mx)
+        return lab, mx
+
+    ys, xs = cand[:, 0], cand[:, 1]
+    lo = np.floor((values - h) / step).astype(np.int64)
+    keep = np.zeros(n, dtype=bool)
+    undecided = np.ones(n, dtype=bool)
+    for j in np.unique(lo):
+        sel = np.flatnonzero(lo == j)
+        lab_hi, mx_hi = comp_max((j + 1) * step, ("g", int(j) + 1))
+        higher = mx_hi[lab_hi[ys[sel], xs[sel]]] > values[sel]
+        undecided[sel[higher]] = False  # a higher point above v - h: prominence < h
+        rest = sel[~higher]
+        if rest.size:
+            lab_lo, mx_lo = comp_max(j * step, ("g", int(j)))
+            sure = mx_lo[lab_lo[ys[rest], xs[rest]]] <= values[rest]
+            keep[rest[sure]] = True
+            undecided[rest[sure]] = False
+    for i in np.flatnonzero(undecided):  # exact test at v_i - h
+        lab, mx = comp_max(values[i] - h, ("x", int(i)))
+        keep[i] = mx[lab[ys[i], xs[i]]] <= values[i]
+    keep[0] = True
+    return keep
+
+
 def _cull_peaks(cand: np.ndarray, values: np.ndarray, sub_signif: np.ndarray, sub_mask: np.ndarray,
                 min_separation: float, min_prominence: float) -> np.ndarray:
     """Indices (into ``cand``, brightest first) of the candidate peaks kept in one footprint.
 
     ``cand`` (n, 2) are candidate local maxima (bbox frame) sorted by
-    decreasing ``values``. The brightest is always kept. Another is kept if it
-    is at least ``min_separation`` px from every kept peak and its
+    decreasing ``values``. The brightest is always kept. Another is kept if its
     topographic prominence within the footprint is at least
-    ``min_prominence``: in the connected part of ``{S >= v - min_prominence}``
-    ∩ footprint that holds it, nothing is higher than it.
+    ``min_prominence`` (:func:`_prominent`) and it lies at least
+    ``min_separation`` px from every brighter kept peak.
     """
+    ok = np.flatnonzero(_prominent(cand, values, sub_signif, sub_mask, min_prominence))
     keep = [0]
-    structure = np.ones((3, 3), dtype=bool)
-    for i in range(1, len(cand)):
-        y, x = cand[i]
-        kept = cand[keep]
-        d2 = (kept[:, 0] - y) ** 2 + (kept[:, 1] - x) ** 2
-        if np.any(d2 < min_separation * min_separation):
+    sep2 = min_separation * min_separation
+    for i in ok:
+        if i == 0:
             continue
-        if min_prominence > 0:
-            level = values[i] - min_prominence
-            region = sub_mask & (sub_signif >= level)
-            lab, _ = ndi.label(region, structure=structure)
-            comp = lab == lab[y, x]
-            if np.any(sub_signif[comp] > values[i]):
-                continue
-        keep.append(i)
+        kept = cand[keep]
+        d2 = (kept[:, 0] - cand[i, 0]) ** 2 + (kept[:, 1] - cand[i, 1]) ** 2
+        if np.all(d2 >= sep2):
+            keep.append(int(i))
     return np.asarray(keep, dtype=np.int64)
 
 

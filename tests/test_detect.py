@@ -301,3 +301,28 @@ def test_box_geometry():
     assert box.contains([2, 5, 6], [3, 7, 3]).tolist() == [True, True, False]
     arr = np.arange(100).reshape(10, 10)
     assert arr[box.slices].shape == (4, 5)
+
+
+def test_grid_prominence_equals_exact_per_candidate_test():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(9)
+    yy, xx = np.indices((90, 90))
+    s = 9.0 * np.exp(-0.5 * ((yy - 45) ** 2 + (xx - 45) ** 2) / 30.0 ** 2) + rng.normal(size=(90, 90))
+    s = ndi.gaussian_filter(s, 1.0) * 2.0  # smooth, with many local maxima
+    mask = s > 2.0
+    lm = (s >= ndi.maximum_filter(s, size=3, mode="constant", cval=-np.inf)) & mask
+    cand = np.argwhere(lm)
+    vals = s[cand[:, 0], cand[:, 1]]
+    order = np.argsort(-vals, kind="stable")
+    cand, vals = cand[order], vals[order]
+    assert len(cand) > 30
+    for h in (0.5, 1.0, 3.0):
+        exact = np.zeros(len(cand), dtype=bool)
+        for i, ((y, x), v) in enumerate(zip(cand, vals)):
+            lab, _ = ndi.label(mask & (s >= v - h), structure=np.ones((3, 3)))
+            exact[i] = not np.any(s[lab == lab[y, x]] > v)
+        got = detect._prominent(cand, vals, s, mask, h)
+        exact[0] = True
+        assert np.array_equal(got, exact), h
+        assert 1 < got.sum() < len(cand) or h == 3.0
