@@ -809,6 +809,16 @@ def write_tract(directory: PathLike, bands: Sequence[str], images: np.ndarray, v
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     wcs_header = wcs.to_header()
+    if any(key.startswith("PC") for key in wcs_header):
+        # astropy omits zero PC terms; write the full matrix so that readers that need every
+        # term (GalSim's GSFitsWCS) read the same WCS
+        pc = {f"PC{i}_{j}": float(wcs_header.get(f"PC{i}_{j}", 0.0)) for i in (1, 2) for j in (1, 2)}
+        for key in pc:
+            wcs_header.remove(key, ignore_missing=True)
+        after = "CRPIX2"
+        for key, value in pc.items():
+            wcs_header.set(key, value, "Coordinate transformation matrix element", after=after)
+            after = key
     paths = tract_paths(directory, bands, pattern, psf_pattern)
 
     for i, band in enumerate(bands):
