@@ -326,3 +326,20 @@ def test_grid_prominence_equals_exact_per_candidate_test():
         exact[0] = True
         assert np.array_equal(got, exact), h
         assert 1 < got.sum() < len(cand) or h == 3.0
+
+
+def test_significance_image_matches_direct_matched_filter():
+    from scipy.signal import fftconvolve
+
+    rng = np.random.default_rng(12)
+    det = rng.normal(size=(60, 70))
+    sig = rng.uniform(0.5, 2.0, size=(60, 70))
+    sig[10:15, 20:30] = np.inf  # no data
+    det[30, 40] += 50.0
+    ivar = np.where(np.isfinite(sig), 1 / sig ** 2, 0.0)
+    for kernel in (None, detect.gaussian_kernel(1.5) + 1e-3):  # separable and general paths
+        k = detect.gaussian_kernel(1.5) if kernel is None else kernel / kernel.sum()
+        num = fftconvolve(det * ivar, k[::-1, ::-1], mode="same")
+        den = fftconvolve(ivar, (k * k)[::-1, ::-1], mode="same")
+        got = detect.significance_image(det, sig, kernel=kernel)
+        np.testing.assert_allclose(got, num / np.sqrt(den), rtol=1e-6, atol=1e-8)
