@@ -307,3 +307,23 @@ def test_write_errors(tmp_path):
         tract_paths(tmp_path / "nope")
     with pytest.raises(InputError, match="no coadd file"):
         tract_paths(tmp_path, pattern="x_{band}.fits")
+
+
+def test_read_patch_memory_is_outer_box_sized(tmp_path):
+    """read_patch allocates about B x outer-box pixels, not the tract (memmap + section reads)."""
+    import tracemalloc
+
+    shape = (1200, 1200)
+    images = np.zeros((1,) + shape, np.float32)
+    write_tract(tmp_path, ["i"], images, images + 1, None, _wcs(), _psf(11)[None])
+    del images
+    patch = make_patches(shape, inner_size=200, overlap=20)[8]
+    tracemalloc.start()
+    try:
+        data = read_patch(tmp_path, patch)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert data.images.shape == (1, 240, 240)
+    tract_bytes = 3 * 4 * shape[0] * shape[1]  # image + variance + mask of the whole tract: 17 MB
+    assert peak < 0.2 * tract_bytes, peak
