@@ -1,0 +1,574 @@
+"""Collapsed call stacks → merged profiles, speedscope JSON, flame-graph SVG, text tables.
+
+Input everywhere is the collapsed-stack mapping ``{"root;frame;...;leaf": count}``
+(see :mod:`hpcblend.profiling`) or a list of per-rank profile dicts
+(:meth:`hpcblend.profiling.StackSampler.results`,
+:func:`hpcblend.profiling.read_profiles`). Nothing here runs an external
+program: the SVG is drawn from rectangles and text by this module.
+
+``hpcblend profile CATALOG`` is :func:`profile_main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import zlib
+from typing import Any, Iterable, Mapping, Optional, Sequence
+from xml.sax.saxutils import escape
+
+from .profiling import OTHER_STAGE, STAGES
+
+__all__ = [
+    "busy_seconds",
+    "slowest_rank",
+    "select_profiles",
+    "merge_stacks",
+    "speedscope_document",
+    "write_speedscope",
+    "flamegraph_svg",
+    "write_flamegraph_svg",
+    "top_functions",
+    "format_top_functions",
+    "stage_table",
+    "format_stage_table",
+    "load_stacks",
+    "profile_main",
+]
+
+SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
+
+#: Stages that are not work: waiting for a unit, and MPI communication/collectives.
+IDLE_STAGES: tuple = ("wait", "mpi")
+
+
+# --------------------------------------------------------------------------- selecting and merging
+
+
+def busy_seconds(profile: Mapping[str, Any]) -> float:
+    """Seconds a rank spent in stages other than ``wait`` and ``mpi`` (from its stage timers).
+
+    Parameters
+    ----------
+    profile : dict
+        One rank's profile.
+
+    Returns
+    -------
+    float
+    """
+    return float(sum(v for k, v in (profile.get("stage_seconds") or {}).items() if k not in IDLE_STAGES))
+
+
+def slowest_rank(profiles: Sequence[Mapping[str, Any]]) -> int:
+    """Rank with the most busy seconds (:func:`busy_seconds`; ties: most samples, then lowest rank).
+
+    Raises
+    ------
+    ValueError
+        If ``profiles`` is empty.
+    """
+    if not profiles:
+        raise ValueError("no profiles")
+    best = max(range(len(profiles)),
+               key=lambda i: (busy_seconds(profiles[i]), profiles[i].get("n_samples", 0), -_rank_of(profiles[i], i)))
+    return _rank_of(profiles[best], best)
+
+
+def _rank_of(p: Mapping[str, Any], i: int) -> int:
+    r = p.get("rank")
+    return int(i if r is None else r)
+
+
+def select_profiles(profiles: Sequence[Mapping[str, Any]], rank: Optional[int] = None,
+                    slowest: bool = False) -> list:
+    """The profiles of all ranks, of one rank, or of the slowest rank.
+
+    Parameters
+    ----------
+    profiles : list of dict
+    rank : int, optional
+        Keep only this rank.
+    slowest : bool
+        Keep only :func:`slowest_rank` (``rank`` must then be None).
+
+    Returns
+    -------
+    list of dict
+
+    Raises
+    ------
+    ValueError
+        Both ``rank`` and ``slowest``, or no profile of ``rank``.
+    """
+    if rank is not None and slowest:
+        raise ValueError("give rank or slowest, not both")
+    if slowest and profiles:
+        rank = slowest_rank(profiles)
+    if rank is None:
+        return list(profiles)
+    out = [p for i, p in enumerate(profiles) if _rank_of(p, i) == int(rank)]
+    if not out:
+        have = sorted(_rank_of(p, i) for i, p in enumerate(profiles))
+        raise ValueError(f"no profile of rank {rank} (ranks: {have})")
+    return out
+
+
+def merge_stacks(sources: Iterable[Any], rank: Optional[int] = None, slowest: bool = False,
+                 prefix_rank: bool = False) -> dict:
+    """Add up collapsed stacks of several ranks.
+
+    Parameters
+    ----------
+    sources : list of dict
+        Profile dicts (with a ``stacks`` key) or plain collapsed mappings.
+    rank, slowest :
+        As :func:`select_profiles` (profile dicts only).
+    prefix_rank : bool
+        Put ``rank:<r>`` as the root frame of each rank's stacks (profile
+        dicts only), so a flame graph shows ranks side by side.
+
+    Returns
+    -------
+    dict of str -> int
+    """
+    sources = list(sources)
+    profiles = [s for s in sources if isinstance(s, Mapping) and "stacks" in s]
+    plain = [s for s in sources if not (isinstance(s, Mapping) and "stacks" in s)]
+    if rank is not None or slowest:
+        if plain:
+            raise ValueError("rank/slowest selection needs profile dicts, not plain stack mappings")
+        profiles = select_profiles(profiles, rank=rank, slowest=slowest)
+    out: dict = {}
+    for i, p in enumerate(profiles):
+        pre = f"rank:{_rank_of(p, i)};" if prefix_rank else ""
+        for line, n in p["stacks"].items():
+            out[pre + line] = out.get(pre + line, 0) + int(n)
+    for s in plain:
+        for line, n in s.items():
+            out[line] = out.get(line, 0) + int(n)
+    return out
+
+
+def load_stacks(path: str | os.PathLike, rank: Optional[int] = None, slowest: bool = False) -> tuple:
+    """Profiles from a catalog (``.h5``/``.hdf5``) or stacks from a collapsed text file.
+
+    Returns
+    -------
+    profiles : list of dict
+        Empty for a text file.
+    stacks : dict of str -> int
+        Merged (and selected) stacks.
+    """
+    from .profiling import read_collapsed, read_profiles
+
+    path = os.fspath(path)
+    if path.endswith((".h5", ".hdf5", ".hdf")):
+        profiles = read_profiles(path)
+        return profiles, merge_stacks(profiles, rank=rank, slowest=slowest)
+    if rank is not None or slowest:
+        raise ValueError(f"{path}: --rank/--slowest need a catalog, not a collapsed text file")
+    return [], read_collapsed(path)
+
+
+# --------------------------------------------------------------------------- speedscope
+
+
+def _split_label(label: str) -> dict:
+    """speedscope frame for a label ``file:function:line`` (other labels: name only)."""
+    parts = label.split(":")
+    if len(parts) == 3 and parts[2].split("@")[0].isdigit():
+        frame = {"name": f"{parts[1]} ({parts[0]})", "file": parts[0], "line": int(parts[2].split("@")[0])}
+        return frame
+    return {"name": label}
+
+
+def speedscope_document(profiles: Mapping[str, Mapping[str, int]], seconds_per_sample: Optional[float] = None,
+                        name: str = "hpcblend") -> dict:
+    """A speedscope file (``sampled`` profiles) holding one profile per named stack set.
+
+    Parameters
+    ----------
+    profiles : dict of str -> (dict of str -> int)
+        Profile name (e.g. ``"all ranks"``, ``"rank 0"``) → collapsed stacks.
+    seconds_per_sample : float, optional
+        When given, weights are in seconds (``count × seconds_per_sample``);
+        otherwise unit ``"none"`` (sample counts).
+    name : str
+        Name of the document.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable; see https://www.speedscope.app/file-format-schema.json.
+        Samples are stacks of frame indices, root first.
+    """
+    frames: list = []
+    index: dict = {}
+    out_profiles = []
+    for pname, stacks in profiles.items():
+        samples, weights = [], []
+        for line in sorted(stacks):
+            n = int(stacks[line])
+            if n <= 0:
+                continue
+            stack = []
+            for label in line.split(";"):
+                if label not in index:
+                    index[label] = len(frames)
+                    frames.append(_split_label(label))
+                stack.append(index[label])
+            samples.append(stack)
+            weights.append(n * seconds_per_sample if seconds_per_sample else n)
+        out_profiles.append({
+            "type": "sampled",
+            "name": str(pname),
+            "unit": "seconds" if seconds_per_sample else "none",
+            "startValue": 0,
+            "endValue": sum(weights),
+            "samples": samples,
+            "weights": weights,
+        })
+    return {
+        "$schema": SPEEDSCOPE_SCHEMA,
+        "version": "0.0.1",
+        "shared": {"frames": frames},
+        "profiles": out_profiles,
+        "name": name,
+        "activeProfileIndex": 0,
+        "exporter": "hpcblend",
+    }
+
+
+def write_speedscope(path: str | os.PathLike, profiles: Mapping[str, Mapping[str, int]],
+                     seconds_per_sample: Optional[float] = None, name: str = "hpcblend") -> str:
+    """Write :func:`speedscope_document` to ``path`` (open it at https://www.speedscope.app); returns the path."""
+    path = os.fspath(path)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(speedscope_document(profiles, seconds_per_sample, name), fh)
+    return path
+
+
+def _profiles_for_speedscope(profiles: Sequence[Mapping[str, Any]], stacks: Mapping[str, int]) -> tuple:
+    """("merged" + one per rank) stack sets and seconds per sample (when every rank used one rate)."""
+    sets = {"merged": dict(stacks)}
+    for i, p in enumerate(profiles):
+        sets[f"rank {_rank_of(p, i)}"] = dict(p.get("stacks") or {})
+    rates = {float(p.get("rate_hz") or 0) for p in profiles}
+    sps = 1.0 / rates.pop() if len(rates) == 1 and 0 not in rates else None
+    return sets, sps
+
+
+# --------------------------------------------------------------------------- flame graph SVG
+
+
+def _tree(stacks: Mapping[str, int]) -> dict:
+    root = {"n": 0, "children": {}}
+    for line, n in stacks.items():
+        n = int(n)
+        if n <= 0:
+            continue
+        root["n"] += n
+        node = root
+        for label in line.split(";"):
+            node = node["children"].setdefault(label, {"n": 0, "children": {}})
+            node["n"] += n
+    return root
+
+
+def _depth(node: dict) -> int:
+    return 1 + max((_depth(c) for c in node["children"].values()), default=0)
+
+
+def _color(label: str) -> str:
+    """Deterministic colour: stages blue-grey, rank roots green, idle stages grey, code warm (flamegraph.pl 'hot')."""
+    h = zlib.crc32(label.encode("utf-8"))
+    v1, v2, v3 = (h & 0xFF) / 255.0, ((h >> 8) & 0xFF) / 255.0, ((h >> 16) & 0xFF) / 255.0
+    if label.startswith("stage:"):
+        if label[6:] in IDLE_STAGES or label[6:] == OTHER_STAGE:
+            g = int(170 + 40 * v1)
+            return f"rgb({g},{g},{g})"
+        return f"rgb({int(90 + 40 * v1)},{int(140 + 40 * v2)},{int(200 + 40 * v3)})"
+    if label.startswith("rank:"):
+        return f"rgb({int(100 + 40 * v1)},{int(190 + 40 * v2)},{int(110 + 40 * v3)})"
+    return f"rgb({int(205 + 50 * v3)},{int(230 * v1)},{int(55 * v2)})"
+
+
+def _short(label: str) -> str:
+    """Text shown in a box: the function name of ``file:function:line`` labels."""
+    parts = label.split(":")
+    if len(parts) == 3 and parts[2].split("@")[0].isdigit():
+        return parts[1]
+    return label
+
+
+def flamegraph_svg(stacks: Mapping[str, int], title: str = "Flame graph", width: int = 1200,
+                   frame_height: int = 16, font_size: float = 11.0, min_width_px: float = 0.3,
+                   seconds_per_sample: Optional[float] = None) -> str:
+    """Draw a flame graph (root at the bottom) as a standalone SVG document.
+
+    Parameters
+    ----------
+    stacks : dict of str -> int
+        Collapsed stacks, root first.
+    title : str
+    width : int
+        Image width in px.
+    frame_height : int
+        Height of one stack level in px.
+    font_size : float
+    min_width_px : float
+        Frames narrower than this are left out (with their children).
+    seconds_per_sample : float, optional
+        Adds seconds to the hover text.
+
+    Returns
+    -------
+    str
+        SVG text: a ``<rect>`` per frame with width ∝ samples, a ``<text>``
+        label where it fits, and a ``<title>`` (hover: full frame name,
+        samples, percent). Siblings are ordered alphabetically (as
+        ``flamegraph.pl``), so merged graphs are stable.
+    """
+    root = _tree(stacks)
+    total = root["n"]
+    pad, top = 10, 40
+    depth = _depth(root) if total else 1  # includes the "all" root
+    height = top + depth * frame_height + 2 * pad
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="Verdana, DejaVu Sans, sans-serif" font-size="{font_size}">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fdfdf6"/>',
+        f'<text x="{width / 2:.1f}" y="22" text-anchor="middle" font-size="{font_size + 5}">{escape(title)}</text>',
+    ]
+    if not total:
+        out.append(f'<text x="{width / 2:.1f}" y="{top + frame_height}" text-anchor="middle">no samples</text>')
+        out.append("</svg>")
+        return "\n".join(out)
+    scale = (width - 2 * pad) / total
+    char_w = 0.59 * font_size
+
+    def describe(label: str, n: int) -> str:
+        pct = 100.0 * n / total
+        s = f"{label} ({n} samples, {pct:.2f}%"
+        if seconds_per_sample:
+            s += f", {n * seconds_per_sample:.3f} s"
+        return s + ")"
+
+    def draw(label: str, node: dict, x: float, level: int) -> None:
+        w = node["n"] * scale
+        if w < min_width_px:
+            return
+        y = height - pad - (level + 1) * frame_height
+        fill = "rgb(230,230,230)" if label == "all" else _color(label)
+        out.append(f'<g><title>{escape(describe(label, node["n"]))}</title>'
+                   f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{frame_height - 1}" fill="{fill}" '
+                   f'rx="2" ry="2"/>')
+        text = _short(label)
+        room = int((w - 6) / char_w)
+        if room >= 3:
+            if len(text) > room:
+                text = text[: room - 2] + ".."
+            out.append(f'<text x="{x + 3:.2f}" y="{y + frame_height - 4.5:.1f}">{escape(text)}</text>')
+        out.append("</g>")
+        cx = x
+        for child in sorted(node["children"]):
+            c = node["children"][child]
+            draw(child, c, cx, level + 1)
+            cx += c["n"] * scale
+
+    draw("all", root, float(pad), 0)
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def write_flamegraph_svg(path: str | os.PathLike, stacks: Mapping[str, int], **kwargs: Any) -> str:
+    """Write :func:`flamegraph_svg` to ``path``; returns the path."""
+    path = os.fspath(path)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(flamegraph_svg(stacks, **kwargs))
+    return path
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def top_functions(stacks: Mapping[str, int], n: int = 20, include_stages: bool = False) -> list:
+    """Frames with the most samples, self (leaf) and total (anywhere on the stack).
+
+    Parameters
+    ----------
+    stacks : dict of str -> int
+    n : int
+        Rows to return (sorted by self, then total samples).
+    include_stages : bool
+        Keep ``stage:``/``rank:`` root frames (default: leave them out).
+
+    Returns
+    -------
+    list of dict
+        ``{"frame", "self", "total", "self_frac", "total_frac"}``; a frame
+        that appears twice in one stack (recursion) counts once in total.
+    """
+    self_n: dict = {}
+    total_n: dict = {}
+    grand = 0
+    for line, c in stacks.items():
+        c = int(c)
+        grand += c
+        frames = line.split(";")
+        if not include_stages:
+            frames = [f for f in frames if not f.startswith(("stage:", "rank:"))]
+        if not frames:
+            continue
+        self_n[frames[-1]] = self_n.get(frames[-1], 0) + c
+        for f in set(frames):
+            total_n[f] = total_n.get(f, 0) + c
+    rows = [{"frame": f, "self": self_n.get(f, 0), "total": t,
+             "self_frac": self_n.get(f, 0) / grand if grand else 0.0, "total_frac": t / grand if grand else 0.0}
+            for f, t in total_n.items()]
+    rows.sort(key=lambda r: (-r["self"], -r["total"], r["frame"]))
+    return rows[: max(int(n), 0)]
+
+
+def format_top_functions(stacks: Mapping[str, int], n: int = 20) -> str:
+    """Text table of :func:`top_functions`, by self samples."""
+    rows = top_functions(stacks, n)
+    total = sum(int(v) for v in stacks.values())
+    lines = [f"top {len(rows)} frames of {total} samples (self = leaf, total = anywhere on the stack)",
+             f"{'self':>8} {'self%':>6} {'total':>8} {'total%':>6}  frame"]
+    for r in rows:
+        lines.append(f"{r['self']:8d} {100 * r['self_frac']:6.1f} {r['total']:8d} {100 * r['total_frac']:6.1f}  "
+                     f"{r['frame']}")
+    return "\n".join(lines)
+
+
+def _stage_names(profiles: Sequence[Mapping[str, Any]]) -> list:
+    seen = set()
+    for p in profiles:
+        seen.update((p.get("stage_seconds") or {}).keys())
+        seen.update((p.get("stage_samples") or {}).keys())
+    order = list(STAGES) + [OTHER_STAGE]
+    return [s for s in order if s in seen] + sorted(seen - set(order))
+
+
+def stage_table(profiles: Sequence[Mapping[str, Any]]) -> list:
+    """Seconds per stage per rank (stage timers) with sample counts, busy and idle time.
+
+    Parameters
+    ----------
+    profiles : list of dict
+
+    Returns
+    -------
+    list of dict
+        One row per rank, sorted by rank: ``rank``, ``host``, ``elapsed_s``,
+        ``seconds`` (stage → s), ``samples`` (stage → n), ``busy_s`` (not
+        ``wait``/``mpi``), ``idle_s`` (``wait`` + ``mpi``), ``busy_frac``,
+        ``n_samples``, ``overhead_fraction``.
+    """
+    rows = []
+    for i, p in enumerate(profiles):
+        secs = {k: float(v) for k, v in (p.get("stage_seconds") or {}).items()}
+        elapsed = float(p.get("elapsed_s") or 0.0)
+        busy = busy_seconds(p)
+        idle = sum(secs.get(s, 0.0) for s in IDLE_STAGES)
+        rows.append({"rank": _rank_of(p, i), "host": p.get("host", ""), "elapsed_s": elapsed, "seconds": secs,
+                     "samples": {k: int(v) for k, v in (p.get("stage_samples") or {}).items()},
+                     "busy_s": busy, "idle_s": idle, "busy_frac": busy / elapsed if elapsed > 0 else 0.0,
+                     "n_samples": int(p.get("n_samples") or 0),
+                     "overhead_fraction": float(p.get("overhead_fraction") or 0.0)})
+    rows.sort(key=lambda r: r["rank"])
+    return rows
+
+
+def format_stage_table(profiles: Sequence[Mapping[str, Any]]) -> str:
+    """Text table: one row per rank, seconds per stage (incl. ``wait`` idle and ``mpi``), busy %."""
+    rows = stage_table(profiles)
+    names = _stage_names(profiles)
+    head = f"{'rank':>4} " + " ".join(f"{n:>9}" for n in names) + f" {'elapsed':>9} {'busy%':>6} {'samples':>8}"
+    lines = ["seconds per stage per rank (stage timers; wait = waiting for work, mpi = communication)", head]
+    for r in rows:
+        lines.append(f"{r['rank']:4d} " + " ".join(f"{r['seconds'].get(n, 0.0):9.3f}" for n in names)
+                     + f" {r['elapsed_s']:9.3f} {100 * r['busy_frac']:6.1f} {r['n_samples']:8d}")
+    if len(rows) > 1:
+        tot = {n: sum(r["seconds"].get(n, 0.0) for r in rows) for n in names}
+        el = sum(r["elapsed_s"] for r in rows)
+        busy = sum(r["busy_s"] for r in rows)
+        lines.append(f"{'all':>4} " + " ".join(f"{tot[n]:9.3f}" for n in names)
+                     + f" {el:9.3f} {100 * busy / el if el else 0:6.1f} {sum(r['n_samples'] for r in rows):8d}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def profile_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``hpcblend profile CATALOG [--rank R | --slowest] [--speedscope F] [--svg F] [--collapsed F] [--top N]``.
+
+    Prints the per-rank stage table and the top frames; writes the merged
+    (or selected) flame graph SVG, speedscope JSON (merged + one profile per
+    rank) and collapsed text when asked.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments after ``profile`` (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0 on success, 1 when the catalog has no profile, 2 on a usage or
+        read error.
+    """
+    from .errors import HpcblendError
+    from .profiling import write_collapsed
+
+    ap = argparse.ArgumentParser(prog="hpcblend profile",
+                                 description="call-stack profile of a run: stage table, top frames, flame graph")
+    ap.add_argument("catalog", help="run catalog (.h5) with /profile, or a collapsed-stack text file")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--rank", type=int, help="only this rank")
+    g.add_argument("--slowest", action="store_true", help="only the rank with the most busy seconds")
+    ap.add_argument("--speedscope", metavar="F", help="write speedscope JSON (merged + per rank)")
+    ap.add_argument("--svg", metavar="F", help="write a flame graph SVG")
+    ap.add_argument("--collapsed", metavar="F", help="write collapsed stacks (flamegraph.pl input)")
+    ap.add_argument("--top", type=int, default=25, metavar="N", help="rows of the top-frames table (default 25)")
+    ap.add_argument("--by-rank", action="store_true", help="flame graph with one root per rank")
+    args = ap.parse_args(argv)
+    try:
+        profiles, stacks = load_stacks(args.catalog, rank=args.rank, slowest=args.slowest)
+    except (HpcblendError, ValueError, OSError) as exc:
+        print(f"hpcblend profile: error: {exc}", file=sys.stderr)
+        return 2
+    if args.catalog.endswith((".h5", ".hdf5", ".hdf")) and not profiles:
+        print(f"hpcblend profile: {args.catalog}: no /profile in the catalog (profiling was off)", file=sys.stderr)
+        return 1
+    selected = select_profiles(profiles, rank=args.rank, slowest=args.slowest) if profiles else []
+    if selected:
+        what = "all ranks" if args.rank is None and not args.slowest else f"rank {_rank_of(selected[0], 0)}"
+        print(f"{args.catalog}: profile of {what} ({len(profiles)} rank(s) recorded)")
+        print(format_stage_table(selected))
+        ov = [p.get("overhead_fraction", 0.0) for p in selected]
+        rates = [p.get("achieved_rate_hz", 0.0) for p in selected]
+        print(f"sampler: {sum(p.get('n_samples', 0) for p in selected)} samples, achieved rate "
+              f"{min(rates):.1f}-{max(rates):.1f} Hz, sampler CPU {100 * max(ov):.2f}% of elapsed (max over ranks)")
+        print()
+    print(format_top_functions(stacks, args.top))
+    rates = {float(p.get("rate_hz") or 0) for p in selected}
+    sps = 1.0 / rates.pop() if len(rates) == 1 and 0 not in rates else None
+    if args.svg:
+        chosen = merge_stacks(selected, prefix_rank=True) if (args.by_rank and selected) else stacks
+        write_flamegraph_svg(args.svg, chosen, title=f"hpcblend: {os.path.basename(args.catalog)}",
+                             seconds_per_sample=sps)
+        print(f"flame graph: {args.svg}")
+    if args.speedscope:
+        sets, sps2 = _profiles_for_speedscope(selected, stacks)
+        write_speedscope(args.speedscope, sets, sps2, name=os.path.basename(args.catalog))
+        print(f"speedscope: {args.speedscope}")
+    if args.collapsed:
+        write_collapsed(args.collapsed, stacks)
+        print(f"collapsed stacks: {args.collapsed}")
+    return 0

@@ -1,0 +1,731 @@
+"""In-process call-stack sampling per rank, stage timers, and their storage in the catalog.
+
+One :class:`StackSampler` per MPI rank samples the Python call stack of one
+thread (the rank's working thread) at a fixed rate from a daemon thread, via
+:func:`sys._current_frames`. Numba kernels compiled ``nogil=True`` release the
+GIL, so while a kernel runs the sampler sees the Python frame that called it.
+
+Every sample is tagged with the *stage* the working thread declared last
+(:meth:`StackSampler.stage` / :meth:`StackSampler.set_stage`) and with the id
+of the blend being worked on. The stage timers are measured by the stage
+context manager itself (``time.perf_counter``), so they are exact and exist
+even when sampling is off (``rate_hz=0``).
+
+Results are plain dicts of built-in types (:meth:`StackSampler.results`), so
+they pickle cheaply for ``comm.gather``; :func:`write_profiles` appends them
+to a closed catalog as ``/profile/rank_<r>``, :func:`read_profiles` reads them
+back, :func:`write_collapsed` writes the classic collapsed-stack text format
+(``frame;frame;frame count``, read by ``flamegraph.pl`` and speedscope).
+
+Typical use on every rank (the driver)::
+
+    sampler = StackSampler(rate_hz=100.0).start()    # samples the calling thread
+    with sampler.stage("wait"):
+        unit = next_unit()
+    with sampler.stage("fit", blend_id=unit.index + 1):
+        rows = process_unit(unit, ...)
+    sampler.stop()
+    profiles = comm.gather(sampler.results(rank=comm.rank), root=0)
+    if comm.rank == 0:                               # after the catalog is finalised
+        write_profiles(catalog_path, profiles)
+
+Collapsed stack lines (keys of ``results()["stacks"]``) are root first::
+
+    stage:fit;driver.py:_work_loop:402;pipeline.py:process_blend_file:48;deblend.py:deblend_blend:262
+
+A frame is labelled ``<file basename>:<qualified function name>:<line of def>``
+(``lines=True`` appends ``@<current line>``); the stage is the root frame.
+
+HDF5 layout written by :func:`write_profiles` (``PROFILE_VERSION`` 1)::
+
+    /profile                     group, attrs: profile_version, n_ranks
+    /profile/rank_<r>            group, attrs: rank, host, pid, rate_hz,
+                                 n_samples, n_missed, elapsed_s,
+                                 achieved_rate_hz, overhead_cpu_s,
+                                 overhead_fraction, lines, json (all of the
+                                 dict but the stacks, as JSON)
+    /profile/rank_<r>/stacks     vlen UTF-8 str (n_stacks,): collapsed stacks
+    /profile/rank_<r>/counts     int64 (n_stacks,): samples per stack
+    /profile/rank_<r>/stages     compound (n_stages,): name S32, seconds f8,
+                                 samples i8, calls i8
+    /profile/rank_<r>/blends     compound (n,): id i8, samples i8, seconds f8
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = [
+    "STAGES",
+    "OTHER_STAGE",
+    "PROFILE_VERSION",
+    "StackSampler",
+    "NullSampler",
+    "frame_label",
+    "write_profiles",
+    "read_profiles",
+    "write_collapsed",
+    "read_collapsed",
+]
+
+#: The standard stage names (any name without ``;``, spaces or newlines is accepted).
+STAGES: tuple = ("load", "detect", "init", "fit", "measure", "write", "wait", "mpi")
+
+#: Stage of time (and samples) outside any declared stage.
+OTHER_STAGE: str = "other"
+
+#: Version of the ``/profile`` layout written by :func:`write_profiles`.
+PROFILE_VERSION: int = 1
+
+_THIS_FILE = os.path.normcase(os.path.abspath(__file__))
+_STAGE_DTYPE = np.dtype([("name", "S32"), ("seconds", "f8"), ("samples", "i8"), ("calls", "i8")])
+_BLEND_DTYPE = np.dtype([("id", "i8"), ("samples", "i8"), ("seconds", "f8")])
+
+
+def frame_label(code: Any, lineno: Optional[int] = None) -> str:
+    """Label of a code object in a collapsed stack.
+
+    Parameters
+    ----------
+    code : types.CodeType
+        The frame's code object.
+    lineno : int, optional
+        Current line; when given, ``@<lineno>`` is appended.
+
+    Returns
+    -------
+    str
+        ``<file basename>:<qualified name>:<first line>``; characters that
+        would break the collapsed format (``;``, whitespace) become ``_``.
+    """
+    name = getattr(code, "co_qualname", None) or code.co_name
+    label = f"{os.path.basename(code.co_filename)}:{name}:{code.co_firstlineno}"
+    if lineno is not None:
+        label = f"{label}@{lineno}"
+    return label.replace(";", "_").replace(" ", "_").replace("\n", "_").replace("\t", "_")
+
+
+def _check_stage(name: str) -> str:
+    if not isinstance(name, str) or not name or any(c in name for c in "; \n\t"):
+        raise ValueError(f"stage name must be a non-empty str without ';' or whitespace, got {name!r}")
+    return name
+
+
+class _StageContext:
+    """Context manager returned by :meth:`StackSampler.stage` (restores the enclosing stage)."""
+
+    __slots__ = ("_sampler", "_name", "_blend_id", "_saved")
+
+    def __init__(self, sampler: "StackSampler", name: str, blend_id: Optional[int]) -> None:
+        self._sampler = sampler
+        self._name = name
+        self._blend_id = blend_id
+        self._saved: tuple = (None, None)
+
+    def __enter__(self) -> "_StageContext":
+        s = self._sampler
+        self._saved = s._tag
+        blend = self._blend_id if self._blend_id is not None else self._saved[1]
+        s._switch(self._name, blend, count=True)
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self._sampler._switch(*self._saved)
+        return False
+
+
+class StackSampler:
+    """Sample the Python call stack of one thread at a fixed rate, tagged by stage and blend.
+
+    Parameters
+    ----------
+    rate_hz : float
+        Samples per second (default 100). ``0`` starts no thread: only the
+        stage timers run.
+    target_thread_id : int, optional
+        ``threading.get_ident()`` of the thread to sample; default: the
+        thread that calls :meth:`start`.
+    lines : bool
+        Append the current line number to every frame label (finer, more
+        distinct stacks). Default False: frames are functions.
+    max_depth : int
+        Frames kept per sample, counted from the innermost (deeper stacks
+        lose their outermost frames).
+
+    Notes
+    -----
+    * Scheduling: tick ``k`` is due at ``t0 + k / rate_hz``
+      (``time.perf_counter``), so the rate does not drift. A tick that comes
+      more than one period late (the GIL was held, the machine was busy) is
+      counted in ``n_missed`` and skipped, never sampled twice.
+    * Frames of this module (the stage context manager running on the
+      working thread) are dropped from samples; the sampler thread itself is
+      never sampled (it may not be the target).
+    * The sampler's own CPU time (``time.thread_time`` in its thread) is
+      reported as ``overhead_cpu_s``.
+    * Stage time is exclusive: entering a nested stage pauses the enclosing
+      one; time outside any stage goes to ``"other"``.
+    * The working thread only assigns a tuple when it switches stage, so
+      stage tagging costs ~1 µs and needs no lock.
+    """
+
+    def __init__(self, rate_hz: float = 100.0, target_thread_id: Optional[int] = None, *,
+                 lines: bool = False, max_depth: int = 256) -> None:
+        rate_hz = float(rate_hz)
+        if not np.isfinite(rate_hz) or rate_hz < 0:
+            raise ValueError(f"rate_hz must be >= 0, got {rate_hz!r}")
+        if rate_hz > 10_000:
+            raise ValueError(f"rate_hz must be <= 10000, got {rate_hz!r}")
+        if int(max_depth) < 1:
+            raise ValueError(f"max_depth must be >= 1, got {max_depth!r}")
+        self.rate_hz = rate_hz
+        self.target_thread_id = target_thread_id
+        self.lines = bool(lines)
+        self.max_depth = int(max_depth)
+        self._tag: tuple = (None, None)  # (stage, blend_id), replaced atomically
+        self._lock = threading.Lock()
+        self._counts: dict = {}  # (stage, tuple of frame keys) -> n
+        self._stage_samples: dict = {}
+        self._blend_samples: dict = {}
+        self._labels: dict = {}  # code object (or (code, line)) -> label
+        self._n_samples = 0
+        self._n_missed = 0
+        self._overhead_cpu = 0.0
+        # stage timers (working thread only)
+        self._stage_seconds: dict = {}
+        self._stage_calls: dict = {}
+        self._blend_seconds: dict = {}
+        self._t_switch = time.perf_counter()
+        self._t_start: Optional[float] = None
+        self._t_stop: Optional[float] = None
+        self._thread: Optional[threading.Thread] = None
+        self._stop_event = threading.Event()
+        self._target_lost = False
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> "StackSampler":
+        """Start the clock (and the sampling thread when ``rate_hz > 0``).
+
+        Returns
+        -------
+        StackSampler
+            ``self``, so ``sampler = StackSampler().start()`` works.
+
+        Raises
+        ------
+        RuntimeError
+            If already started.
+        """
+        if self._t_start is not None:
+            raise RuntimeError("StackSampler.start: already started")
+        if self.target_thread_id is None:
+            self.target_thread_id = threading.get_ident()
+        now = time.perf_counter()
+        self._t_start = now
+        self._t_switch = now
+        if self.rate_hz > 0:
+            self._thread = threading.Thread(target=self._run, name="hpcblend-stack-sampler", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sampling and the clock (idempotent). Closes the current stage's timer."""
+        if self._t_start is None or self._t_stop is not None:
+            return
+        self._stop_event.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._switch(*self._tag)  # account the running stage up to now
+        self._t_stop = time.perf_counter()
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._t_start is not None and self._t_stop is None
+
+    def __enter__(self) -> "StackSampler":
+        if self._t_start is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        self.stop()
+        return False
+
+    # ------------------------------------------------------------------ stages
+
+    def _switch(self, stage: Optional[str], blend_id: Optional[int], count: bool = False) -> None:
+        """Close the running stage's timer and make ``(stage, blend_id)`` current (``count``: a new entry)."""
+        now = time.perf_counter()
+        old_stage, old_blend = self._tag
+        dt = now - self._t_switch
+        key = old_stage if old_stage is not None else OTHER_STAGE
+        self._stage_seconds[key] = self._stage_seconds.get(key, 0.0) + dt
+        if old_blend is not None:
+            self._blend_seconds[old_blend] = self._blend_seconds.get(old_blend, 0.0) + dt
+        if count and stage is not None:
+            self._stage_calls[stage] = self._stage_calls.get(stage, 0) + 1
+        self._t_switch = now
+        self._tag = (stage, blend_id)
+
+    def stage(self, name: str, blend_id: Optional[int] = None) -> _StageContext:
+        """Context manager: samples and time inside it belong to stage ``name`` (and blend).
+
+        Parameters
+        ----------
+        name : str
+            Stage name, one of :data:`STAGES` by convention (``load``,
+            ``detect``, ``init``, ``fit``, ``measure``, ``write``, ``wait``,
+            ``mpi``).
+        blend_id : int, optional
+            Blend being worked on; default: the enclosing stage's blend.
+
+        Returns
+        -------
+        context manager
+            On exit the enclosing stage (and blend) is current again.
+
+        Raises
+        ------
+        ValueError
+            If the name is empty or holds ``;`` or whitespace.
+        """
+        return _StageContext(self, _check_stage(name), None if blend_id is None else int(blend_id))
+
+    def set_stage(self, name: Optional[str], blend_id: Optional[int] = None) -> None:
+        """Switch the current stage without a ``with`` block (``None``: no stage, i.e. ``"other"``).
+
+        Parameters
+        ----------
+        name : str or None
+        blend_id : int, optional
+        """
+        self._switch(None if name is None else _check_stage(name), None if blend_id is None else int(blend_id),
+                     count=True)
+
+    @property
+    def current_stage(self) -> tuple:
+        """``(stage, blend_id)`` now current (``(None, None)`` outside any stage)."""
+        return self._tag
+
+    # ------------------------------------------------------------------ sampling thread
+
+    def _run(self) -> None:
+        cpu0 = time.thread_time()
+        period = 1.0 / self.rate_hz
+        target = self.target_thread_id
+        if target == threading.get_ident():  # pragma: no cover - impossible by construction
+            return
+        t0 = time.perf_counter()
+        k = 1
+        wait = self._stop_event.wait
+        try:
+            while True:
+                due = t0 + k * period
+                delay = due - time.perf_counter()
+                if delay > 0 and wait(delay):
+                    break
+                if self._stop_event.is_set():
+                    break
+                if not self._sample_once(target):
+                    self._target_lost = True
+                    break
+                now = time.perf_counter()
+                # next tick strictly in the future; ticks more than one period late are skipped
+                nk = int((now - t0) / period) + 1
+                if nk > k + 1:
+                    self._n_missed += nk - k - 1
+                    k = nk
+                else:
+                    k += 1
+        finally:
+            self._overhead_cpu += time.thread_time() - cpu0
+
+    def _sample_once(self, target: int) -> bool:
+        """Record one sample of ``target``; False when the thread is gone."""
+        frame = sys._current_frames().get(target)
+        if frame is None:
+            return False
+        stage, blend = self._tag
+        lines = self.lines
+        keys = []
+        depth = 0
+        while frame is not None and depth < self.max_depth:
+            code = frame.f_code
+            if os.path.normcase(code.co_filename) != _THIS_FILE:
+                keys.append((code, frame.f_lineno) if lines else code)
+                depth += 1
+            frame = frame.f_back
+        del frame
+        key = (stage if stage is not None else OTHER_STAGE, tuple(reversed(keys)))
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+            self._stage_samples[key[0]] = self._stage_samples.get(key[0], 0) + 1
+            if blend is not None:
+                self._blend_samples[blend] = self._blend_samples.get(blend, 0) + 1
+            self._n_samples += 1
+        return True
+
+    # ------------------------------------------------------------------ results
+
+    def _label(self, key: Any) -> str:
+        label = self._labels.get(key)
+        if label is None:
+            label = frame_label(key[0], key[1]) if isinstance(key, tuple) else frame_label(key)
+            self._labels[key] = label
+        return label
+
+    def collapsed(self) -> dict:
+        """Collapsed stacks so far: ``{"stage:<s>;frame;...;frame": count}`` (root first)."""
+        with self._lock:
+            items = list(self._counts.items())
+        out: dict = {}
+        for (stage, keys), n in items:
+            line = ";".join([f"stage:{stage}"] + [self._label(k) for k in keys])
+            out[line] = out.get(line, 0) + n
+        return out
+
+    def results(self, rank: Optional[int] = None, top_blends: int = 50) -> dict:
+        """Everything measured, as a dict of built-in types (picklable, JSON-able but ``stacks`` keys).
+
+        Parameters
+        ----------
+        rank : int, optional
+            MPI rank to record (default: the ``rank`` key stays ``None`` and
+            :func:`write_profiles` uses the position in its list).
+        top_blends : int
+            Keep the blends with the most samples (and, separately, the most
+            stage seconds), at most this many each.
+
+        Returns
+        -------
+        dict
+            ``rank``, ``host``, ``pid``, ``rate_hz``, ``lines`` (bool),
+            ``n_samples``, ``n_missed`` (late ticks skipped), ``elapsed_s``
+            (start to stop, or to now), ``achieved_rate_hz``,
+            ``overhead_cpu_s`` (sampler thread CPU), ``overhead_fraction``
+            (of elapsed), ``target_lost`` (bool), ``stacks`` (collapsed line →
+            count), ``stage_samples`` / ``stage_seconds`` / ``stage_calls``
+            (stage → value; seconds measured by the stage timers, exclusive,
+            ``"other"`` = outside any stage), ``blend_samples`` and
+            ``blend_seconds`` (blend id → value, top ``top_blends``).
+        """
+        if self._t_start is None:
+            elapsed = 0.0
+        else:
+            elapsed = (self._t_stop if self._t_stop is not None else time.perf_counter()) - self._t_start
+        stage_seconds = dict(self._stage_seconds)
+        if self.running:  # include the running stage up to now without switching
+            cur = self._tag[0] if self._tag[0] is not None else OTHER_STAGE
+            stage_seconds[cur] = stage_seconds.get(cur, 0.0) + time.perf_counter() - self._t_switch
+        with self._lock:
+            n, missed = self._n_samples, self._n_missed
+            stage_samples = dict(self._stage_samples)
+            blend_samples = dict(self._blend_samples)
+        cpu = self._overhead_cpu
+        top = max(int(top_blends), 0)
+        bs = sorted(blend_samples.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        bt = sorted(self._blend_seconds.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        return {
+            "rank": None if rank is None else int(rank),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "rate_hz": self.rate_hz,
+            "lines": self.lines,
+            "n_samples": int(n),
+            "n_missed": int(missed),
+            "elapsed_s": float(elapsed),
+            "achieved_rate_hz": float(n / elapsed) if elapsed > 0 else 0.0,
+            "overhead_cpu_s": float(cpu),
+            "overhead_fraction": float(cpu / elapsed) if elapsed > 0 else 0.0,
+            "target_lost": bool(self._target_lost),
+            "stacks": self.collapsed(),
+            "stage_samples": {str(k): int(v) for k, v in stage_samples.items()},
+            "stage_seconds": {str(k): float(v) for k, v in stage_seconds.items()},
+            "stage_calls": {str(k): int(v) for k, v in self._stage_calls.items()},
+            "blend_samples": {int(k): int(v) for k, v in bs},
+            "blend_seconds": {int(k): float(v) for k, v in bt},
+        }
+
+
+class NullSampler:
+    """Does nothing, with :class:`StackSampler`'s stage API: a default for code that may be profiled.
+
+    ``def process(..., sampler=None): sampler = sampler or NullSampler()`` and
+    then ``with sampler.stage("fit"): ...`` costs one no-op context manager.
+    """
+
+    rate_hz = 0.0
+
+    class _Null:
+        __slots__ = ()
+
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, *exc: Any) -> bool:
+            return False
+
+    def stage(self, name: str, blend_id: Optional[int] = None) -> "_Null":
+        """A context manager that does nothing."""
+        return NullSampler._Null()
+
+    def set_stage(self, name: Optional[str], blend_id: Optional[int] = None) -> None:
+        """Does nothing."""
+
+    def start(self) -> "NullSampler":
+        """Does nothing; returns ``self``."""
+        return self
+
+    def stop(self) -> None:
+        """Does nothing."""
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def _profile_rank(profile: Mapping[str, Any], position: int) -> int:
+    r = profile.get("rank")
+    return int(position if r is None else r)
+
+
+def write_profiles(path: str | os.PathLike, profiles: Sequence[Mapping[str, Any]]) -> list:
+    """Append per-rank profiles to an existing, closed HDF5 catalog as ``/profile/rank_<r>``.
+
+    Serial (call on one rank, after the catalog is finalised and closed).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The catalog (any HDF5 file with a ``schema_version`` root attribute).
+    profiles : list of dict
+        :meth:`StackSampler.results` dicts, e.g. ``comm.gather(...)`` on rank
+        0. ``None`` entries (a rank without a sampler) are skipped. A
+        profile's ``rank`` key names its group; when it is ``None`` the
+        position in the list is used. An existing group of that rank is
+        replaced.
+
+    Returns
+    -------
+    list of str
+        HDF5 paths of the groups written.
+
+    Raises
+    ------
+    hpcblend.errors.CatalogError
+        If the file does not exist, is not an hpcblend catalog, two profiles
+        name the same rank, or it cannot be written.
+    """
+    import h5py
+
+    from .errors import CatalogError
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CatalogError(f"{path}: cannot write profiles, no such catalog")
+    items = [(_profile_rank(p, i), p) for i, p in enumerate(profiles) if p is not None]
+    ranks = [r for r, _ in items]
+    if len(set(ranks)) != len(ranks):
+        raise CatalogError(f"{path}: profiles name the same rank twice: {sorted(ranks)}")
+    written = []
+    try:
+        with h5py.File(path, "a") as f:
+            if "schema_version" not in f.attrs:
+                raise CatalogError(f"{path}: not an hpcblend catalog (no root attribute 'schema_version')")
+            grp = f.require_group("profile")
+            grp.attrs["profile_version"] = np.int64(PROFILE_VERSION)
+            for r, p in items:
+                name = f"rank_{r}"
+                if name in grp:
+                    del grp[name]
+                g = grp.create_group(name)
+                _write_one(g, r, p)
+                written.append(g.name)
+            grp.attrs["n_ranks"] = np.int64(sum(1 for k in grp if k.startswith("rank_")))
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot write /profile: {exc}") from exc
+    return written
+
+
+def _write_one(g: Any, rank: int, p: Mapping[str, Any]) -> None:
+    import h5py
+
+    stacks = dict(p.get("stacks") or {})
+    lines = sorted(stacks)
+    str_dt = h5py.string_dtype("utf-8")
+    g.create_dataset("stacks", data=np.array(lines, dtype=object), dtype=str_dt,
+                     compression="gzip" if lines else None)
+    g.create_dataset("counts", data=np.array([stacks[k] for k in lines], dtype=np.int64))
+    secs = p.get("stage_seconds") or {}
+    samples = p.get("stage_samples") or {}
+    calls = p.get("stage_calls") or {}
+    names = sorted(set(secs) | set(samples) | set(calls), key=_stage_order)
+    st = np.zeros(len(names), dtype=_STAGE_DTYPE)
+    for i, n in enumerate(names):
+        st[i] = (n.encode()[:32], float(secs.get(n, 0.0)), int(samples.get(n, 0)), int(calls.get(n, 0)))
+    g.create_dataset("stages", data=st)
+    bsam = {int(k): int(v) for k, v in (p.get("blend_samples") or {}).items()}
+    bsec = {int(k): float(v) for k, v in (p.get("blend_seconds") or {}).items()}
+    ids = sorted(set(bsam) | set(bsec))
+    bl = np.zeros(len(ids), dtype=_BLEND_DTYPE)
+    for i, b in enumerate(ids):
+        bl[i] = (b, bsam.get(b, -1), bsec.get(b, np.nan))
+    g.create_dataset("blends", data=bl)
+    meta = {k: v for k, v in p.items() if k not in ("stacks", "blend_samples", "blend_seconds")}
+    meta["rank"] = rank
+    for key in ("rate_hz", "elapsed_s", "achieved_rate_hz", "overhead_cpu_s", "overhead_fraction"):
+        g.attrs[key] = float(meta.get(key) or 0.0)
+    for key in ("n_samples", "n_missed", "pid"):
+        g.attrs[key] = np.int64(meta.get(key) or 0)
+    g.attrs["rank"] = np.int64(rank)
+    g.attrs["host"] = str(meta.get("host") or "")
+    g.attrs["lines"] = np.bool_(bool(meta.get("lines")))
+    g.attrs["json"] = json.dumps(meta, sort_keys=True, default=_json_default)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _stage_order(name: str) -> tuple:
+    order = STAGES + (OTHER_STAGE,)
+    return (order.index(name) if name in order else len(order), name)
+
+
+def read_profiles(path: str | os.PathLike) -> list:
+    """Read the per-rank profiles of a catalog, sorted by rank.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Catalog written by :func:`write_profiles` (or an open ``h5py.File``).
+
+    Returns
+    -------
+    list of dict
+        The dicts :meth:`StackSampler.results` made (``stacks``,
+        ``stage_seconds``, ``stage_samples``, ``stage_calls``,
+        ``blend_samples``, ``blend_seconds``, ``rank``, ``rate_hz``,
+        ``n_samples``, ``elapsed_s``, ``overhead_cpu_s``, ...); ``[]`` when
+        the file has no ``/profile``.
+
+    Raises
+    ------
+    hpcblend.errors.CatalogError
+        If the file cannot be read or ``/profile`` is of a newer version.
+    """
+    import h5py
+
+    from .errors import CatalogError
+
+    if isinstance(path, (h5py.File, h5py.Group)):
+        return _read_profiles_file(path.file)
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CatalogError(f"{path}: no such catalog")
+    try:
+        with h5py.File(path, "r") as f:
+            return _read_profiles_file(f)
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read /profile: {exc}") from exc
+
+
+def _read_profiles_file(f: Any) -> list:
+    from .errors import CatalogError
+
+    if "profile" not in f:
+        return []
+    grp = f["profile"]
+    version = int(grp.attrs.get("profile_version", 0))
+    if version > PROFILE_VERSION:
+        raise CatalogError(f"{f.filename}: /profile has profile_version {version}; this hpcblend reads "
+                           f"<= {PROFILE_VERSION} (upgrade hpcblend)")
+    out = []
+    for name in grp:
+        if not name.startswith("rank_"):
+            continue
+        g = grp[name]
+        p = json.loads(_to_str(g.attrs["json"])) if "json" in g.attrs else {}
+        lines = [_to_str(s) for s in g["stacks"][()]]
+        counts = g["counts"][()]
+        p["stacks"] = {s: int(c) for s, c in zip(lines, counts)}
+        st = g["stages"][()]
+        p["stage_seconds"] = {_to_str(r["name"]): float(r["seconds"]) for r in st}
+        p["stage_samples"] = {_to_str(r["name"]): int(r["samples"]) for r in st if r["samples"]}
+        p["stage_calls"] = {_to_str(r["name"]): int(r["calls"]) for r in st if r["calls"]}
+        bl = g["blends"][()]
+        p["blend_samples"] = {int(r["id"]): int(r["samples"]) for r in bl if r["samples"] >= 0}
+        p["blend_seconds"] = {int(r["id"]): float(r["seconds"]) for r in bl if np.isfinite(r["seconds"])}
+        p["rank"] = int(g.attrs.get("rank", p.get("rank") or 0))
+        out.append(p)
+    out.sort(key=lambda p: p["rank"])
+    return out
+
+
+def _to_str(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def write_collapsed(path_txt: str | os.PathLike, stacks: Mapping[str, int]) -> str:
+    """Write collapsed stacks as text: one ``frame;frame;frame count`` line per stack, sorted.
+
+    Parameters
+    ----------
+    path_txt : str or os.PathLike
+    stacks : dict of str -> int
+
+    Returns
+    -------
+    str
+        The path written.
+    """
+    path_txt = os.fspath(path_txt)
+    with open(path_txt, "w", encoding="utf-8") as fh:
+        for line in sorted(stacks):
+            n = int(stacks[line])
+            if n > 0:
+                fh.write(f"{line} {n}\n")
+    return path_txt
+
+
+def read_collapsed(path_txt: str | os.PathLike) -> dict:
+    """Read a collapsed-stack text file (``frame;...;frame count`` lines; repeated stacks add up).
+
+    Parameters
+    ----------
+    path_txt : str or os.PathLike
+
+    Returns
+    -------
+    dict of str -> int
+
+    Raises
+    ------
+    ValueError
+        On a line whose last field is not an integer count.
+    """
+    out: dict = {}
+    with open(path_txt, encoding="utf-8") as fh:
+        for i, raw in enumerate(fh, 1):
+            line = raw.rstrip("\n")
+            if not line.strip():
+                continue
+            stack, _, count = line.rpartition(" ")
+            try:
+                n = int(count)
+            except ValueError:
+                raise ValueError(f"{path_txt}:{i}: expected 'stack count', got {line[:80]!r}") from None
+            out[stack] = out.get(stack, 0) + n
+    return out
+
