@@ -48,6 +48,7 @@ from scipy.signal import fftconvolve
 
 from .errors import BlendDataError, HpcblendError
 from .inputs import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, BlendData, mask_bits
+from .skymap import Box
 
 __all__ = [
     "Box",
@@ -78,70 +79,6 @@ class DetectionError(HpcblendError):
     """
 
 
-# --------------------------------------------------------------------------
-# geometry
-# --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Box:
-    """An integer pixel box: origin ``(y0, x0)`` and shape ``(h, w)``.
-
-    Covers rows ``y0 .. y0 + h - 1`` and columns ``x0 .. x0 + w - 1`` of the
-    frame it is expressed in (pixels; the patch-outer frame for
-    :attr:`Footprint.bbox`).
-    """
-
-    y0: int
-    x0: int
-    h: int
-    w: int
-
-    @property
-    def origin(self) -> Tuple[int, int]:
-        """``(y0, x0)``."""
-        return (self.y0, self.x0)
-
-    @property
-    def shape(self) -> Tuple[int, int]:
-        """``(h, w)``."""
-        return (self.h, self.w)
-
-    @property
-    def y1(self) -> int:
-        """One past the last row."""
-        return self.y0 + self.h
-
-    @property
-    def x1(self) -> int:
-        """One past the last column."""
-        return self.x0 + self.w
-
-    @property
-    def slices(self) -> Tuple[slice, slice]:
-        """``(slice(y0, y1), slice(x0, x1))`` for indexing an (H, W) array of the same frame."""
-        return (slice(self.y0, self.y1), slice(self.x0, self.x1))
-
-    def as_tuple(self) -> Tuple[int, int, int, int]:
-        """``(y0, x0, h, w)``."""
-        return (self.y0, self.x0, self.h, self.w)
-
-    def grow(self, pad: int) -> "Box":
-        """The box padded by ``pad`` pixels on every side (not clipped)."""
-        return Box(self.y0 - pad, self.x0 - pad, self.h + 2 * pad, self.w + 2 * pad)
-
-    def clip(self, shape: Tuple[int, int]) -> "Box":
-        """The part of the box inside an image of ``shape`` (H, W) with origin (0, 0)."""
-        y0, x0 = max(self.y0, 0), max(self.x0, 0)
-        y1, x1 = min(self.y1, int(shape[0])), min(self.x1, int(shape[1]))
-        return Box(y0, x0, max(y1 - y0, 0), max(x1 - x0, 0))
-
-    def contains(self, y, x) -> np.ndarray:
-        """Whether pixel(s) ``(y, x)`` lie inside the box."""
-        y = np.asarray(y)
-        x = np.asarray(x)
-        return (y >= self.y0) & (y < self.y1) & (x >= self.x0) & (x < self.x1)
-
-
 @dataclass(eq=False)
 class Footprint:
     """One detected footprint (a parent) with its peaks.
@@ -151,9 +88,10 @@ class Footprint:
     label : int
         Label of the footprint in the (grown) segmentation, 1-based, in raster
         order of its first pixel.
-    bbox : Box
-        Bounding box in the patch-outer frame (pixels).
-    mask : ndarray, shape (bbox.h, bbox.w), bool
+    bbox : hpcblend.skymap.Box
+        Bounding box in the patch-outer frame (pixels): ``origin`` (y0, x0),
+        ``shape`` (h, w).
+    mask : ndarray, shape bbox.shape (h, w), bool
         True at the footprint's pixels (its spans) inside ``bbox``.
     peaks : ndarray, shape (K, 2), int64
         Peak positions ``(y, x)`` in the patch-outer frame, brightest (highest
@@ -794,7 +732,7 @@ def detect_footprints(det_image, det_sigma, threshold: float = 5.0, min_area: in
         if sl is None:  # cannot happen for labels 1..n, kept for safety
             continue
         y0, x0 = sl[0].start, sl[1].start
-        box = Box(int(y0), int(x0), int(sl[0].stop - y0), int(sl[1].stop - x0))
+        box = Box((int(y0), int(x0)), (int(sl[0].stop - y0), int(sl[1].stop - x0)))
         sub_mask = labels[sl] == (i + 1)
         a, b = starts[i], starts[i + 1]
         if b > a:
@@ -899,10 +837,11 @@ def footprint_to_blend(footprint: Footprint, images, variance, mask, psfs, bands
     if int(pad) < 0:
         raise ValueError(f"footprint_to_blend: pad must be >= 0 px, got {pad}")
     fb = footprint.bbox
-    if fb.clip((h, w)) != fb or footprint.mask.shape != fb.shape:
-        raise BlendDataError(f"footprint_to_blend: footprint {footprint.label} bbox {fb.as_tuple()} "
+    image_box = Box((0, 0), (h, w))
+    if not image_box.contains_box(fb) or footprint.mask.shape != fb.shape:
+        raise BlendDataError(f"footprint_to_blend: footprint {footprint.label} bbox {fb} "
                              f"(mask {footprint.mask.shape}) does not fit the {h}x{w} image")
-    box = fb.grow(int(pad)).clip((h, w))
+    box = fb.grow(int(pad)) & image_box
     sl = (slice(None),) + box.slices
     img = np.array(images[sl], dtype=np.float32)
     var = np.array(variance[sl], dtype=np.float32)
@@ -915,12 +854,12 @@ def footprint_to_blend(footprint: Footprint, images, variance, mask, psfs, bands
     msk[bad] |= _NO_DATA
     fp = np.zeros(box.shape, dtype=bool)
     oy, ox = fb.y0 - box.y0, fb.x0 - box.x0
-    fp[oy:oy + fb.h, ox:ox + fb.w] = footprint.mask
+    fp[oy:oy + fb.height, ox:ox + fb.width] = footprint.mask
     msk[:, fp] |= _DETECTED
     peaks = np.ascontiguousarray(footprint.peaks - np.array([box.y0, box.x0], dtype=np.int64),
                                  dtype=np.int64)
     meta = {
-        "bbox_patch": box.as_tuple(),
+        "bbox_patch": (box.y0, box.x0, box.height, box.width),
         "footprint_label": int(footprint.label),
         "isolated": is_isolated(footprint),
         "peak_significance": np.asarray(footprint.peak_significance, dtype=np.float64).copy(),

@@ -278,9 +278,9 @@ def test_footprint_to_blend_round_trip_of_coordinates():
         assert blend.meta["isolated"] == (f.n_peaks == 1)
         fb = f.bbox
         if fb.y0 >= 5 and fb.x0 >= 5:
-            assert (y0, x0, bh, bw) == (fb.y0 - 5, fb.x0 - 5, fb.h + 10, fb.w + 10)
+            assert (y0, x0, bh, bw) == (fb.y0 - 5, fb.x0 - 5, fb.height + 10, fb.width + 10)
         else:  # clipped at the patch corner
-            assert y0 == 0 and x0 == 0 and bh <= fb.y1 + 5
+            assert y0 == 0 and x0 == 0 and bh <= fb.stop[0] + 5
         detected = (blend.mask & (1 << MASK_PLANES["DETECTED"])) != 0
         assert np.array_equal(detected[0], blend.footprint)
         if y0 <= 60 < y0 + bh and x0 <= 80 < x0 + bw:
@@ -292,15 +292,6 @@ def test_footprint_to_blend_round_trip_of_coordinates():
         detect.footprint_to_blend(fps[0], images, variance, mask, psfs, BANDS[:4], 1, "x")
     with pytest.raises(BlendDataError, match="psfs"):
         detect.footprint_to_blend(fps[0], images, variance, mask, psfs[:, :14], BANDS, 1, "x")
-
-
-def test_box_geometry():
-    box = detect.Box(2, 3, 4, 5)
-    assert box.origin == (2, 3) and box.shape == (4, 5) and (box.y1, box.x1) == (6, 8)
-    assert box.grow(3).clip((7, 100)) == detect.Box(0, 0, 7, 11)
-    assert box.contains([2, 5, 6], [3, 7, 3]).tolist() == [True, True, False]
-    arr = np.arange(100).reshape(10, 10)
-    assert arr[box.slices].shape == (4, 5)
 
 
 def test_grid_prominence_equals_exact_per_candidate_test():
@@ -343,3 +334,14 @@ def test_significance_image_matches_direct_matched_filter():
         den = fftconvolve(ivar, (k * k)[::-1, ::-1], mode="same")
         got = detect.significance_image(det, sig, kernel=kernel)
         np.testing.assert_allclose(got, num / np.sqrt(den), rtol=1e-6, atol=1e-8)
+
+
+def test_footprint_bbox_is_the_skymap_box():
+    from hpcblend.skymap import Box
+
+    images, variance, mask = _field((50, 50), [(20, 30, _flux_for_snr(30), PSF_SIGMA)], seed=13)
+    (f,) = _detect(images, variance, mask)
+    assert isinstance(f.bbox, Box) and detect.Box is Box
+    assert f.mask.shape == f.bbox.shape
+    assert f.bbox.contains(20, 30)
+    assert np.array_equal(f.full_mask((50, 50))[f.bbox.slices], f.mask)
