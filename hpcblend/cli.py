@@ -9,7 +9,12 @@ import os
 import sys
 import time
 
-import numpy as np
+# One BLAS / Numba thread per rank unless the user says otherwise: must be set before numpy
+# (OpenBLAS reads it once, at import).
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 __all__ = ["main", "summarize"]
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import scipy.fft
 
 from .config import DeblendConfig
 from .errors import BlendDataError, NumericalFailure, PsfError
 from .inputs import BlendData
 from .kernels import convolution, fit, initialization, psf
-from .measure import chi2_per_pixel, measure_children
+from .measure import measure_children
 
 __all__ = ["Observation", "DeblendResult", "build_observation", "initialize_sources", "deblend_blend",
            "warm_up"]
@@ -51,6 +52,9 @@ class Observation:
     transfer : ndarray, shape (B, Hp, Wp//2+1), complex64
         FFT of ``diff_kernels`` on the padded grid.
     fft_shape : tuple (Hp, Wp)
+    curvature : ndarray, shape (B, H, W), float32
+        Per-pixel curvature bound ``||D_b||₁ (|D_b|ᵀ * W_b)`` for FISTA's steps
+        (:func:`hpcblend.kernels.fit.curvature_bound`).
     """
 
     images: np.ndarray
@@ -60,6 +64,7 @@ class Observation:
     model_psf: np.ndarray
     transfer: np.ndarray
     fft_shape: tuple
+    curvature: np.ndarray
 
     @property
     def kernel_radius(self) -> int:
@@ -169,13 +174,15 @@ def build_observation(blend: BlendData, config: DeblendConfig) -> Observation:
     size = max(psfs.shape[1], psfs.shape[2])
     size += 1 - size % 2
     model_psf = psf.gaussian_psf(size, config.model_psf_sigma)
-    kernels = np.array([psf.psf_difference_kernel(p, model_psf, config.psf_regularization) for p in psfs])
+    kernels = psf.psf_difference_kernels(psfs, model_psf, config.psf_regularization)
     radius = psf.kernel_radius_for_tolerance(kernels, config.kernel_tolerance)
     kernels = psf.crop_kernel(kernels, radius, renormalize=True)
     fft_shape = psf.fft_shape_for(images.shape[1:], radius)
     transfer = psf.kernel_transfer_function(kernels, fft_shape)
+    abs_transfer = psf.kernel_transfer_function(np.abs(kernels), fft_shape)
+    curvature = fit.curvature_bound(weights, abs_transfer, np.abs(kernels).sum(axis=(1, 2)), *fft_shape)
     return Observation(images=images, weights=weights, noise_rms=noise_rms, diff_kernels=kernels,
-                       model_psf=model_psf, transfer=transfer, fft_shape=fft_shape)
+                       model_psf=model_psf, transfer=transfer, fft_shape=fft_shape, curvature=curvature)
 
 
 def convolve_sources(morphs: np.ndarray, obs: Observation) -> np.ndarray:
@@ -228,10 +235,11 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
         # for the *shapes*, keeping the support where the observed detection image is
         # above the threshold.
         hp, wp = obs.fft_shape
-        t = np.tensordot(band_weight / band_weight.sum(), obs.transfer, axes=1)
-        spec = np.fft.rfft2(detect, s=(hp, wp))
-        power = np.abs(t) ** 2
-        sharp = np.fft.irfft2(spec * np.conj(t) / (power + config.init_deconvolve), s=(hp, wp))[:h, :w]
+        t = np.tensordot((band_weight / band_weight.sum()).astype(np.float32), obs.transfer, axes=1)
+        spec = scipy.fft.rfft2(detect, s=(hp, wp), workers=1)
+        power = (t.real ** 2 + t.imag ** 2).astype(np.float32)
+        spec *= np.conj(t) / (power + np.float32(config.init_deconvolve))
+        sharp = scipy.fft.irfft2(spec, s=(hp, wp), workers=1)[:h, :w]
         sharp = np.where(detect > threshold, np.maximum(sharp, 0), 0)
         detect = sharp.astype(np.float32)
     k = peaks.shape[0]
@@ -297,7 +305,7 @@ def deblend_blend(blend: BlendData, config: DeblendConfig) -> DeblendResult:
     optimizer = fit.OPT_ADAPROX if config.optimizer == "adaprox" else fit.OPT_FISTA
     try:
         n_iter, converged, status, alive = fit.fit_blend(
-            obs.images, obs.weights, obs.transfer, hp, wp, peaks, sed, morphs, boxes, obs.noise_rms,
+            obs.images, obs.weights, obs.curvature, obs.transfer, hp, wp, peaks, sed, morphs, boxes, obs.noise_rms,
             optimizer, config.max_iter, config.min_iter, config.e_rel, config.bg_thresh,
             config.monotonic, config.symmetric, config.sed_step_factor, config.morph_step,
             config.box_margin, obs.kernel_radius, config.step_scale, loss)
@@ -318,10 +326,8 @@ def deblend_blend(blend: BlendData, config: DeblendConfig) -> DeblendResult:
     result.flags["flag_not_converged"] = not converged
     result.loss_history = loss[:n_iter].copy()
     conv = convolve_sources(morphs, obs)
-    model_observed = (conv * sed[:, :, None, None].astype(np.float32)).sum(axis=0)
-    result.chi2_per_pixel = chi2_per_pixel(obs.images, obs.weights, model_observed)
-    children = measure_children(obs.images, np.asarray(blend.variance, dtype=np.float64), obs.weights, fp,
-                                sed, morphs, conv)
+    children, result.chi2_per_pixel = measure_children(obs.images, np.asarray(blend.variance, dtype=np.float32),
+                                                       obs.weights, fp, sed, morphs, conv, boxes, obs.kernel_radius)
     children["alive"] = np.asarray(alive, dtype=bool)
     result.children = dict(children)
     result.sed = sed

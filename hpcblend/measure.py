@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ChildMeasurements", "measure_children", "chi2_per_pixel"]
+from .kernels.measurement import measure_children_kernel
+
+__all__ = ["ChildMeasurements", "measure_children", "measure_children_reference", "chi2_per_pixel"]
 
 
 class ChildMeasurements(dict):
@@ -18,8 +20,40 @@ class ChildMeasurements(dict):
 
 def measure_children(images: np.ndarray, variance: np.ndarray, weights: np.ndarray,
                      footprint: np.ndarray, sed: np.ndarray, morphs: np.ndarray,
-                     conv_morphs: np.ndarray) -> ChildMeasurements:
-    """Measure every child of a fitted blend.
+                     conv_morphs: np.ndarray, boxes: np.ndarray, radius: int):
+    """Measure every child of a fitted blend, and the blend's χ² per pixel (compiled, per-child boxes).
+
+    Same quantities as :func:`measure_children_reference`, computed by
+    :func:`hpcblend.kernels.measurement.measure_children_kernel` over each
+    child's box grown by the difference-kernel ``radius`` (pixels) instead of
+    full frames.
+
+    Parameters
+    ----------
+    images, variance, weights, footprint, sed, morphs, conv_morphs
+        As :func:`measure_children_reference`.
+    boxes : ndarray, shape (K, 4), int64
+        Morphology boxes (y0, y1, x0, x1), half-open.
+    radius : int
+        Difference-kernel radius in pixels.
+
+    Returns
+    -------
+    children : ChildMeasurements
+    chi2_per_pixel : float
+        ``Σ W (D*M − Y)² / N`` over the N weighted (band, pixel); NaN if N = 0.
+    """
+    fm, fl, fe, cy, cx, bl, chi2, n = measure_children_kernel(
+        images, variance, weights, footprint, np.ascontiguousarray(sed, dtype=np.float64), morphs, conv_morphs,
+        np.ascontiguousarray(boxes, dtype=np.int64), int(radius))
+    children = ChildMeasurements(flux_model=fm, flux=fl, flux_err=fe, x=cx, y=cy, blendedness=bl)
+    return children, (chi2 / n if n > 0 else float("nan"))
+
+
+def measure_children_reference(images: np.ndarray, variance: np.ndarray, weights: np.ndarray,
+                               footprint: np.ndarray, sed: np.ndarray, morphs: np.ndarray,
+                               conv_morphs: np.ndarray) -> ChildMeasurements:
+    """Measure every child of a fitted blend (plain NumPy on full frames; the reference).
 
     Parameters
     ----------

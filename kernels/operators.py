@@ -131,9 +131,12 @@ def prox_monotonic(morph, cy, cx, y0, y1, x0, x1):
 def prox_symmetric(morph, cy, cx, y0, y1, x0, x1):
     """Point-symmetrise a morphology about its peak, in place (scarlet's symmetry constraint).
 
-    Each pair of pixels mirrored through the peak is set to the smaller of
-    the two values (a pixel whose mirror falls outside the box pairs with
-    zero, so the support becomes symmetric inside the box).
+    The Euclidean projection onto point-symmetric images: each pair of pixels
+    mirrored through the peak is set to the mean of the two (Melchior et al.
+    2018, Sect. 2.3). A pixel whose mirror falls outside the box pairs with
+    zero, so the support becomes symmetric inside the box. (The SDSS-style
+    minimum of the pair is not a projection: applied every iteration it
+    ratchets the morphology down and the loss up.)
 
     Parameters
     ----------
@@ -148,9 +151,10 @@ def prox_symmetric(morph, cy, cx, y0, y1, x0, x1):
         for x in range(x0, x1):
             mx = 2 * cx - x
             if my >= y0 and my < y1 and mx >= x0 and mx < x1:
-                v = min(morph[y, x], morph[my, mx])
-                morph[y, x] = v
-                morph[my, mx] = v
+                if (y, x) < (my, mx):
+                    v = 0.5 * (morph[y, x] + morph[my, mx])
+                    morph[y, x] = v
+                    morph[my, mx] = v
             else:
                 morph[y, x] = 0.0
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.fft
 
 __all__ = [
     "gaussian_psf",
     "psf_difference_kernel",
+    "psf_difference_kernels",
     "kernel_radius_for_tolerance",
     "crop_kernel",
     "fft_shape_for",
@@ -79,54 +81,97 @@ def _pad_centered(image: np.ndarray, shape: tuple) -> np.ndarray:
     return out
 
 
-def psf_difference_kernel(psf: np.ndarray, model_psf: np.ndarray, regularization: float = 1e-7,
-                          padding: int = 8) -> np.ndarray:
-    """Kernel ``D`` with ``psf ≈ D * model_psf``, solved in Fourier space.
+def psf_difference_kernels(psfs: np.ndarray, model_psf: np.ndarray, regularization: float = 1e-7,
+                           padding: int = 8) -> np.ndarray:
+    """Kernels ``D_b`` with ``psf_b ≈ D_b * model_psf`` for a stack of PSFs, solved in Fourier space.
 
     ``D̂ = P̂ · conj(P̂_m) / (|P̂_m|² + λ·max|P̂_m|²)`` — a Tikhonov-regularised
-    deconvolution of the observed PSF by the model PSF (scarlet's
-    ``match_psf``, Melchior et al. 2018, Sect. 2.2, without the
-    regularisation term, which guards against the model PSF's transfer
-    function approaching zero). Both images are zero-padded to a common odd
-    size plus ``padding`` pixels on every side before the transform so that
-    the circular deconvolution does not wrap, and the result is cropped back
-    to the observed PSF's size.
+    deconvolution of each observed PSF by the model PSF (scarlet's
+    ``match_psf``, Melchior et al. 2018, Sect. 2.2, plus the regularisation
+    term, which guards against the model PSF's transfer function approaching
+    zero). All images are zero-padded to a common grid at least ``padding``
+    pixels wider on every side than the largest image, rounded up to a
+    2·3·5-smooth length (fast FFTs), so the circular deconvolution does not
+    wrap; all bands are transformed in one call; each result is cropped back
+    to its PSF's size.
 
     Parameters
     ----------
-    psf : ndarray, shape (Ph, Pw), odd sides (need not be square)
-        Observed PSF of one band, sum 1.
+    psfs : ndarray, shape (B, Ph, Pw), odd sides (need not be square)
+        Observed PSFs, each summing to 1.
     model_psf : ndarray, shape (Mh, Mw), odd sides
-        Model PSF, sum 1 (any odd size; typically the same as ``psf``).
+        Model PSF, sum 1.
     regularization : float
         λ, relative to the model PSF's peak power.
     padding : int
-        Extra zero pixels on each side of the transform grid.
+        Minimum extra zero pixels on each side of the transform grid.
 
     Returns
     -------
-    kernel : ndarray, shape (Ph, Pw), float64
-        The difference kernel, centred on ``(Ph // 2, Pw // 2)``, renormalised
-        to sum 1.
+    kernels : ndarray, shape (B, Ph, Pw), float64
+        Difference kernels, centred on ``(Ph // 2, Pw // 2)``, each
+        renormalised to sum 1.
+
+    Raises
+    ------
+    ValueError
+        If the PSF stack is not 3-D or an image does not have odd sides.
+    """
+    psfs = np.asarray(psfs, dtype=np.float64)
+    if psfs.ndim != 3 or psfs.shape[1] % 2 == 0 or psfs.shape[2] % 2 == 0:
+        raise ValueError(f"psf_difference_kernels: psfs must be (B, Ph, Pw) with odd sides, got {psfs.shape}")
+    if model_psf.ndim != 2 or model_psf.shape[0] % 2 == 0 or model_psf.shape[1] % 2 == 0:
+        raise ValueError(f"psf_difference_kernels: model_psf must be 2-D with odd sides, got {model_psf.shape}")
+    # centres sit at pixel (0, 0), so even grid sides are fine
+    shape = tuple(_next_fast_length(max(a, b) + 2 * padding) for a, b in zip(psfs.shape[1:], model_psf.shape))
+    grid_p = np.zeros((psfs.shape[0],) + shape)
+    grid_m = np.zeros(shape)
+    _place_at_origin(psfs, grid_p)
+    _place_at_origin(model_psf[None], grid_m[None])
+    p_hat = np.fft.rfft2(grid_p)
+    m_hat = np.fft.rfft2(grid_m)
+    power = np.abs(m_hat) ** 2
+    filt = np.conj(m_hat) / (power + regularization * power.max())
+    d = np.fft.irfft2(p_hat * filt[None], s=shape)
+    ph, pw = psfs.shape[1:]
+    ys = (np.arange(ph) - ph // 2) % shape[0]
+    xs = (np.arange(pw) - pw // 2) % shape[1]
+    out = d[:, ys[:, None], xs[None, :]]
+    return out / out.sum(axis=(1, 2), keepdims=True)
+
+
+def _place_at_origin(images: np.ndarray, grid: np.ndarray) -> None:
+    """Write centred odd-sided images (N, h, w) into grids (N, Hg, Wg) with their centre at pixel (0, 0)."""
+    h, w = images.shape[1:]
+    ys = (np.arange(h) - h // 2) % grid.shape[1]
+    xs = (np.arange(w) - w // 2) % grid.shape[2]
+    grid[:, ys[:, None], xs[None, :]] = images
+
+
+def psf_difference_kernel(psf: np.ndarray, model_psf: np.ndarray, regularization: float = 1e-7,
+                          padding: int = 8) -> np.ndarray:
+    """Kernel ``D`` with ``psf ≈ D * model_psf`` for one PSF; see :func:`psf_difference_kernels`.
+
+    Parameters
+    ----------
+    psf : ndarray, shape (Ph, Pw), odd sides
+    model_psf : ndarray, shape (Mh, Mw), odd sides
+    regularization : float
+    padding : int
+
+    Returns
+    -------
+    kernel : ndarray, shape (Ph, Pw), float64, sum 1
 
     Raises
     ------
     ValueError
         If an image is not 2-D with odd sides.
     """
-    for name, img in (("psf", psf), ("model_psf", model_psf)):
-        if img.ndim != 2 or img.shape[0] % 2 == 0 or img.shape[1] % 2 == 0:
-            raise ValueError(f"psf_difference_kernel: {name} must be 2-D with odd sides, got {img.shape}")
-    shape = tuple(max(a, b) + 2 * padding for a, b in zip(psf.shape, model_psf.shape))
-    p = np.fft.ifftshift(_pad_centered(np.asarray(psf, dtype=np.float64), shape))
-    m = np.fft.ifftshift(_pad_centered(np.asarray(model_psf, dtype=np.float64), shape))
-    p_hat = np.fft.rfft2(p)
-    m_hat = np.fft.rfft2(m)
-    power = np.abs(m_hat) ** 2
-    d_hat = p_hat * np.conj(m_hat) / (power + regularization * power.max())
-    d = np.fft.fftshift(np.fft.irfft2(d_hat, s=shape))
-    d = _pad_centered(d, psf.shape)
-    return d / d.sum()
+    psf = np.asarray(psf, dtype=np.float64)
+    if psf.ndim != 2:
+        raise ValueError(f"psf_difference_kernel: psf must be 2-D with odd sides, got {psf.shape}")
+    return psf_difference_kernels(psf[None], model_psf, regularization, padding)[0]
 
 
 def kernel_radius_for_tolerance(kernel: np.ndarray, tolerance: float) -> int:
@@ -237,8 +282,9 @@ def kernel_transfer_function(kernels: np.ndarray, fft_shape: tuple, dtype=np.com
     b, kh, kw = kernels.shape
     hp, wp = fft_shape
     r_y, r_x = kh // 2, kw // 2
-    grid = np.zeros((b, hp, wp), dtype=np.float64)
+    real = np.float32 if np.dtype(dtype) == np.complex64 else np.float64
+    grid = np.zeros((b, hp, wp), dtype=real)
     ys = (np.arange(kh) - r_y) % hp
     xs = (np.arange(kw) - r_x) % wp
     grid[:, ys[:, None], xs[None, :]] = kernels
-    return np.fft.rfft2(grid).astype(dtype)
+    return scipy.fft.rfft2(grid, workers=1).astype(dtype, copy=False)

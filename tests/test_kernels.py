@@ -230,9 +230,13 @@ def test_prox_symmetric_symmetric_box():
     operators.prox_symmetric(out, cy, cx, y0, y1, x0, x1)
     sub = out[y0:y1, x0:x1]
     np.testing.assert_array_equal(sub, sub[::-1, ::-1])
-    # each pair becomes the smaller of the two
-    ref = np.minimum(img[y0:y1, x0:x1], img[y0:y1, x0:x1][::-1, ::-1])
-    np.testing.assert_array_equal(sub, ref)
+    # the Euclidean projection: each pair becomes the mean of the two
+    ref = 0.5 * (img[y0:y1, x0:x1] + img[y0:y1, x0:x1][::-1, ::-1])
+    np.testing.assert_allclose(sub, ref, rtol=1e-12)
+    # and it is a projection: applying it again changes nothing
+    again = out.copy()
+    operators.prox_symmetric(again, cy, cx, y0, y1, x0, x1)
+    np.testing.assert_array_equal(again, out)
     np.testing.assert_array_equal(out[:y0], img[:y0])
 
 
