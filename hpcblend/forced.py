@@ -61,7 +61,7 @@ __all__ = [
     "forced_photometry",
 ]
 
-#: The PSF image, centred at the child, extends beyond the image edge (the fit uses the part inside).
+#: PSF pixels above 1 % of its peak fall outside the image (the fit uses the part inside).
 FORCED_PSF_EDGE = 1
 #: No pixel with weight > 0 under the PSF: PSF flux is NaN.
 FORCED_PSF_NO_DATA = 2
