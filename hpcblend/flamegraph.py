@@ -180,8 +180,9 @@ def _split_label(label: str) -> dict:
     """speedscope frame for a label ``file:function:line`` (other labels: name only)."""
     parts = label.split(":")
     if len(parts) == 3 and parts[2].split("@")[0].isdigit():
-        frame = {"name": f"{parts[1]} ({parts[0]})", "file": parts[0], "line": int(parts[2].split("@")[0])}
-        return frame
+        line = parts[2].split("@")
+        name = f"{parts[1]}@{line[1]}" if len(line) > 1 else parts[1]
+        return {"name": f"{name} ({parts[0]})", "file": parts[0], "line": int(line[-1])}
     return {"name": label}
 
 
@@ -300,7 +301,8 @@ def _short(label: str) -> str:
     """Text shown in a box: the function name of ``file:function:line`` labels."""
     parts = label.split(":")
     if len(parts) == 3 and parts[2].split("@")[0].isdigit():
-        return parts[1]
+        line = parts[2].split("@")
+        return f"{parts[1]}@{line[1]}" if len(line) > 1 else parts[1]
     return label
 
 

@@ -34,7 +34,9 @@ Collapsed stack lines (keys of ``results()["stacks"]``) are root first::
     stage:fit;driver.py:_work_loop:402;pipeline.py:process_blend_file:48;deblend.py:deblend_blend:262
 
 A frame is labelled ``<file basename>:<qualified function name>:<line of def>``
-(``lines=True`` appends ``@<current line>``); the stage is the root frame.
+(with ``lines="leaf"`` the innermost frame, with ``lines="all"`` every frame,
+gets ``@<current line>`` appended: the leaf's line tells which compiled
+kernel a function is inside); the stage is the root frame.
 
 HDF5 layout written by :func:`write_profiles` (``PROFILE_VERSION`` 1)::
 
@@ -42,7 +44,7 @@ HDF5 layout written by :func:`write_profiles` (``PROFILE_VERSION`` 1)::
     /profile/rank_<r>            group, attrs: rank, host, pid, rate_hz,
                                  n_samples, n_missed, elapsed_s,
                                  achieved_rate_hz, overhead_cpu_s,
-                                 overhead_fraction, lines, json (all of the
+                                 overhead_fraction, lines (str), json (all of the
                                  dict but the stacks, as JSON)
     /profile/rank_<r>/stacks     vlen UTF-8 str (n_stacks,): collapsed stacks
     /profile/rank_<r>/counts     int64 (n_stacks,): samples per stack
@@ -153,9 +155,11 @@ class StackSampler:
     target_thread_id : int, optional
         ``threading.get_ident()`` of the thread to sample; default: the
         thread that calls :meth:`start`.
-    lines : bool
-        Append the current line number to every frame label (finer, more
-        distinct stacks). Default False: frames are functions.
+    lines : {"none", "leaf", "all"}
+        Append ``@<current line>`` to the innermost frame's label
+        (``"leaf"``: shows which line, e.g. which Numba kernel call, a
+        function is on) or to every frame (``"all"``). Default ``"none"``:
+        frames are functions.
     max_depth : int
         Frames kept per sample, counted from the innermost (deeper stacks
         lose their outermost frames).
@@ -178,7 +182,7 @@ class StackSampler:
     """
 
     def __init__(self, rate_hz: float = 100.0, target_thread_id: Optional[int] = None, *,
-                 lines: bool = False, max_depth: int = 256) -> None:
+                 lines: str = "none", max_depth: int = 256) -> None:
         rate_hz = float(rate_hz)
         if not np.isfinite(rate_hz) or rate_hz < 0:
             raise ValueError(f"rate_hz must be >= 0, got {rate_hz!r}")
@@ -188,7 +192,9 @@ class StackSampler:
             raise ValueError(f"max_depth must be >= 1, got {max_depth!r}")
         self.rate_hz = rate_hz
         self.target_thread_id = target_thread_id
-        self.lines = bool(lines)
+        if lines not in ("none", "leaf", "all"):
+            raise ValueError(f"lines must be 'none', 'leaf' or 'all', got {lines!r}")
+        self.lines = lines
         self.max_depth = int(max_depth)
         self._tag: tuple = (None, None)  # (stage, blend_id), replaced atomically
         self._lock = threading.Lock()
@@ -356,13 +362,14 @@ class StackSampler:
         if frame is None:
             return False
         stage, blend = self._tag
-        lines = self.lines
+        mode = self.lines
         keys = []
         depth = 0
         while frame is not None and depth < self.max_depth:
             code = frame.f_code
             if os.path.normcase(code.co_filename) != _THIS_FILE:
-                keys.append((code, frame.f_lineno) if lines else code)
+                with_line = mode == "all" or (mode == "leaf" and depth == 0)
+                keys.append((code, frame.f_lineno) if with_line else code)
                 depth += 1
             frame = frame.f_back
         del frame
@@ -409,7 +416,7 @@ class StackSampler:
         Returns
         -------
         dict
-            ``rank``, ``host``, ``pid``, ``rate_hz``, ``lines`` (bool),
+            ``rank``, ``host``, ``pid``, ``rate_hz``, ``lines`` (str),
             ``n_samples``, ``n_missed`` (late ticks skipped), ``elapsed_s``
             (start to stop, or to now), ``achieved_rate_hz``,
             ``overhead_cpu_s`` (sampler thread CPU), ``overhead_fraction``
@@ -588,7 +595,7 @@ def _write_one(g: Any, rank: int, p: Mapping[str, Any]) -> None:
         g.attrs[key] = np.int64(meta.get(key) or 0)
     g.attrs["rank"] = np.int64(rank)
     g.attrs["host"] = str(meta.get("host") or "")
-    g.attrs["lines"] = np.bool_(bool(meta.get("lines")))
+    g.attrs["lines"] = str(meta.get("lines") or "none")
     g.attrs["json"] = json.dumps(meta, sort_keys=True, default=_json_default)
 
 

@@ -55,7 +55,7 @@ nav a{margin-right:1em}table{border-collapse:collapse;margin:.5em 0 1em;font-siz
 td,th{border:1px solid #ccd;padding:.2em .6em;text-align:right;vertical-align:top}
 th{background:#eef}td.l,th.l{text-align:left}img{max-width:100%;height:auto}
 .answer{background:#f3f7ee;border-left:4px solid #7a5;padding:.5em 1em;margin:.8em 0}
-.note{color:#666;font-size:.9em}.flame{overflow-x:auto;border:1px solid #ddd}
+.note{color:#666;font-size:.9em}.flame{overflow-x:auto;border:1px solid #ddd}.flame svg{max-width:100%;height:auto}
 .gallery figure{margin:0 0 1.5em}.bad{color:#b22}code{font-size:.9em}
 """
 
@@ -147,7 +147,7 @@ def _overview(run: RunData, nums: dict) -> str:
         ("versions", _e(", ".join(f"{k} {v}" for k, v in nums["versions"].items()
                                    if k in ("hpcblend", "python", "numpy", "numba", "h5py", "mpi4py")) or "–")),
     ]
-    return _table(["", ""], rows)
+    return _table(["", ""], rows, left=(0, 1))
 
 
 def _time_section(run: RunData, nums: dict, figs: _Figures) -> str:

@@ -319,7 +319,7 @@ def fig_gallery_record(record: Mapping[str, Any], row: Optional[np.void] = None)
         axes[2].set_title("residual", fontsize=9)
     boxes = np.asarray(record["child_boxes"]).reshape(-1, 4)
     bad = np.asarray(record["child_bad"], dtype=bool).reshape(-1)
-    for ax in axes[:2]:
+    for ax in (axes[:2] if model is not None else axes[:1]):
         for (y0, x0, h, w), isbad in zip(boxes, bad):
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), w, h, fill=False, lw=1.0,
                                    edgecolor="#ff2222" if isbad else "#22dd22"))
