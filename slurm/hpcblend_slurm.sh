@@ -169,8 +169,9 @@ hb_run() {
         hb_log "ERROR: scontrol requeue failed (was the job submitted with --requeue?)"
         exit "$rc"
     fi
-    if [ "$rc" -eq 3 ]; then
-        hb_log "checkpointed, not finished; to continue: HPCBLEND_RUNDIR=$HB_RUNDIR HPCBLEND_RESUME=1 sbatch ..."
+    if [ -e "$HB_CATALOG" ] && { [ "$rc" -eq 3 ] || [ "$_hb_term" = 1 ]; }; then
+        hb_log "stopped before the end; the catalog keeps every completed write round. To continue:"
+        hb_log "  HPCBLEND_RUNDIR=$HB_RUNDIR HPCBLEND_RESUME=1 sbatch <same script and arguments>"
     fi
     exit "$rc"
 }

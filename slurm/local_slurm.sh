@@ -113,7 +113,7 @@ SlurmdParameters=config_overrides
 KillWait=5
 # schedule pending jobs (a requeued one, when it becomes eligible) within a second or two
 SchedulerType=sched/backfill
-SchedulerParameters=bf_interval=1,sched_min_interval=100000
+SchedulerParameters=bf_interval=1,sched_interval=2,sched_min_interval=100000
 MinJobAge=600
 InactiveLimit=0
 SlurmctldTimeout=30
