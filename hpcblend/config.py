@@ -29,6 +29,9 @@ from .errors import ConfigError
 
 __all__ = [
     "InputConfig",
+    "SimulateConfig",
+    "DetectConfig",
+    "MeasureConfig",
     "DeblendConfig",
     "OutputConfig",
     "RunConfig",
@@ -50,7 +53,9 @@ class InputConfig:
     kind : str
         ``"blends"``: a collection of pre-cut npz blends (one work unit each);
         ``"demo"``: synthetic blends written on the fly into ``cache_dir``
-        (needs no external data).
+        (needs no external data); ``"tract"``: a multi-band coadd tract (one
+        FITS file per band, :mod:`hpcblend.coadd`) cut into patches (one work
+        unit each) that are detected, deblended and measured.
     paths : tuple of str
         Files, directories or globs of npz blends; relative paths are taken
         from the job file's directory (or the current directory for
@@ -63,6 +68,19 @@ class InputConfig:
         Where ``kind: demo`` writes its synthetic blends.
     n_demo_blends : int
         Number of synthetic blends for ``kind: demo``.
+    tract_dir : str
+        ``kind: tract``: directory holding ``coadd_<band>.fits`` and
+        ``psf_<band>.fits`` (relative to the job file's directory).
+    tract : int
+        Tract number, encoded in every id.
+    patch_inner_size : int
+        Side of a patch's inner box in pixels (HSC: 4000).
+    patch_overlap : int
+        Border added around each inner box to make the outer box, pixels
+        (HSC: 100). A source belongs to the patch whose inner box holds its peak.
+    simulate : SimulateConfig
+        ``kind: tract``: simulate the tract into ``tract_dir`` first when it
+        has no coadds (the built-in job does this).
     """
 
     kind: str = "blends"
@@ -70,6 +88,111 @@ class InputConfig:
     bands: Optional[Tuple[str, ...]] = None
     cache_dir: str = ".hpcblend_cache/demo_blends"
     n_demo_blends: int = 8
+    tract_dir: str = ""
+    tract: int = 0
+    patch_inner_size: int = 4000
+    patch_overlap: int = 100
+    simulate: "SimulateConfig" = field(default_factory=lambda: SimulateConfig())
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """A simulated tract (:func:`hpcblend.simulate.simulate_tract`, GalSim) made when ``tract_dir`` is empty.
+
+    Attributes
+    ----------
+    enabled : bool
+        Simulate when ``input.tract_dir`` has no coadds.
+    shape : tuple of int
+        (H, W) in pixels.
+    bands : tuple of str
+    density : float
+        Galaxies per arcmin².
+    star_density : float
+        Stars per arcmin².
+    seed : int
+    psf : str
+        ``"moffat"`` or ``"kolmogorov"``.
+    cosmos_dir : str
+        RealGalaxyCatalog directory for real HST COSMOS morphologies (e.g.
+        ``../shared/data/cosmos``); empty: parametric bulge + disk galaxies.
+    galaxy_mag_range : tuple of float
+        i-band AB magnitudes of galaxies.
+    """
+
+    enabled: bool = False
+    shape: Tuple[int, ...] = (2000, 2000)
+    bands: Tuple[str, ...] = ("g", "r", "i", "z", "y")
+    density: float = 10.0
+    star_density: float = 1.0
+    seed: int = 0
+    psf: str = "moffat"
+    cosmos_dir: str = ""
+    galaxy_mag_range: Tuple[float, ...] = (20.0, 26.0)
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """Detection on a patch (:mod:`hpcblend.detect`).
+
+    Attributes
+    ----------
+    subtract_background : bool
+        Estimate and subtract a smooth background per band (sep).
+    background_box : int
+        Background mesh size, pixels.
+    method : str
+        Detection image: ``"weighted"`` (inverse-variance weighted mean of the
+        bands) or ``"chi2"``.
+    threshold : float
+        Footprint threshold in σ of the matched-filtered detection image.
+    min_area : int
+        Minimum footprint area, pixels.
+    grow : int
+        Footprints are grown by this many pixels (touching ones merge).
+    min_peak_separation : float
+        Pixels between kept peaks.
+    min_prominence : float
+        A peak must rise this many σ above the saddle to a brighter one.
+    pad : int
+        Pixels of data kept around each footprint's box in its blend cut-out.
+    fit_isolated : bool
+        Fit single-peak footprints with the deblender too (otherwise they are
+        measured directly on the data: the child is the whole footprint).
+    """
+
+    subtract_background: bool = True
+    background_box: int = 128
+    method: str = "weighted"
+    threshold: float = 5.0
+    min_area: int = 5
+    grow: int = 2
+    min_peak_separation: float = 2.0
+    min_prominence: float = 3.0
+    pad: int = 5
+    fit_isolated: bool = False
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    """Forced photometry of the children (:mod:`hpcblend.forced`).
+
+    Attributes
+    ----------
+    aperture_radii : tuple of float
+        Circular aperture radii in pixels.
+    forced_pad : int
+        Extra pixels of data around each blend's box for forced photometry,
+        so the largest aperture fits.
+    store_models : bool
+        Store every child's deblended model (SED and morphology box) in the
+        catalog (``/models``, ``/model_pixels``), renderable by
+        ``hpcblend model``.
+    """
+
+    aperture_radii: Tuple[float, ...] = (3.0, 6.0, 12.0)
+    forced_pad: int = 14
+    store_models: bool = True
 
 
 @dataclass(frozen=True)
@@ -211,7 +334,7 @@ class JobConfig:
     ----------
     name : str
         Free-form job name stored in the catalog.
-    input, deblend, output, run : sections
+    input, detect, deblend, measure, output, run : sections
         See their classes.
     base_dir : str
         Directory relative input paths are resolved against (the job file's
@@ -220,14 +343,17 @@ class JobConfig:
 
     name: str = "hpcblend"
     input: InputConfig = field(default_factory=InputConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
     deblend: DeblendConfig = field(default_factory=DeblendConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     run: RunConfig = field(default_factory=RunConfig)
     base_dir: str = field(default=".", metadata={"yaml": False})
 
 
 _CHOICES = {
-    ("input", "kind"): ("blends", "demo"),
+    ("input", "kind"): ("blends", "demo", "tract"),
+    ("detect", "method"): ("weighted", "chi2"),
     ("deblend", "optimizer"): ("adaprox", "fista"),
     ("output", "writer"): ("auto", "mpio", "serial"),
     ("run", "schedule"): ("cost", "file"),
@@ -238,9 +364,12 @@ _POSITIVE = {
     ("deblend", "sed_step_factor"), ("deblend", "morph_step"), ("deblend", "max_n_peaks"),
     ("deblend", "max_footprint_area"), ("deblend", "max_area_times_peaks"),
     ("deblend", "kernel_tolerance"), ("deblend", "step_scale"), ("run", "write_every_units"), ("run", "write_every_seconds"),
-    ("run", "numba_threads"), ("input", "n_demo_blends"),
+    ("run", "numba_threads"), ("input", "n_demo_blends"), ("input", "patch_inner_size"),
+    ("detect", "background_box"), ("detect", "threshold"), ("detect", "min_area"),
 }
-_NON_NEGATIVE = {("deblend", "min_iter"), ("deblend", "bg_thresh"), ("deblend", "box_margin"),
+_NON_NEGATIVE = {("input", "patch_overlap"), ("input", "tract"), ("detect", "grow"), ("detect", "pad"),
+                 ("detect", "min_peak_separation"), ("detect", "min_prominence"), ("measure", "forced_pad"),
+                 ("deblend", "min_iter"), ("deblend", "bg_thresh"), ("deblend", "box_margin"),
                  ("deblend", "sed_ridge"), ("deblend", "init_deconvolve"), ("deblend", "psf_regularization")}
 
 
@@ -324,6 +453,16 @@ def _validate(job: JobConfig, source: str) -> JobConfig:
                               f"(known: {', '.join(MASK_PLANES)})")
     if job.input.kind == "blends" and not job.input.paths:
         raise ConfigError(f"{source}: key 'input.paths': no input given (a file, directory or glob of npz blends)")
+    if job.input.kind == "tract" and not job.input.tract_dir:
+        raise ConfigError(f"{source}: key 'input.tract_dir': no tract directory given")
+    sim = job.input.simulate
+    if len(sim.shape) != 2 or min(sim.shape) <= 0:
+        raise ConfigError(f"{source}: key 'input.simulate.shape': expected [H, W] > 0, got {list(sim.shape)}")
+    if sim.psf not in ("moffat", "kolmogorov"):
+        raise ConfigError(f"{source}: key 'input.simulate.psf': {sim.psf!r} is not one of ['moffat', 'kolmogorov']")
+    if not job.measure.aperture_radii or min(job.measure.aperture_radii) <= 0:
+        raise ConfigError(f"{source}: key 'measure.aperture_radii': expected positive radii, "
+                          f"got {list(job.measure.aperture_radii)}")
     if not job.output.path:
         raise ConfigError(f"{source}: key 'output.path': empty")
     return job

@@ -96,6 +96,9 @@ class DeblendResult:
     morphs : ndarray, shape (K, H, W) or None
     boxes : ndarray, shape (K, 4) or None
         (y0, y1, x0, x1) of each child's morphology, blend frame.
+    conv : ndarray, shape (K, B, H, W), float32, or None
+        Morphologies convolved to each band's PSF, ``D_b * S_k``; a child's
+        observed-frame model is ``sed[k, b] * conv[k, b]``.
     children : dict
         Child measurements (see :func:`hpcblend.measure.measure_children`)
         plus ``alive`` (K,) bool; empty when not fitted.
@@ -116,6 +119,7 @@ class DeblendResult:
     sed: Optional[np.ndarray] = None
     morphs: Optional[np.ndarray] = None
     boxes: Optional[np.ndarray] = None
+    conv: Optional[np.ndarray] = None
     children: dict = field(default_factory=dict)
 
     @property
@@ -333,6 +337,7 @@ def deblend_blend(blend: BlendData, config: DeblendConfig) -> DeblendResult:
     result.sed = sed
     result.morphs = morphs
     result.boxes = boxes
+    result.conv = conv
     result.t_measure = time.perf_counter() - t2
     return result
 

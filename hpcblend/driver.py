@@ -88,7 +88,8 @@ class WorkUnit:
         Expected cost (arbitrary units; n_peaks × footprint area in pixels for
         blend files), used only for ordering.
     kind : str
-        ``"blend"`` (an npz blend file).
+        ``"blend"`` (an npz blend file) or ``"patch"`` (a patch of a tract;
+        ``info["patch"]`` is its :class:`hpcblend.skymap.PatchInfo`).
     info : dict
         What the cheap look at the unit found (n_peaks, footprint_area, ...).
     """
@@ -120,14 +121,54 @@ def _unit_key(path: str, base_dir: str) -> str:
         return os.path.abspath(path)
 
 
+def tract_dir(job: JobConfig) -> str:
+    """The job's tract directory, absolute."""
+    d = job.input.tract_dir
+    return d if os.path.isabs(d) else os.path.normpath(os.path.join(job.base_dir, d))
+
+
+def _ensure_tract(job: JobConfig) -> str:
+    """Rank 0: simulate the tract when ``input.simulate.enabled`` and the directory has no coadds."""
+    import glob
+
+    d = tract_dir(job)
+    sim = job.input.simulate
+    if sim.enabled and not glob.glob(os.path.join(d, "coadd_*.fits")):
+        from .simulate import simulate_tract
+
+        cosmos = sim.cosmos_dir
+        if cosmos and not os.path.isabs(cosmos):
+            cosmos = os.path.normpath(os.path.join(job.base_dir, cosmos))
+        log.info("simulating tract %s (%dx%d px, bands %s, seed %d) ...", d, sim.shape[0], sim.shape[1],
+                 "".join(sim.bands), sim.seed)
+        t = time.time()
+        simulate_tract(d, shape=tuple(sim.shape), bands=tuple(sim.bands), density=sim.density,
+                       star_density=sim.star_density, psf=sim.psf, seed=sim.seed, cosmos_dir=cosmos or None,
+                       tract=job.input.tract, galaxy_mag_range=tuple(sim.galaxy_mag_range))
+        log.info("simulated tract in %.1f s", time.time() - t)
+    return d
+
+
 def plan_units(job: JobConfig) -> list:
     """All work units of a job, in index order (rank 0 calls this).
+
+    Blend collections: one unit per npz file, expected cost n_peaks × footprint
+    area. Tracts: one unit per patch, expected cost the outer box's area.
 
     Raises
     ------
     InputError
         No inputs match, or an input cannot be looked at.
     """
+    if job.input.kind == "tract":
+        from .coadd import read_tract_shape
+        from .skymap import make_patches
+
+        d = _ensure_tract(job)
+        shape = read_tract_shape(d, job.input.bands)
+        patches = make_patches(shape, job.input.patch_inner_size, job.input.patch_overlap, tract=job.input.tract)
+        return [WorkUnit(index=p.flat, key=f"tract {p.tract} patch {p.name}", path=d, cost=float(p.outer.area),
+                         kind="patch", info={"patch": p}) for p in patches]
     units = []
     for i, p in enumerate(list_units(job)):
         info = peek_blend(p)
@@ -140,6 +181,32 @@ def _comm():
     from mpi4py import MPI
 
     return MPI, MPI.COMM_WORLD
+
+
+def _tables(job: JobConfig, bands) -> list:
+    """Catalog tables of a job kind."""
+    if job.input.kind == "tract":
+        from .patches import patch_tables
+
+        return patch_tables(bands, job.measure.aperture_radii)
+    return [blend_spec(), source_spec(bands)]
+
+
+def _input_files(job: JobConfig, units) -> list:
+    """Files whose checksums go into the provenance."""
+    if job.input.kind == "tract":
+        from .coadd import tract_paths
+
+        return list(tract_paths(tract_dir(job), job.input.bands).files()) if units else []
+    return [u.path for u in units]
+
+
+def _bands_of(job: JobConfig, units):
+    if job.input.kind == "tract":
+        from .coadd import tract_paths
+
+        return tuple(tract_paths(tract_dir(job)).bands)
+    return _bands_from_first(units)
 
 
 def _bands_from_first(units):
@@ -331,7 +398,7 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
     units = comm.bcast(units, root=0)
     bands = job.input.bands
     if bands is None:
-        bands = _bands_from_first(units) if rank == 0 else None
+        bands = _bands_of(job, units) if rank == 0 else None
         bands = comm.bcast(bands, root=0)
     bands = tuple(bands)
 
@@ -341,9 +408,9 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
 
         t_warm = warm_up()
         log.info("rank %d: kernels ready in %.2f s (cold start)", rank, t_warm)
-    prov = collect_provenance(comm, [u.path for u in units])
+    prov = collect_provenance(comm, comm.bcast(_input_files(job, units) if rank == 0 else None, root=0))
     prov["warmup_seconds_rank0"] = t_warm
-    specs = [blend_spec(), source_spec(bands)]
+    specs = _tables(job, bands)
     writer = CatalogWriter(out, comm, specs, writer=job.output.writer, resume=resume,
                            json_groups={"config": job_to_dict(job), "provenance": prov},
                            attrs={"bands": ",".join(bands)})

@@ -36,6 +36,10 @@ def process_unit(unit, job: JobConfig, bands, rank: int = 0) -> dict:
     if unit.kind == "blend":
         row, src = process_blend_file(unit.path, unit.index, job, bands, rank)
         return {"blends": row, "sources": src}
+    if unit.kind == "patch":
+        from .patches import process_patch
+
+        return process_patch(unit, job, bands, rank)
     raise ValueError(f"unknown work unit kind {unit.kind!r}")
 
 
