@@ -147,6 +147,50 @@ def cmd_bench_deblend(args) -> int:
     return 0
 
 
+def cmd_simulate(args) -> int:
+    """Simulate a tract (GalSim) into a directory: coadd_<band>.fits, psf_<band>.fits, truth.fits."""
+    from .errors import HpcblendError
+    from .simulate import simulate_tract
+
+    try:
+        sim = simulate_tract(args.out_dir, shape=(args.shape[0], args.shape[1]), bands=tuple(args.bands),
+                             density=args.density, star_density=args.star_density, seed=args.seed,
+                             psf=args.psf, cosmos_dir=args.cosmos, tract=args.tract)
+    except HpcblendError as exc:
+        print(f"hpcblend: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"simulated tract {args.tract}: {args.shape[0]}x{args.shape[1]} px, bands {''.join(args.bands)}, "
+          f"{len(sim.truth)} sources in {sim.elapsed:.1f} s -> {sim.directory}")
+    return 0
+
+
+def cmd_model(args) -> int:
+    """Render one child's stored deblended model to a PNG (asinh colour) and print its SED."""
+    from .errors import HpcblendError
+    from .models import read_model, render_model_rgb
+
+    try:
+        m = read_model(args.catalog, args.id)
+    except HpcblendError as exc:
+        print(f"hpcblend: error: {exc}", file=sys.stderr)
+        return 2
+    rgb = render_model_rgb(m, rgb_bands=tuple(args.rgb) if args.rgb else None)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scale = max(1, int(256 / max(rgb.shape[:2])))
+    plt.imsave(args.out, np.kron(rgb, np.ones((scale, scale, 1), dtype=rgb.dtype)), origin="lower")
+    y0, x0, h, w = m.box
+    print(f"child {m.id} (parent {m.parent_id}): box y0={y0} x0={x0} {h}x{w} px, model PSF sigma "
+          f"{m.model_psf_sigma} px")
+    print("SED [counts at peak]: " + "  ".join(f"{b}={v:.4g}" for b, v in zip(m.bands, m.sed)))
+    print("model flux [counts]:  " + "  ".join(f"{b}={v * m.morph.sum():.4g}" for b, v in zip(m.bands, m.sed)))
+    print(f"written {args.out}")
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point of the ``hpcblend`` console script."""
     _setup_env()
@@ -163,6 +207,23 @@ def main(argv=None) -> int:
     s = sub.add_parser("summary", help="summarise a run catalog")
     s.add_argument("catalog")
     s.set_defaults(func=cmd_summary)
+    sm = sub.add_parser("simulate", help="simulate a multi-band tract with known truth (GalSim)")
+    sm.add_argument("out_dir")
+    sm.add_argument("--shape", type=int, nargs=2, default=(2000, 2000), metavar=("H", "W"))
+    sm.add_argument("--bands", nargs="+", default=["g", "r", "i", "z", "y"])
+    sm.add_argument("--density", type=float, default=10.0, help="galaxies per arcmin^2")
+    sm.add_argument("--star-density", type=float, default=1.0, help="stars per arcmin^2")
+    sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--psf", choices=("moffat", "kolmogorov"), default="moffat")
+    sm.add_argument("--cosmos", metavar="DIR", help="RealGalaxyCatalog directory (real COSMOS morphologies)")
+    sm.add_argument("--tract", type=int, default=0)
+    sm.set_defaults(func=cmd_simulate)
+    md = sub.add_parser("model", help="render a child's stored deblended model to PNG")
+    md.add_argument("catalog")
+    md.add_argument("id", type=int)
+    md.add_argument("--out", default="child.png")
+    md.add_argument("--rgb", nargs=3, metavar=("R", "G", "B"), help="bands for red, green, blue")
+    md.set_defaults(func=cmd_model)
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
     bd = bsub.add_parser("deblend", help="deblend every npz blend on one core")
@@ -171,7 +232,7 @@ def main(argv=None) -> int:
     bd.add_argument("--top", type=int, default=10)
     bd.set_defaults(func=cmd_bench_deblend)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _setup_logging("INFO")
     return args.func(args)
 
 

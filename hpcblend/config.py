@@ -546,11 +546,23 @@ def job_to_dict(job: JobConfig) -> dict:
     return conv(job)
 
 
-def default_job(overrides: Tuple[str, ...] = ()) -> JobConfig:
-    """The built-in demo job: synthetic blends, no external data needed.
+DEFAULT_JOB = {
+    "name": "demo-tract",
+    "input": {"kind": "tract", "tract_dir": ".hpcblend_cache/demo_tract", "patch_inner_size": 1000,
+              "patch_overlap": 100,
+              "simulate": {"enabled": True, "shape": [2000, 2000], "density": 30.0, "seed": 1}},
+    "output": {"path": "output/demo.h5"},
+}
 
-    Writes ``output/demo.h5`` in the current directory.
+
+def default_job(overrides: Tuple[str, ...] = ()) -> JobConfig:
+    """The built-in job (``hpcblend run`` without a job file): needs no external data.
+
+    Simulates (GalSim, once, into ``.hpcblend_cache/demo_tract`` of the
+    current directory) a 2000 × 2000 px grizy tract with a few hundred
+    galaxies and stars, cuts it into 2 × 2 patches of 1000 px with 100 px
+    overlap, detects, deblends and measures it, and writes
+    ``output/demo.h5``. The same job is ``jobs/demo.yaml``.
     """
-    data = {"name": "demo", "input": {"kind": "demo"}, "output": {"path": "output/demo.h5"}}
-    data = apply_overrides(data, overrides, source="--set")
+    data = apply_overrides(DEFAULT_JOB, overrides, source="--set")
     return job_from_dict(data, source="<built-in demo job>", base_dir=os.getcwd())

@@ -147,5 +147,6 @@ def render_model_rgb(model: ChildModel, rgb_bands=None, stretch: float = None, q
     else:
         idx = tuple(model.bands.index(b) for b in rgb_bands)
     peak = float(cube.max()) if cube.size else 1.0
-    return make_lupton_rgb(cube[idx[0]], cube[idx[1]], cube[idx[2]], stretch=stretch or max(0.05 * peak, 1e-12),
-                           Q=q)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return make_lupton_rgb(cube[idx[0]], cube[idx[1]], cube[idx[2]], stretch=stretch or max(0.05 * peak, 1e-12),
+                               Q=q)

@@ -148,7 +148,8 @@ def test_unexpected_error_on_one_rank_ends_job_naming_rank_and_unit(tmp_path):
         "    return orig(unit, job, bands, rank)\n"
         "p.process_unit = broken\n"
         "from hpcblend.cli import main\n"
-        f"sys.exit(main(['run', '--output', {str(tmp_path / 'fatal.h5')!r}, '--set', 'run.progress=false']))\n"
+        f"sys.exit(main(['run', '--output', {str(tmp_path / 'fatal.h5')!r}, '--set', 'run.progress=false', "
+        "'--set', 'input.kind=demo']))\n"
     )
     r = subprocess.run(["mpirun", "--oversubscribe", "-n", "2", sys.executable, "-c", inject], env=_env(),
                        capture_output=True, text=True, timeout=180, cwd=str(tmp_path))
@@ -161,11 +162,13 @@ def test_unexpected_error_on_one_rank_ends_job_naming_rank_and_unit(tmp_path):
 def test_existing_output_without_overwrite_or_resume_is_an_error(tmp_path):
     out = tmp_path / "exists.h5"
     out.write_bytes(b"not a catalog")
-    r = subprocess.run([HPCBLEND, "run", "--output", str(out), "--set", "output.overwrite=false"], env=_env(),
+    r = subprocess.run([HPCBLEND, "run", "--output", str(out), "--set", "output.overwrite=false",
+                        "--set", "input.kind=demo"], env=_env(),
                        capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert r.returncode == 2 and "overwrite" in r.stderr
     assert out.read_bytes() == b"not a catalog"  # nothing lost
-    r = subprocess.run([HPCBLEND, "run", "--output", str(out), "--resume"], env=_env(), capture_output=True,
+    r = subprocess.run([HPCBLEND, "run", "--output", str(out), "--resume", "--set", "input.kind=demo"], env=_env(),
+                       capture_output=True,
                        text=True, timeout=120, cwd=str(tmp_path))
     assert r.returncode == 2 and str(out) in r.stderr  # a file that is not a catalog is reported, never extended
     assert out.read_bytes() == b"not a catalog"
