@@ -338,8 +338,8 @@ def _scaling_section(nums: dict, run: RunData, figs: _Figures) -> str:
         if len(cx):
             body.append(_table([f"{label} (bin centre)", "blends", "median t_total [ms]"],
                                [(_fmt(x), _fmt(int(c)), _fmt(m * 1e3)) for x, m, c in zip(cx, med, cnt)]))
-    body.append('<p class="note">Blends that raised, failed or were skipped by a size guard are left out of the '
-                "fit and plots (their time is not a fit's time).</p>")
+    body.append('<p class="note">Blends that raised, failed, were skipped by a size guard or were not fitted '
+                "(0 iterations) are left out of the fit and plots: their time is not a fit's time.</p>")
     return "\n".join(body)
 
 

@@ -113,10 +113,13 @@ def scaling_mask(blends: np.ndarray) -> np.ndarray:
     """Rows used for the runtime-scaling plots and fit.
 
     Blends that were deblended: ``t_total > 0``, ``n_peaks > 0``,
-    ``footprint_area > 0``, no exception, not ``flag_failed`` and not skipped
-    by a size guard (their time is not a fit's time).
+    ``footprint_area > 0``, ``iterations > 0`` (isolated sources measured
+    without a fit in tract runs have 0), no exception, not ``flag_failed``
+    and not skipped by a size guard (their time is not a fit's time).
     """
     ok = (blends["t_total"] > 0) & (blends["n_peaks"] > 0) & (blends["footprint_area"] > 0)
+    if "iterations" in blends.dtype.names:
+        ok &= blends["iterations"] > 0
     ok &= ~exception_mask(blends)
     for f in ("flag_failed",) + SKIP_FLAGS:
         if f in blends.dtype.names:
