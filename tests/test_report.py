@@ -246,3 +246,37 @@ def test_report_full_with_compare_and_headless_render(tmp_path, catalogs):
         assert f'<section id="{sid}">' in dom
     for h in HEADINGS:
         assert f"<h2>{h}</h2>" in dom.replace("&gt;", ">")
+
+
+def test_gallery_collector_keeps_failed_flagged_and_slowest():
+    from hpcblend.report import GalleryCollector
+    from hpcblend.schema import blend_spec
+
+    rows = blend_spec().empty(12)
+    rows["id"] = np.arange(1, 13)
+    rows["t_total"] = [0.1, 0.5, 0.2, 0.9, 0.3, 0.05, 0.7, 0.01, 0.02, 0.03, 0.04, 0.8]
+    rows["flag_failed"][[0, 2, 4]] = True
+    rows["error_type"][0] = b"BlendDataError"
+    rows["flag_not_converged"][[5, 6]] = True
+    made = []
+
+    def make(row):
+        def f(reason):
+            made.append(int(row["id"]))
+            if int(row["id"]) == 3:
+                raise RuntimeError("cannot make this one")
+            return gallery_record(int(row["id"]), np.ones((3, 4, 4)), None, np.zeros((0, 4)), [], "gri", reason)
+        return f
+
+    g = GalleryCollector(max_failed=2, max_flagged=5, n_slowest=2)
+    for r in rows:
+        g.offer(r, make(r))
+    recs = {r["blend_id"]: r["reason"] for r in g.records()}
+    # failed: 1 kept, 3 raised while making (left out, counted), 5 kept (cap 2 reached after 1 and 5)
+    assert g.n_errors == 1
+    assert recs[1] == "failed" and recs[5] == "failed"
+    assert recs[6] == "flagged" and recs[7] == "flagged"
+    # slowest two: 4 (0.9) and 12 (0.8); 7 (0.7) was slow when offered but pushed out
+    assert recs[4] == "slowest" and recs[12] == "slowest"
+    assert set(recs) == {1, 5, 6, 7, 4, 12}
+    assert 8 not in made and 9 not in made  # never made for blends that are not kept

@@ -10,6 +10,8 @@ Public API
     ``t ≈ c · n_peaks^a · area^b`` in log space, with standard errors and R².
 :func:`gallery_record`, :func:`gallery_record_from_result`, :func:`write_gallery`, :func:`read_gallery`
     Per-blend image records under ``/gallery/<id>`` (written by the driver).
+:class:`GalleryCollector`
+    Per-rank, bounded keeper of failed / flagged / slowest records during a run.
 :func:`select_gallery_blends`, :func:`records_from_inputs`
     Which blends to keep (failed, flagged, slowest), and records rebuilt
     from a finished catalog's input files.
@@ -22,7 +24,7 @@ values) are in :mod:`hpcblend.report.figures`; the numbers in
 from .build import SECTION_IDS, make_report, report_main
 from .data import RunData, compare_numbers, load_run, run_numbers, scaling_mask
 from .fit import binned_medians, fit_power_law
-from .gallery import (GALLERY_VERSION, gallery_ids, gallery_record, gallery_record_from_result, read_gallery,
+from .gallery import (GALLERY_VERSION, GalleryCollector, gallery_ids, gallery_record, gallery_record_from_result, read_gallery,
                       records_from_inputs, select_gallery_blends, write_gallery)
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "write_gallery",
     "read_gallery",
     "gallery_ids",
+    "GalleryCollector",
     "select_gallery_blends",
     "records_from_inputs",
 ]

@@ -165,7 +165,13 @@ def _time_section(run: RunData, nums: dict, figs: _Figures) -> str:
             ("Σ t_total over blends [s]", _fmt(nums["sum_t_total_s"]), "time inside blends, all ranks"),
             ("busy fraction", _pct(nums["parallel_efficiency"]), "Σ t_total / (wall × ranks)")]
     for c, v in nums["stage_sums_s"].items():
-        rows.append((f"Σ {c} [s]", _fmt(v), ""))
+        rows.append((f"Σ {c} [s]", _fmt(v), "over blends"))
+    if nums["patches"]:
+        pi = nums["patches"]
+        rows.append(("patches (failed)", f"{pi['n_patches']} ({pi['n_failed']})", "/patches"))
+        rows.append(("Σ patch t_total [s]", _fmt(pi["sum_t_total_s"]), "over patches"))
+        for c, v in pi["stage_sums_s"].items():
+            rows.append((f"Σ patch {c} [s]", _fmt(v), "over patches"))
     rows += [("median / p90 / max t_total [ms]",
               f"{_fmt(nums['t_median_s'] * 1e3)} / {_fmt(nums['t_p90_s'] * 1e3)} / {_fmt(nums['t_max_s'] * 1e3)}", "")]
     body = [f'<div class="answer">{answer}</div>', _table(["", "value", "how"], rows, left=(0, 2))]
@@ -354,6 +360,11 @@ def _callstack_section(run: RunData, nums: dict, out_dir: str, figs: _Figures) -
     if tot > 0:
         body.append("<h3>Blend time by deblender stage (from /blends)</h3>")
         body.append(_table(["stage", "Σ seconds", "share"], [(c, _fmt(v), _pct(v / tot)) for c, v in ss.items()]))
+    ps = (nums.get("patches") or {}).get("stage_sums_s") or {}
+    ptot = sum(ps.values())
+    if ptot > 0:
+        body.append("<h3>Patch time by stage (from /patches)</h3>")
+        body.append(_table(["stage", "Σ seconds", "share"], [(c, _fmt(v), _pct(v / ptot)) for c, v in ps.items()]))
     if not run.profiles:
         body.insert(0, '<div class="answer">Profiling was off for this run: the catalog has no '
                        "<code>/profile</code>, so there is no call-stack profile or stage timer table. "

@@ -28,6 +28,8 @@ class RunData:
         ``/blends`` rows (structured).
     sources : ndarray or None
         ``/sources`` rows.
+    patches : ndarray or None
+        ``/patches`` rows (tract runs).
     attrs : dict
         Root attributes.
     provenance, config : dict
@@ -44,6 +46,7 @@ class RunData:
     path: str
     blends: np.ndarray
     sources: Optional[np.ndarray]
+    patches: Optional[np.ndarray] = None
     attrs: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
@@ -87,6 +90,7 @@ def load_run(path: str | os.PathLike) -> RunData:
     with open_catalog(path) as f:
         blends = read_table(f, "blends")
         sources = read_table(f, "sources") if "sources" in f else None
+        patches = read_table(f, "patches") if "patches" in f else None
         attrs = {k: _attr(v) for k, v in f.attrs.items()}
         groups = {}
         for name in ("provenance", "config"):
@@ -95,7 +99,7 @@ def load_run(path: str | os.PathLike) -> RunData:
         profiles = read_profiles(f)
         has_gallery = "gallery" in f
         gids = sorted(int(k) for k in f["gallery"]) if has_gallery else []
-    return RunData(path=path, blends=blends, sources=sources, attrs=attrs, provenance=groups.get("provenance", {}),
+    return RunData(path=path, blends=blends, sources=sources, patches=patches, attrs=attrs, provenance=groups.get("provenance", {}),
                    config=groups.get("config", {}), profiles=profiles, gallery_ids=gids, has_gallery=has_gallery)
 
 
@@ -189,6 +193,14 @@ def run_numbers(run: RunData) -> dict:
         per_rank[int(r)] = {"n_blends": int(m.sum()), "busy_s": float(t[m].sum())}
     stage_sums = {c: float(b[c].sum()) for c in ("t_load", "t_init", "t_fit", "t_measure") if c in b.dtype.names}
     chi = b["chi2_per_pixel"][np.isfinite(b["chi2_per_pixel"])] if n else np.zeros(0)
+    patch_info = {}
+    if run.patches is not None and len(run.patches):
+        pt = run.patches
+        patch_info = {"n_patches": int(len(pt)),
+                      "n_failed": int((pt["status"] == b"failed").sum()) if "status" in pt.dtype.names else 0,
+                      "stage_sums_s": {c: float(pt[c].sum()) for c in pt.dtype.names
+                                       if c.startswith("t_") and c != "t_total"},
+                      "sum_t_total_s": float(pt["t_total"].sum()) if "t_total" in pt.dtype.names else float("nan")}
 
     def pct(q: float) -> float:
         return float(np.percentile(t, q)) if n else float("nan")
@@ -211,6 +223,7 @@ def run_numbers(run: RunData) -> dict:
         "blends_per_s": n / wall if wall > 0 else float("nan"),
         "sum_t_total_s": float(t.sum()),
         "stage_sums_s": stage_sums,
+        "patches": patch_info,
         "t_median_s": pct(50), "t_p90_s": pct(90), "t_max_s": float(t.max()) if n else float("nan"),
         "parallel_efficiency": float(t.sum()) / (wall * ranks) if wall > 0 and ranks else float("nan"),
         "per_rank": per_rank,

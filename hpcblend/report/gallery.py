@@ -31,9 +31,10 @@ values); the model is read back as ``images − residual``.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -44,6 +45,7 @@ __all__ = [
     "write_gallery",
     "read_gallery",
     "gallery_ids",
+    "GalleryCollector",
     "select_gallery_blends",
     "records_from_inputs",
 ]
@@ -388,6 +390,115 @@ def read_gallery(path_or_file: Any, ids: Optional[Iterable[int]] = None) -> list
             "info": json.loads(g.attrs.get("info", "{}")),
         })
     return out
+
+
+def _row_reasons(row: Any) -> list:
+    """``["failed"]``, ``["flagged"]`` or ``[]`` for one ``/blends`` row (numpy void or dict-like)."""
+    names = row.dtype.names if hasattr(row, "dtype") else tuple(row)
+    et = row["error_type"] if "error_type" in names else b""
+    if (("flag_failed" in names and bool(row["flag_failed"])) or (et not in (b"", ""))):
+        return ["failed"]
+    if any(n.startswith("flag_") and bool(row[n]) for n in names):
+        return ["flagged"]
+    return []
+
+
+class GalleryCollector:
+    """Keeps, on one rank, the gallery records of failed, flagged and slowest blends (bounded memory).
+
+    Offer every finished blend's ``/blends`` row with a callable that makes
+    its record; the callable runs only for blends that are kept (making a
+    record rebuilds the model, about one fit iteration).
+
+    Parameters
+    ----------
+    max_failed : int
+        Failed blends kept (the first ones offered).
+    max_flagged : int
+        Flagged (not failed) blends kept (the first ones offered).
+    n_slowest : int
+        The slowest blends by ``t_total`` kept (a running top-N).
+
+    Examples
+    --------
+    >>> gallery = GalleryCollector(max_failed=50, max_flagged=50, n_slowest=5)  # doctest: +SKIP
+    >>> gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, cfg, reason))  # doctest: +SKIP
+    >>> records = comm.gather(gallery.records(), root=0)  # doctest: +SKIP
+    """
+
+    def __init__(self, max_failed: int = 50, max_flagged: int = 50, n_slowest: int = 5) -> None:
+        self.max_failed = int(max_failed)
+        self.max_flagged = int(max_flagged)
+        self.n_slowest = int(n_slowest)
+        self._kept: dict = {}  # blend id -> record (failed / flagged)
+        self._n = {"failed": 0, "flagged": 0}
+        self._slow: list = []  # min-heap of (t_total, blend id, record)
+        self.n_errors = 0  # records whose making raised (left out)
+
+    def _make(self, make_record: Callable[[str], Optional[dict]], reason: str) -> Optional[dict]:
+        try:
+            return make_record(reason)
+        except Exception:  # noqa: BLE001 - a gallery record must never fail the run
+            self.n_errors += 1
+            return None
+
+    def offer(self, row: Any, make_record: Callable[[str], Optional[dict]]) -> bool:
+        """Consider one blend.
+
+        Parameters
+        ----------
+        row : numpy.void
+            The blend's ``/blends`` row (``id``, ``t_total``, ``flag_*``,
+            ``error_type``).
+        make_record : callable
+            ``make_record(reason) -> dict or None`` (a :func:`gallery_record`;
+            None when there are no pixels, e.g. an unreadable file).
+
+        Returns
+        -------
+        bool
+            True when a record was made and kept.
+        """
+        bid = int(row["id"])
+        reasons = _row_reasons(row)
+        t = float(row["t_total"])
+        slow = self.n_slowest > 0 and (len(self._slow) < self.n_slowest or t > self._slow[0][0])
+        keep_kind = None
+        if reasons:
+            kind = reasons[0]
+            limit = self.max_failed if kind == "failed" else self.max_flagged
+            if self._n[kind] < limit:
+                keep_kind = kind
+        if keep_kind is None and not slow:
+            return False
+        reason = "; ".join(([keep_kind] if keep_kind else []) + (["slowest"] if slow else []))
+        rec = self._make(make_record, reason)
+        if rec is None:
+            return False
+        if keep_kind:
+            self._n[keep_kind] += 1
+            self._kept[bid] = rec
+        if slow:
+            item = (t, bid, rec)
+            if len(self._slow) < self.n_slowest:
+                heapq.heappush(self._slow, item)
+            else:
+                heapq.heapreplace(self._slow, item)
+        return True
+
+    def records(self) -> list:
+        """Kept records (one per blend; the reason says every group it belongs to)."""
+        out = dict(self._kept)
+        slow_ids = {bid for _, bid, _ in self._slow}
+        for _, bid, rec in self._slow:
+            if bid not in out:
+                out[bid] = dict(rec, reason="slowest")
+        for bid, rec in list(out.items()):
+            parts = [p for p in rec.get("reason", "").split("; ") if p and p != "slowest"]
+            if bid in slow_ids:
+                parts.append("slowest")
+            out[bid] = dict(rec, reason="; ".join(parts))
+        return [out[k] for k in sorted(out)]
 
 
 def select_gallery_blends(blends: np.ndarray, n_failed: int = 20, n_flagged: int = 20,
