@@ -32,6 +32,7 @@ __all__ = [
     "SimulateConfig",
     "DetectConfig",
     "MeasureConfig",
+    "ProfileConfig",
     "DeblendConfig",
     "OutputConfig",
     "RunConfig",
@@ -327,6 +328,34 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class ProfileConfig:
+    """Where the time goes: call-stack sampling per rank and the failure gallery (:mod:`hpcblend.profiling`).
+
+    Attributes
+    ----------
+    sample_hz : float
+        Call-stack samples per second of each rank's working thread
+        (0: sampler off; stage timers still run).
+    lines : str
+        Line numbers in frame labels: ``"none"``, ``"leaf"`` (innermost frame)
+        or ``"all"``.
+    write_collapsed : bool
+        Also write each rank's collapsed stacks to ``<catalog>.log/rank_<r>.collapsed``.
+    gallery_flagged : int
+        Per rank, at most this many failed or flagged blends get an image
+        record in ``/gallery`` (for the report's failure gallery).
+    gallery_slowest : int
+        Per rank, the slowest this-many blends get an image record.
+    """
+
+    sample_hz: float = 100.0
+    lines: str = "leaf"
+    write_collapsed: bool = True
+    gallery_flagged: int = 20
+    gallery_slowest: int = 5
+
+
+@dataclass(frozen=True)
 class JobConfig:
     """A whole job: input → deblend → output, plus run options.
 
@@ -334,7 +363,7 @@ class JobConfig:
     ----------
     name : str
         Free-form job name stored in the catalog.
-    input, detect, deblend, measure, output, run : sections
+    input, detect, deblend, measure, output, run, profile : sections
         See their classes.
     base_dir : str
         Directory relative input paths are resolved against (the job file's
@@ -348,12 +377,14 @@ class JobConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
     base_dir: str = field(default=".", metadata={"yaml": False})
 
 
 _CHOICES = {
     ("input", "kind"): ("blends", "demo", "tract"),
     ("detect", "method"): ("weighted", "chi2"),
+    ("profile", "lines"): ("none", "leaf", "all"),
     ("deblend", "optimizer"): ("adaprox", "fista"),
     ("output", "writer"): ("auto", "mpio", "serial"),
     ("run", "schedule"): ("cost", "file"),
@@ -367,7 +398,8 @@ _POSITIVE = {
     ("run", "numba_threads"), ("input", "n_demo_blends"), ("input", "patch_inner_size"),
     ("detect", "background_box"), ("detect", "threshold"), ("detect", "min_area"),
 }
-_NON_NEGATIVE = {("input", "patch_overlap"), ("input", "tract"), ("detect", "grow"), ("detect", "pad"),
+_NON_NEGATIVE = {("profile", "sample_hz"), ("profile", "gallery_flagged"), ("profile", "gallery_slowest"),
+                 ("input", "patch_overlap"), ("input", "tract"), ("detect", "grow"), ("detect", "pad"),
                  ("detect", "min_peak_separation"), ("detect", "min_prominence"), ("measure", "forced_pad"),
                  ("deblend", "min_iter"), ("deblend", "bg_thresh"), ("deblend", "box_margin"),
                  ("deblend", "sed_ridge"), ("deblend", "init_deconvolve"), ("deblend", "psf_regularization")}

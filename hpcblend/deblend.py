@@ -271,13 +271,17 @@ def _skip_flags(blend: BlendData, config: DeblendConfig) -> dict:
     return flags
 
 
-def deblend_blend(blend: BlendData, config: DeblendConfig) -> DeblendResult:
+def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> DeblendResult:
     """Deblend one blend: build the observation, initialise, fit, measure.
 
     Parameters
     ----------
     blend : BlendData
     config : DeblendConfig
+    sampler : hpcblend.profiling.StackSampler, optional
+        Gets the stages ``init``, ``fit`` and ``measure`` (with the blend id)
+        as they start; the caller's enclosing ``sampler.stage(...)`` restores
+        its own stage afterwards.
 
     Returns
     -------
@@ -296,6 +300,8 @@ def deblend_blend(blend: BlendData, config: DeblendConfig) -> DeblendResult:
     if result.flags["flag_skipped_too_many_peaks"] or result.flags["flag_skipped_too_large"]:
         return result
     t0 = time.perf_counter()
+    if sampler is not None:
+        sampler.set_stage("init", blend.id)
     obs = build_observation(blend, config)
     fp = blend.footprint
     masked_fraction = float(((obs.weights == 0) & fp[None]).sum(axis=(1, 2)).max() / max(fp.sum(), 1))
@@ -304,6 +310,8 @@ def deblend_blend(blend: BlendData, config: DeblendConfig) -> DeblendResult:
     sed, morphs, boxes = initialize_sources(obs, peaks, config)
     t1 = time.perf_counter()
     result.t_init = t1 - t0
+    if sampler is not None:
+        sampler.set_stage("fit", blend.id)
     loss = np.zeros(config.max_iter)
     hp, wp = obs.fft_shape
     optimizer = fit.OPT_ADAPROX if config.optimizer == "adaprox" else fit.OPT_FISTA
@@ -325,6 +333,8 @@ def deblend_blend(blend: BlendData, config: DeblendConfig) -> DeblendResult:
         return result
     t2 = time.perf_counter()
     result.t_fit = t2 - t1
+    if sampler is not None:
+        sampler.set_stage("measure", blend.id)
     result.iterations = int(n_iter)
     result.converged = bool(converged)
     result.flags["flag_not_converged"] = not converged

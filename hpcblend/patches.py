@@ -45,7 +45,7 @@ def _nan_fill(rows, names):
             rows[n] = np.nan
 
 
-def process_patch(unit, job: JobConfig, bands, rank: int = 0) -> dict:
+def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None) -> dict:
     """Detect, deblend and measure one patch.
 
     Parameters
@@ -56,6 +56,8 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0) -> dict:
     job : JobConfig
     bands : tuple of str
     rank : int
+    sampler : hpcblend.profiling.StackSampler, optional
+        Stage tags (load, detect, init, fit, measure) for the call-stack sampler.
 
     Returns
     -------
@@ -64,6 +66,9 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0) -> dict:
     """
     from .coadd import read_patch
     from .detect import detection_image, detect_footprints, estimate_background
+    from .profiling import NullSampler
+
+    sampler = sampler or NullSampler()
 
     patch = unit.info["patch"]
     radii = job.measure.aperture_radii
@@ -79,8 +84,10 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0) -> dict:
     out = {name: [] for name in specs if name != "patches"}
     t0 = time.perf_counter()
     try:
-        data = read_patch(unit.path, patch, bands=tuple(bands))
+        with sampler.stage("load"):
+            data = read_patch(unit.path, patch, bands=tuple(bands))
         t1 = time.perf_counter()
+        sampler.set_stage("detect")
         images = data.images
         if job.detect.subtract_background:
             images = estimate_background(images, data.mask, box_size=job.detect.background_box,
@@ -101,7 +108,9 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0) -> dict:
             if not owned.any():
                 continue
             running += 1
-            rows = _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank)
+            with sampler.stage("init"):
+                rows = _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank,
+                                          sampler)
             for name, r in rows.items():
                 out[name].append(r)
             t_deblend += rows["blends"]["t_init"][0] + rows["blends"]["t_fit"][0]
@@ -130,7 +139,7 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0) -> dict:
     return result
 
 
-def _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank) -> dict:
+def _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank, sampler) -> dict:
     """Rows of one footprint (the children this patch owns)."""
     from .detect import footprint_to_blend
     from .skymap import encode_id
@@ -187,7 +196,7 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
             row["converged"] = True
             row["t_measure"] = 0.0
         else:
-            result = deblend_blend(blend, job.deblend)
+            result = deblend_blend(blend, job.deblend, sampler=sampler)
             row["t_init"], row["t_fit"], row["t_measure"] = result.t_init, result.t_fit, result.t_measure
             row["iterations"] = result.iterations
             row["converged"] = result.converged
@@ -218,6 +227,7 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
         src_all["flag_parent_failed"] = True
         models = None
     t1 = time.perf_counter()
+    sampler.set_stage("measure", parent_id)
     if models is not None:
         _forced(blend, fp, models, src_all, patch, data, images, labels, job, bands)
     # sky coordinates of every child (centroid, else peak)

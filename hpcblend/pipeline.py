@@ -18,7 +18,7 @@ from .schema import blend_spec, source_spec
 __all__ = ["process_unit", "process_blend_file", "child_id"]
 
 
-def process_unit(unit, job: JobConfig, bands, rank: int = 0) -> dict:
+def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None) -> dict:
     """Process one work unit into catalog rows.
 
     Parameters
@@ -27,19 +27,24 @@ def process_unit(unit, job: JobConfig, bands, rank: int = 0) -> dict:
     job : JobConfig
     bands : tuple of str
     rank : int
+    sampler : hpcblend.profiling.StackSampler, optional
+        Stage tags (load, detect, init, fit, measure) for the call-stack sampler.
 
     Returns
     -------
     dict of str -> ndarray
         Rows per catalog table (``"blends"``, ``"sources"``).
     """
+    from .profiling import NullSampler
+
+    sampler = sampler or NullSampler()
     if unit.kind == "blend":
-        row, src = process_blend_file(unit.path, unit.index, job, bands, rank)
+        row, src = process_blend_file(unit.path, unit.index, job, bands, rank, sampler=sampler)
         return {"blends": row, "sources": src}
     if unit.kind == "patch":
         from .patches import process_patch
 
-        return process_patch(unit, job, bands, rank)
+        return process_patch(unit, job, bands, rank, sampler=sampler)
     raise ValueError(f"unknown work unit kind {unit.kind!r}")
 
 
@@ -49,7 +54,7 @@ def child_id(unit_index: int, peak_index: int) -> int:
     return ((int(unit_index) + 1) << 16) | (int(peak_index) + 1)
 
 
-def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: int = 0):
+def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: int = 0, sampler=None):
     """Read, deblend and measure one npz blend.
 
     Parameters
@@ -63,6 +68,8 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
         Catalog bands; a blend with another band count becomes a flagged row.
     rank : int
         MPI rank, recorded in the row.
+    sampler : hpcblend.profiling.StackSampler, optional
+        Stage tags for the call-stack sampler.
 
     Returns
     -------
@@ -77,8 +84,12 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
     row["id"] = unit_index + 1
     t0 = time.perf_counter()
     peaks = None
+    from .profiling import NullSampler
+
+    sampler = sampler or NullSampler()
     try:
-        blend = read_blend(path, bands=tuple(bands), blend_id=unit_index + 1)
+        with sampler.stage("load", unit_index + 1):
+            blend = read_blend(path, bands=tuple(bands), blend_id=unit_index + 1)
         peaks = blend.peaks
         t1 = time.perf_counter()
         row["t_load"] = t1 - t0
@@ -86,7 +97,8 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
         row["n_peaks"] = blend.n_peaks
         row["footprint_area"] = blend.footprint_area
         row["bbox"] = [blend.origin[0], blend.origin[1], blend.shape[0], blend.shape[1]]
-        result = deblend_blend(blend, job.deblend)
+        with sampler.stage("init", blend.id):
+            result = deblend_blend(blend, job.deblend, sampler=sampler)
     except Exception as exc:  # one bad blend is a flagged row, never a crashed run
         row["flag_failed"] = True
         row["error_type"] = type(exc).__name__.encode()[:64]
