@@ -80,8 +80,12 @@ def catalogs(tmp_path_factory):
     sampler.stop()
     bare = d / "bare.h5"
     shutil.copy(out, bare)
+    with h5py.File(bare, "a") as f:  # whatever the driver stored itself: the report must cope without it
+        for name in ("profile", "gallery"):
+            if name in f:
+                del f[name]
     full = d / "full.h5"
-    shutil.copy(out, full)
+    shutil.copy(bare, full)
     # profiles: the real one (rank 0) and a made-up rank 1 that waited half of the time
     p1 = dict(sampler.results(rank=1), stage_seconds={"fit": 0.5, "wait": 0.4, "mpi": 0.1})
     write_profiles(full, [sampler.results(rank=0), p1])

@@ -386,7 +386,7 @@ def fig_compare_runtime(a: RunData, b: RunData) -> Figure:
 
 
 def fig_compare_flux(a: RunData, b: RunData, max_bands: int = 5) -> Figure:
-    """Flux differences of sources matched by id, per band: (B − A)/flux_err_A vs S/N of A.
+    """Flux differences of sources matched by id, per band: (B − A)/flux_err_A vs S/N of A (symlog y).
 
     Axis ``i`` holds one scatter (``collections[0]``) with offsets
     ``(|flux_A| / flux_err_A, (flux_B − flux_A) / flux_err_A)`` of the matched
@@ -410,7 +410,10 @@ def fig_compare_flux(a: RunData, b: RunData, max_bands: int = 5) -> Figure:
         ax.axhline(0, color="k", lw=0.8)
         if good.any():
             ax.set_xscale("log")
-            ax.set_title(f"{band}: median {np.median(d):+.3g}σ (n={int(good.sum())})", fontsize=9)
+            ax.set_yscale("symlog", linthresh=1.0)  # ±1σ linear, outliers logarithmic
+            ax.axhspan(-1, 1, color="0.85", zorder=0)
+            ax.set_title(f"{band}: median {np.median(d):+.3g}σ, {100 * np.mean(np.abs(d) > 1):.1f}% beyond 1σ",
+                         fontsize=9)
         ax.set_xlabel(f"|flux_{band}| / flux_err A (S/N)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("(B − A) / flux_err A")
