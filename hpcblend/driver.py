@@ -429,10 +429,14 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
                  len(todo))
     from .profiling import StackSampler
 
+    from .report.gallery import GalleryCollector
+
     sampler = (StackSampler(job.profile.sample_hz, lines=job.profile.lines) if job.profile.sample_hz > 0
                else StackSampler(0.0))
+    gallery = GalleryCollector(max_failed=job.profile.gallery_flagged, max_flagged=job.profile.gallery_flagged,
+                               n_slowest=job.profile.gallery_slowest)
     try:
-        stopped = _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler)
+        stopped = _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler, gallery)
     except BaseException as exc:  # noqa: BLE001 - one rank's unexpected error must end the job, not hang it
         if size > 1 and not isinstance(exc, KeyboardInterrupt):
             where = getattr(exc, "hpcblend_unit", None)
@@ -449,7 +453,21 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
         writer.finalize()
     sampler.stop()
     _store_profiles(comm, job, out, sampler)
+    _store_gallery(comm, out, gallery)
     return out
+
+
+def _store_gallery(comm, out: str, gallery) -> None:
+    """Gather the ranks' failure-gallery records to rank 0 and append them to the catalog (``/gallery``)."""
+    from .report.gallery import write_gallery
+
+    gathered = comm.gather(gallery.records(), root=0)
+    if comm.rank == 0:
+        records = [r for part in gathered for r in part]
+        if records:
+            write_gallery(out, records)
+        log.info("gallery: %d blend images stored (failed, flagged, slowest)", len(records))
+    comm.Barrier()
 
 
 def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
@@ -469,7 +487,7 @@ def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
     comm.Barrier()
 
 
-def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler) -> bool:
+def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler, gallery) -> bool:
     """Pull units, process them, write rounds. Returns True when stopped by a signal."""
     from .pipeline import process_unit
 
@@ -539,7 +557,7 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
                 t0 = time.monotonic()
                 try:
                     with sampler.stage("load", unit.index + 1):
-                        tables = process_unit(unit, job, bands, rank, sampler=sampler)
+                        tables = process_unit(unit, job, bands, rank, sampler=sampler, gallery=gallery)
                 except BaseException as exc:
                     exc.hpcblend_unit = unit.key  # for the fatal-error message in run_job
                     raise

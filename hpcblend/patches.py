@@ -45,7 +45,7 @@ def _nan_fill(rows, names):
             rows[n] = np.nan
 
 
-def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None) -> dict:
+def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gallery=None) -> dict:
     """Detect, deblend and measure one patch.
 
     Parameters
@@ -58,6 +58,8 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None) -> d
     rank : int
     sampler : hpcblend.profiling.StackSampler, optional
         Stage tags (load, detect, init, fit, measure) for the call-stack sampler.
+    gallery : hpcblend.report.gallery.GalleryCollector, optional
+        Offered every deblended blend (image records of failed, flagged, slow ones).
 
     Returns
     -------
@@ -110,7 +112,7 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None) -> d
             running += 1
             with sampler.stage("init"):
                 rows = _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank,
-                                          sampler)
+                                          sampler, gallery)
             for name, r in rows.items():
                 out[name].append(r)
             t_deblend += rows["blends"]["t_init"][0] + rows["blends"]["t_fit"][0]
@@ -139,7 +141,8 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None) -> d
     return result
 
 
-def _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank, sampler) -> dict:
+def _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank, sampler,
+                       gallery=None) -> dict:
     """Rows of one footprint (the children this patch owns)."""
     from .detect import footprint_to_blend
     from .skymap import encode_id
@@ -239,6 +242,10 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
     row["t_measure"] = row["t_measure"][0] + (t2 - t1)
     row["t_total"] = t2 - t0
     rows = {"blends": row, "sources": src_all[owned]}
+    if gallery is not None and not row["isolated"][0]:
+        from .report.gallery import gallery_record_from_result
+
+        gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, job.deblend, reason))
     mspec, pspec = model_spec(bands), model_pixel_spec()
     if job.measure.store_models and result is not None and result.morphs is not None:
         from .models import pack_models
@@ -262,14 +269,51 @@ def _measure_isolated(blend, src, bands) -> None:
     for i, b in enumerate(bands):
         src[f"flux_{b}"] = float(data[i][fp].sum())
         src[f"flux_err_{b}"] = float(np.sqrt(var[i][fp].sum()))
-    det = np.clip((data * w).sum(axis=0) / np.maximum(w.sum(axis=0), 1e-30), 0, None) * fp
-    mass = det.sum()
-    if mass > 0:
-        yy, xx = np.indices(det.shape)
-        src["y"] = (det * yy).sum() / mass + blend.origin[0]
-        src["x"] = (det * xx).sum() / mass + blend.origin[1]
+    det = ((data * w).sum(axis=0) / np.maximum(w.sum(axis=0), 1e-30)) * fp
+    # centroid in a Gaussian window about the peak (not the first moment of the whole footprint,
+    # which undetected neighbours and clipped noise in a large footprint pull by pixels)
+    cy, cx = _windowed_centroid(det, float(blend.peaks[0, 0]), float(blend.peaks[0, 1]), _psf_sigma(blend.psfs))
+    src["y"] = cy + blend.origin[0]
+    src["x"] = cx + blend.origin[1]
     src["blendedness"] = 0.0
     src["flag_isolated_unfitted"] = True
+
+
+def _psf_sigma(psfs) -> float:
+    """Gaussian σ (pixels) of the band-mean PSF from its area above half maximum (1 <= σ <= 5)."""
+    p = np.asarray(psfs, dtype=np.float64).mean(axis=0)
+    n_half = float(np.count_nonzero(p >= 0.5 * p.max()))
+    return float(np.clip(2.0 * np.sqrt(n_half / np.pi) / 2.3548, 1.0, 5.0))
+
+
+def _windowed_centroid(img, y0: float, x0: float, sigma: float, max_iter: int = 50,
+                       max_shift: float = 3.0) -> tuple:
+    """Gaussian-windowed centroid (SExtractor's XWIN_IMAGE iteration) started at a peak.
+
+    ``c ← c + 2 Σ w I (r − c) / Σ w I`` with ``w`` a circular Gaussian of
+    ``sigma`` px about ``c`` (truncated at 4σ). Falls back to the start
+    (the peak pixel) if the windowed flux is not positive or the centroid
+    moves more than ``max_shift`` px.
+    """
+    h, w = img.shape
+    r = int(np.ceil(4 * sigma))
+    cy, cx = y0, x0
+    for _ in range(max_iter):
+        iy0, iy1 = max(int(np.floor(cy)) - r, 0), min(int(np.floor(cy)) + r + 2, h)
+        ix0, ix1 = max(int(np.floor(cx)) - r, 0), min(int(np.floor(cx)) + r + 2, w)
+        yy = np.arange(iy0, iy1, dtype=np.float64)[:, None] - cy
+        xx = np.arange(ix0, ix1, dtype=np.float64)[None, :] - cx
+        wi = np.exp(-(yy ** 2 + xx ** 2) / (2 * sigma ** 2)) * img[iy0:iy1, ix0:ix1]
+        s = wi.sum()
+        if not s > 0:
+            return y0, x0
+        dy, dx = 2 * (wi * yy).sum() / s, 2 * (wi * xx).sum() / s
+        cy, cx = cy + dy, cx + dx
+        if not (np.isfinite(cy) and np.isfinite(cx)) or np.hypot(cy - y0, cx - x0) > max_shift:
+            return y0, x0
+        if abs(dy) < 1e-4 and abs(dx) < 1e-4:
+            break
+    return cy, cx
 
 
 def _forced(blend, fp, models, src, patch, data, images, labels, job, bands) -> None:

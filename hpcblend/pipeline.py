@@ -18,7 +18,7 @@ from .schema import blend_spec, source_spec
 __all__ = ["process_unit", "process_blend_file", "child_id"]
 
 
-def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None) -> dict:
+def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gallery=None) -> dict:
     """Process one work unit into catalog rows.
 
     Parameters
@@ -29,6 +29,8 @@ def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None) -> di
     rank : int
     sampler : hpcblend.profiling.StackSampler, optional
         Stage tags (load, detect, init, fit, measure) for the call-stack sampler.
+    gallery : hpcblend.report.gallery.GalleryCollector, optional
+        Offered every blend, keeps image records of failed, flagged and slow ones.
 
     Returns
     -------
@@ -39,12 +41,12 @@ def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None) -> di
 
     sampler = sampler or NullSampler()
     if unit.kind == "blend":
-        row, src = process_blend_file(unit.path, unit.index, job, bands, rank, sampler=sampler)
+        row, src = process_blend_file(unit.path, unit.index, job, bands, rank, sampler=sampler, gallery=gallery)
         return {"blends": row, "sources": src}
     if unit.kind == "patch":
         from .patches import process_patch
 
-        return process_patch(unit, job, bands, rank, sampler=sampler)
+        return process_patch(unit, job, bands, rank, sampler=sampler, gallery=gallery)
     raise ValueError(f"unknown work unit kind {unit.kind!r}")
 
 
@@ -54,7 +56,8 @@ def child_id(unit_index: int, peak_index: int) -> int:
     return ((int(unit_index) + 1) << 16) | (int(peak_index) + 1)
 
 
-def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: int = 0, sampler=None):
+def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: int = 0, sampler=None,
+                       gallery=None):
     """Read, deblend and measure one npz blend.
 
     Parameters
@@ -70,6 +73,8 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
         MPI rank, recorded in the row.
     sampler : hpcblend.profiling.StackSampler, optional
         Stage tags for the call-stack sampler.
+    gallery : hpcblend.report.gallery.GalleryCollector, optional
+        Offered the finished blend (image records of failed, flagged, slow blends).
 
     Returns
     -------
@@ -90,6 +95,7 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
     try:
         with sampler.stage("load", unit_index + 1):
             blend = read_blend(path, bands=tuple(bands), blend_id=unit_index + 1)
+        blend_read = blend
         peaks = blend.peaks
         t1 = time.perf_counter()
         row["t_load"] = t1 - t0
@@ -115,6 +121,8 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
             if n.startswith("flux") or n in ("x", "y", "blendedness"):
                 src[n] = np.nan
         src["flag_parent_failed"] = True
+        if gallery is not None and blend_read is not None:
+            _offer(gallery, row, blend_read, None, job)
         return row, src
     row["t_init"] = result.t_init
     row["t_fit"] = result.t_fit
@@ -147,7 +155,16 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
         src["flag_parent_skipped"] = bool(skipped)
         src["flag_parent_failed"] = bool(result.flags.get("flag_failed"))
     row["t_total"] = time.perf_counter() - t0
+    if gallery is not None:
+        _offer(gallery, row, blend, result, job)
     return row, src
+
+
+def _offer(gallery, row, blend, result, job) -> None:
+    """Offer a finished blend to the failure gallery (a record is made only if it is kept)."""
+    from .report.gallery import gallery_record_from_result
+
+    gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, job.deblend, reason))
 
 
 def _fill_ids(src, parent_id, unit_index, peaks):
