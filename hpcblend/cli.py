@@ -191,9 +191,25 @@ def cmd_model(args) -> int:
     return 0
 
 
+_PASSTHROUGH = {
+    "report": ("hpcblend.report.build", "report_main",
+               "HTML report answering the sprint's questions: hpcblend report CATALOG --out DIR [--compare B.h5]"),
+    "profile": ("hpcblend.flamegraph", "profile_main",
+                "merged call-stack profiles: hpcblend profile CATALOG [--rank R|--slowest] [--svg F] [--speedscope F]"),
+    "validate": ("hpcblend.validate", "validate_main",
+                 "match a tract run's catalog to the simulation truth: hpcblend validate CATALOG --truth DIR"),
+}
+
+
 def main(argv=None) -> int:
     """Entry point of the ``hpcblend`` console script."""
     _setup_env()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:  # subcommands with their own argument parsers
+        import importlib
+
+        module, func, _ = _PASSTHROUGH[argv[0]]
+        return int(getattr(importlib.import_module(module), func)(argv[1:]) or 0)
     p = argparse.ArgumentParser(prog="hpcblend", description="MPI-parallel batch deblending (scarlet model, Numba)")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a job (no job file: the built-in demo)")
@@ -224,6 +240,8 @@ def main(argv=None) -> int:
     md.add_argument("--out", default="child.png")
     md.add_argument("--rgb", nargs=3, metavar=("R", "G", "B"), help="bands for red, green, blue")
     md.set_defaults(func=cmd_model)
+    for name, (_, _, text) in _PASSTHROUGH.items():
+        sub.add_parser(name, help=text, add_help=False)
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
     bd = bsub.add_parser("deblend", help="deblend every npz blend on one core")
