@@ -61,7 +61,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 

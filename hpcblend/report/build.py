@@ -33,7 +33,7 @@ import math
 import os
 import sys
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
