@@ -23,8 +23,9 @@
 #     Resubmit with HPCBLEND_RUNDIR=<the run dir> HPCBLEND_RESUME=1 to continue.
 #
 # Environment (all optional):
-#   JOB                   job file (the positional argument wins); `none`: the built-in demo.
-#                         Default jobs/demo.yaml when it exists, else the built-in demo.
+#   JOB                   job file (the positional argument wins); `none`: the built-in job
+#                         (`hpcblend run` without a job file). Default jobs/demo.yaml when it
+#                         exists, else the built-in job.
 #   HPCBLEND_ROOT         repository (default $SLURM_SUBMIT_DIR): finds slurm/ and .venv
 #   HPCBLEND_VENV         virtual environment to activate (default $HPCBLEND_ROOT/.venv; `none`: use PATH)
 #   HPCBLEND_MODULES      modules to `module load` first, e.g. "openmpi/4.1 hdf5/1.14-mpi"
@@ -105,6 +106,14 @@ hb_init() {
     if [ -e "$HB_CATALOG" ] && { [ "$HB_ATTEMPT" -gt 0 ] || [ "${HPCBLEND_RESUME:-0}" = 1 ]; }; then
         HB_RESUME=(--resume)
     fi
+    # a restart after the run had already finished (the stop signal came too late to matter):
+    # `--resume` refuses a complete catalog, and there is nothing left to do
+    HB_COMPLETE=0
+    if [ ${#HB_RESUME[@]} -gt 0 ] && HDF5_USE_FILE_LOCKING=FALSE python -c \
+        'import sys, h5py; f = h5py.File(sys.argv[1], "r"); sys.exit(0 if f.attrs.get("complete", False) else 1)' \
+        "$HB_CATALOG" 2>/dev/null; then
+        HB_COMPLETE=1
+    fi
     hb_log "job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array task $SLURM_ARRAY_TASK_ID)} attempt $HB_ATTEMPT" \
         "on ${SLURM_JOB_NODELIST:-$(hostname -s)}: ${SLURM_NTASKS:-1} task(s) x $threads thread(s)"
     hb_log "job file: ${HB_JOB:-<built-in demo>}; run dir: $HB_TASKDIR${HB_RESUME:+ (resuming)}"
@@ -127,6 +136,10 @@ hb_run() {
     local cmd=("$@" bash "$HB_SLURM_DIR/rank_exec.sh" hpcblend run)
     [ -n "$HB_JOB" ] && cmd+=("$HB_JOB")
     cmd+=(--output "$HB_CATALOG" "${HB_RESUME[@]}" "${HB_OPTS[@]}")
+    if [ "$HB_COMPLETE" = 1 ]; then
+        hb_log "done: $HB_CATALOG is already complete (finished in an earlier attempt)"
+        exit 0
+    fi
     hb_log "run: ${cmd[*]}"
     hb_log "rank logs: $HB_LOGDIR/rank_<r>.log"
     if [ "${HPCBLEND_DRY_RUN:-0}" = 1 ]; then exit 0; fi

@@ -14,6 +14,9 @@
 # it, `stop` on a stopped one does nothing.  The daemons listen on ports
 # $HPCBLEND_SLURMCTLD_PORT / $HPCBLEND_SLURMD_PORT (default 16817 / 16818, not
 # Slurm's 6817/6818, so a system Slurm on the same machine is not disturbed).
+# HPCBLEND_SLURM_CRED_EXPIRE (default 5 s: a requeued job waits this long before it
+# may start again) and HPCBLEND_SLURM_MIN_JOB_AGE (default 300 s) tune slurm.conf;
+# they take effect when the daemons (re)start.
 #
 # Needs: root, Debian packages slurmctld slurmd slurm-client munge (setup.sh
 # installs them).  On failure the last lines of the daemons' logs are printed
@@ -27,6 +30,7 @@ SLURMD_PORT=${HPCBLEND_SLURMD_PORT:-16818}
 NODE=$(hostname -s)
 WAIT_S=${HPCBLEND_SLURM_WAIT:-60}
 CRED_EXPIRE=${HPCBLEND_SLURM_CRED_EXPIRE:-5}
+MIN_JOB_AGE=${HPCBLEND_SLURM_MIN_JOB_AGE:-300}
 export SLURM_CONF=$CONF
 
 log() { printf '[local_slurm] %s\n' "$*" >&2; }
@@ -114,7 +118,9 @@ KillWait=5
 # schedule pending jobs (a requeued one, when it becomes eligible) within a second or two
 SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=1,sched_interval=2,sched_min_interval=100000
-MinJobAge=600
+# how long `scontrol show job` still lists a finished job (there is no accounting database).
+# `sbatch --wait` polls after 2, 8, then every 32 s, but every 8 s when MinJobAge <= 16 (tests)
+MinJobAge=$MIN_JOB_AGE
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=60

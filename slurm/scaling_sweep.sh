@@ -6,9 +6,12 @@
 #   --ranks "1 2 4 8 16"   rank counts (default "1 2")
 #   --mode strong|weak|both (default both)
 #     strong: the same job at every rank count.
-#     weak:   the problem grows with the ranks: --set WEAK_KEY=PER_RANK*ranks
-#   --weak-key KEY         job key that sets the problem size (default input.n_demo_blends,
-#                          which fits the built-in demo; for a tract job e.g. a patch count)
+#     weak:   the problem grows with the ranks: each --weak-set is passed as --set, with
+#             {units} replaced by PER_RANK x ranks and {ranks} by the rank count
+#   --weak-set KEY=VALUE   (repeatable) default: input.kind=demo and input.n_demo_blends={units}
+#                          (synthetic blends, one unit each); for a simulated tract e.g.
+#                          --per-rank 1000 --weak-set 'input.simulate.shape=[2000,{units}]'
+#                          --weak-set 'input.tract_dir=.hpcblend_cache/weak_{ranks}'
 #   --per-rank N           units per rank for weak scaling (default 16)
 #   --ntasks-per-node N    ranks per node (default: CPUs per node / cpus-per-task, from sinfo)
 #   --cpus-per-task N      Numba/BLAS threads per rank (default 1)
@@ -31,14 +34,14 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-ranks="1 2"; mode=both; weak_key=input.n_demo_blends; per_rank=16; ntpn=""; cpt=1; repeat=1
+ranks="1 2"; mode=both; weak_sets=(); per_rank=16; ntpn=""; cpt=1; repeat=1
 serial=0; sbatch_opts=""; script=$here/multi_node.sbatch; out=""; dry=0; job=""
 usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --ranks) ranks=$2; shift 2 ;;
         --mode) mode=$2; shift 2 ;;
-        --weak-key) weak_key=$2; shift 2 ;;
+        --weak-set) weak_sets+=("$2"); shift 2 ;;
         --per-rank) per_rank=$2; shift 2 ;;
         --ntasks-per-node) ntpn=$2; shift 2 ;;
         --cpus-per-task) cpt=$2; shift 2 ;;
@@ -71,9 +74,12 @@ if [ "$dry" = 0 ]; then
     mkdir -p "$out"
     [ -s "$manifest" ] || printf 'mode\tranks\trepeat\tjob_id\trun_dir\n' > "$manifest"
 fi
-if [ -n "$job" ] && [ "$weak_key" = input.n_demo_blends ] && [ "$mode" != strong ]; then
-    echo "scaling_sweep.sh: warning: weak scaling of $job through input.n_demo_blends only changes" \
-         "the built-in demo's size; give --weak-key for this job" >&2
+if [ ${#weak_sets[@]} -eq 0 ]; then
+    weak_sets=("input.kind=demo" "input.n_demo_blends={units}")
+    if [ -n "$job" ] && [ "$mode" != strong ]; then
+        echo "scaling_sweep.sh: warning: weak scaling without --weak-set runs synthetic demo blends," \
+             "not $job's inputs" >&2
+    fi
 fi
 
 prev=""
@@ -91,7 +97,12 @@ for m in $modes; do
             [ -n "$sbatch_opts" ] && opts+=($sbatch_opts)
             args=()
             [ -n "$job" ] && args+=("$job")
-            [ "$m" = weak ] && args+=(--set "$weak_key=$((per_rank * n))")
+            if [ "$m" = weak ]; then
+                for w in "${weak_sets[@]}"; do
+                    w=${w//\{units\}/$((per_rank * n))}
+                    args+=(--set "${w//\{ranks\}/$n}")
+                done
+            fi
             args+=("${extra[@]}")
             if [ "$dry" = 1 ]; then
                 echo "HPCBLEND_RUNS=$out HPCBLEND_NUMBA_CACHE=${HPCBLEND_NUMBA_CACHE:-$out/numba_cache} sbatch ${opts[*]} $script ${args[*]}"
