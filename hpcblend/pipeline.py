@@ -89,6 +89,7 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
     row["id"] = unit_index + 1
     t0 = time.perf_counter()
     peaks = None
+    blend_read = None
     from .profiling import NullSampler
 
     sampler = sampler or NullSampler()
