@@ -480,8 +480,9 @@ def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
     gathered = comm.gather(res, root=0)
     if comm.rank == 0:
         write_profiles(out, gathered)
-        busy = {p["rank"]: sum(v for k, v in p["stage_seconds"].items() if k not in ("wait", "write", "other"))
-                for p in gathered}
+        from .flamegraph import busy_seconds
+
+        busy = {p["rank"]: busy_seconds(p) for p in gathered}  # the report's definition: all but wait/mpi
         wall = max(p["elapsed_s"] for p in gathered)
         log.info("profile: %s", ", ".join(f"rank {r} busy {b:.1f} s of {wall:.1f} s" for r, b in sorted(busy.items())))
     comm.Barrier()
