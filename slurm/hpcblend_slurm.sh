@@ -36,12 +36,18 @@
 #   HPCBLEND_NUMBA_CACHE  parent of the per-host Numba caches (default RUNDIR/numba_cache;
 #                         `none`: leave NUMBA_CACHE_DIR alone)
 #   HPCBLEND_MAX_REQUEUES stop requeueing after this many restarts (default 20)
+#   HPCBLEND_SIGNAL_DEFER at most this many seconds (default 60) between a signal and its
+#                         forwarding while hpcblend is still starting (see _hb_ready_for_signal)
 #   HPCBLEND_DRY_RUN      1: print the command instead of running it
 
 hb_log() { printf '[hpcblend-slurm %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 # hb_init [JOB.yaml] [hpcblend run options...]
 hb_init() {
+    # signals from now on are remembered (bash would otherwise die of SIGUSR1)
+    _hb_requeue=0 _hb_term=0 _hb_interrupted=0 _hb_pending=0 _hb_child=""
+    trap '_hb_on_signal USR1' USR1
+    trap '_hb_on_signal TERM' TERM
     HB_ROOT=$(cd "${HPCBLEND_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}" && pwd) || return 2
     HB_SLURM_DIR=$HB_ROOT/slurm
     # --- job file and options -------------------------------------------------
@@ -65,6 +71,7 @@ hb_init() {
     # --- run directory: stable across requeues (a requeued job keeps SLURM_JOB_ID) -----
     local jobid=${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-$$}}
     HB_RUNDIR=${HPCBLEND_RUNDIR:-${HPCBLEND_RUNS:-$HB_ROOT/runs}/${SLURM_JOB_NAME:-hpcblend}_$jobid}
+    case "$HB_RUNDIR" in /*) ;; *) HB_RUNDIR=$PWD/$HB_RUNDIR ;; esac
     if [ -n "${SLURM_ARRAY_TASK_ID:-}" ]; then
         HB_TASKDIR=$HB_RUNDIR/task_$SLURM_ARRAY_TASK_ID
     else
@@ -116,7 +123,7 @@ hb_init() {
     fi
     hb_log "job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array task $SLURM_ARRAY_TASK_ID)} attempt $HB_ATTEMPT" \
         "on ${SLURM_JOB_NODELIST:-$(hostname -s)}: ${SLURM_NTASKS:-1} task(s) x $threads thread(s)"
-    hb_log "job file: ${HB_JOB:-<built-in demo>}; run dir: $HB_TASKDIR${HB_RESUME:+ (resuming)}"
+    hb_log "job file: ${HB_JOB:-<built-in job>}; run dir: $HB_TASKDIR${HB_RESUME:+ (resuming)}"
 }
 
 _hb_on_signal() {  # _hb_on_signal USR1|TERM
@@ -125,10 +132,17 @@ _hb_on_signal() {  # _hb_on_signal USR1|TERM
         USR1) _hb_requeue=1 ;;
         TERM) _hb_term=1 ;;
     esac
-    hb_log "got SIG$1; asking hpcblend (pid ${_hb_child:-none yet}) to checkpoint"
-    if [ -n "${_hb_child:-}" ]; then
-        kill -USR1 "$_hb_child" 2>/dev/null || true
-    fi
+    hb_log "got SIG$1${_hb_child:+; asking hpcblend (pid $_hb_child) to checkpoint}"
+    _hb_pending=1
+}
+
+# hpcblend's ranks handle SIGUSR1/SIGTERM only once their work loop runs (before that the
+# signal's default action kills them): the first unit a rank starts is written to
+# <catalog>.log/rank_<r>.inflight, so forward only when such a file is newer than this
+# attempt's start, or when HPCBLEND_SIGNAL_DEFER (default 60) seconds have passed.
+_hb_ready_for_signal() {
+    [ -n "$(find "$HB_CATALOG.log" -maxdepth 1 -name 'rank_*.inflight' -newer "$_hb_marker" 2>/dev/null | head -n 1)" ] \
+        || [ $((SECONDS - _hb_t_launch)) -ge "${HPCBLEND_SIGNAL_DEFER:-60}" ]
 }
 
 # hb_run LAUNCHER [ARGS...]: run hpcblend under the launcher, handle signals and requeue; exits.
@@ -143,24 +157,51 @@ hb_run() {
     hb_log "run: ${cmd[*]}"
     hb_log "rank logs: $HB_LOGDIR/rank_<r>.log"
     if [ "${HPCBLEND_DRY_RUN:-0}" = 1 ]; then exit 0; fi
-    _hb_requeue=0 _hb_term=0 _hb_interrupted=0 _hb_child=""
-    trap '_hb_on_signal USR1' USR1
-    trap '_hb_on_signal TERM' TERM
     local t0=$SECONDS rc
-    "${cmd[@]}" &
-    _hb_child=$!
-    # a signal that came before the launcher existed: pass it on now
-    if [ "$_hb_interrupted" = 1 ]; then kill -USR1 "$_hb_child" 2>/dev/null || true; fi
+    if [ "$_hb_requeue" = 1 ] || [ "$_hb_term" = 1 ]; then
+        # stopped before hpcblend started: nothing to checkpoint (a rank without its signal
+        # handlers yet would die of the forwarded signal)
+        rc=3
+        hb_log "signal before the start: not starting hpcblend"
+    else
+        _hb_marker=$HB_LOGDIR/.attempt_${HB_ATTEMPT}_start
+        touch "$_hb_marker"
+        _hb_t_launch=$SECONDS
+        "${cmd[@]}" &
+        _hb_child=$!
+        _hb_wait
+        rc=$_hb_rc
+    fi
+    _hb_finish "$rc" "$t0"
+}
+
+_hb_wait() {  # wait for $_hb_child, forwarding signals as SIGUSR1; its exit status in _hb_rc
+    local said=0
     while :; do
+        if [ "$_hb_pending" = 1 ]; then
+            if _hb_ready_for_signal; then
+                _hb_pending=0 said=0
+                kill -USR1 "$_hb_child" 2>/dev/null || true
+            elif kill -0 "$_hb_child" 2>/dev/null; then
+                [ "$said" = 1 ] || hb_log "hpcblend is still starting; forwarding the signal once its work loop runs"
+                said=1
+                sleep 0.5
+                continue
+            fi
+        fi
         _hb_interrupted=0
-        wait "$_hb_child"; rc=$?
+        wait "$_hb_child"; _hb_rc=$?
         # `wait` returns >128 when a trapped signal interrupts it: wait again for the real status
-        if [ "$rc" -gt 128 ] && [ "$_hb_interrupted" = 1 ]; then continue; fi
+        if [ "$_hb_rc" -gt 128 ] && [ "$_hb_interrupted" = 1 ]; then continue; fi
         break
     done
+}
+
+_hb_finish() {  # _hb_finish RC T0: report, then exit or requeue
+    local rc=$1 t0=$2
     trap - USR1 TERM
-    hb_log "hpcblend exited with code $rc after $((SECONDS - t0)) s"
-    if [ -s "$HB_LOGDIR/rank_0.log" ]; then
+    [ -n "$_hb_child" ] && hb_log "hpcblend exited with code $rc after $((SECONDS - t0)) s"
+    if [ -n "$_hb_child" ] && [ -s "$HB_LOGDIR/rank_0.log" ]; then
         hb_log "last lines of rank 0's log:"
         tail -n 15 "$HB_LOGDIR/rank_0.log"
     fi
