@@ -169,7 +169,10 @@ class StackSampler:
     * Scheduling: tick ``k`` is due at ``t0 + k / rate_hz``
       (``time.perf_counter``), so the rate does not drift. A tick that comes
       more than one period late (the GIL was held, the machine was busy) is
-      counted in ``n_missed`` and skipped, never sampled twice.
+      counted in ``n_missed`` and not sampled on its own: the next sample
+      counts for every tick since the previous one (weight ≥ 1), so stack
+      counts stay proportional to time — total ≈ elapsed × rate — even when
+      the sampler thread is starved (2 ranks with 2 samplers on 2 cores).
     * Frames of this module (the stage context manager running on the
       working thread) are dropped from samples; the sampler thread itself is
       never sampled (it may not be the target).
@@ -204,6 +207,7 @@ class StackSampler:
         self._labels: dict = {}  # code object (or (code, line)) -> label
         self._n_samples = 0
         self._n_missed = 0
+        self._n_taken = 0
         self._overhead_cpu = 0.0
         # stage timers (working thread only)
         self._stage_seconds: dict = {}
@@ -333,6 +337,7 @@ class StackSampler:
             return
         t0 = time.perf_counter()
         k = 1
+        last_tick = 0
         wait = self._stop_event.wait
         try:
             while True:
@@ -342,7 +347,13 @@ class StackSampler:
                     break
                 if self._stop_event.is_set():
                     break
-                if not self._sample_once(target):
+                # a sample stands for every tick since the previous one: when the sampler is
+                # woken late (a busy core), the missed ticks are credited to the stack seen now,
+                # so counts stay proportional to time (samples ~ elapsed x rate)
+                tick = max(int((time.perf_counter() - t0) / period), last_tick + 1)
+                weight = tick - last_tick
+                last_tick = tick
+                if not self._sample_once(target, weight):
                     self._target_lost = True
                     break
                 now = time.perf_counter()
@@ -356,8 +367,8 @@ class StackSampler:
         finally:
             self._overhead_cpu += time.thread_time() - cpu0
 
-    def _sample_once(self, target: int) -> bool:
-        """Record one sample of ``target``; False when the thread is gone."""
+    def _sample_once(self, target: int, weight: int = 1) -> bool:
+        """Record one sample of ``target`` counting ``weight`` ticks; False when the thread is gone."""
         frame = sys._current_frames().get(target)
         if frame is None:
             return False
@@ -375,11 +386,12 @@ class StackSampler:
         del frame
         key = (stage if stage is not None else OTHER_STAGE, tuple(reversed(keys)))
         with self._lock:
-            self._counts[key] = self._counts.get(key, 0) + 1
-            self._stage_samples[key[0]] = self._stage_samples.get(key[0], 0) + 1
+            self._counts[key] = self._counts.get(key, 0) + weight
+            self._stage_samples[key[0]] = self._stage_samples.get(key[0], 0) + weight
             if blend is not None:
-                self._blend_samples[blend] = self._blend_samples.get(blend, 0) + 1
-            self._n_samples += 1
+                self._blend_samples[blend] = self._blend_samples.get(blend, 0) + weight
+            self._n_samples += weight
+            self._n_taken += 1
         return True
 
     # ------------------------------------------------------------------ results
@@ -417,7 +429,9 @@ class StackSampler:
         -------
         dict
             ``rank``, ``host``, ``pid``, ``rate_hz``, ``lines`` (str),
-            ``n_samples``, ``n_missed`` (late ticks skipped), ``elapsed_s``
+            ``n_samples`` (ticks counted: samples × their weights),
+            ``n_taken`` (stack samples actually taken), ``n_missed`` (late
+            ticks credited to the next sample), ``elapsed_s``
             (start to stop, or to now), ``achieved_rate_hz``,
             ``overhead_cpu_s`` (sampler thread CPU), ``overhead_fraction``
             (of elapsed), ``target_lost`` (bool), ``stacks`` (collapsed line →
@@ -435,7 +449,7 @@ class StackSampler:
             cur = self._tag[0] if self._tag[0] is not None else OTHER_STAGE
             stage_seconds[cur] = stage_seconds.get(cur, 0.0) + time.perf_counter() - self._t_switch
         with self._lock:
-            n, missed = self._n_samples, self._n_missed
+            n, missed, taken = self._n_samples, self._n_missed, self._n_taken
             stage_samples = dict(self._stage_samples)
             blend_samples = dict(self._blend_samples)
         cpu = self._overhead_cpu
@@ -450,6 +464,7 @@ class StackSampler:
             "lines": self.lines,
             "n_samples": int(n),
             "n_missed": int(missed),
+            "n_taken": int(taken),
             "elapsed_s": float(elapsed),
             "achieved_rate_hz": float(n / elapsed) if elapsed > 0 else 0.0,
             "overhead_cpu_s": float(cpu),
