@@ -67,3 +67,34 @@ def test_demo_run_single_rank(tmp_path):
     assert len(s) == int(b["n_peaks"].sum())
     assert np.all(np.diff(s["id"]) > 0)
     assert not b["flag_failed"].any()
+
+
+@pytest.mark.mpi(min_size=2)
+def test_two_rank_profile_counts_match_time_and_name_the_deblender(shared_data):
+    """Per rank: samples ≈ elapsed × rate (within 5 %), and the hottest stacks are the deblender's."""
+    import glob
+
+    from mpi4py import MPI
+
+    from hpcblend.driver import run_job
+    from hpcblend.profiling import read_profiles
+
+    comm = MPI.COMM_WORLD
+    tmp = comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None, root=0)
+    files = sorted(glob.glob(os.path.join(str(shared_data), "hsc_blends", "set*", "*.npz")))[:60]
+    job = job_from_dict({"input": {"kind": "blends", "paths": files}, "output": {"path": os.path.join(tmp, "p.h5")},
+                         "run": {"progress": False}, "profile": {"sample_hz": 100.0}}, base_dir=tmp)
+    out = run_job(job, progress=False)
+    comm.Barrier()
+    if comm.rank == 0:
+        profiles = read_profiles(out)
+        assert sorted(p["rank"] for p in profiles) == [0, 1]
+        for p in profiles:
+            expected = p["elapsed_s"] * p["rate_hz"]
+            assert abs(p["n_samples"] / expected - 1) < 0.05, (p["rank"], p["n_samples"], expected)
+            stacks = p["stacks"]
+            fit = sum(n for line, n in stacks.items() if line.startswith("stage:fit;"))
+            assert fit == max(p["stage_samples"].values()), p["stage_samples"]  # fitting dominates
+            hottest = max(stacks, key=stacks.get)
+            assert "deblend.py:deblend_blend" in hottest and "profiling.py" not in hottest, hottest
+    comm.Barrier()
