@@ -45,8 +45,13 @@ show_logs() {
     done
 }
 
-pid_alive() {  # pid_alive PIDFILE
-    [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+pid_alive() {  # pid_alive PIDFILE: its process runs and is the daemon the file is named after
+    local pid name
+    [ -s "$1" ] || return 1
+    pid=$(cat "$1")
+    name=$(basename "$1" .pid)
+    kill -0 "$pid" 2>/dev/null || return 1
+    [ ! -r "/proc/$pid/comm" ] || [ "$(cat "/proc/$pid/comm")" = "$name" ]
 }
 
 # --- munge -------------------------------------------------------------------
@@ -118,8 +123,8 @@ KillWait=5
 # schedule pending jobs (a requeued one, when it becomes eligible) within a second or two
 SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=1,sched_interval=2,sched_min_interval=100000
-# how long `scontrol show job` still lists a finished job (there is no accounting database).
-# `sbatch --wait` polls after 2, 8, then every 32 s, but every 8 s when MinJobAge <= 16 (tests)
+# how long "scontrol show job" still lists a finished job (there is no accounting database).
+# "sbatch --wait" polls after 2, 8, then every 32 s, but every 8 s when MinJobAge <= 16 (tests)
 MinJobAge=$MIN_JOB_AGE
 InactiveLimit=0
 SlurmctldTimeout=30
