@@ -27,9 +27,16 @@ first term is the PSF's effective area, the second the effective area
 blending, so it is an upper limit for crowded sources. ``snr`` (the sample
 selection, ``snr_band="all"``) is the multi-band S/N
 ``sqrt(Σ_b (S/N)_b²)``; ``snr_band="<b>"`` uses one band instead.
-``snr_det`` estimates the S/N in the pipeline's weighted detection image
-(``Σ_b w_b F_b / sqrt(Σ_b w_b² σ_b² n_eff,b)``, ``w_b = 1/σ_b²``); it only
-decides the "near the detection threshold" loss reason.
+``snr_det`` is the expected (noiseless) peak of the pipeline's detection
+significance image: the bands' inverse-variance weighted mean
+(:func:`hpcblend.detect.detection_image`) filtered by the Gaussian of
+``filter_sigma`` (:func:`hpcblend.detect.significance_image`), with the real
+PSF images and galaxies as circular Gaussians of their half-light radius; on
+the simulated tracts the measured significance at isolated truth positions is
+0.91 of it (median; bulge + disk profiles are not Gaussian, positions are
+sub-pixel). It and the same model's profile at a neighbour's distance explain
+losses (the brighter neighbours' light at a lost source's centre, in units
+of its own expected peak significance, decides "blended_unresolved").
 
 *Completeness and duplicates* for truth ``snr > snr_min`` (default 10):
 detected = matched. A *duplicate* is a truth source with two or more catalog
@@ -39,16 +46,19 @@ checks: no repeated ``id``; no two catalog sources from different patches
 closer than ``dup_radius`` (0.5 px). Every lost source gets the first
 applicable reason of :data:`LOSS_REASONS`.
 
-*Flux accuracy.* ``|Δf/f| = |f_cat − f_true| / f_true`` of the flux-conserving
+*Flux accuracy.* ``Δf/f = (f_cat − f_true) / f_true`` of the flux-conserving
 ``flux_<b>`` for matched sources with ``snr > snr_min`` and band S/N
 ``(S/N)_b > flux_snr_min`` (default 20: a source at S/N 10 in a band has 10 %
-noise alone), away from the tract edge; *isolated* means
-``blendedness < 0.05`` or ``flag_isolated_unfitted``. Reported: the median
-per band for isolated sources, per blendedness bin, the bias (median signed
-``Δf/f``) and the median expected from noise alone (0.674 × median
-``1/(S/N)_b``). Stars: ``psf_flux_<b>`` and the aperture fluxes
-``ap_flux_<r>_<b>`` divided by the PSF's encircled energy at ``r`` (from the
-PSF image).
+noise alone), at least ``edge_margin`` from the tract edge; *isolated* means
+``blendedness < 0.05`` or ``flag_isolated_unfitted``. Reported: the median of
+``|Δf/f|`` per band for isolated sources and per blendedness bin, the bias
+(median signed ``Δf/f``), the 90th percentile, and the median expected from
+the catalog's own errors (0.674 × median ``flux_err / f_true``). Note that
+``flux_<b>`` is a footprint sum (the LSST "heavy footprint" flux): light
+outside the footprint is not in it, so extended galaxies read low. Stars:
+``psf_flux_<b>`` and the aperture fluxes ``ap_flux_<r>_<b>`` divided by the
+PSF's encircled energy at ``r`` (from the PSF image); galaxies: the median
+ratio of each aperture flux to the total truth flux (information only).
 
 *Astrometry.* For isolated matched sources with ``snr > 50`` away from the
 edge: offsets of the catalog ``ra``, ``dec`` from the truth ``ra``, ``dec``
@@ -80,11 +90,11 @@ LOSS_REASONS = {
     "blended_unresolved": "a brighter truth source lies within blend_radius px, or the brighter neighbours' "
                           "expected light in the detection image at its centre is >= pedestal_ratio x its own "
                           "expected peak significance (no separate, prominent peak)",
+    "offset": "an unmatched catalog source lies within 3 x radius (position off by more than radius)",
     "patch_border": "within border_margin px of an inner patch border: the owning patch's detection differs from "
                     "its neighbour's there (per-patch background), so the peak is owned by a patch that missed it",
     "peak_culled": "inside the footprint box of a catalog parent without a child near it: its peak was culled "
                    "(min_prominence / min_peak_separation) or merged into a neighbour's footprint",
-    "offset": "an unmatched catalog source lies within 3 x radius (position off by more than radius)",
     "near_threshold": "expected detection significance below threshold + near_threshold_sigma",
     "unexplained": "none of the above",
 }
@@ -301,18 +311,21 @@ def _f(v):
     return None if not math.isfinite(v) else v
 
 
-def _rel_stats(measured, true, snr_b) -> dict:
+def _rel_stats(measured, true, err) -> dict:
+    """Statistics of ``Δf/f = (measured - true) / true``; ``noise_median_abs`` = 0.674 × median(err / true)."""
     measured = np.asarray(measured, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
+    err = np.asarray(err, dtype=np.float64)
     ok = np.isfinite(measured) & np.isfinite(true) & (true > 0)
     rel = (measured[ok] - true[ok]) / true[ok]
     n_bad = int(np.count_nonzero(~ok))
     if rel.size == 0:
         return {"n": 0, "n_nonfinite": n_bad, "median_abs": None, "median": None, "p90_abs": None,
                 "noise_median_abs": None}
+    rel_err = err[ok] / true[ok]
     return {"n": int(rel.size), "n_nonfinite": n_bad, "median_abs": _f(np.median(np.abs(rel))),
             "median": _f(np.median(rel)), "p90_abs": _f(np.percentile(np.abs(rel), 90)),
-            "noise_median_abs": _f(_MAD_GAUSS * np.median(1.0 / np.asarray(snr_b)[ok]))}
+            "noise_median_abs": _f(_MAD_GAUSS * np.nanmedian(rel_err)) if np.isfinite(rel_err).any() else None}
 
 
 def _encircled_energy(psf: np.ndarray, radius: float) -> float:
@@ -545,8 +558,8 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
                                                                      - detect_pad)
                             & (parent_boxes[:, 1] + detect_pad <= ix)
                             & (ix < parent_boxes[:, 1] + parent_boxes[:, 3] - detect_pad))[0]
-        border = [v for v in borders_y if abs(ty[t] + 0.5 - v) <= border_margin] + \
-                 [v for v in borders_x if abs(tx[t] + 0.5 - v) <= border_margin]
+        border = [abs(ty[t] + 0.5 - v) for v in borders_y] + [abs(tx[t] + 0.5 - v) for v in borders_x]
+        border = [v for v in border if v <= border_margin]
         if any(y0 <= iy < y0 + h and x0 <= ix < x0 + w for (y0, x0, h, w) in failed_inner):
             reason = "failed_patch"
         elif near_edge[t]:
@@ -558,17 +571,19 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
             detail = (f"nearest brighter truth {int(truth['id'][j])} (S/N {snr[j]:.0f}) at {dn.min():.1f} px; "
                       f"neighbours' light {pedestal / max(sdet[t], 1e-9):.2f} x its peak significance")
             reason = "blended_unresolved"
-        elif border:
-            reason, detail = "patch_border", f"{min(abs(ty[t] + 0.5 - v) if v in borders_y else abs(tx[t] + 0.5 - v) for v in border):.1f} px from an inner patch border; expected significance {sdet[t]:.1f}"
-        elif len(in_box):
-            reason, detail = "peak_culled", (f"inside the footprint box of parent {int(tabs['blends']['id'][in_box[0]])} "
-                                            f"({int(tabs['blends']['n_peaks'][in_box[0]])} peaks); expected "
-                                            f"significance {sdet[t]:.1f}, neighbours' light "
-                                            f"{pedestal / max(sdet[t], 1e-9):.2f} x")
         elif len(near_c) and np.any(c2t[near_c] < 0):
             k = near_c[c2t[near_c] < 0]
             d = np.hypot(cat_xy[k, 0] - tx[t], cat_xy[k, 1] - ty[t])
             reason, detail = "offset", f"unmatched catalog source {int(ids[k[np.argmin(d)]])} at {d.min():.1f} px"
+        elif border:
+            reason, detail = "patch_border", (f"{min(border):.1f} px from an inner patch border; expected "
+                                              f"significance {sdet[t]:.1f}")
+        elif len(in_box):
+            pid = int(tabs["blends"]["id"][in_box[0]])
+            reason, detail = "peak_culled", (f"inside the footprint box of parent {pid} "
+                                            f"({int(tabs['blends']['n_peaks'][in_box[0]])} peaks); expected "
+                                            f"significance {sdet[t]:.1f}, neighbours' light "
+                                            f"{pedestal / max(sdet[t], 1e-9):.2f} x")
         elif sdet[t] < detect_threshold + near_threshold_sigma:
             reason, detail = "near_threshold", f"expected detection significance {sdet[t]:.1f}"
         else:
@@ -587,11 +602,13 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
     blendedness = np.asarray(src["blendedness"], dtype=np.float64)[mc]
     iso_flag = np.asarray(src["flag_isolated_unfitted"], dtype=bool)[mc]
     isolated = iso_flag | (np.nan_to_num(blendedness, nan=np.inf) < isolated_blendedness)
-    flux = {"isolated": {}, "bins": [], "psf_flux_stars": {}, "ap_flux_stars": {}, "ap_flux_galaxies": {}}
+    flux = {"isolated": {}, "bins": [], "deblended": {}, "psf_flux_stars": {}, "ap_flux_stars": {},
+            "ap_flux_galaxies": {}}
     for b in bands:
         snr_b = sn[f"snr_{b}"][mt]
         sel = isolated & (snr_b > flux_snr_min)
-        flux["isolated"][b] = _rel_stats(src[f"flux_{b}"][mc[sel]], truth[f"flux_{b}"][mt[sel]], snr_b[sel])
+        flux["isolated"][b] = _rel_stats(src[f"flux_{b}"][mc[sel]], truth[f"flux_{b}"][mt[sel]],
+                                         src[f"flux_err_{b}"][mc[sel]])
     bl = np.where(iso_flag, 0.0, blendedness)
     for lo, hi in zip(BLENDEDNESS_BINS[:-1], BLENDEDNESS_BINS[1:]):
         row = {"lo": lo, "hi": min(hi, 1.0), "bands": {}}
@@ -599,9 +616,14 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
         for b in bands:
             snr_b = sn[f"snr_{b}"][mt]
             sel = inbin & (snr_b > flux_snr_min)
-            row["bands"][b] = _rel_stats(src[f"flux_{b}"][mc[sel]], truth[f"flux_{b}"][mt[sel]], snr_b[sel])
+            row["bands"][b] = _rel_stats(src[f"flux_{b}"][mc[sel]], truth[f"flux_{b}"][mt[sel]],
+                                         src[f"flux_err_{b}"][mc[sel]])
         row["n"] = int(np.count_nonzero(inbin))
         flux["bins"].append(row)
+    for b in bands:  # children fitted by the deblender (any blendedness)
+        sel = ~iso_flag & (sn[f"snr_{b}"][mt] > flux_snr_min)
+        flux["deblended"][b] = _rel_stats(src[f"flux_{b}"][mc[sel]], truth[f"flux_{b}"][mt[sel]],
+                                          src[f"flux_err_{b}"][mc[sel]])
     star = np.asarray(truth["type"][mt]) == "star"
     psfs = _psf_images(psf_dir, bands)
     labels = _radius_labels(src.dtype.names, bands)
@@ -610,13 +632,15 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
         sel = star & (snr_b > flux_snr_min)
         if f"psf_flux_{b}" in src.dtype.names:
             flux["psf_flux_stars"][b] = _rel_stats(src[f"psf_flux_{b}"][mc[sel]], truth[f"flux_{b}"][mt[sel]],
-                                                   snr_b[sel])
+                                                   src[f"psf_flux_err_{b}"][mc[sel]])
         for lab in labels:
             col = f"ap_flux_{lab}_{b}"
             r = float(lab.replace("p", "."))
             ee = _encircled_energy(psfs[b], r) if b in psfs else 1.0
             flux["ap_flux_stars"].setdefault(lab, {})[b] = dict(
-                _rel_stats(src[col][mc[sel]] / ee, truth[f"flux_{b}"][mt[sel]], snr_b[sel]), encircled_energy=_f(ee))
+                _rel_stats(src[col][mc[sel]] / ee, truth[f"flux_{b}"][mt[sel]],
+                           src[f"ap_flux_err_{lab}_{b}"][mc[sel]] / ee),
+                encircled_energy=_f(ee))
             gsel = ~star & isolated & (snr_b > flux_snr_min)
             ratio = np.asarray(src[col][mc[gsel]], dtype=np.float64) / np.asarray(truth[f"flux_{b}"][mt[gsel]])
             ratio = ratio[np.isfinite(ratio)]
@@ -660,6 +684,11 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
                                 "error": p["error_message"].decode("utf-8", "replace")} for p in patches]}
 
     n_sample = int(np.count_nonzero(sample))
+    snr_bins = []
+    for lo, hi in ((snr_min, 20.0), (20.0, 50.0), (50.0, math.inf)):
+        inb = sample & (snr > lo) & (snr <= hi)
+        snr_bins.append({"lo": lo, "hi": None if math.isinf(hi) else hi, "n": int(np.count_nonzero(inb)),
+                         "n_detected": int(np.count_nonzero(inb & detected))})
     n_det = int(np.count_nonzero(detected))
     iso_med = [flux["isolated"][b]["median_abs"] for b in bands]
     targets = {
@@ -678,7 +707,8 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
         "completeness": {"n_detected": n_det, "fraction": _f(n_det / n_sample) if n_sample else None,
                          "n_lost": n_sample - n_det,
                          "loss_fraction": _f((n_sample - n_det) / n_sample) if n_sample else None,
-                         "median_match_distance": _f(np.nanmedian(dist[detected])) if n_det else None},
+                         "median_match_distance": _f(np.nanmedian(dist[detected])) if n_det else None,
+                         "by_snr": snr_bins},
         "duplicates": {"n_truth_with_duplicates": len(dup_truth), "truth_ids": dup_truth[:50],
                        "repeated_ids": repeated_ids[:50], "cross_patch_pairs": cross_pairs[:50],
                        "n_cross_patch_pairs": len(cross_pairs), "n_cross_patch_pairs_within_radius":
@@ -700,6 +730,10 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
 # -----------------------------------------------------------------------------
 
 
+def _r(v, nd: int):
+    return None if v is None else round(v, nd)
+
+
 def _pct(v) -> str:
     return "   n/a" if v is None else f"{100 * v:5.1f}%"
 
@@ -715,12 +749,16 @@ def format_report(res: dict, max_losses: int = 40) -> str:
              "",
              f"truth S/N > {s['snr_min']:g} ({s['snr_band']}): {s['n']} sources; detected {c['n_detected']} "
              f"({_pct(c['fraction'])}), lost {c['n_lost']} ({_pct(c['loss_fraction'])}); median match distance "
-             f"{c['median_match_distance'] if c['median_match_distance'] is None else round(c['median_match_distance'], 3)} px",
+             f"{_r(c['median_match_distance'], 3)} px",
              f"duplicates: {d['n_truth_with_duplicates']} truth sources with >1 catalog source; "
              f"{len(d['repeated_ids'])} repeated ids; {d['n_cross_patch_pairs']} cross-patch pairs < "
              f"{st['dup_radius']:g} px ({d['n_cross_patch_pairs_within_radius']} within {st['radius']:g} px)"]
+    lines.append("  by S/N: " + ", ".join(
+        f"({b['lo']:g}, {b['hi']:g}]: {b['n_detected']}/{b['n']}" if b["hi"] is not None
+        else f"> {b['lo']:g}: {b['n_detected']}/{b['n']}" for b in c.get("by_snr", [])))
     if res["losses"]["sources"]:
-        lines.append("losses by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(res["losses"]["by_reason"].items())))
+        lines.append("losses by reason: " + ", ".join(f"{k} {v}"
+                                                      for k, v in sorted(res["losses"]["by_reason"].items())))
         for loss in res["losses"]["sources"][:max_losses]:
             lines.append(f"  truth {loss['truth_id']:6d} ({loss['type']}) x={loss['x']:7.1f} y={loss['y']:7.1f} "
                          f"S/N {loss['snr']:7.1f}: {loss['reason']} {loss['detail']}")
@@ -728,7 +766,7 @@ def format_report(res: dict, max_losses: int = 40) -> str:
             lines.append(f"  ... {len(res['losses']['sources']) - max_losses} more")
     f = res["flux"]
     lines += ["", f"flux-conserving flux_<b> vs truth: median |df/f| (band S/N > {st['flux_snr_min']:g}, "
-              f"noise-only expectation in brackets, n)"]
+              f"median 0.674 x flux_err/f in brackets, n)"]
     lines.append("  " + "blendedness".ljust(16) + "".join(f"{b:>22s}" for b in bands))
 
     def cell(x):
@@ -740,6 +778,8 @@ def format_report(res: dict, max_losses: int = 40) -> str:
     for row in f["bins"]:
         lines.append("  " + f"[{row['lo']:.2f}, {row['hi']:.2f})".ljust(16) + "".join(cell(row["bands"][b])
                                                                                         for b in bands))
+    if f.get("deblended"):
+        lines.append("  " + "deblended (any)".ljust(16) + "".join(cell(f["deblended"][b]) for b in bands))
     lines.append("  bias (median df/f), isolated: " + ", ".join(
         f"{b} {_pct(f['isolated'][b]['median'])}" for b in bands))
     if f["psf_flux_stars"]:
@@ -751,10 +791,8 @@ def format_report(res: dict, max_losses: int = 40) -> str:
             f"{b} {per[b]['median_ratio']:.3f}" if per[b]["median_ratio"] is not None else f"{b} n/a" for b in bands))
     a = res["astrometry"]
     lines += ["", f"astrometry (isolated, S/N > {st['astrometry_snr_min']:g}, n={a['n']}): median offset "
-              f"{a['median_arcsec'] if a['median_arcsec'] is None else round(a['median_arcsec'], 4)}\", p90 "
-              f"{a['p90_arcsec'] if a['p90_arcsec'] is None else round(a['p90_arcsec'], 4)}\", bias dRA cos(Dec) "
-              f"{a['median_dra_arcsec'] if a['median_dra_arcsec'] is None else round(a['median_dra_arcsec'], 4)}\", dDec "
-              f"{a['median_ddec_arcsec'] if a['median_ddec_arcsec'] is None else round(a['median_ddec_arcsec'], 4)}\""]
+              f"{_r(a['median_arcsec'], 4)}\", p90 {_r(a['p90_arcsec'], 4)}\", bias dRA cos(Dec) "
+              f"{_r(a['median_dra_arcsec'], 4)}\", dDec {_r(a['median_ddec_arcsec'], 4)}\""]
     fo = res["forced"]
     lines.append(f"forced photometry: {fo['n_unflagged']} of {fo['n_children']} children unflagged; missing psf_flux: "
                  + ", ".join(f"{b} {v}" for b, v in fo["missing_psf_flux"].items()))
