@@ -80,7 +80,8 @@ class Cluster:
 
     def sbatch(self, args, wait: bool = False, timeout: float = JOB_TIMEOUT) -> tuple:
         """Submit from the repository root; return (job id, completed process)."""
-        cmd = ["sbatch"] + (["--wait"] if wait else ["--parsable"]) + [f"--output={self.work}/%x-%j.out"] + args
+        out = [] if any(a.startswith("--output=") for a in args) else [f"--output={self.work}/%x-%j.out"]
+        cmd = ["sbatch"] + (["--wait"] if wait else ["--parsable"]) + out + args
         p = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
         m = re.search(r"(?:Submitted batch job )?(\d+)", p.stdout)
         if not m:
@@ -285,3 +286,19 @@ def test_scaling_sweep_dry_run_lists_one_job_per_point(tmp_path):
     assert "--job-name=strong_n4 --ntasks=4" in lines[1] and "--nodes=2" in lines[1]
     assert "--set input.kind=demo --set input.n_demo_blends=20 --set run.progress=false" in lines[3]
     assert not (tmp_path / "sweep").exists()
+
+
+def test_tract_array_runs_one_catalog_per_list_line(slurm_cluster, tmp_path):
+    """slurm/tract_array.sbatch: array task N runs line N of the list (comments and blank lines skipped)."""
+    listing = tmp_path / "tracts.txt"
+    listing.write_text("# one run per line\nnone --set input.n_demo_blends=3\n\n"
+                       "--set input.n_demo_blends=5   # no job file: $JOB (none)\n")
+    name = "hb_array"
+    jid, p = slurm_cluster.sbatch([f"--job-name={name}", "--array=0-1", "--ntasks=1",
+                                   f"--output={slurm_cluster.work}/%x-%A_%a.out", "slurm/tract_array.sbatch",
+                                   str(listing), *slurm_cluster.demo_opts(DEMO_OPTS)], wait=True)
+    assert p.returncode == 0, f"sbatch --wait exit {p.returncode}\n{p.stderr}\n" + "\n".join(
+        f.read_text() for f in sorted(slurm_cluster.work.glob(f"{name}-{jid}_*.out")))
+    for task, n in ((0, 3), (1, 5)):
+        cat = slurm_cluster.run_dir(name, jid) / f"task_{task}" / "catalog.h5"
+        assert len(read_table(str(cat), "blends")) == n, cat
