@@ -368,6 +368,12 @@ def _read_catalog(path: str) -> dict:
         from .errors import CatalogError
 
         raise CatalogError(f"{path}: no /sources table")
+    missing = [c for c in ("x", "y", "peak_x", "peak_y", "ra", "dec", "patch", "blendedness")
+               if c not in tables["sources"].dtype.names]
+    if missing:
+        from .errors import CatalogError
+
+        raise CatalogError(f"{path}: /sources lacks {missing}: not the catalog of a tract run (input.kind: tract)")
     tables["bands"] = bands
     return tables
 
@@ -446,6 +452,7 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
     """
     from .simulate import read_truth
 
+    tabs = _read_catalog(catalog)  # first: a missing or foreign catalog is the error to report
     if truth_dir is None:
         truth_dir = _config_tract_dir(catalog)
         if truth_dir is None:
@@ -455,7 +462,6 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
     truth_dir = os.fspath(truth_dir)
     psf_dir = truth_dir if os.path.isdir(truth_dir) else os.path.dirname(truth_dir)
     truth = read_truth(truth_dir)
-    tabs = _read_catalog(catalog)
     src, patches = tabs["sources"], tabs.get("patches")
     cat_bands = tabs["bands"]
     bands = [b for b in _bands_of_truth(truth) if not cat_bands or b in cat_bands]

@@ -487,3 +487,28 @@ def test_report_text(default_run):
     for needle in ("truth S/N > 10", "duplicates:", "flux-conserving", "astrometry", "forced photometry",
                    "patches: 4", "targets:"):
         assert needle in text
+
+
+def test_validate_cli(default_run, tmp_path, capsys):
+    import json
+
+    from hpcblend.validate import validate_main
+
+    out, _ = default_run
+    js = tmp_path / "v.json"
+    # truth directory from the catalog's /config; the default settings miss the 5 % flux target: --check says so
+    assert validate_main([str(out), "--json", str(js), "--check"]) == 1
+    text = capsys.readouterr().out
+    assert "flux_isolated_le_5pct FAIL" in text and "no_duplicates PASS" in text
+    res = json.loads(js.read_text())
+    assert res["duplicates"]["n_truth_with_duplicates"] == 0 and res["sample"]["n"] > 250
+    assert validate_main([str(tmp_path / "missing.h5")]) == 2
+
+
+def test_match_positions_one_to_one_brightest_first():
+    truth = np.array([[10.0, 10.0], [11.0, 10.0], [50.0, 50.0]])
+    cat = np.array([[10.6, 10.0], [np.nan, np.nan], [50.5, 50.0], [51.0, 50.0]])
+    # truth 1 is brighter: it takes the catalog source nearest to it (0.4 px), truth 0 (0.6 px away) is unmatched
+    t2c, c2t, dist = match_positions(truth, cat, 2.0, np.array([1, 0, 2]))
+    assert t2c.tolist() == [-1, 0, 2] and c2t.tolist() == [1, -1, 2, -1]
+    assert dist[1] == pytest.approx(0.4) and np.isnan(dist[0])
