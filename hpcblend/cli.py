@@ -36,9 +36,28 @@ def _setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, datefmt="%H:%M:%S")
 
 
+def _numba_environment(job) -> None:
+    """Threads and the compiled-kernel cache, set before Numba is imported.
+
+    ``run.numba_cache_dir`` (e.g. on a shared filesystem) gets one
+    sub-directory per host, so nodes with different CPUs never share
+    compiled code and no two hosts write the same cache files.
+    """
+    import socket
+
+    if "numba" in sys.modules:
+        return
+    if job.run.numba_threads > 0:
+        os.environ["NUMBA_NUM_THREADS"] = str(job.run.numba_threads)
+    if job.run.numba_cache_dir:
+        d = job.run.numba_cache_dir
+        if not os.path.isabs(d):
+            d = os.path.join(job.base_dir, d)
+        os.environ["NUMBA_CACHE_DIR"] = os.path.join(d, socket.gethostname())
+
+
 def cmd_run(args) -> int:
     from .config import default_job, load_job, apply_overrides, job_from_dict, job_to_dict
-    from .driver import RunInterrupted, run_job
     from .errors import HpcblendError
 
     try:
@@ -50,12 +69,15 @@ def cmd_run(args) -> int:
             data = apply_overrides(job_to_dict(job), ())
             data.pop("base_dir", None)
             job = job_from_dict(data, source="--input", base_dir=os.getcwd())
+        _numba_environment(job)
         _setup_logging(job.run.log_level)
+        from .driver import RunInterrupted, run_job
+
         out = run_job(job, output=args.output, resume=args.resume)
-    except RunInterrupted as exc:
-        print(f"hpcblend: {exc}", file=sys.stderr)
-        return 3
     except HpcblendError as exc:
+        if type(exc).__name__ == "RunInterrupted":
+            print(f"hpcblend: {exc}", file=sys.stderr)
+            return 3
         print(f"hpcblend: error: {exc}", file=sys.stderr)
         return 2
     from mpi4py import MPI

@@ -308,7 +308,9 @@ class RunConfig:
         ``"cost"``: largest expected cost (n_peaks × footprint area) first;
         ``"file"``: input order.
     numba_threads : int
-        Numba threads per rank (``NUMBA_NUM_THREADS``).
+        Numba threads per rank (``NUMBA_NUM_THREADS``); 0: keep the
+        environment's value (the launchers set 1 per rank, Slurm scripts
+        ``SLURM_CPUS_PER_TASK``).
     progress : bool
         Progress bar on rank 0.
     log_level : str
@@ -316,15 +318,20 @@ class RunConfig:
     warmup : bool
         Compile/load the Numba kernels on every rank before timing blends, so
         per-blend times are steady-state (the cold start is logged apart).
+    numba_cache_dir : str
+        Where compiled kernels are cached (``NUMBA_CACHE_DIR``), one
+        sub-directory per host; empty: Numba's default (beside the installed
+        package — set this for read-only or shared installs).
     """
 
     write_every_units: int = 64
     write_every_seconds: float = 30.0
     schedule: str = "cost"
-    numba_threads: int = 1
+    numba_threads: int = 0
     progress: bool = True
     log_level: str = "INFO"
     warmup: bool = True
+    numba_cache_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -395,10 +402,10 @@ _POSITIVE = {
     ("deblend", "sed_step_factor"), ("deblend", "morph_step"), ("deblend", "max_n_peaks"),
     ("deblend", "max_footprint_area"), ("deblend", "max_area_times_peaks"),
     ("deblend", "kernel_tolerance"), ("deblend", "step_scale"), ("run", "write_every_units"), ("run", "write_every_seconds"),
-    ("run", "numba_threads"), ("input", "n_demo_blends"), ("input", "patch_inner_size"),
+    ("input", "n_demo_blends"), ("input", "patch_inner_size"),
     ("detect", "background_box"), ("detect", "threshold"), ("detect", "min_area"),
 }
-_NON_NEGATIVE = {("profile", "sample_hz"), ("profile", "gallery_flagged"), ("profile", "gallery_slowest"),
+_NON_NEGATIVE = {("run", "numba_threads"), ("profile", "sample_hz"), ("profile", "gallery_flagged"), ("profile", "gallery_slowest"),
                  ("input", "patch_overlap"), ("input", "tract"), ("detect", "grow"), ("detect", "pad"),
                  ("detect", "min_peak_separation"), ("detect", "min_prominence"), ("measure", "forced_pad"),
                  ("deblend", "min_iter"), ("deblend", "bg_thresh"), ("deblend", "box_margin"),
