@@ -60,6 +60,9 @@ def cmd_run(args) -> int:
     from .config import default_job, load_job, apply_overrides, job_from_dict, job_to_dict
     from .errors import HpcblendError
 
+    from .driver import StopOnSignal  # imports no Numba: the cache directory is still free to set
+
+    stop = StopOnSignal().__enter__()  # from now on SIGTERM/SIGUSR1 ask for a checkpoint, never kill
     try:
         overrides = tuple(args.set or ())
         if args.input:
@@ -73,7 +76,7 @@ def cmd_run(args) -> int:
         _setup_logging(job.run.log_level)
         from .driver import RunInterrupted, run_job
 
-        out = run_job(job, output=args.output, resume=args.resume)
+        out = run_job(job, output=args.output, resume=args.resume, stop_signal=stop)
     except HpcblendError as exc:
         if type(exc).__name__ == "RunInterrupted":
             print(f"hpcblend: {exc}", file=sys.stderr)

@@ -58,7 +58,7 @@ from .inputs import expand_inputs, peek_blend
 from .provenance import collect_provenance
 from .schema import blend_spec, source_spec
 
-__all__ = ["run_job", "plan_units", "WorkUnit", "RunInterrupted", "inflight_units", "list_units"]
+__all__ = ["run_job", "plan_units", "WorkUnit", "RunInterrupted", "StopOnSignal", "inflight_units", "list_units"]
 
 log = logging.getLogger("hpcblend")
 
@@ -275,17 +275,33 @@ class _Inflight:
             pass
 
 
-class _StopOnSignal:
-    """Install SIGTERM/SIGUSR1 handlers (main thread only) that set a flag; restore on exit."""
+def _is_complete(path: str) -> bool:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(f.attrs.get("complete", False))
+    except OSError:
+        return False
+
+
+class StopOnSignal:
+    """SIGTERM/SIGUSR1 handlers (main thread only) that set a flag; the previous handlers come back on exit.
+
+    Re-entrant: entering an instance that is already installed does nothing,
+    and only the outermost exit restores the previous handlers.
+    """
 
     SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
 
     def __init__(self):
         self.requested = False
         self._old = {}
+        self._depth = 0
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        self._depth += 1
+        if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
                 self._old[s] = signal.signal(s, self._handler)
         return self
@@ -294,8 +310,11 @@ class _StopOnSignal:
         self.requested = True
 
     def __exit__(self, *exc):
-        for s, h in self._old.items():
-            signal.signal(s, h)
+        self._depth -= 1
+        if self._depth == 0:
+            for s, h in self._old.items():
+                signal.signal(s, h)
+            self._old = {}
         return False
 
 
@@ -335,7 +354,7 @@ class _Schedule:
 
 
 def run_job(job: JobConfig, output: str | None = None, progress: bool | None = None, comm=None,
-            resume: bool = False) -> str:
+            resume: bool = False, stop_signal=None) -> str:
     """Run a job on all ranks of ``comm`` (default ``MPI.COMM_WORLD``; one rank without mpirun).
 
     Parameters
@@ -348,8 +367,15 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
     comm : mpi4py.MPI.Comm, optional
     resume : bool
         Continue an interrupted run of the same catalog: units in its ledger
-        are skipped. Without it an existing catalog is replaced when
-        ``output.overwrite`` is true, else it is an error.
+        are skipped; a catalog already complete is left as it is (returns at
+        once, so a requeued job may resume any number of times). Without it
+        an existing catalog is replaced when ``output.overwrite`` is true,
+        else it is an error.
+    stop_signal : StopOnSignal, optional
+        Signal handlers installed by the caller as early as possible (the
+        CLI does so before imports and planning, so a Slurm warning signal
+        during start-up or finalisation is remembered, not fatal); default:
+        installed here around the work loop.
 
     Returns
     -------
@@ -370,11 +396,15 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
     rank, size = comm.rank, comm.size
     out = os.path.abspath(output or job.output.path)
 
-    err, units = None, None
+    err, units, done_already = None, None, False
     if rank == 0:
         try:
-            units = plan_units(job)
             exists = os.path.exists(out)
+            if resume and exists:
+                done_already = _is_complete(out)
+            if done_already:
+                raise StopIteration
+            units = plan_units(job)
             if exists and not resume and not job.output.overwrite:
                 raise CatalogError(f"{out}: exists and output.overwrite is false (use --resume to continue it)")
             if resume and not exists:
@@ -396,8 +426,14 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
             for name in os.listdir(_log_dir(out)):
                 if name.endswith(".inflight"):
                     os.remove(os.path.join(_log_dir(out), name))
+        except StopIteration:
+            pass
         except HpcblendError as exc:
             err = (type(exc), str(exc))
+    if comm.bcast(done_already, root=0):
+        if rank == 0:
+            log.info("%s is already complete: nothing to resume", out)
+        return out
     err = comm.bcast(err, root=0)
     if err:
         raise err[0](err[1])
@@ -436,7 +472,8 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
     gallery = GalleryCollector(max_failed=job.profile.gallery_flagged, max_flagged=job.profile.gallery_flagged,
                                n_slowest=job.profile.gallery_slowest)
     try:
-        stopped = _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler, gallery)
+        stopped = _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler, gallery,
+                             stop_signal)
     except BaseException as exc:  # noqa: BLE001 - one rank's unexpected error must end the job, not hang it
         if size > 1 and not isinstance(exc, KeyboardInterrupt):
             where = getattr(exc, "hpcblend_unit", None)
@@ -488,7 +525,8 @@ def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
     comm.Barrier()
 
 
-def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler, gallery) -> bool:
+def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler, gallery,
+               stop_signal=None) -> bool:
     """Pull units, process them, write rounds. Returns True when stopped by a signal."""
     from .pipeline import process_unit
 
@@ -529,7 +567,7 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
 
     sampler.start()
     sampler.set_stage("wait")
-    with _StopOnSignal() as sig:
+    with (stop_signal if stop_signal is not None else StopOnSignal()) as sig:
         while True:
             if sig.requested and not stopping and not exhausted:
                 # an exhausted rank ignores the signal: the run is ending anyway, and raising a round

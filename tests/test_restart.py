@@ -172,3 +172,17 @@ def test_existing_output_without_overwrite_or_resume_is_an_error(tmp_path):
                        text=True, timeout=120, cwd=str(tmp_path))
     assert r.returncode == 2 and str(out) in r.stderr  # a file that is not a catalog is reported, never extended
     assert out.read_bytes() == b"not a catalog"
+
+
+def test_resume_of_a_complete_catalog_is_a_no_op(tmp_path):
+    """A requeued job may resume any number of times: a finished catalog is left as it is."""
+    out = tmp_path / "done.h5"
+    args = [HPCBLEND, "run", "--output", str(out), "--set", "input.kind=demo", "--set", "run.progress=false"]
+    r = subprocess.run(args, env=_env(), capture_output=True, text=True, timeout=180, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    before = out.read_bytes()
+    r = subprocess.run(args + ["--resume"], env=_env(), capture_output=True, text=True, timeout=180,
+                       cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "already complete" in r.stderr
+    assert out.read_bytes() == before
