@@ -87,12 +87,16 @@ LOSS_REASONS = {
     "failed_patch": "in the inner box of a patch whose status is not ok",
     "tract_edge": "centre closer than edge_margin px to the tract edge (footprint cut, peak off the data)",
     "parent_failed": "a catalog child within 3 x radius has a failed or skipped parent",
+    "below_threshold": "re-running the run's detection on the patches that cover it: no detected (above "
+                       "threshold, min_area) pixel within 2 px in any of them (noise, or a profile fainter than "
+                       "its S/N says)",
     "blended_unresolved": "a brighter truth source lies within blend_radius px, or the brighter neighbours' "
                           "expected light in the detection image at its centre is >= pedestal_ratio x its own "
                           "expected peak significance (no separate, prominent peak)",
     "offset": "an unmatched catalog source lies within 3 x radius (position off by more than radius)",
-    "patch_border": "within border_margin px of an inner patch border: the owning patch's detection differs from "
-                    "its neighbour's there (per-patch background), so the peak is owned by a patch that missed it",
+    "patch_border": "detected by a patch whose outer box covers it, but its peak lies in the inner box of another "
+                    "patch that did not detect it (per-patch background); without the re-run detection: within "
+                    "border_margin px of an inner patch border",
     "peak_culled": "inside the footprint box of a catalog parent without a child near it: its peak was culled "
                    "(min_prominence / min_peak_separation) or merged into a neighbour's footprint",
     "near_threshold": "expected detection significance below threshold + near_threshold_sigma",
@@ -143,7 +147,7 @@ class _DetectionModel:
     """
 
     def __init__(self, psfs: dict, bands, filter_sigma: float, half: int = 50):
-        from scipy.signal import fftconvolve
+        from scipy.ndimage import gaussian_filter
 
         self.g_grid = np.arange(0.0, 12.0001, 0.25)
         self.half = half
@@ -157,13 +161,10 @@ class _DetectionModel:
             hy, hx = min(ph // 2, half), min(pw // 2, half)
             cy, cx = ph // 2, pw // 2
             p[half - hy:half + hy + 1, half - hx:half + hx + 1] = psfs[b][cy - hy:cy + hy + 1, cx - hx:cx + hx + 1]
-            base = fftconvolve(p, kern, mode="same")
+            base = gaussian_filter(p, filter_sigma, mode="constant", truncate=6.0)
             tab = np.empty((len(self.g_grid), half + 1))
             for i, g in enumerate(self.g_grid):
-                img = base
-                if g > 0:
-                    k1 = _gauss_kernel(g, min(half, int(np.ceil(5 * g))))
-                    img = fftconvolve(fftconvolve(base, k1[None, :], mode="same"), k1[:, None], mode="same")
+                img = gaussian_filter(base, g, mode="constant", truncate=5.0) if g > 0 else base
                 tab[i] = img[half, half:]
             self.prof[b] = tab
 
@@ -393,12 +394,79 @@ def _config_tract_dir(path: str) -> Optional[str]:
     return d
 
 
+class _PatchDetection:
+    """Re-run the pipeline's detection (background, detection image, significance, segmentation) per patch.
+
+    Exactly the steps of :func:`hpcblend.patches.process_patch` before the
+    footprints, with the run's ``detect`` settings, on each patch's outer box;
+    used to tell why a truth source was lost (below threshold in the data, or
+    seen only by a patch that does not own it). Maps are cached (at most
+    ``cache`` patches).
+    """
+
+    def __init__(self, tract_dir: str, cfg: dict, bands, cache: int = 4):
+        from .coadd import read_tract_shape
+        from .skymap import make_patches
+
+        inp = cfg.get("input") or {}
+        self.det = cfg.get("detect") or {}
+        self.tract_dir, self.bands = tract_dir, tuple(bands)
+        shape = read_tract_shape(tract_dir, self.bands)
+        self.patches = make_patches(shape, int(inp.get("patch_inner_size", 4000)), int(inp.get("patch_overlap", 100)),
+                                    tract=int(inp.get("tract", 0)))
+        self.threshold = float(self.det.get("threshold", 5.0))
+        self._cache: dict = {}
+        self._size = max(int(cache), 1)
+
+    def covering(self, y: float, x: float) -> list:
+        """Flat indices of the patches whose outer box holds the position."""
+        return [p.flat for p in self.patches if p.outer.contains(y, x)]
+
+    def _maps(self, flat: int):
+        if flat not in self._cache:
+            from .coadd import read_patch
+            from .detect import _segment, detection_image, estimate_background, significance_image
+
+            if len(self._cache) >= self._size:
+                self._cache.pop(next(iter(self._cache)))
+            p = self.patches[flat]
+            data = read_patch(self.tract_dir, p, bands=self.bands)
+            images = data.images
+            if self.det.get("subtract_background", True):
+                images = estimate_background(images, data.mask, box_size=int(self.det.get("background_box", 128)),
+                                             variance=data.variance).images
+            det, sigma = detection_image(images, data.variance, data.mask,
+                                         method=str(self.det.get("method", "weighted")))
+            signif = significance_image(det, sigma)
+            detected = _segment(signif, self.threshold, int(self.det.get("min_area", 5)))
+            self._cache[flat] = (p, signif, detected)
+        return self._cache[flat]
+
+    def at(self, flat: int, y: float, x: float, r: float = 2.0) -> tuple:
+        """In one patch: (largest significance within ``r`` px, whether a detected pixel lies within ``r`` px,
+        the flat index of the patch owning the pixel of that largest significance)."""
+        p, signif, detected = self._maps(flat)
+        ly, lx = y - p.outer.y0, x - p.outer.x0
+        y0, y1 = max(int(math.floor(ly - r)), 0), min(int(math.ceil(ly + r)) + 1, signif.shape[0])
+        x0, x1 = max(int(math.floor(lx - r)), 0), min(int(math.ceil(lx + r)) + 1, signif.shape[1])
+        if y1 <= y0 or x1 <= x0:
+            return float("nan"), False, -1
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        near = np.hypot(yy - ly, xx - lx) <= r
+        vals = np.where(near, signif[y0:y1, x0:x1], -np.inf)
+        k = np.unravel_index(int(np.argmax(vals)), vals.shape)
+        py, px = int(yy[k]) + p.outer.y0, int(xx[k]) + p.outer.x0
+        owner = next((q.flat for q in self.patches if q.inner.contains(py, px)), -1)
+        return float(vals[k]), bool(np.any(detected[y0:y1, x0:x1][near])), owner
+
+
 def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: float = 2.0, snr_min: float = 10.0,
                    snr_band: str = "all", flux_snr_min: float = 20.0, astrometry_snr_min: float = 50.0,
                    isolated_blendedness: float = 0.05, blend_radius: Optional[float] = None,
                    edge_margin: Optional[float] = None, dup_radius: float = 0.5,
                    detect_threshold: Optional[float] = None, pedestal_ratio: float = 0.25,
-                   border_margin: float = 2.0, near_threshold_sigma: float = 3.0) -> tuple:
+                   border_margin: float = 2.0, near_threshold_sigma: float = 3.0,
+                   measure_detection: bool = True) -> tuple:
     """Compare a tract run's catalog with the simulation truth.
 
     Parameters
@@ -440,6 +508,13 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
     near_threshold_sigma : float
         A loss is "near_threshold" when its expected significance is below
         ``detect_threshold`` + this.
+    measure_detection : bool
+        Re-run the detection of every patch covering a lost source (from the
+        coadds next to the truth and the run's ``/config``): a loss is
+        "below_threshold" when no patch has a detected pixel within 2 px of it,
+        "patch_border" when a patch detected it but the patch owning its
+        peak pixel did not. Without coadds this falls
+        back to the expected significance and the geometric border test.
 
     Returns
     -------
@@ -471,13 +546,14 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
     fwhm_px = max(float(meta.get(f"FWHM_{b.upper()}", 0.7)) for b in bands) / scale
     blend_radius = fwhm_px if blend_radius is None else float(blend_radius)
     edge_margin = fwhm_px if edge_margin is None else float(edge_margin)
-    detect_cfg = {}
+    run_cfg = {}
     try:
         from .catalog import read_json_group
 
-        detect_cfg = read_json_group(catalog, "config").get("detect") or {}
+        run_cfg = read_json_group(catalog, "config")
     except Exception:  # noqa: BLE001 - defaults below
         pass
+    detect_cfg = run_cfg.get("detect") or {}
     if detect_threshold is None:
         detect_threshold = float(detect_cfg.get("threshold", 5.0))
     detect_pad = int(detect_cfg.get("pad", 5))
@@ -550,6 +626,12 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
     ttree = cKDTree(truth_xy)
     bad_parent = np.asarray(src["flag_parent_failed"] | src["flag_parent_skipped"], dtype=bool)
     sdet = sn["snr_det"]
+    pdet = None
+    if measure_detection and os.path.isdir(psf_dir) and run_cfg:
+        try:
+            pdet = _PatchDetection(psf_dir, run_cfg, bands)
+        except Exception:  # noqa: BLE001 - the coadds are optional here: fall back to the expected significance
+            pdet = None
     losses = []
     for t in np.nonzero(sample & (t2c < 0))[0]:
         reason, detail = "unexplained", ""
@@ -566,12 +648,26 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
                             & (ix < parent_boxes[:, 1] + parent_boxes[:, 3] - detect_pad))[0]
         border = [abs(ty[t] + 0.5 - v) for v in borders_y] + [abs(tx[t] + 0.5 - v) for v in borders_x]
         border = [v for v in border if v <= border_margin]
+        seen = {}
+        if pdet is not None and not near_edge[t]:
+            seen = {f: pdet.at(f, ty[t], tx[t]) for f in pdet.covering(ty[t], tx[t])}
         if any(y0 <= iy < y0 + h and x0 <= ix < x0 + w for (y0, x0, h, w) in failed_inner):
             reason = "failed_patch"
         elif near_edge[t]:
             reason, detail = "tract_edge", f"{edge_dist[t]:.1f} px from the edge"
         elif len(near_c) and bad_parent[near_c].any():
             reason = "parent_failed"
+        elif seen and not any(v[1] for v in seen.values()):
+            smax = max(v[0] for v in seen.values())
+            reason, detail = "below_threshold", (f"largest significance within 2 px {smax:.1f} (threshold "
+                                                 f"{detect_threshold:g}, min_area) in patch(es) "
+                                                 f"{sorted(seen)}; expected {sdet[t]:.1f}")
+        elif seen and any(v[1] and v[2] in seen and not seen[v[2]][1] for v in seen.values()):
+            reason, detail = "patch_border", ("detected in patch(es) " + str(sorted(f for f, v in seen.items() if v[1]))
+                                              + " with its peak in the inner box of patch(es) "
+                                              + str(sorted({v[2] for v in seen.values() if v[1]}))
+                                              + ", which did not detect it (significance "
+                                              + ", ".join(f"{v[0]:.2f}" for v in seen.values()) + ")")
         elif len(neigh) and (dn.min() < blend_radius or pedestal >= pedestal_ratio * sdet[t]):
             j = neigh[np.argmin(dn)]
             detail = (f"nearest brighter truth {int(truth['id'][j])} (S/N {snr[j]:.0f}) at {dn.min():.1f} px; "
@@ -581,7 +677,7 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
             k = near_c[c2t[near_c] < 0]
             d = np.hypot(cat_xy[k, 0] - tx[t], cat_xy[k, 1] - ty[t])
             reason, detail = "offset", f"unmatched catalog source {int(ids[k[np.argmin(d)]])} at {d.min():.1f} px"
-        elif border:
+        elif border and not seen:
             reason, detail = "patch_border", (f"{min(border):.1f} px from an inner patch border; expected "
                                               f"significance {sdet[t]:.1f}")
         elif len(in_box):
