@@ -564,7 +564,6 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
     ty = np.asarray(truth["y"], dtype=np.float64)
     truth_xy = np.stack([tx, ty], 1)
     ref_band = "i" if "i" in bands else bands[len(bands) // 2]
-    tflux = np.asarray(truth[f"flux_{ref_band}"], dtype=np.float64)
     cx = np.where(np.isfinite(src["x"]), src["x"], src["peak_x"]).astype(np.float64)
     cy = np.where(np.isfinite(src["y"]), src["y"], src["peak_y"]).astype(np.float64)
     cat_xy = np.stack([cx, cy], 1)
@@ -633,7 +632,13 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
         except Exception:  # noqa: BLE001 - the coadds are optional here: fall back to the expected significance
             pdet = None
     losses = []
-    for t in np.nonzero(sample & (t2c < 0))[0]:
+    lost = np.nonzero(sample & (t2c < 0))[0]
+    if pdet is not None:  # patch by patch, so that each patch's detection is re-run once
+        from .skymap import owner_index
+
+        lost = lost[np.argsort(owner_index((ny, nx), pdet.patches[0].inner.shape, ty[lost], tx[lost]),
+                               kind="stable")] if nx and ny else lost
+    for t in lost:
         reason, detail = "unexplained", ""
         ix, iy = math.floor(tx[t] + 0.5), math.floor(ty[t] + 0.5)
         neigh = np.array([j for j in ttree.query_ball_point(truth_xy[t], r=sn["model"].half)
@@ -676,7 +681,10 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
         elif len(near_c) and np.any(c2t[near_c] < 0):
             k = near_c[c2t[near_c] < 0]
             d = np.hypot(cat_xy[k, 0] - tx[t], cat_xy[k, 1] - ty[t])
-            reason, detail = "offset", f"unmatched catalog source {int(ids[k[np.argmin(d)]])} at {d.min():.1f} px"
+            kc = k[np.argmin(d)]
+            others = [int(truth["id"][j]) for j in ttree.query_ball_point(cat_xy[kc], r=3 * radius) if j != t]
+            reason, detail = "offset", (f"unmatched catalog source {int(ids[kc])} at {d.min():.1f} px"
+                                        + (f", between it and truth {others} (a merged pair)" if others else ""))
         elif border and not seen:
             reason, detail = "patch_border", (f"{min(border):.1f} px from an inner patch border; expected "
                                               f"significance {sdet[t]:.1f}")
@@ -694,6 +702,7 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
                        "snr_det": _f(sdet[t]), "type": str(truth["type"][t]),
                        "mag_i": _f(truth[f"mag_{ref_band}"][t]) if f"mag_{ref_band}" in truth.colnames else None,
                        "reason": reason, "detail": detail})
+    losses.sort(key=lambda rec: rec["truth_id"])
     reasons = {}
     for loss in losses:
         reasons[loss["reason"]] = reasons.get(loss["reason"], 0) + 1
@@ -935,13 +944,16 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--flux-snr-min", type=float, default=20.0, help="band S/N for flux statistics (default 20)")
     ap.add_argument("--json", default=None, help="also write the result as JSON here")
     ap.add_argument("--max-losses", type=int, default=40, help="losses listed in the report")
+    ap.add_argument("--no-rerun-detection", action="store_true",
+                    help="do not re-run the patches' detection to explain losses (faster; coarser reasons)")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target fails")
     args = ap.parse_args(argv)
     from .errors import HpcblendError
 
     try:
         res, _ = validate_tract(args.catalog, args.truth, radius=args.radius, snr_min=args.snr_min,
-                                snr_band=args.snr_band, flux_snr_min=args.flux_snr_min)
+                                snr_band=args.snr_band, flux_snr_min=args.flux_snr_min,
+                                measure_detection=not args.no_rerun_detection)
     except HpcblendError as exc:
         print(f"hpcblend validate: {exc}", file=sys.stderr)
         return 2
