@@ -82,7 +82,8 @@ import numpy as np
 __all__ = ["LOSS_REASONS", "BLENDEDNESS_BINS", "truth_snr", "match_positions", "validate_tract", "format_report",
            "validate_main"]
 
-#: Loss reasons, in the order they are tried (the first that applies is reported).
+#: Loss reasons, in the order they are tried (the first that applies is reported; "patch_border" falls back to a
+#: geometric test, tried after "blended_unresolved", when the detection is not re-run).
 LOSS_REASONS = {
     "failed_patch": "in the inner box of a patch whose status is not ok",
     "tract_edge": "centre closer than edge_margin px to the tract edge (footprint cut, peak off the data)",
@@ -90,13 +91,14 @@ LOSS_REASONS = {
     "below_threshold": "re-running the run's detection on the patches that cover it: no detected (above "
                        "threshold, min_area) pixel within 2 px in any of them (noise, or a profile fainter than "
                        "its S/N says)",
-    "blended_unresolved": "a brighter truth source lies within blend_radius px, or the brighter neighbours' "
-                          "expected light in the detection image at its centre is >= pedestal_ratio x its own "
-                          "expected peak significance (no separate, prominent peak)",
-    "offset": "an unmatched catalog source lies within 3 x radius (position off by more than radius)",
     "patch_border": "detected by a patch whose outer box covers it, but its peak lies in the inner box of another "
                     "patch that did not detect it (per-patch background); without the re-run detection: within "
                     "border_margin px of an inner patch border",
+    "offset": "an unmatched catalog source lies within 3 x radius: detected, but its position is off by more than "
+              "radius (a deblended child pulled by its neighbour, or two sources merged into one peak)",
+    "blended_unresolved": "a brighter truth source lies within blend_radius px, or the brighter neighbours' "
+                          "expected light in the detection image at its centre is >= pedestal_ratio x its own "
+                          "expected peak significance (no separate, prominent peak)",
     "peak_culled": "inside the footprint box of a catalog parent without a child near it: its peak was culled "
                    "(min_prominence / min_peak_separation) or merged into a neighbour's footprint",
     "near_threshold": "expected detection significance below threshold + near_threshold_sigma",
@@ -673,11 +675,6 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
                                               + str(sorted({v[2] for v in seen.values() if v[1]}))
                                               + ", which did not detect it (significance "
                                               + ", ".join(f"{v[0]:.2f}" for v in seen.values()) + ")")
-        elif len(neigh) and (dn.min() < blend_radius or pedestal >= pedestal_ratio * sdet[t]):
-            j = neigh[np.argmin(dn)]
-            detail = (f"nearest brighter truth {int(truth['id'][j])} (S/N {snr[j]:.0f}) at {dn.min():.1f} px; "
-                      f"neighbours' light {pedestal / max(sdet[t], 1e-9):.2f} x its peak significance")
-            reason = "blended_unresolved"
         elif len(near_c) and np.any(c2t[near_c] < 0):
             k = near_c[c2t[near_c] < 0]
             d = np.hypot(cat_xy[k, 0] - tx[t], cat_xy[k, 1] - ty[t])
@@ -685,6 +682,11 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
             others = [int(truth["id"][j]) for j in ttree.query_ball_point(cat_xy[kc], r=3 * radius) if j != t]
             reason, detail = "offset", (f"unmatched catalog source {int(ids[kc])} at {d.min():.1f} px"
                                         + (f", between it and truth {others} (a merged pair)" if others else ""))
+        elif len(neigh) and (dn.min() < blend_radius or pedestal >= pedestal_ratio * sdet[t]):
+            j = neigh[np.argmin(dn)]
+            detail = (f"nearest brighter truth {int(truth['id'][j])} (S/N {snr[j]:.0f}) at {dn.min():.1f} px; "
+                      f"neighbours' light {pedestal / max(sdet[t], 1e-9):.2f} x its peak significance")
+            reason = "blended_unresolved"
         elif border and not seen:
             reason, detail = "patch_border", (f"{min(border):.1f} px from an inner patch border; expected "
                                               f"significance {sdet[t]:.1f}")
