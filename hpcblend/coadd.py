@@ -92,6 +92,7 @@ __all__ = [
     "read_tract",
     "read_patch",
     "read_tract_shape",
+    "check_tract",
     "write_tract",
 ]
 
@@ -718,6 +719,30 @@ def read_tract_shape(source: Union[PathLike, TractPaths, Mapping],
     path = paths.coadds[paths.bands[0]]
     with _open_fits(path, "coadd") as hdul:
         return _hdu_shape(_get_hdu(hdul, path, "IMAGE"), path, "IMAGE")
+
+
+def check_tract(source: Union[PathLike, TractPaths, Mapping], bands: Optional[Sequence[str]] = None, *,
+                pattern: str = DEFAULT_PATTERN, psf_pattern: str = DEFAULT_PSF_PATTERN,
+                psf_tolerance: float = 1e-3) -> Tuple[int, int]:
+    """Check every band of a tract before any work is planned: headers, shapes, WCS and PSFs.
+
+    Reads one pixel per band (all header, WCS, mask-plane and PSF checks of
+    :func:`read_tract` run; pixel checks run per patch later), so a band with
+    another shape or WCS, or a missing or bad PSF file, fails the run at once
+    with a message naming the file and HDU, instead of failing every patch.
+
+    Returns
+    -------
+    (H, W) : tuple of int
+        The tract's shape.
+
+    Raises
+    ------
+    InputError, PsfError
+        As :func:`read_tract`.
+    """
+    data = _read(source, bands, Box((0, 0), (1, 1)), pattern, psf_pattern, psf_tolerance, validate=True)
+    return tuple(int(n) for n in data.tract_shape)
 
 
 # -----------------------------------------------------------------------------

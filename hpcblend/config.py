@@ -139,7 +139,10 @@ class DetectConfig:
     Attributes
     ----------
     subtract_background : bool
-        Estimate and subtract a smooth background per band (sep).
+        Estimate and subtract a smooth background per band (sep). Off by
+        default: coadds come background-subtracted, and a second, local
+        (128 px) subtraction in a dense field eats galaxy wings (on the
+        simulated tract it biased isolated-source fluxes by about -4 %).
     background_box : int
         Background mesh size, pixels.
     method : str
@@ -150,7 +153,10 @@ class DetectConfig:
     min_area : int
         Minimum footprint area, pixels.
     grow : int
-        Footprints are grown by this many pixels (touching ones merge).
+        Footprints are grown by this many pixels (touching ones merge). The
+        flux-conserving fluxes sum over the footprint, so it must hold the
+        wings: with 2 px, isolated galaxies lost about 4 % of their flux on
+        the simulated tract; 6 px brings the median error to 2-4 %.
     min_peak_separation : float
         Pixels between kept peaks.
     min_prominence : float
@@ -162,12 +168,12 @@ class DetectConfig:
         measured directly on the data: the child is the whole footprint).
     """
 
-    subtract_background: bool = True
+    subtract_background: bool = False
     background_box: int = 128
     method: str = "weighted"
     threshold: float = 5.0
     min_area: int = 5
-    grow: int = 2
+    grow: int = 6
     min_peak_separation: float = 2.0
     min_prominence: float = 3.0
     pad: int = 5

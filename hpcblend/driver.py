@@ -161,11 +161,11 @@ def plan_units(job: JobConfig) -> list:
         No inputs match, or an input cannot be looked at.
     """
     if job.input.kind == "tract":
-        from .coadd import read_tract_shape
+        from .coadd import check_tract
         from .skymap import make_patches
 
         d = _ensure_tract(job)
-        shape = read_tract_shape(d, job.input.bands)
+        shape = check_tract(d, job.input.bands)  # every band's headers, WCS and PSF, before any patch
         patches = make_patches(shape, job.input.patch_inner_size, job.input.patch_overlap, tract=job.input.tract)
         return [WorkUnit(index=p.flat, key=f"tract {p.tract} patch {p.name}", path=d, cost=float(p.outer.area),
                          kind="patch", info={"patch": p}) for p in patches]
