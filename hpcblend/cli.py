@@ -216,10 +216,9 @@ def cmd_model(args) -> int:
     scale = max(1, int(256 / max(rgb.shape[:2])))
     plt.imsave(args.out, np.kron(rgb, np.ones((scale, scale, 1), dtype=rgb.dtype)), origin="lower")
     y0, x0, h, w = m.box
-    print(f"child {m.id} (parent {m.parent_id}): box y0={y0} x0={x0} {h}x{w} px, model PSF sigma "
-          f"{m.model_psf_sigma} px")
-    print("SED [counts at peak]: " + "  ".join(f"{b}={v:.4g}" for b, v in zip(m.bands, m.sed)))
-    print("model flux [counts]:  " + "  ".join(f"{b}={v * m.morph.sum():.4g}" for b, v in zip(m.bands, m.sed)))
+    print(f"child {m.id} (parent {m.parent_id}): box y0={y0} x0={x0} {h}x{w} px, {len(m.components)} "
+          f"component(s), model PSF sigma {m.model_psf_sigma} px")
+    print("model flux [counts]: " + "  ".join(f"{b}={v:.4g}" for b, v in zip(m.bands, m.flux())))
     print(f"written {args.out}")
     return 0
 

@@ -92,16 +92,21 @@ class DeblendResult:
         ``flag_not_converged``, ``flag_failed``, ``flag_incomplete_data``).
     error_type, error_message : str
         Exception class and message of a numerical failure, else "".
-    sed : ndarray, shape (K, B) or None
-    morphs : ndarray, shape (K, H, W) or None
-    boxes : ndarray, shape (K, 4) or None
-        (y0, y1, x0, x1) of each child's morphology, blend frame.
-    conv : ndarray, shape (K, B, H, W), float32, or None
-        Morphologies convolved to each band's PSF, ``D_b * S_k``; a child's
-        observed-frame model is ``sed[k, b] * conv[k, b]``.
+    sed : ndarray, shape (C, B) or None
+        Per *component* (C ≥ K: bright sources have a halo and a core).
+    morphs : ndarray, shape (C, H, W) or None
+    boxes : ndarray, shape (C, 4) or None
+        (y0, y1, x0, x1) of each component's morphology, blend frame.
+    conv : ndarray, shape (C, B, H, W), float32, or None
+        Morphologies convolved to each band's PSF, ``D_b * S_c``; a
+        component's observed-frame model is ``sed[c, b] * conv[c, b]``.
+    owner : ndarray, shape (C,), int64, or None
+        The child (peak index) of each component; components ``0..K-1`` are
+        the children's main components, in peak order.
     children : dict
-        Child measurements (see :func:`hpcblend.measure.measure_children`)
-        plus ``alive`` (K,) bool; empty when not fitted.
+        Child measurements per peak, (K,) or (K, B) (see
+        :func:`hpcblend.measure.measure_children`) plus ``alive`` (K,) bool;
+        empty when not fitted.
     """
 
     n_peaks: int
@@ -120,7 +125,15 @@ class DeblendResult:
     morphs: Optional[np.ndarray] = None
     boxes: Optional[np.ndarray] = None
     conv: Optional[np.ndarray] = None
+    owner: Optional[np.ndarray] = None
     children: dict = field(default_factory=dict)
+
+    def child_models(self) -> np.ndarray:
+        """Observed-frame model of each child (the sum of its components), shape (K, B, H, W), float32."""
+        comp = self.conv * self.sed[:, :, None, None].astype(np.float32)
+        out = np.zeros((self.n_peaks,) + comp.shape[1:], dtype=np.float32)
+        np.add.at(out, self.owner, comp)
+        return out
 
     @property
     def fitted(self) -> bool:
@@ -207,7 +220,24 @@ def _dilate(boxes: np.ndarray, radius: int, shape: tuple) -> np.ndarray:
     return out
 
 
-def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfig):
+def detection_snr(obs: Observation, peaks: np.ndarray) -> np.ndarray:
+    """S/N of each peak in the detection image ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²`` (noise ``(Σ_b 1/σ_b²)^-½``).
+
+    Parameters
+    ----------
+    obs : Observation
+    peaks : ndarray, shape (K, 2), int (y, x)
+
+    Returns
+    -------
+    snr : ndarray, shape (K,), float64
+    """
+    band_weight = 1.0 / obs.noise_rms ** 2
+    values = obs.images[:, peaks[:, 0], peaks[:, 1]].T @ band_weight / band_weight.sum()
+    return values * np.sqrt(band_weight.sum())
+
+
+def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfig, core=None):
     """Initial morphologies and SEDs of all sources (scarlet's initialisation).
 
     Morphologies come from the detection image ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²``
@@ -221,6 +251,10 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
     peaks : ndarray, shape (K, 2), int
         Peaks (y, x).
     config : DeblendConfig
+    core : ndarray, shape (K,), bool, optional
+        Components that are the compact core of a two-component source: their
+        morphology starts as the source's, cut below ``config.core_fraction``
+        of its peak; every SED is then fitted jointly.
 
     Returns
     -------
@@ -252,6 +286,9 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
     for i in range(k):
         boxes[i] = initialization.init_morphology(detect, int(peaks[i, 0]), int(peaks[i, 1]), threshold,
                                                   config.init_symmetric, config.box_margin, morphs[i])
+        if core is not None and core[i]:
+            m = morphs[i]
+            m[m < config.core_fraction] = 0.0
     conv = convolve_sources(morphs, obs)
     support = _dilate(boxes, obs.kernel_radius, (h, w))
     sed = initialization.fit_seds(obs.images, obs.weights, conv, support, config.sed_ridge)
@@ -306,8 +343,15 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> Debl
     fp = blend.footprint
     masked_fraction = float(((obs.weights == 0) & fp[None]).sum(axis=(1, 2)).max() / max(fp.sum(), 1))
     result.flags["flag_incomplete_data"] = masked_fraction > 0.1
-    peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
-    sed, morphs, boxes = initialize_sources(obs, peaks, config)
+    child_peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
+    n_children = child_peaks.shape[0]
+    owner = np.arange(n_children, dtype=np.int64)
+    if config.max_components >= 2 and n_children:
+        bright = np.nonzero(detection_snr(obs, child_peaks) >= config.multi_component_snr)[0]
+        owner = np.concatenate([owner, bright]).astype(np.int64)
+    peaks = np.ascontiguousarray(child_peaks[owner])
+    core = np.arange(len(owner)) >= n_children
+    sed, morphs, boxes = initialize_sources(obs, peaks, config, core=core)
     t1 = time.perf_counter()
     result.t_init = t1 - t0
     if sampler is not None:
@@ -341,12 +385,15 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> Debl
     result.loss_history = loss[:n_iter].copy()
     conv = convolve_sources(morphs, obs)
     children, result.chi2_per_pixel = measure_children(obs.images, np.asarray(blend.variance, dtype=np.float32),
-                                                       obs.weights, fp, sed, morphs, conv, boxes, obs.kernel_radius)
-    children["alive"] = np.asarray(alive, dtype=bool)
+                                                       obs.weights, fp, sed, morphs, conv, boxes, obs.kernel_radius,
+                                                       owner, n_children)
+    alive = np.asarray(alive, dtype=bool)
+    children["alive"] = np.array([alive[owner == k].any() for k in range(n_children)], dtype=bool)
     result.children = dict(children)
     result.sed = sed
     result.morphs = morphs
     result.boxes = boxes
+    result.owner = owner
     result.conv = conv
     result.t_measure = time.perf_counter() - t2
     return result

@@ -19,48 +19,71 @@ __all__ = ["pack_models", "read_model", "render_model_rgb", "ChildModel"]
 
 
 class ChildModel:
-    """One child's stored model.
+    """One child's stored model: one or more components (a bright child has a halo and a core).
 
     Attributes
     ----------
     id, parent_id : int
     box : tuple of int
-        (y0, x0, height, width) in the parent frame (tract pixels for tract runs).
-    sed : ndarray, shape (B,), float32
-        Counts at the morphology's peak, per band.
-    morph : ndarray, shape (height, width), float32
-        Peak-normalised morphology at the model PSF.
+        (y0, x0, height, width) of the union of the components' boxes, in the
+        parent frame (tract pixels for tract runs).
+    components : list of (sed, morph, box)
+        ``sed`` (B,) float32 counts at the morphology's peak, ``morph``
+        (h, w) float32 peak-normalised at the model PSF, ``box`` (y0, x0, h, w).
     bands : tuple of str
     model_psf_sigma : float
         σ of the Gaussian model PSF, pixels.
     """
 
-    def __init__(self, id, parent_id, box, sed, morph, bands, model_psf_sigma):
-        self.id, self.parent_id, self.box = int(id), int(parent_id), tuple(int(v) for v in box)
-        self.sed, self.morph, self.bands = sed, morph, tuple(bands)
+    def __init__(self, id, parent_id, components, bands, model_psf_sigma):
+        self.id, self.parent_id = int(id), int(parent_id)
+        self.components = list(components)
+        self.bands = tuple(bands)
         self.model_psf_sigma = float(model_psf_sigma)
+        y0 = min(c[2][0] for c in self.components)
+        x0 = min(c[2][1] for c in self.components)
+        y1 = max(c[2][0] + c[2][2] for c in self.components)
+        x1 = max(c[2][1] + c[2][3] for c in self.components)
+        self.box = (int(y0), int(x0), int(y1 - y0), int(x1 - x0))
+
+    @property
+    def sed(self) -> np.ndarray:
+        """Total model flux per band divided by the summed morphology's peak (a display SED), shape (B,)."""
+        return self.image().reshape(len(self.bands), -1).max(axis=1)
+
+    def flux(self) -> np.ndarray:
+        """Model flux per band (counts), shape (B,)."""
+        return np.array([sum(float(c[0][b]) * float(c[1].sum()) for c in self.components)
+                         for b in range(len(self.bands))])
 
     def image(self) -> np.ndarray:
-        """The model cube ``sed[:, None, None] * morph``, shape (B, height, width), counts."""
-        return self.sed[:, None, None] * self.morph[None]
+        """The model cube ``Σ_c sed_c ⊗ morph_c`` on :attr:`box`, shape (B, height, width), counts."""
+        y0, x0, h, w = self.box
+        out = np.zeros((len(self.bands), h, w), dtype=np.float32)
+        for sed, morph, (cy0, cx0, ch, cw) in self.components:
+            out[:, cy0 - y0:cy0 - y0 + ch, cx0 - x0:cx0 - x0 + cw] += sed[:, None, None] * morph[None]
+        return out
 
 
-def pack_models(child_ids, parent_ids, sed, morphs, boxes, origin, bands, model_psf_sigma):
-    """Rows of ``/models`` and ``/model_pixels`` for the given children.
+def pack_models(child_ids, parent_ids, sed, morphs, boxes, origin, bands, model_psf_sigma, component=None):
+    """Rows of ``/models`` and ``/model_pixels`` for the given components.
 
     Parameters
     ----------
-    child_ids, parent_ids : sequence of int, length K
-    sed : ndarray, shape (K, B)
+    child_ids, parent_ids : sequence of int, length C
+        The child each component belongs to, and its parent.
+    sed : ndarray, shape (C, B)
         Fitted SEDs (counts at the morphology peak).
-    morphs : ndarray, shape (K, H, W)
+    morphs : ndarray, shape (C, H, W)
         Full-frame morphologies of the blend (zero outside their boxes).
-    boxes : ndarray, shape (K, 4), int
+    boxes : ndarray, shape (C, 4), int
         Boxes (y0, y1, x0, x1), half-open, blend frame.
     origin : tuple of int
         (y0, x0) of the blend's pixel [0, 0] in the parent frame.
     bands : sequence of str
     model_psf_sigma : float
+    component : sequence of int, optional
+        Component number within its child (default 0 for all).
 
     Returns
     -------
@@ -69,17 +92,21 @@ def pack_models(child_ids, parent_ids, sed, morphs, boxes, origin, bands, model_
     """
     mspec, pspec = model_spec(bands), model_pixel_spec()
     k = len(child_ids)
+    component = np.zeros(k, dtype=np.int64) if component is None else np.asarray(component)
     rows = mspec.empty(k)
     chunks = []
+    next_chunk: dict = {}
     for i in range(k):
         y0, y1, x0, x1 = (int(v) for v in boxes[i])
         cut = np.ascontiguousarray(morphs[i, y0:y1, x0:x1], dtype=np.float32).ravel()
         n = max(-(-cut.size // MODEL_CHUNK), 1)
-        rows[i] = (child_ids[i], parent_ids[i], origin[0] + y0, origin[1] + x0, y1 - y0, x1 - x0,
-                   np.asarray(sed[i], dtype=np.float32), n, model_psf_sigma)
+        c0 = next_chunk.get(int(child_ids[i]), 0)
+        next_chunk[int(child_ids[i])] = c0 + n
+        rows[i] = (child_ids[i], parent_ids[i], component[i], origin[0] + y0, origin[1] + x0, y1 - y0, x1 - x0,
+                   np.asarray(sed[i], dtype=np.float32), c0, n, model_psf_sigma)
         part = pspec.empty(n)
         part["id"] = child_ids[i]
-        part["chunk"] = np.arange(n)
+        part["chunk"] = c0 + np.arange(n)
         flat = np.zeros(n * MODEL_CHUNK, dtype=np.float32)
         flat[: cut.size] = cut
         part["values"] = flat.reshape(n, MODEL_CHUNK)
@@ -112,13 +139,17 @@ def read_model(path, child_id: int) -> ChildModel:
         rows = _rows_with_id(f["models"], child_id)
         if len(rows) == 0:
             raise CatalogError(f"{path}: no model for id {child_id}")
-        row = rows[0]
         pix = _rows_with_id(f["model_pixels"], child_id)
     pix = pix[np.argsort(pix["chunk"])]
-    h, w = int(row["height"]), int(row["width"])
-    morph = pix["values"].ravel()[: h * w].reshape(h, w)
-    return ChildModel(row["id"], row["parent_id"], (row["y0"], row["x0"], h, w), np.asarray(row["sed"]), morph,
-                      bands, row["model_psf_sigma"])
+    values = pix["values"]
+    components = []
+    for row in rows[np.argsort(rows["component"])]:
+        h, w = int(row["height"]), int(row["width"])
+        c0, n = int(row["chunk0"]), int(row["n_chunks"])
+        morph = values[c0:c0 + n].ravel()[: h * w].reshape(h, w)
+        components.append((np.asarray(row["sed"]), morph, (int(row["y0"]), int(row["x0"]), h, w)))
+    row = rows[0]
+    return ChildModel(row["id"], row["parent_id"], components, bands, row["model_psf_sigma"])
 
 
 def render_model_rgb(model: ChildModel, rgb_bands=None, stretch: float = None, q: float = 8.0) -> np.ndarray:

@@ -218,7 +218,7 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
                     src_all[f"flux_err_{b}"] = ch["flux_err"][:, i]
                 src_all["blendedness"] = ch["blendedness"]
                 src_all["flag_model_zero"] = ~ch["alive"]
-                models = result.conv * result.sed[:, :, None, None].astype(np.float32)
+                models = result.child_models()
             else:
                 src_all["flag_parent_skipped"] = bool(result.flags.get("flag_skipped_too_many_peaks")
                                                       or result.flags.get("flag_skipped_too_large"))
@@ -250,9 +250,11 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
     if job.measure.store_models and result is not None and result.morphs is not None:
         from .models import pack_models
 
-        keep = np.nonzero(owned)[0]
-        m, p = pack_models(ids[keep], [parent_id] * len(keep), result.sed[keep], result.morphs[keep],
-                           result.boxes[keep], blend.origin, bands, job.deblend.model_psf_sigma)
+        comps = np.nonzero(owned[result.owner])[0]  # components of the children this patch owns
+        number = (comps >= blend.n_peaks).astype(np.int64)  # 0: main (halo), 1: core
+        m, p = pack_models(ids[result.owner[comps]], [parent_id] * len(comps), result.sed[comps],
+                           result.morphs[comps], result.boxes[comps], blend.origin, bands,
+                           job.deblend.model_psf_sigma, component=number)
         rows["models"], rows["model_pixels"] = m, p
     else:
         rows["models"], rows["model_pixels"] = mspec.empty(0), pspec.empty(0)

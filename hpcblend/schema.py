@@ -77,15 +77,17 @@ def patch_spec() -> TableSpec:
 def model_spec(bands) -> TableSpec:
     """``/models``: one row per child with a stored deblended model ("deblendedModel").
 
-    The model at the model PSF is ``sed[b] * morph`` on the box
+    One row per *component* (a bright child has two: halo 0 and core 1). A
+    component's model at the model PSF is ``sed[b] * morph`` on its box
     (``y0``, ``x0``, ``height``, ``width``; parent frame: tract pixels for
     tract runs, the blend's own pixels otherwise); the morphology's pixels
-    are in ``/model_pixels`` (rows of :data:`MODEL_CHUNK` values with this id,
-    ordered by ``chunk``).
+    are the ``/model_pixels`` rows of this id with ``chunk`` in
+    ``[chunk0, chunk0 + n_chunks)`` (:data:`MODEL_CHUNK` values each,
+    row-major). The child's model is the sum of its components.
     """
-    cols = [("id", "i8", ""), ("parent_id", "i8", ""), ("y0", "i8", "pix"), ("x0", "i8", "pix"),
-            ("height", "i4", "pix"), ("width", "i4", "pix"), ("sed", ("f4", (len(bands),)), "ct"),
-            ("n_chunks", "i4", ""), ("model_psf_sigma", "f4", "pix")]
+    cols = [("id", "i8", ""), ("parent_id", "i8", ""), ("component", "i4", ""), ("y0", "i8", "pix"),
+            ("x0", "i8", "pix"), ("height", "i4", "pix"), ("width", "i4", "pix"), ("sed", ("f4", (len(bands),)), "ct"),
+            ("chunk0", "i4", ""), ("n_chunks", "i4", ""), ("model_psf_sigma", "f4", "pix")]
     dtype = np.dtype([(n, t) if not isinstance(t, tuple) else (n, t[0], t[1]) for n, t, _ in cols])
     return TableSpec(name="models", dtype=dtype, units={n: u for n, _, u in cols})
 

@@ -15,8 +15,12 @@ __all__ = ["measure_children_kernel"]
 
 
 @njit(nogil=True, cache=True)
-def measure_children_kernel(images, variance, weights, footprint, sed, morphs, conv, boxes, radius):
+def measure_children_kernel(images, variance, weights, footprint, sed, morphs, conv, boxes, radius, owner,
+                            n_children):
     """Fluxes, errors, centroids, blendedness of every child, and the blend's χ².
+
+    A child is the sum of its components (one, or a core and a halo for
+    bright sources: ``owner[c]`` is component c's child).
 
     Parameters
     ----------
@@ -39,20 +43,24 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
     radius : int
         Difference-kernel radius (pixels): ``D_b * S_k`` is zero beyond the
         box grown by it.
+    owner : ndarray, shape (K,), int64
+        Child of each component (K components here, N children below).
+    n_children : int
 
     Returns
     -------
-    flux_model : ndarray, shape (K, B), float64
+    flux_model : ndarray, shape (N, B), float64
         ``a_kb Σ S_k`` (counts).
-    flux : ndarray, shape (K, B), float64
+    flux : ndarray, shape (N, B), float64
         Flux-conserving flux ``Σ Y_b m_kb / M_b`` over footprint pixels
         where ``M_b > 0``; the model stands in for the data at masked pixels
         (Melchior et al. 2018, Sect. 4.2).
-    flux_err : ndarray, shape (K, B), float64
+    flux_err : ndarray, shape (N, B), float64
         ``sqrt(Σ var_b (m_kb / M_b)²)`` over unmasked such pixels.
-    cy, cx : ndarray, shape (K,), float64
-        First moments of each morphology (pixels, blend frame); NaN if empty.
-    blendedness : ndarray, shape (K,), float64
+    cy, cx : ndarray, shape (N,), float64
+        First moments of each child's model light at the model PSF (summed
+        over bands and components; pixels, blend frame); NaN if empty.
+    blendedness : ndarray, shape (N,), float64
         ``1 − Σ m_k² / Σ m_k M`` on band-summed models (Bosch et al. 2018,
         PASJ 70, S5, Eq. 21); NaN when the child has no model flux.
     chi2 : float
@@ -93,47 +101,80 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
         for y in range(h):
             for x in range(w):
                 parent[y, x] += total[b, y, x]
-    flux_model = np.zeros((nk, nb))
-    flux = np.zeros((nk, nb))
-    flux_err = np.zeros((nk, nb))
-    cy = np.full(nk, np.nan)
-    cx = np.full(nk, np.nan)
-    blendedness = np.full(nk, np.nan)
+    nc = n_children
+    flux_model = np.zeros((nc, nb))
+    flux = np.zeros((nc, nb))
+    flux_err = np.zeros((nc, nb))
+    cy = np.full(nc, np.nan)
+    cx = np.full(nc, np.nan)
+    blendedness = np.full(nc, np.nan)
+    mass_w = np.zeros(nc)
+    sy = np.zeros(nc)
+    sx = np.zeros(nc)
     for k in range(nk):
+        o = owner[k]
         mass = 0.0
-        sy = 0.0
-        sx = 0.0
         for y in range(boxes[k, 0], boxes[k, 1]):
             for x in range(boxes[k, 2], boxes[k, 3]):
                 v = float(morphs[k, y, x])
                 mass += v
-                sy += v * y
-                sx += v * x
+                # centroid of the child's model light, band-summed
+                s = 0.0
+                for b in range(nb):
+                    s += sed[k, b]
+                sy[o] += v * s * y
+                sx[o] += v * s * x
+                mass_w[o] += v * s
         for b in range(nb):
-            flux_model[k, b] = sed[k, b] * mass
-        if mass > 0.0:
-            cy[k] = sy / mass
-            cx[k] = sx / mass
+            flux_model[o, b] += sed[k, b] * mass
+    for o in range(nc):
+        if mass_w[o] > 0.0:
+            cy[o] = sy[o] / mass_w[o]
+            cx[o] = sx[o] / mass_w[o]
+    child_model = np.zeros((nb, h, w))
+    for o in range(nc):
+        # union of the grown boxes of this child's components
+        uy0, uy1, ux0, ux1 = h, 0, w, 0
+        for k in range(nk):
+            if owner[k] == o:
+                uy0 = min(uy0, grown[k, 0])
+                uy1 = max(uy1, grown[k, 1])
+                ux0 = min(ux0, grown[k, 2])
+                ux1 = max(ux1, grown[k, 3])
+        if uy1 <= uy0 or ux1 <= ux0:
+            continue
+        for b in range(nb):
+            for y in range(uy0, uy1):
+                for x in range(ux0, ux1):
+                    child_model[b, y, x] = 0.0
+        for k in range(nk):
+            if owner[k] != o:
+                continue
+            for b in range(nb):
+                a = sed[k, b]
+                for y in range(grown[k, 0], grown[k, 1]):
+                    for x in range(grown[k, 2], grown[k, 3]):
+                        child_model[b, y, x] += a * conv[k, b, y, x]
         num = 0.0
         den = 0.0
-        for y in range(grown[k, 0], grown[k, 1]):
-            for x in range(grown[k, 2], grown[k, 3]):
+        for y in range(uy0, uy1):
+            for x in range(ux0, ux1):
                 child = 0.0
                 for b in range(nb):
-                    m = sed[k, b] * conv[k, b, y, x]
+                    m = child_model[b, y, x]
                     child += m
                     t = total[b, y, x]
                     if footprint[y, x] and t > 0.0:
                         ratio = m / t
                         if weights[b, y, x] > 0.0:
-                            flux[k, b] += ratio * images[b, y, x]
-                            flux_err[k, b] += ratio * ratio * variance[b, y, x]
+                            flux[o, b] += ratio * images[b, y, x]
+                            flux_err[o, b] += ratio * ratio * variance[b, y, x]
                         else:
-                            flux[k, b] += ratio * t
+                            flux[o, b] += ratio * t
                 num += child * child
                 den += child * parent[y, x]
         if den > 0.0:
-            blendedness[k] = 1.0 - num / den
+            blendedness[o] = 1.0 - num / den
         for b in range(nb):
-            flux_err[k, b] = math.sqrt(flux_err[k, b])
+            flux_err[o, b] = math.sqrt(flux_err[o, b])
     return flux_model, flux, flux_err, cy, cx, blendedness, chi2, n_weighted

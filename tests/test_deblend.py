@@ -19,10 +19,10 @@ def _match(children, truth):
     return m, d[np.arange(len(m)), m]
 
 
-def _deblend_synthetic(seed, min_separation=8.0):
+def _deblend_synthetic(seed, min_separation=8.0, **config):
     blend, truth = make_synthetic_blend(seed, n_sources=3, shape=(41, 41), flux_range=FLUX_RANGE,
                                         min_separation=min_separation)
-    result = deblend_blend(blend, DeblendConfig())
+    result = deblend_blend(blend, DeblendConfig(**config))
     return blend, truth, result
 
 
@@ -33,10 +33,13 @@ def _errors(truth, r):
 
 
 # Three Gaussian sources (sigma 1-3 px, PSF sigma ~1.6 px) whose centres are >= 8 px apart: their
-# light overlaps (FWHM up to ~8 px) — a blend — but each has its own core. Every seed must pass.
+# light overlaps (FWHM up to ~8 px) — a blend — but each has its own core. Every seed must pass, with
+# the default configuration (bright sources, peak S/N >= 500, get two components) and with one
+# component per source (the model family of the truth).
+@pytest.mark.parametrize("components", [2, 1])
 @pytest.mark.parametrize("seed", range(16))
-def test_synthetic_three_sources_flux_and_centroid(seed):
-    _, truth, r = _deblend_synthetic(seed)
+def test_synthetic_three_sources_flux_and_centroid(seed, components):
+    _, truth, r = _deblend_synthetic(seed, max_components=components)
     assert r.fitted and r.converged
     assert r.children["alive"].all()
     m, dist, rel = _errors(truth, r)
@@ -48,7 +51,8 @@ def test_synthetic_three_sources_flux_and_centroid(seed):
 def test_synthetic_close_pairs_statistics():
     """Centres only >= 6 px apart: the monotonic model cannot always tell which source owns the
     light between two close, broad cores, so some fluxes swap a few per cent (measured on seeds
-    0-15: 10 of 16 blends within 2 % / 0.2 px, worst 14 % / 0.47 px, median error 0.3 %).
+    0-15, default configuration: 9 of 16 blends within 2 % / 0.2 px, worst 19 % / 0.46 px, median
+    error 0.4 %; with one component per source 10 of 16, worst 14 %).
     Guard the statistics so a regression shows."""
     n_ok, medians = 0, []
     for seed in range(16):
@@ -56,7 +60,7 @@ def test_synthetic_close_pairs_statistics():
         _, dist, rel = _errors(truth, r)
         n_ok += bool(np.all(rel < 0.02) and np.all(dist < 0.2))
         medians.append(np.median(rel))
-    assert n_ok >= 9, n_ok
+    assert n_ok >= 8, n_ok
     assert np.median(medians) < 0.01, np.median(medians)
 
 
@@ -73,12 +77,9 @@ def test_hsc_cosmos_35(hsc35_result):
     assert np.all(r.children["flux_model"] >= 0)
     assert np.all(r.children["flux"] >= 0)
     assert np.all(np.isfinite(r.children["flux"]))
-    assert r.chi2_per_pixel <= 1.40, r.chi2_per_pixel  # measured 1.34-1.36
-
-
-@pytest.mark.xfail(strict=False, reason="goal chi2_per_pixel <= 1.30 not met yet (measured 1.355)")
-def test_hsc_cosmos_35_chi2_goal(hsc35_result):
-    assert hsc35_result.chi2_per_pixel <= 1.30
+    # measured 1.268 (two components for the two bright galaxies; one component per source: 1.340)
+    assert r.chi2_per_pixel <= 1.30, r.chi2_per_pixel
+    assert len(r.owner) > r.n_peaks  # the bright ones did get a core
 
 
 # ---------------------------------------------------------------- bad inputs

@@ -180,7 +180,12 @@ def gallery_record_from_result(blend: Any, result: Any, config: Any, reason: str
         except Exception:  # noqa: BLE001 - a gallery record must never fail the run
             model = None
     if fitted and result.boxes is not None:
-        b = np.asarray(result.boxes, dtype=np.int64)  # (y0, y1, x0, x1)
+        b = np.asarray(result.boxes, dtype=np.int64)  # (y0, y1, x0, x1), per component
+        owner = getattr(result, "owner", None)
+        if owner is not None and len(owner) == len(b):  # one box per child: the union of its components
+            owner = np.asarray(owner)
+            b = np.array([[b[owner == c, 0].min(), b[owner == c, 1].max(), b[owner == c, 2].min(),
+                           b[owner == c, 3].max()] for c in range(k)], dtype=np.int64)
         boxes = np.stack([b[:, 0], b[:, 2], b[:, 1] - b[:, 0], b[:, 3] - b[:, 2]], axis=1)
     else:
         half = peak_box // 2
