@@ -64,15 +64,27 @@ result says its k.
 
 Defaults (when the catalog or a measurement does not say)
 ----------------------------------------------------------
-:data:`DEFAULT_SCHED_LATENCY_S` — one passive-target ``Lock/Fetch_and_op/
-Unlock`` on rank 0's window, measured with :func:`rma_latency_benchmark` under
-``mpirun -n 2`` on the development VM (OpenMPI 4.1, shared memory).
-:data:`DEFAULT_ROUND_LATENCY_S` — one write round of the serial/mpio writer
-with a few hundred rows, from the ``write`` stage of ``/profile`` (local disk).
-``io_bandwidth_Bps`` 1 GB/s, ``sched_service_s`` 1 µs (a network atomic on one
-address serves ~1 M ops/s), ``round_log_latency_s`` 20 µs per tree level (the
-count allgather and collective resize of a round) are assumptions, not
-measurements.
+:data:`DEFAULT_SCHED_LATENCY_S` (5 µs) — one passive-target ``Lock/
+Fetch_and_op/Unlock`` on rank 0's window across a cluster network (an
+assumption; 2–20 µs in practice). On one node it is ~1 µs: measure it with
+:func:`rma_latency_benchmark` (``mpirun -n 2 python -m hpcblend.scaling
+rma-bench``; the development VM gave 0.99 µs median with rank 0 computing,
+and 7 µs median / 38 µs p90 with 4 ranks on its 2 cores).
+:data:`DEFAULT_ROUND_LATENCY_S` (8 ms) — one write round with a few hundred
+rows on local disk, from the ``write`` stage of ``/profile`` (the HSC run, one
+rank); :func:`params_for` takes the round cost from the catalog being replayed
+when it has ``/profile``. ``io_bandwidth_Bps`` 1 GB/s (one shared HDF5 file
+written collectively, untuned), ``sched_service_s`` 1 µs (a network atomic on
+one address serves ~1 M ops/s) and ``round_log_latency_s`` 20 µs per tree
+level (the count allgather and collective resize of a round) are assumptions.
+
+Not modelled: the RMA reads of ranks polling for a round after they ran out of
+work (2 per ``poll_s``), overlap of I/O with computing (rounds block), a
+rank's per-unit loop overhead growing when ranks outnumber cores (measured:
+the ``wait`` stage grows from 0.4 ms to ~4 ms per unit at 4 ranks on 2 cores),
+and per-unit cost changing with N (memory bandwidth, other users' load): a
+replay from a 1-rank run assumes the unit costs stay as measured, or are
+slowed by ``N / cores`` when ranks outnumber ``cores``.
 """
 
 from __future__ import annotations
