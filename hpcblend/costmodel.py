@@ -50,17 +50,21 @@ PEAK_FLUX_COLUMNS = ("peak_flux", "peak_flux_max", "max_peak_flux")
 
 #: Default model for blend units: fitted (:func:`fit_cost_model`) on the 164 real HSC blends of
 #: ``../shared/data/hsc_blends`` (``jobs/hsc_blends.yaml``, FISTA, e_rel 1e-3, one rank, one Numba
-#: thread) on the development machine (2-core VM), 2026-11. ``t`` is ``t_total`` per blend in
-#: seconds. Absolute seconds depend on the machine; the exponents (what ordering uses) carry over.
+#: thread) on the development machine (2-core VM, quiet: the job got 94 % of its core), 2026-11, with
+#: the deblender of commit 0001743 (two-component bright sources). ``t`` is ``t_total`` per blend in
+#: seconds: ``t = 4.06e-6 s · n_peaks^0.225 · footprint_area^1.070`` (R² 0.88, scatter 0.14 dex,
+#: Spearman 0.962; the driver's present key n_peaks × area has Spearman 0.959 on the same run, area
+#: alone 0.956: the model adds calibrated seconds more than a better order).
+#: Absolute seconds depend on the machine; the exponents (what ordering uses) carry over.
 DEFAULT_BLEND_MODEL = {
     "kind": "blend",
     "features": ["n_peaks", "footprint_area"],
-    "log_c": -9.6663,
-    "exponents": [0.2827, 0.7217],
-    "r2": 0.7979,
+    "log_c": -12.4143,
+    "exponents": [0.2254, 1.0697],
+    "r2": 0.8842,
     "n": 164,
-    "rms_dex": 0.1472,
-    "spearman": 0.8457,
+    "rms_dex": 0.1384,
+    "spearman": 0.9622,
     "feature_log_mean": [1.4256, 7.2719],
     "sources": ["hsc_blends (164 blends), jobs/hsc_blends.yaml, 1 rank, development VM, 2026-11"],
 }

@@ -106,10 +106,19 @@ def run_series(configs: list, out_dir: str, reuse: bool = False, repeat: int = 1
     ``all_loop_wall_s`` / ``all_process_wall_s`` of every repetition.
     """
     recs: dict = {}
-    for i in range(max(repeat, 1)):
+    i = 0
+    while True:
+        todo = []
         for key, name, n, job, sets, inputs in configs:
-            rec = measure(run_job(name if i == 0 else f"{name}_r{i}", out_dir, n, job, sets, inputs, reuse))
-            recs.setdefault(key, []).append(rec)
+            nm = name if i == 0 else f"{name}_r{i}"
+            done = reuse and os.path.exists(os.path.join(out_dir, nm + ".h5.json"))
+            if i < max(repeat, 1) or done:  # with --reuse, earlier extra repetitions count too
+                todo.append((key, nm, n, job, sets, inputs))
+        if not todo:
+            break
+        for key, nm, n, job, sets, inputs in todo:
+            recs.setdefault(key, []).append(measure(run_job(nm, out_dir, n, job, sets, inputs, reuse)))
+        i += 1
     out = {}
     for key, rs in recs.items():
         best = dict(min(rs, key=lambda r: r["loop_wall_s"]))
@@ -242,14 +251,17 @@ def weak_table(runs: dict, rma: dict, cores: int) -> dict:
     P1 = _local_params(wl1, rma, cores)
     rows = []
     for n, r in sorted(runs.items()):
-        pred = sc.simulate(sc.replicate(wl1, n), n, _policy_of(r.get("schedule")), P1)
+        pol = _policy_of(r.get("schedule"))
+        pred = sc.simulate(sc.replicate(wl1, n), n, pol, P1)
+        selfr = sc.simulate(r["_wl"], n, pol, _local_params(r["_wl"], rma, None))
         rows.append({"n_ranks": n, "units": r["n_units"], "measured_loop_s": r["loop_wall_s"],
                      "measured_process_s": r["process_wall_s"],
                      "measured_weak_efficiency": base["loop_wall_s"] / r["loop_wall_s"],
                      "unit_cost_factor": r["sum_cost_s"] / (n * base["sum_cost_s"]),
                      "predicted_s": pred.makespan_s, "predicted_error": pred.makespan_s / r["loop_wall_s"] - 1.0,
                      "predicted_weak_efficiency": base["loop_wall_s"] / pred.makespan_s
-                     if n > 1 else 1.0})
+                     if n > 1 else 1.0,
+                     "self_replay_s": selfr.makespan_s, "self_replay_error": selfr.makespan_s / r["loop_wall_s"] - 1.0})
     return {"rows": rows}
 
 
@@ -291,12 +303,14 @@ def fmt_strong(title: str, t: dict) -> str:
 
 
 def fmt_weak(title: str, t: dict) -> str:
-    h = f"{'N':>3} {'units':>6} {'loop[s]':>8} {'proc[s]':>8} {'E_weak':>7} {'cost×':>6} | {'pred[s]':>8} {'err':>7} {'E_pred':>7}"
+    h = (f"{'N':>3} {'units':>6} {'loop[s]':>8} {'proc[s]':>8} {'E_weak':>7} {'cost×':>6} | {'pred[s]':>8} {'err':>7} "
+         f"{'E_pred':>7} | {'self[s]':>8} {'err':>7}")
     lines = [title, h, "-" * len(h)]
     for r in t["rows"]:
         lines.append(f"{r['n_ranks']:>3} {r['units']:>6} {r['measured_loop_s']:>8.3f} {r['measured_process_s']:>8.2f} "
                      f"{r['measured_weak_efficiency']:>7.3f} {r['unit_cost_factor']:>6.2f} | {r['predicted_s']:>8.3f} "
-                     f"{100 * r['predicted_error']:>6.1f}% {r['predicted_weak_efficiency']:>7.3f}")
+                     f"{100 * r['predicted_error']:>6.1f}% {r['predicted_weak_efficiency']:>7.3f} | "
+                     f"{r['self_replay_s']:>8.3f} {100 * r['self_replay_error']:>6.1f}%")
     return "\n".join(lines)
 
 
@@ -312,13 +326,14 @@ def fmt_policies(title: str, measured: list, modelled: list) -> str:
 
 
 def fmt_projection(title: str, proj: list, n: int) -> str:
-    lines = [title, f"{'policy':<16}{'units':>8}{'k':>5}{'makespan[s]':>12}{'eff':>7}{'idle':>7}{'sched':>7}"
-                    f"{'sync':>7}{'io':>7}{'tail':>7}{'max/mean':>9}{'rounds':>7}"]
+    lines = [title, f"{'policy':<16}{'units':>8}{'k':>5}{'makespan[s]':>12}{'eff':>7}{'start':>7}{'idle':>7}"
+                    f"{'sched':>7}{'sync':>7}{'io':>7}{'tail':>7}{'max/mean':>9}{'rounds':>7}"]
     for r in proj:
         if r["n_ranks"] != n:
             continue
         lines.append(f"{r['policy']:<16}{r['n_units']:>8}{r['replication']:>5}{r['makespan_s']:>12.3f}"
-                     f"{r['efficiency']:>7.3f}{r['idle_fraction']:>7.3f}{r['sched_fraction']:>7.3f}"
+                     f"{r['efficiency']:>7.3f}{r['startup_fraction']:>7.3f}{r['idle_fraction']:>7.3f}"
+                     f"{r['sched_fraction']:>7.3f}"
                      f"{r['sync_fraction']:>7.3f}{r['io_fraction']:>7.3f}{r['tail_fraction']:>7.3f}"
                      f"{r['max_mean_busy']:>9.3f}{r['n_rounds']:>7d}")
     return "\n".join(lines)
@@ -335,6 +350,7 @@ def sensitivity(wl, n: int, min_upr: float, model=None) -> list:
                                                         "round_log_latency_s": 0.0}),
              ("RMA 20 us, service 5 us", {"sched_latency_s": 20e-6, "sched_service_s": 5e-6}),
              ("no scheduling cost", {"sched_latency_s": 0.0, "sched_service_s": 0.0}),
+             ("no cold start per rank", {"rank_startup_s": 0.0}),
              ("rounds every 64 units (driver default)", {"write_every_units": 64})]
     out = []
     for name, kw in cases:

@@ -121,6 +121,18 @@ def test_poll_delay_of_finished_ranks():
     assert r.makespan_s == pytest.approx(1.25)
 
 
+def test_rank_startup_paid_once_per_rank():
+    P = ReplayParams(**{**FREE.__dict__, "rank_startup_s": 0.5})
+    r = simulate(wl_of([1.0] * 4), 2, "dynamic_file", P)
+    assert r.makespan_s == pytest.approx(2.5)
+    assert r.efficiency == pytest.approx(4.0 / 5.0)
+    assert r.startup_fraction == pytest.approx(1.0 / 5.0)
+    assert r.busy_fraction == pytest.approx(1.0)
+    # a rank that never gets a unit pays nothing
+    r = simulate(wl_of([1.0]), 2, "dynamic_file", P)
+    assert r.makespan_s == pytest.approx(1.5) and r.startup_fraction == pytest.approx(0.5 / 3.0)
+
+
 def test_slowdown_when_ranks_exceed_cores():
     P = ReplayParams(**{**FREE.__dict__, "cores": 2})
     r = simulate(wl_of([1.0] * 8), 4, "dynamic_file", P)
@@ -138,7 +150,7 @@ def test_invariants_random_instances():
         P = ReplayParams(sched_latency_s=rng.uniform(0, 1e-3), sched_service_s=rng.uniform(0, 1e-4),
                          round_latency_s=rng.uniform(0, 0.05), write_every_units=int(rng.integers(1, 50)),
                          write_every_seconds=float(rng.uniform(0.05, 1.0)), poll_s=float(rng.uniform(0, 0.02)),
-                         unit_overhead_s=1e-3, bytes_per_unit=1000.0)
+                         unit_overhead_s=1e-3, rank_startup_s=float(rng.uniform(0, 0.2)), bytes_per_unit=1000.0)
         for n in (1, 2, 3, 8, 64):
             for pol in POLICIES:
                 r = simulate(w, n, pol, P)
@@ -215,10 +227,11 @@ def test_load_workload_and_cli(tmp_path, capsys):
     assert w.features["footprint_area"] == pytest.approx(rows["footprint_area"][order])
     m = w.measured
     assert m["n_ranks"] == 2 and m["schedule"] == "cost" and m["round_cost_s"] == pytest.approx(0.01)
-    assert w.unit_overhead_s == pytest.approx(0.02 / 40)
+    assert w.unit_overhead_s == 0.0 and w.rank_startup_s == pytest.approx(0.01)  # busy - Σ t_total, per rank
+    assert load_workload(path, overhead="unit").unit_overhead_s == pytest.approx(0.02 / 40)
     assert w.bytes_per_unit == pytest.approx(blend_spec().dtype.itemsize)
     P = params_for(w)
-    assert P.write_every_units == 64 and P.unit_overhead_s == pytest.approx(0.02 / 40)
+    assert P.write_every_units == 64 and P.rank_startup_s == pytest.approx(0.01)
     s = self_replay(w, P)
     assert s["n_ranks"] == 2 and s["measured_s"] == pytest.approx(m["loop_wall_s"])
     assert abs(s["error"]) < 0.5
