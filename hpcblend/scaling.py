@@ -849,6 +849,17 @@ def scaling_main(argv: Optional[Sequence[str]] = None) -> int:
     (``profiling/scaling_study.py``, from a source checkout). Returns the exit code."""
     from .errors import HpcblendError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "study":  # everything after "study" belongs to profiling/scaling_study.py
+        import runpy
+
+        script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiling",
+                              "scaling_study.py")
+        if not os.path.exists(script):
+            print(f"hpcblend scaling study: needs a source checkout ({script} not found)", file=sys.stderr)
+            return 2
+        mod = runpy.run_path(script, run_name="hpcblend_scaling_study")
+        return int(mod["main"](argv[1:]) or 0)
     ap = argparse.ArgumentParser(prog="hpcblend scaling", description="Replay a run on N simulated ranks.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     rp = sub.add_parser("replay", help="predict makespan/efficiency for N ranks from a run catalog")
@@ -865,8 +876,7 @@ def scaling_main(argv: Optional[Sequence[str]] = None) -> int:
     bp.add_argument("--n-ops", type=int, default=20000)
     bp.add_argument("--idle-target", action="store_true", help="rank 0 waits in MPI instead of computing")
     bp.add_argument("--json")
-    sp = sub.add_parser("study", help="measured vs modelled scaling (profiling/scaling_study.py)", add_help=False)
-    sp.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("study", help="measured vs modelled scaling (profiling/scaling_study.py; its options follow)")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "rma-bench":
@@ -879,16 +889,6 @@ def scaling_main(argv: Optional[Sequence[str]] = None) -> int:
                     with open(args.json, "w") as fh:
                         json.dump(r, fh, indent=2)
             return 0
-        if args.cmd == "study":
-            import runpy
-
-            script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiling",
-                                  "scaling_study.py")
-            if not os.path.exists(script):
-                print(f"hpcblend scaling study: needs a source checkout ({script} not found)", file=sys.stderr)
-                return 2
-            mod = runpy.run_path(script, run_name="hpcblend_scaling_study")
-            return int(mod["main"](args.rest) or 0)
         wl = load_workload(args.catalog)
         from .costmodel import load_cost_model
 

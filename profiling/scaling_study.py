@@ -417,7 +417,8 @@ def plots(out_dir: str, results: dict) -> list:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="hpcblend scaling study" if __name__ != "__main__" else None,
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(REPO, "output", "scaling_study"))
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--patch-size", type=int, default=500, help="tract strong scaling: patch inner size (px)")

@@ -246,3 +246,7 @@ def test_load_workload_and_cli(tmp_path, capsys):
     r4096 = [r for r in d["results"] if r["n_ranks"] == 4096]
     assert all(r["replication"] == math.ceil(4096 * 25 / 40) for r in r4096)
     assert scaling_main(["replay", str(tmp_path / "missing.h5")]) == 2
+    with pytest.raises(SystemExit) as exc:  # "study" hands its options to profiling/scaling_study.py
+        scaling_main(["study", "--help"])
+    assert exc.value.code == 0
+    assert "hpcblend scaling study" in capsys.readouterr().out
