@@ -230,6 +230,10 @@ _PASSTHROUGH = {
                 "merged call-stack profiles: hpcblend profile CATALOG [--rank R|--slowest] [--svg F] [--speedscope F]"),
     "validate": ("hpcblend.validate", "validate_main",
                  "match a tract run's catalog to the simulation truth: hpcblend validate CATALOG --truth DIR"),
+    "costmodel": ("hpcblend.costmodel", "costmodel_main",
+                  "runtime model per unit from earlier runs: hpcblend costmodel fit RUN.h5 ... --out model.json"),
+    "scaling": ("hpcblend.scaling", "scaling_main",
+                "replay simulator and scaling study: hpcblend scaling replay CATALOG --ranks 1 2 ... 4096"),
 }
 
 

@@ -167,14 +167,37 @@ def plan_units(job: JobConfig) -> list:
         d = _ensure_tract(job)
         shape = check_tract(d, job.input.bands)  # every band's headers, WCS and PSF, before any patch
         patches = make_patches(shape, job.input.patch_inner_size, job.input.patch_overlap, tract=job.input.tract)
-        return [WorkUnit(index=p.flat, key=f"tract {p.tract} patch {p.name}", path=d, cost=float(p.outer.area),
-                         kind="patch", info={"patch": p}) for p in patches]
+        model = _cost_model(job)
+        units = []
+        for p in patches:
+            cost = float(p.outer.area)
+            if model is not None and model.kind == "patch":
+                cost = float(model.predict(n_peaks=None, area=p.outer.area))
+            units.append(WorkUnit(index=p.flat, key=f"tract {p.tract} patch {p.name}", path=d, cost=cost,
+                                  kind="patch", info={"patch": p}))
+        return units
+    model = _cost_model(job)
     units = []
     for i, p in enumerate(list_units(job)):
         info = peek_blend(p)
-        cost = max(info.get("n_peaks") or 0, 1) * max(info.get("footprint_area") or 0, 1)
-        units.append(WorkUnit(index=i, key=_unit_key(p, job.base_dir), path=p, cost=float(cost), info=info))
+        n, area = max(info.get("n_peaks") or 0, 1), max(info.get("footprint_area") or 0, 1)
+        cost = float(model.predict(n_peaks=n, area=area)) if model is not None and model.kind == "blend" \
+            else float(n * area)
+        units.append(WorkUnit(index=i, key=_unit_key(p, job.base_dir), path=p, cost=cost, info=info))
     return units
+
+
+def _cost_model(job: JobConfig):
+    """The runtime model used to order units (``run.cost_model`` or the default)."""
+    from .costmodel import load_cost_model
+
+    path = job.run.cost_model
+    if path and not os.path.isabs(path):
+        path = os.path.join(job.base_dir, path)
+    try:
+        return load_cost_model(path or None)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{path}: key 'run.cost_model': cannot read the cost model: {exc}") from None
 
 
 def _comm():
@@ -449,6 +472,10 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
         from .deblend import warm_up
 
         t_warm = warm_up()
+        if job.input.kind == "tract":
+            from .patches import warm_up_tract
+
+            t_warm += warm_up_tract(bands)
         log.info("rank %d: kernels ready in %.2f s (cold start)", rank, t_warm)
     prov = collect_provenance(comm, comm.bcast(_input_files(job, units) if rank == 0 else None, root=0))
     prov["warmup_seconds_rank0"] = t_warm
@@ -547,7 +574,7 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
     t_round = time.monotonic()
     claimed_at_round = 0
     n_done_local, t_busy, t_start = 0, 0.0, time.monotonic()
-    every_units = max(int(job.run.write_every_units), 1)
+    every_units = int(job.run.write_every_units) or max(64, 8 * size)
     every_seconds = float(job.run.write_every_seconds)
     exhausted = stopping = False
 
@@ -580,11 +607,9 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
                 stopping = stopping or sched.read(_STOP) > 0
                 do_round()
                 continue
-            if stopping or (not exhausted and sched.read(_STOP) > 0):
-                stopping = True
-                if not exhausted:
-                    exhausted = True
-                    sched.add(_DONE_RANKS)
+            if stopping and not exhausted:  # (a stop request always comes with a round: seen above)
+                exhausted = True
+                sched.add(_DONE_RANKS)
             if not exhausted:
                 i = sched.add(_NEXT_UNIT)
                 if i >= len(todo):
@@ -606,10 +631,10 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
                 pending_units.append(unit)
                 n_done_local += 1
                 inflight.set(None)
+                claimed = i + 1  # units handed out so far, as of this rank's claim (no extra RMA read)
                 if bar is not None:
-                    bar.n = min(sched.read(_NEXT_UNIT), len(todo))
+                    bar.n = min(claimed, len(todo))
                     bar.refresh()
-                claimed = sched.read(_NEXT_UNIT)
                 due = (claimed - claimed_at_round >= every_units) or (time.monotonic() - t_round >= every_seconds)
                 if due and claimed < len(todo):
                     sched.raise_to(_ROUND, local_round + 1)
