@@ -26,6 +26,7 @@ import numpy as np
 
 from .config import JobConfig
 from .deblend import deblend_blend
+from .pipeline import fill_child_rows, fill_parent_row, flag_exception, offer_to_gallery
 from .schema import blend_spec, model_pixel_spec, model_spec, patch_spec, source_spec
 
 __all__ = ["process_patch", "patch_tables", "warm_up_tract"]
@@ -223,33 +224,12 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
             row["t_measure"] = 0.0
         else:
             result = deblend_blend(blend, job.deblend, sampler=sampler)
-            row["t_init"], row["t_fit"], row["t_measure"] = result.t_init, result.t_fit, result.t_measure
-            row["iterations"] = result.iterations
-            row["converged"] = result.converged
-            row["chi2_per_pixel"] = result.chi2_per_pixel
-            for f, v in result.flags.items():
-                row[f] = v
-            row["error_type"] = result.error_type.encode()[:64]
-            row["error_message"] = result.error_message.encode("utf-8", "replace")[:256]
-            ch = result.children
-            if ch:
-                src_all["x"] = ch["x"] + blend.origin[1]
-                src_all["y"] = ch["y"] + blend.origin[0]
-                for i, b in enumerate(bands):
-                    src_all[f"flux_model_{b}"] = ch["flux_model"][:, i]
-                    src_all[f"flux_{b}"] = ch["flux"][:, i]
-                    src_all[f"flux_err_{b}"] = ch["flux_err"][:, i]
-                src_all["blendedness"] = ch["blendedness"]
-                src_all["flag_model_zero"] = ~ch["alive"]
+            fill_parent_row(row, result)
+            fill_child_rows(src_all, result, blend.origin, bands)
+            if result.children:
                 models = result.child_models()
-            else:
-                src_all["flag_parent_skipped"] = bool(result.flags.get("flag_skipped_too_many_peaks")
-                                                      or result.flags.get("flag_skipped_too_large"))
-                src_all["flag_parent_failed"] = bool(result.flags.get("flag_failed"))
     except Exception as exc:  # noqa: BLE001 - one bad blend is a flagged row
-        row["flag_failed"] = True
-        row["error_type"] = type(exc).__name__.encode()[:64]
-        row["error_message"] = str(exc).encode("utf-8", "replace")[:256]
+        flag_exception(row, exc)
         src_all["flag_parent_failed"] = True
         models = None
     t1 = time.perf_counter()
@@ -266,9 +246,7 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
     row["t_total"] = t2 - t0
     rows = {"blends": row, "sources": src_all[owned]}
     if gallery is not None and not row["isolated"][0]:
-        from .report.gallery import gallery_record_from_result
-
-        gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, job.deblend, reason))
+        offer_to_gallery(gallery, row, blend, result, job)
     mspec, pspec = model_spec(bands), model_pixel_spec()
     if job.measure.store_models and result is not None and result.morphs is not None:
         from .models import pack_models

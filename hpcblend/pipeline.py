@@ -15,7 +15,73 @@ from .deblend import deblend_blend
 from .inputs import peek_blend, read_blend
 from .schema import blend_spec, source_spec
 
-__all__ = ["process_unit", "process_blend_file", "child_id"]
+__all__ = ["process_unit", "process_blend_file", "child_id", "flag_exception", "fill_parent_row",
+           "fill_child_rows", "offer_to_gallery"]
+
+
+def flag_exception(row, exc: BaseException) -> None:
+    """Mark a ``/blends`` row (shape (1,)) failed with the exception's class and message (truncated to the columns)."""
+    row["flag_failed"] = True
+    row["error_type"] = type(exc).__name__.encode()[:64]
+    row["error_message"] = str(exc).encode("utf-8", "replace")[:256]
+
+
+def fill_parent_row(row, result) -> None:
+    """Copy a :class:`hpcblend.deblend.DeblendResult`'s times (s), iterations, χ², flags and error into a
+    ``/blends`` row (shape (1,))."""
+    row["t_init"] = result.t_init
+    row["t_fit"] = result.t_fit
+    row["t_measure"] = result.t_measure
+    row["iterations"] = result.iterations
+    row["converged"] = result.converged
+    row["chi2_per_pixel"] = result.chi2_per_pixel
+    for f, v in result.flags.items():
+        row[f] = v
+    row["error_type"] = result.error_type.encode()[:64]
+    row["error_message"] = result.error_message.encode("utf-8", "replace")[:256]
+
+
+def fill_child_rows(src, result, origin, bands) -> None:
+    """Copy a result's child measurements into ``/sources`` rows (one per peak, peak order).
+
+    Parameters
+    ----------
+    src : ndarray, shape (K,), dtype of :func:`hpcblend.schema.source_spec`
+    result : hpcblend.deblend.DeblendResult
+    origin : (int, int)
+        (y0, x0) of the blend's pixel [0, 0] in the catalog's frame; centroids are shifted by it (pixels).
+    bands : sequence of str
+
+    Notes
+    -----
+    Without children (skipped or failed blends) the fluxes, centroids and
+    blendedness become NaN and ``flag_parent_skipped`` / ``flag_parent_failed``
+    say why.
+    """
+    ch = result.children
+    if ch:
+        src["x"] = ch["x"] + origin[1]
+        src["y"] = ch["y"] + origin[0]
+        for i, b in enumerate(bands):
+            src[f"flux_model_{b}"] = ch["flux_model"][:, i]
+            src[f"flux_{b}"] = ch["flux"][:, i]
+            src[f"flux_err_{b}"] = ch["flux_err"][:, i]
+        src["blendedness"] = ch["blendedness"]
+        src["flag_model_zero"] = ~ch["alive"]
+        return
+    for n in src.dtype.names:
+        if n.startswith("flux") or n in ("x", "y", "blendedness"):
+            src[n] = np.nan
+    skipped = result.flags.get("flag_skipped_too_many_peaks") or result.flags.get("flag_skipped_too_large")
+    src["flag_parent_skipped"] = bool(skipped)
+    src["flag_parent_failed"] = bool(result.flags.get("flag_failed"))
+
+
+def offer_to_gallery(gallery, row, blend, result, job) -> None:
+    """Offer a finished blend to the failure gallery (a record is made only if it is kept)."""
+    from .report.gallery import gallery_record_from_result
+
+    gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, job.deblend, reason))
 
 
 def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gallery=None) -> dict:
@@ -107,9 +173,7 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
         with sampler.stage("init", blend.id):
             result = deblend_blend(blend, job.deblend, sampler=sampler)
     except Exception as exc:  # one bad blend is a flagged row, never a crashed run
-        row["flag_failed"] = True
-        row["error_type"] = type(exc).__name__.encode()[:64]
-        row["error_message"] = str(exc).encode("utf-8", "replace")[:256]
+        flag_exception(row, exc)
         row["t_total"] = time.perf_counter() - t0
         if peaks is None:
             info = peek_blend(path)
@@ -123,49 +187,16 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
                 src[n] = np.nan
         src["flag_parent_failed"] = True
         if gallery is not None and blend_read is not None:
-            _offer(gallery, row, blend_read, None, job)
+            offer_to_gallery(gallery, row, blend_read, None, job)
         return row, src
-    row["t_init"] = result.t_init
-    row["t_fit"] = result.t_fit
-    row["t_measure"] = result.t_measure
-    row["iterations"] = result.iterations
-    row["converged"] = result.converged
-    row["chi2_per_pixel"] = result.chi2_per_pixel
-    for f, v in result.flags.items():
-        row[f] = v
-    row["error_type"] = result.error_type.encode()[:64]
-    row["error_message"] = result.error_message.encode("utf-8", "replace")[:256]
+    fill_parent_row(row, result)
     src = np.zeros(blend.n_peaks, dtype=sspec.dtype)
     _fill_ids(src, blend.id, unit_index, blend.peaks)
-    ch = result.children
-    if ch:
-        y0, x0 = blend.origin
-        src["x"] = ch["x"] + x0
-        src["y"] = ch["y"] + y0
-        for i, b in enumerate(bands):
-            src[f"flux_model_{b}"] = ch["flux_model"][:, i]
-            src[f"flux_{b}"] = ch["flux"][:, i]
-            src[f"flux_err_{b}"] = ch["flux_err"][:, i]
-        src["blendedness"] = ch["blendedness"]
-        src["flag_model_zero"] = ~ch["alive"]
-    else:
-        for n in src.dtype.names:
-            if n.startswith("flux") or n in ("x", "y", "blendedness"):
-                src[n] = np.nan
-        skipped = result.flags.get("flag_skipped_too_many_peaks") or result.flags.get("flag_skipped_too_large")
-        src["flag_parent_skipped"] = bool(skipped)
-        src["flag_parent_failed"] = bool(result.flags.get("flag_failed"))
+    fill_child_rows(src, result, blend.origin, bands)
     row["t_total"] = time.perf_counter() - t0
     if gallery is not None:
-        _offer(gallery, row, blend, result, job)
+        offer_to_gallery(gallery, row, blend, result, job)
     return row, src
-
-
-def _offer(gallery, row, blend, result, job) -> None:
-    """Offer a finished blend to the failure gallery (a record is made only if it is kept)."""
-    from .report.gallery import gallery_record_from_result
-
-    gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, job.deblend, reason))
 
 
 def _fill_ids(src, parent_id, unit_index, peaks):

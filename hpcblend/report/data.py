@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..catalog import _attr_to_py
 from .fit import fit_power_law
 
 __all__ = ["RunData", "load_run", "run_numbers", "scaling_mask", "exception_mask", "flag_columns",
@@ -65,14 +66,6 @@ class RunData:
         return ()
 
 
-def _attr(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.generic):
-        return v.item()
-    return v
-
-
 def load_run(path: str | os.PathLike) -> RunData:
     """Read a run catalog for the report.
 
@@ -91,11 +84,11 @@ def load_run(path: str | os.PathLike) -> RunData:
         blends = read_table(f, "blends")
         sources = read_table(f, "sources") if "sources" in f else None
         patches = read_table(f, "patches") if "patches" in f else None
-        attrs = {k: _attr(v) for k, v in f.attrs.items()}
+        attrs = {k: _attr_to_py(v) for k, v in f.attrs.items()}
         groups = {}
         for name in ("provenance", "config"):
             if name in f and "json" in f[name].attrs:
-                groups[name] = json.loads(_attr(f[name].attrs["json"]))
+                groups[name] = json.loads(_attr_to_py(f[name].attrs["json"]))
         profiles = read_profiles(f)
         has_gallery = "gallery" in f
         gids = sorted(int(k) for k in f["gallery"]) if has_gallery else []
