@@ -298,6 +298,43 @@ class _Inflight:
             pass
 
 
+def _prepare_output(job: JobConfig, out: str, resume: bool) -> list:
+    """Rank 0: check the output may be written (or resumed), plan the units, reset the log directory.
+
+    The cheap checks on the output come before planning, which may simulate a tract.
+
+    Raises
+    ------
+    CatalogError
+        The output exists and may not be replaced, or there is nothing to resume.
+    InputError
+        The inputs cannot be planned (:func:`plan_units`).
+    """
+    exists = os.path.exists(out)
+    if exists and not resume and not job.output.overwrite:
+        raise CatalogError(f"{out}: exists and output.overwrite is false (use --resume to continue it)")
+    if resume and not exists:
+        raise CatalogError(f"{out}: cannot resume, no such catalog")
+    units = plan_units(job)
+    if resume:
+        for r, rec in sorted(inflight_units(out).items()):
+            if rec.get("unit"):
+                log.warning("previous run: rank %d (host %s) was working on %s since %s and did not finish it",
+                            r, rec.get("host"), rec.get("unit"), rec.get("since"))
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    if exists and not resume:
+        os.remove(out)
+    os.makedirs(_log_dir(out), exist_ok=True)
+    state = os.environ.get("HPCBLEND_RUN_STATE")
+    if state:  # tells bin/hpcblend-mpirun where to look after a crash
+        with open(state, "w") as fh:
+            fh.write(out + "\n")
+    for name in os.listdir(_log_dir(out)):
+        if name.endswith(".inflight"):
+            os.remove(os.path.join(_log_dir(out), name))
+    return units
+
+
 def _is_complete(path: str) -> bool:
     import h5py
 
@@ -421,38 +458,12 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
 
     err, units, done_already = None, None, False
     if rank == 0:
-        try:
-            exists = os.path.exists(out)
-            if resume and exists:
-                done_already = _is_complete(out)
-            if done_already:
-                raise StopIteration
-            units = plan_units(job)
-            if exists and not resume and not job.output.overwrite:
-                raise CatalogError(f"{out}: exists and output.overwrite is false (use --resume to continue it)")
-            if resume and not exists:
-                raise CatalogError(f"{out}: cannot resume, no such catalog")
-            if resume:
-                lost = inflight_units(out)
-                for r, rec in sorted(lost.items()):
-                    if rec.get("unit"):
-                        log.warning("previous run: rank %d (host %s) was working on %s since %s and did not finish it",
-                                    r, rec.get("host"), rec.get("unit"), rec.get("since"))
-            os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-            if exists and not resume:
-                os.remove(out)
-            os.makedirs(_log_dir(out), exist_ok=True)
-            state = os.environ.get("HPCBLEND_RUN_STATE")
-            if state:  # tells bin/hpcblend-mpirun where to look after a crash
-                with open(state, "w") as fh:
-                    fh.write(out + "\n")
-            for name in os.listdir(_log_dir(out)):
-                if name.endswith(".inflight"):
-                    os.remove(os.path.join(_log_dir(out), name))
-        except StopIteration:
-            pass
-        except HpcblendError as exc:
-            err = (type(exc), str(exc))
+        done_already = resume and os.path.exists(out) and _is_complete(out)
+        if not done_already:
+            try:
+                units = _prepare_output(job, out, resume)
+            except HpcblendError as exc:
+                err = (type(exc), str(exc))
     if comm.bcast(done_already, root=0):
         if rank == 0:
             log.info("%s is already complete: nothing to resume", out)
