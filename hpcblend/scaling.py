@@ -17,12 +17,13 @@ O(N) per write round):
 
 * **scheduling**: a rank pulls its next unit from the shared counter on rank 0;
   each pull costs ``sched_ops_per_unit`` RMA operations of ``sched_latency_s``
-  each (the driver does 4 per unit: read the round counter, read the stop
-  flag, fetch-and-add the unit counter, read it back after the unit), plus
+  each (the driver does 2 per unit: read the round counter, fetch-and-add
+  the unit counter), plus
   queueing at rank 0: the counter serves one operation per
   ``sched_service_s`` (a single FIFO server), which is what limits a central
   counter at thousands of ranks.
-* **write rounds**: after a unit, if ``write_every_units`` units were claimed
+* **write rounds**: after a unit, if ``write_every_units`` units (0: the
+  driver's default, ``max(64, 8 N)``) were claimed
   since the last round (or ``write_every_seconds`` passed), a round is raised;
   every working rank joins when its current unit ends, finished ranks join at
   their next poll (every ``poll_s``), and the round (collective: everyone waits
@@ -357,12 +358,12 @@ class ReplayParams:
     """Costs of the driver's protocol (seconds, bytes). See the module docstring."""
 
     sched_latency_s: float = DEFAULT_SCHED_LATENCY_S
-    sched_ops_per_unit: int = 4
+    sched_ops_per_unit: int = 2
     sched_service_s: float = 1.0e-6
     round_latency_s: float = DEFAULT_ROUND_LATENCY_S
     round_log_latency_s: float = 20.0e-6
     io_bandwidth_Bps: float = 1.0e9
-    write_every_units: int = 64
+    write_every_units: int = 0
     write_every_seconds: float = 30.0
     poll_s: float = 0.01
     unit_overhead_s: float = 0.0
@@ -387,7 +388,7 @@ def params_for(wl: Optional[Workload] = None, **overrides) -> ReplayParams:
         kw["unit_overhead_s"] = wl.unit_overhead_s
         kw["rank_startup_s"] = wl.rank_startup_s
         kw["bytes_per_unit"] = wl.bytes_per_unit
-        if m.get("write_every_units"):
+        if m.get("write_every_units") is not None:
             kw["write_every_units"] = int(m["write_every_units"])
         if m.get("write_every_seconds"):
             kw["write_every_seconds"] = float(m["write_every_seconds"])
@@ -456,7 +457,7 @@ def _simulate(seq: np.ndarray, n: int, P: ReplayParams, static: bool, seed: int 
     started = [False] * n
     lat = 0.0 if static else P.sched_ops_per_unit * P.sched_latency_s
     svc = 0.0 if static else P.sched_ops_per_unit * P.sched_service_s
-    W = max(int(P.write_every_units), 1)
+    W = int(P.write_every_units) or max(64, 8 * n)  # 0: the driver's default
     S = float(P.write_every_seconds) if P.write_every_seconds and P.write_every_seconds > 0 else math.inf
     poll = float(P.poll_s)
 

@@ -35,8 +35,8 @@ Two model predictions per run:
 
 Then the model's projection to 1 … 4096 ranks per policy (unit lists
 replicated to ≥ ``--min-units-per-rank`` units per rank; cluster defaults for
-the RMA latency), with the driver's default write rounds (every 64 units) and
-with rounds scaled to 8 units per rank.
+the RMA latency), with the measured run's write-round setting (the driver's
+default: every max(64, 8 N) units) and with rounds scaled to 8 units per rank.
 
 Output: a table on stdout, ``OUT/scaling_study.json``, and PNGs (measured vs
 modelled efficiency; modelled efficiency and max/mean busy vs N per policy).
@@ -351,7 +351,7 @@ def sensitivity(wl, n: int, min_upr: float, model=None) -> list:
              ("RMA 20 us, service 5 us", {"sched_latency_s": 20e-6, "sched_service_s": 5e-6}),
              ("no scheduling cost", {"sched_latency_s": 0.0, "sched_service_s": 0.0}),
              ("no cold start per rank", {"rank_startup_s": 0.0}),
-             ("rounds every 64 units (driver default)", {"write_every_units": 64})]
+             ("rounds every 64 units (fixed)", {"write_every_units": 64})]
     out = []
     for name, kw in cases:
         r = sc.simulate(w, n, "dynamic_cost", replace(base, **kw), model=model)
@@ -474,12 +474,12 @@ def main(argv=None) -> int:
         mod_pol = policy_table(wl1, rma, cores, 2, model=model)
         results["policies"][key] = {"measured_2": meas_pol, "modelled_2": mod_pol}
         texts.append(fmt_policies(f"\n[{key}] policies at 2 ranks (model from 1-rank costs)", meas_pol, mod_pol))
-        proj = {"W64": projection(wl1, a.model_ranks, a.min_units_per_rank, model=model),
+        proj = {"Wrun": projection(wl1, a.model_ranks, a.min_units_per_rank, model=model),
                 "W8N": projection(wl1, a.model_ranks, a.min_units_per_rank, model=model, per_rank_w=8)}
         results["projection"][key] = proj
         nmax = max(a.model_ranks)
-        texts.append(fmt_projection(f"\n[{key}] modelled at {nmax} ranks, driver default rounds (every 64 units)",
-                                    proj["W64"], nmax))
+        texts.append(fmt_projection(f"\n[{key}] modelled at {nmax} ranks, the run's write-round setting (default max(64, 8N) units)",
+                                    proj["Wrun"], nmax))
         texts.append(fmt_projection(f"\n[{key}] modelled at {nmax} ranks, rounds every 8 units per rank",
                                     proj["W8N"], nmax))
         sens = sensitivity(wl1, nmax, a.min_units_per_rank, model=model)
