@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit
 
 from .convolution import convolve_bands, correlate_bands
-from .operators import nonzero_box, prox_monotonic, prox_positive, prox_symmetric, prox_threshold
+from .operators import prox_monotonic, prox_positive, prox_symmetric, prox_threshold, prox_threshold_monotonic
 
 __all__ = ["OPT_ADAPROX", "OPT_FISTA", "STATUS_OK", "STATUS_NONFINITE", "render_model", "blend_loss", "fit_blend", "curvature_bound"]
 
@@ -126,13 +126,20 @@ def _prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monot
     cy, cx = peaks[k, 0], peaks[k, 1]
     y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
     mk = morph[k]
-    if bg_thresh > 0.0:
-        prox_threshold(mk, _morph_threshold(sed[k], noise_rms, bg_thresh), cy, cx, y0, y1, x0, x1)
-    if symmetric:
-        prox_symmetric(mk, cy, cx, y0, y1, x0, x1)
-    if monotonic:
-        prox_monotonic(mk, cy, cx, y0, y1, x0, x1)
-    prox_positive(mk, y0, y1, x0, x1)
+    threshold = _morph_threshold(sed[k], noise_rms, bg_thresh) if bg_thresh > 0.0 else 0.0
+    if monotonic and not symmetric:
+        # one ring pass: threshold, positivity and monotonicity (see prox_threshold_monotonic)
+        prox_threshold_monotonic(mk, threshold, cy, cx, y0, y1, x0, x1)
+        if mk[cy, cx] < 0.0:
+            mk[cy, cx] = 0.0
+    else:
+        if bg_thresh > 0.0:
+            prox_threshold(mk, threshold, cy, cx, y0, y1, x0, x1)
+        if symmetric:
+            prox_symmetric(mk, cy, cx, y0, y1, x0, x1)
+        if monotonic:
+            prox_monotonic(mk, cy, cx, y0, y1, x0, x1)
+        prox_positive(mk, y0, y1, x0, x1)
     norm = 0.0
     if monotonic:
         norm = mk[cy, cx]
@@ -149,14 +156,25 @@ def _prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monot
         for b in range(nb):
             sed[k, b] = 0.0
         return
+    # renormalise (peak 1) and find the non-zero support in the same pass
     inv = 1.0 / norm
+    ny0, ny1, nx0, nx1 = cy, cy + 1, cx, cx + 1
     for y in range(y0, y1):
         for x in range(x0, x1):
-            mk[y, x] *= inv
+            v = mk[y, x]
+            if v > 0.0:
+                mk[y, x] = v * inv
+                if y < ny0:
+                    ny0 = y
+                if y >= ny1:
+                    ny1 = y + 1
+                if x < nx0:
+                    nx0 = x
+                if x >= nx1:
+                    nx1 = x + 1
     for b in range(nb):
         sed[k, b] *= norm
     # resize: non-zero support plus a margin of zeros to grow into
-    ny0, ny1, nx0, nx1 = nonzero_box(mk, cy, cx, y0, y1, x0, x1)
     ny0 = max(ny0 - margin, 0)
     ny1 = min(ny1 + margin, h)
     nx0 = max(nx0 - margin, 0)
@@ -344,6 +362,7 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
         m2[k] = morph[k]
     neighbour_sed = np.zeros((nk, nb))
     lip_sed = np.zeros(nb)
+    coupling = np.zeros(nb)
     support_sum = np.zeros((h, w), dtype=np.float32)
     morph_norm = np.zeros(nk)
     neighbour_norm = np.zeros(nk)
@@ -383,14 +402,13 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
                 continue
             y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
             mk = morph[k]
-            # gradients
-            for b in range(nb):
-                s = 0.0
-                for y in range(y0, y1):
-                    for x in range(x0, x1):
-                        s += grad[b, y, x] * mk[y, x]
-                grad_sed[b] = s
             if optimizer == OPT_ADAPROX:
+                for b in range(nb):
+                    s = 0.0
+                    for y in range(y0, y1):
+                        for x in range(x0, x1):
+                            s += grad[b, y, x] * mk[y, x]
+                    grad_sed[b] = s
                 mean_sed = 0.0
                 for b in range(nb):
                     mean_sed += sed[k, b]
@@ -428,6 +446,8 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
                 # with c_b = ||D_b||₁ (|D_b|ᵀ * W_b); both majorise the Hessian's blocks, so a
                 # step of 1/row-sum decreases the loss. Bright sources (low weights at their
                 # cores) get large steps where a global bound would crawl.
+                # One pass over the box gathers both gradients and both preconditioners; the
+                # morphology step uses the SEDs before their own step (a simultaneous update).
                 smax = 0.0
                 for y in range(max(y0 - kernel_radius, 0), min(y1 + kernel_radius, h)):
                     for x in range(max(x0 - kernel_radius, 0), min(x1 + kernel_radius, w)):
@@ -435,26 +455,26 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
                             smax = support_sum[y, x]
                 for b in range(nb):
                     lip_sed[b] = 0.0
+                    grad_sed[b] = 0.0
+                    coupling[b] = sed[k, b] * neighbour_sed[k, b]
                 for y in range(y0, y1):
                     for x in range(x0, x1):
                         g = 0.0
                         pre = 0.0
                         v = mk[y, x]
                         for b in range(nb):
-                            g += sed[k, b] * grad[b, y, x]
-                            pre += sed[k, b] * neighbour_sed[k, b] * curvature[b, y, x]
-                            lip_sed[b] += v * curvature[b, y, x]
+                            gb = grad[b, y, x]
+                            cb = curvature[b, y, x]
+                            grad_sed[b] += gb * v
+                            g += sed[k, b] * gb
+                            pre += coupling[b] * cb
+                            lip_sed[b] += v * cb
                         if pre > 0.0:
-                            m1[k, y, x] = v - step_scale * g / pre
-                        else:
-                            m1[k, y, x] = v
+                            mk[y, x] = v - step_scale * g / pre
                 for b in range(nb):
                     lip = smax * lip_sed[b]
                     if lip > 0.0:
                         sed[k, b] -= step_scale * grad_sed[b] / lip
-                for y in range(y0, y1):
-                    for x in range(x0, x1):
-                        mk[y, x] = m1[k, y, x]
             _prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monotonic,
                          symmetric, margin, h, w, m1, m2, m3)
             if optimizer == OPT_FISTA and alive[k]:

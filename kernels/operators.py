@@ -24,6 +24,7 @@ from numba import njit
 
 __all__ = [
     "prox_monotonic",
+    "prox_threshold_monotonic",
     "prox_symmetric",
     "prox_threshold",
     "prox_positive",
@@ -88,14 +89,136 @@ def monotonic_reference(morph, y, x, cy, cx, y0, y1, x0, x1):
     return vsum / wsum
 
 
+_INV_SQRT2 = 0.7071067811865476
+
+
+@njit(nogil=True, cache=True)
+def _monotonic_cap(morph, y, x, cy, cx, y0, y1, x0, x1):
+    """:func:`monotonic_reference` in closed form (no square roots).
+
+    With ``ady = |y − cy|``, ``adx = |x − cx|``: on the axes and diagonals one
+    neighbour qualifies; for ``ady > adx`` the vertical (cosine ``ady/r``) and
+    the diagonal neighbour (cosine ``(ady + adx)/(√2 r)``) do, and the common
+    ``1/r`` cancels in the weighted mean (symmetrically for ``adx > ady``).
+    """
+    ady = y - cy
+    sy = -1
+    if ady < 0:
+        ady = -ady
+        sy = 1
+    adx = x - cx
+    sx = -1
+    if adx < 0:
+        adx = -adx
+        sx = 1
+    if adx == 0:
+        ny, nx = y + sy, x
+        return morph[ny, nx] if (ny >= y0 and ny < y1) else 0.0
+    if ady == 0:
+        ny, nx = y, x + sx
+        return morph[ny, nx] if (nx >= x0 and nx < x1) else 0.0
+    ny = y + sy
+    nx = x + sx
+    vd = morph[ny, nx] if (ny >= y0 and ny < y1 and nx >= x0 and nx < x1) else 0.0
+    if ady == adx:
+        return vd
+    wd = (ady + adx) * _INV_SQRT2
+    if ady > adx:
+        va = morph[ny, x] if (ny >= y0 and ny < y1) else 0.0
+        return (ady * va + wd * vd) / (ady + wd)
+    va = morph[y, nx] if (nx >= x0 and nx < x1) else 0.0
+    return (adx * va + wd * vd) / (adx + wd)
+
+
+@njit(nogil=True, cache=True)
+def _zero_outside_ring(morph, ring, cy, cx, y0, y1, x0, x1):
+    """Zero the box pixels at Chebyshev distance > ``ring`` from the peak."""
+    for y in range(y0, y1):
+        if y < cy - ring or y > cy + ring:
+            for x in range(x0, x1):
+                morph[y, x] = 0.0
+        else:
+            for x in range(x0, min(cx - ring, x1)):
+                morph[y, x] = 0.0
+            for x in range(max(cx + ring + 1, x0), x1):
+                morph[y, x] = 0.0
+
+
+@njit(nogil=True, cache=True)
+def prox_threshold_monotonic(morph, threshold, cy, cx, y0, y1, x0, x1):
+    """Threshold, positivity and weighted radial monotonicity in one pass, in place.
+
+    Pixels are visited in Chebyshev rings of growing radius from the peak;
+    each becomes ``0`` if below ``threshold``, else
+    ``max(min(value, ref), 0)`` with ``ref`` the weighted mean of its inner
+    neighbours (:func:`monotonic_reference`, Melchior et al. 2018,
+    Sect. 2.3). A pixel's qualifying neighbours all lie in the previous ring,
+    so one pass is exact, and once a whole ring is zero every pixel beyond
+    it is zero: the rest of the box is cleared without computing caps. The
+    peak pixel is left as it is. Equivalent to :func:`prox_threshold`
+    followed by :func:`prox_monotonic` on non-negative images.
+
+    Parameters
+    ----------
+    morph : ndarray, shape (H, W), float32 or float64
+        Modified in place inside the box.
+    threshold : float
+        Morphology units; ``0`` (or less) keeps every non-negative pixel.
+    cy, cx : int
+        Peak pixel (y, x); must lie inside the box.
+    y0, y1, x0, x1 : int
+        Box (half-open, pixels).
+
+    Returns
+    -------
+    ring : int
+        Chebyshev radius of the outermost ring that kept a non-zero pixel.
+    """
+    rmax = max(cy - y0, y1 - 1 - cy, cx - x0, x1 - 1 - cx)
+    last = 0
+    for ring in range(1, rmax + 1):
+        ya = max(cy - ring, y0)
+        yb = min(cy + ring, y1 - 1)
+        xa = max(cx - ring, x0)
+        xb = min(cx + ring, x1 - 1)
+        alive = False
+        for y in range(ya, yb + 1):
+            if y == cy - ring or y == cy + ring:
+                xs = xa
+                xstep = 1
+            else:
+                xs = cx - ring
+                xstep = 2 * ring
+            x = xs
+            while x <= xb:
+                if x >= x0:
+                    v = morph[y, x]
+                    if v < threshold or v <= 0.0:
+                        v = 0.0
+                    else:
+                        ref = _monotonic_cap(morph, y, x, cy, cx, y0, y1, x0, x1)
+                        if v > ref:
+                            v = ref if ref > 0.0 else 0.0
+                    morph[y, x] = v
+                    if v > 0.0:
+                        alive = True
+                x += xstep
+        if not alive:
+            _zero_outside_ring(morph, ring, cy, cx, y0, y1, x0, x1)
+            return last
+        last = ring
+    return last
+
+
 @njit(nogil=True, cache=True)
 def prox_monotonic(morph, cy, cx, y0, y1, x0, x1):
     """Project a morphology onto weighted radial monotonicity about its peak, in place.
 
     Pixels are visited in Chebyshev rings of growing radius from the peak,
-    and each is replaced by ``min(value, ref)`` with ``ref`` from
-    :func:`monotonic_reference`. Inner neighbours are always in earlier
-    rings, so one pass suffices and the operator is idempotent.
+    and each is replaced by ``max(min(value, ref), 0)`` with ``ref`` from
+    :func:`monotonic_reference`. A pixel's qualifying inner neighbours all
+    lie in the previous ring, so one pass suffices and the operator is
+    idempotent. The peak pixel is left as it is.
 
     Parameters
     ----------
@@ -106,25 +229,7 @@ def prox_monotonic(morph, cy, cx, y0, y1, x0, x1):
     y0, y1, x0, x1 : int
         Box (half-open, pixels).
     """
-    rmax = max(cy - y0, y1 - 1 - cy, cx - x0, x1 - 1 - cx)
-    for ring in range(1, rmax + 1):
-        ya = max(cy - ring, y0)
-        yb = min(cy + ring, y1 - 1)
-        xa = max(cx - ring, x0)
-        xb = min(cx + ring, x1 - 1)
-        for y in range(ya, yb + 1):
-            edge_row = (y == cy - ring) or (y == cy + ring)
-            if edge_row:
-                for x in range(xa, xb + 1):
-                    ref = monotonic_reference(morph, y, x, cy, cx, y0, y1, x0, x1)
-                    if morph[y, x] > ref:
-                        morph[y, x] = max(ref, 0.0)
-            else:
-                for x in (cx - ring, cx + ring):
-                    if x >= x0 and x < x1:
-                        ref = monotonic_reference(morph, y, x, cy, cx, y0, y1, x0, x1)
-                        if morph[y, x] > ref:
-                            morph[y, x] = max(ref, 0.0)
+    prox_threshold_monotonic(morph, 0.0, cy, cx, y0, y1, x0, x1)
 
 
 @njit(nogil=True, cache=True)

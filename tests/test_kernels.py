@@ -284,3 +284,96 @@ def test_prox_threshold():
     operators.prox_positive(out, 0, 15, 0, 16)
     assert np.all(out >= 0)
     assert np.all((out == 0) | (out >= thr))
+
+
+# ------------------------------------------ monotonicity: fused/early-stopping kernels vs a plain reference
+
+
+def _monotonic_reference_py(morph, y, x, cy, cx, y0, y1, x0, x1):
+    """Plain-Python weighted mean of the inner neighbours (cosine weights, Melchior et al. 2018, Sect. 2.3)."""
+    dy, dx = cy - y, cx - x
+    r = np.hypot(dy, dx)
+    wsum = vsum = 0.0
+    sy, sx = int(np.sign(dy)), int(np.sign(dx))
+    for i, (oy, ox) in enumerate(((sy, 0), (0, sx), (sy, sx))):
+        if (oy, ox) == (0, 0) or (i == 2 and (sy == 0 or sx == 0)):
+            continue
+        cos = (oy * dy + ox * dx) / (np.hypot(oy, ox) * r)
+        if cos > 1 / np.sqrt(2) + 1e-9:
+            ny, nx = y + oy, x + ox
+            v = morph[ny, nx] if (y0 <= ny < y1 and x0 <= nx < x1) else 0.0
+            wsum += cos
+            vsum += cos * v
+    return vsum / wsum
+
+
+def _threshold_monotonic_py(img, thr, cy, cx, y0, y1, x0, x1):
+    """Threshold (peak kept), then ring-by-ring monotonic caps over the whole box, then positivity."""
+    out = img.copy()
+    box = out[y0:y1, x0:x1]
+    keep_peak = out[cy, cx]
+    box[box < thr] = 0.0
+    out[cy, cx] = keep_peak
+    rmax = max(cy - y0, y1 - 1 - cy, cx - x0, x1 - 1 - cx)
+    for ring in range(1, rmax + 1):
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                if max(abs(y - cy), abs(x - cx)) != ring:
+                    continue
+                ref = _monotonic_reference_py(out, y, x, cy, cx, y0, y1, x0, x1)
+                out[y, x] = max(min(out[y, x], ref), 0.0)
+    return out
+
+
+@pytest.mark.parametrize("thr,box", [(0.0, (0, 23, 0, 21)), (0.55, (0, 23, 0, 21)), (0.45, (3, 19, 2, 17)),
+                                     (0.9, (5, 20, 1, 14))])
+def test_prox_threshold_monotonic_matches_reference(thr, box):
+    cy, cx = 11, 8
+    img = _peaked_image(peak=(cy, cx)) - 0.1  # some negative pixels
+    out = img.copy()
+    ring = operators.prox_threshold_monotonic(out, thr, cy, cx, *box)
+    ref = _threshold_monotonic_py(img, thr, cy, cx, *box)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-15)
+    # the returned ring bounds the support
+    nz = np.argwhere(out[box[0]:box[1], box[2]:box[3]] > 0) + [box[0], box[2]]
+    assert np.max(np.abs(nz - [cy, cx]), axis=1).max(initial=0) == ring
+    # prox_monotonic is the threshold-free case
+    out0 = img.copy()
+    operators.prox_monotonic(out0, cy, cx, *box)
+    np.testing.assert_allclose(out0, _threshold_monotonic_py(img, -np.inf, cy, cx, *box), rtol=1e-12, atol=1e-15)
+
+
+def _init_morphology_py(detect, cy, cx, threshold, symmetric, margin):
+    """The full-frame initial morphology (clip, symmetrise, threshold, monotonic, normalise)."""
+    h, w = detect.shape
+    out = np.maximum(detect.astype(np.float64), 0.0)
+    if symmetric:
+        sym = out.copy()
+        for y in range(h):
+            for x in range(w):
+                my, mx = 2 * cy - y, 2 * cx - x
+                if 0 <= my < h and 0 <= mx < w:
+                    sym[y, x] = min(out[y, x], out[my, mx])
+        out = sym
+    out = _threshold_monotonic_py(out, threshold, cy, cx, 0, h, 0, w)
+    out /= out[cy, cx]
+    nz = np.argwhere(out > 0)
+    (y0, x0), (y1, x1) = nz.min(axis=0), nz.max(axis=0) + 1
+    return out, (max(y0 - margin, 0), min(y1 + margin, h), max(x0 - margin, 0), min(x1 + margin, w))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_init_morphology_matches_reference(symmetric):
+    from hpcblend.kernels import initialization
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.indices((40, 37))
+    detect = (5 * np.exp(-((yy - 15) ** 2 + (xx - 12) ** 2) / 18.0) + 3 * np.exp(-((yy - 27) ** 2 + (xx - 25) ** 2) / 8.0)
+              + rng.normal(0, 0.2, yy.shape)).astype(np.float32)
+    for cy, cx in ((15, 12), (27, 25)):
+        out = np.zeros(detect.shape, np.float32)
+        box = initialization.init_morphology(detect, cy, cx, 0.5, symmetric, 2, out)
+        ref, ref_box = _init_morphology_py(detect, cy, cx, 0.5, symmetric, 2)
+        np.testing.assert_allclose(out, ref, rtol=2e-6, atol=1e-7)
+        assert tuple(box) == ref_box
+        assert out[cy, cx] == 1.0
