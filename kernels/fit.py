@@ -98,6 +98,47 @@ def blend_loss(model, images, weights, transfer, hp, wp, residual):
 
 
 @njit(nogil=True, cache=True)
+def _render_padded(sed, morph, boxes, alive, out, h, w):
+    """:func:`render_model` into the (H, W) corner of a zero-padded (B, Hp, Wp) grid."""
+    nb = out.shape[0]
+    for b in range(nb):
+        for y in range(h):
+            for x in range(w):
+                out[b, y, x] = 0.0
+    for k in range(sed.shape[0]):
+        if not alive[k]:
+            continue
+        y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
+        for b in range(nb):
+            a = sed[k, b]
+            if a == 0.0:
+                continue
+            for y in range(y0, y1):
+                for x in range(x0, x1):
+                    out[b, y, x] += a * morph[k, y, x]
+
+
+@njit(nogil=True, cache=True)
+def _loss_residual(conv, images, weights, residual):
+    """:func:`blend_loss` from the convolved model on the padded grid; residual written into the
+    (H, W) corner of the padded ``residual`` (its padding stays zero)."""
+    nb, h, w = images.shape
+    loss = 0.0
+    for b in range(nb):
+        for y in range(h):
+            for x in range(w):
+                wt = weights[b, y, x]
+                if wt == 0.0:
+                    residual[b, y, x] = 0.0
+                    continue
+                d = conv[b, y, x] - images[b, y, x]
+                r = wt * d
+                residual[b, y, x] = r
+                loss += 0.5 * r * d
+    return loss
+
+
+@njit(nogil=True, cache=True)
 def _morph_threshold(sed_k, noise_rms, bg_thresh):
     """Per-pixel noise of a source's optimal band combination, times bg_thresh (morph units)."""
     s = 0.0
@@ -342,8 +383,9 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
     h = images.shape[1]
     w = images.shape[2]
     alive = np.ones(nk, dtype=np.bool_)
-    model = np.zeros((nb, h, w), dtype=np.float32)
-    residual = np.zeros((nb, h, w), dtype=np.float32)
+    model = np.zeros((nb, hp, wp), dtype=np.float32)
+    residual = np.zeros((nb, hp, wp), dtype=np.float32)
+    transfer_adjoint = np.conj(transfer)
     # optimiser state
     m1 = np.zeros(morph.shape, dtype=np.float32)
     m2 = np.zeros(morph.shape, dtype=np.float32)
@@ -387,8 +429,11 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
     converged = False
     status = STATUS_OK
     for it in range(max_iter):
-        render_model(sed, morph, boxes, alive, model)
-        loss = blend_loss(model, images, weights, transfer, hp, wp, residual)
+        # model and residual live in zero-padded FFT grids, so the transforms need no copies
+        _render_padded(sed, morph, boxes, alive, model, h, w)
+        spec = np.fft.rfft2(model)
+        spec *= transfer
+        loss = _loss_residual(np.fft.irfft2(spec, s=(hp, wp)), images, weights, residual)
         loss_history[it] = loss
         n_iter = it + 1
         if not math.isfinite(loss):
@@ -397,7 +442,9 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
         if it >= min_iter and it > 0 and abs(loss_history[it - 1] - loss) < e_rel * abs(loss):
             converged = True
             break
-        grad = correlate_bands(residual, transfer, hp, wp)
+        spec = np.fft.rfft2(residual)
+        spec *= transfer_adjoint
+        grad = np.fft.irfft2(spec, s=(hp, wp))  # D_bᵀ * residual on the padded grid; (B, H, W) used
         t = it + 1
         bc1 = 1.0 - beta1 ** t
         bc2 = 1.0 - beta2 ** t
