@@ -55,6 +55,9 @@ class Observation:
     curvature : ndarray, shape (B, H, W), float32
         Per-pixel curvature bound ``||D_b||₁ (|D_b|ᵀ * W_b)`` for FISTA's steps
         (:func:`hpcblend.kernels.fit.curvature_bound`).
+    box_transfer : dict
+        Transfer functions of ``diff_kernels`` on small square grids, keyed
+        by side (filled by :func:`convolve_sources`).
     """
 
     images: np.ndarray
@@ -65,6 +68,7 @@ class Observation:
     transfer: np.ndarray
     fft_shape: tuple
     curvature: np.ndarray
+    box_transfer: dict = field(default_factory=dict, repr=False)
 
     @property
     def kernel_radius(self) -> int:
@@ -202,12 +206,59 @@ def build_observation(blend: BlendData, config: DeblendConfig) -> Observation:
                        model_psf=model_psf, transfer=transfer, fft_shape=fft_shape, curvature=curvature)
 
 
-def convolve_sources(morphs: np.ndarray, obs: Observation) -> np.ndarray:
-    """Every morphology convolved to every band, shape (K, B, H, W), float32."""
+def _box_grid(n: int) -> int:
+    """Smallest 2·3-smooth length ≥ n: a coarse ladder of FFT sizes, so that the boxes of one
+    blend share few grids (and transfer functions)."""
+    m = max(int(n), 1)
+    while True:
+        k = m
+        for p in (2, 3):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
+
+
+def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: Optional[np.ndarray] = None) -> np.ndarray:
+    """Every morphology convolved to every band.
+
+    Parameters
+    ----------
+    morphs : ndarray, shape (K, H, W), float32
+    obs : Observation
+    boxes : ndarray, shape (K, 4), int, optional
+        Boxes (y0, y1, x0, x1) outside which each morphology is zero. With
+        them, a source whose box grown by 2r fits a smaller FFT grid than the
+        frame's is convolved on that grid
+        (:func:`hpcblend.kernels.convolution.convolve_box`; same values to
+        float32 rounding, a cost set by the box); transfer functions of the
+        small grids are cached on ``obs``.
+
+    Returns
+    -------
+    conv : ndarray, shape (K, B, H, W), float32
+        Zero beyond each box grown by the kernel radius when ``boxes`` is given.
+    """
     hp, wp = obs.fft_shape
-    out = np.empty((morphs.shape[0], obs.images.shape[0]) + morphs.shape[1:], dtype=np.float32)
-    for k in range(morphs.shape[0]):
-        out[k] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)
+    nk = morphs.shape[0]
+    if boxes is None:
+        out = np.empty((nk, obs.images.shape[0]) + morphs.shape[1:], dtype=np.float32)
+        for k in range(nk):
+            out[k] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)
+        return out
+    out = np.zeros((nk, obs.images.shape[0]) + morphs.shape[1:], dtype=np.float32)
+    r = obs.kernel_radius
+    for k in range(nk):
+        y0, y1, x0, x1 = (int(v) for v in boxes[k])
+        n = _box_grid(max(y1 - y0, x1 - x0) + 2 * r)
+        if n * n >= hp * wp:
+            out[k] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)
+            continue
+        transfer = obs.box_transfer.get(n)
+        if transfer is None:
+            transfer = obs.box_transfer[n] = psf.kernel_transfer_function(obs.diff_kernels, (n, n))
+        convolution.convolve_box(morphs[k], y0, y1, x0, x1, transfer, n, n, r, out[k])
     return out
 
 
@@ -289,7 +340,7 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
         if core is not None and core[i]:
             m = morphs[i]
             m[m < config.core_fraction] = 0.0
-    conv = convolve_sources(morphs, obs)
+    conv = convolve_sources(morphs, obs, boxes)
     support = _dilate(boxes, obs.kernel_radius, (h, w))
     sed = initialization.fit_seds(obs.images, obs.weights, conv, support, config.sed_ridge)
     # a source with no flux in any band starts at the noise level so it can still be fitted
@@ -383,7 +434,7 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> Debl
     result.converged = bool(converged)
     result.flags["flag_not_converged"] = not converged
     result.loss_history = loss[:n_iter].copy()
-    conv = convolve_sources(morphs, obs)
+    conv = convolve_sources(morphs, obs, boxes)
     children, result.chi2_per_pixel = measure_children(obs.images, np.asarray(blend.variance, dtype=np.float32),
                                                        obs.weights, fp, sed, morphs, conv, boxes, obs.kernel_radius,
                                                        owner, n_children)

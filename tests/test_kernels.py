@@ -377,3 +377,26 @@ def test_init_morphology_matches_reference(symmetric):
         np.testing.assert_allclose(out, ref, rtol=2e-6, atol=1e-7)
         assert tuple(box) == ref_box
         assert out[cy, cx] == 1.0
+
+
+@pytest.mark.parametrize("box", [(10, 22, 8, 19), (0, 9, 25, 40), (3, 40, 0, 44)])
+def test_convolve_box_matches_frame_convolution(box):
+    """A box convolved on its own small grid equals the full-frame convolution (and fftconvolve)."""
+    rng = np.random.default_rng(21)
+    h, w, r = 40, 44, 6
+    kernels = np.stack([_gauss2d((2 * r + 1, 2 * r + 1), s, s + 0.3) for s in (1.2, 2.0)])
+    morph = np.zeros((h, w), np.float32)
+    y0, y1, x0, x1 = box
+    morph[y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0))
+    hp, wp = psf.fft_shape_for((h, w), r)
+    frame = np.asarray(convolution.convolve_morphology(morph, psf.kernel_transfer_function(kernels, (hp, wp)), hp, wp))
+    n = max(y1 - y0, x1 - x0) + 2 * r + 1
+    out = np.full((2, h, w), -7.0, np.float32)  # untouched outside the grown box
+    convolution.convolve_box(morph, y0, y1, x0, x1, psf.kernel_transfer_function(kernels, (n, n)), n, n, r, out)
+    gy0, gy1, gx0, gx1 = max(y0 - r, 0), min(y1 + r, h), max(x0 - r, 0), min(x1 + r, w)
+    np.testing.assert_allclose(out[:, gy0:gy1, gx0:gx1], frame[:, gy0:gy1, gx0:gx1], atol=2e-6 * frame.max())
+    assert np.all(np.delete(out.reshape(2, -1), np.ravel_multi_index(np.indices((gy1 - gy0, gx1 - gx0)).reshape(2, -1)
+                                                                    + [[gy0], [gx0]], (h, w)), axis=1) == -7.0)
+    for b in range(2):
+        ref = fftconvolve(morph.astype(np.float64), kernels[b], mode="same")
+        np.testing.assert_allclose(out[b, gy0:gy1, gx0:gx1], ref[gy0:gy1, gx0:gx1], atol=2e-6 * ref.max())
