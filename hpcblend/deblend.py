@@ -464,4 +464,12 @@ def warm_up() -> float:
                       footprint=np.ones((h, w), bool), psfs=np.array([p, p]), peaks=np.array([[7, 7]]))
     for opt in ("adaprox", "fista"):
         deblend_blend(blend, DeblendConfig(max_iter=6, optimizer=opt))
+    # kernels the tiny blend does not reach: small-grid source convolutions, batched band convolutions
+    obs = build_observation(blend, DeblendConfig())
+    hp, wp = obs.fft_shape
+    convolution.convolve_bands(obs.images, obs.transfer, hp, wp)
+    convolution.correlate_bands(obs.images, obs.transfer, hp, wp)
+    n = 2 * obs.kernel_radius + 3
+    convolution.convolve_box(obs.images[0], 6, 9, 6, 9, psf.kernel_transfer_function(obs.diff_kernels, (n, n)), n, n,
+                             obs.kernel_radius, np.zeros(obs.images.shape, np.float32))
     return time.perf_counter() - t0
