@@ -91,6 +91,7 @@ __all__ = [
     "tract_paths",
     "read_tract",
     "read_patch",
+    "read_box",
     "read_tract_shape",
     "check_tract",
     "write_tract",
@@ -382,10 +383,34 @@ def _hdu_shape(hdu, path: str, name: str) -> Tuple[int, int]:
     return (int(hdr["NAXIS2"]), int(hdr["NAXIS1"]))
 
 
+_BITPIX_DTYPE = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
 def _read_section(hdu, path: str, name: str, box: Box) -> np.ndarray:
     (y0, x0), (y1, x1) = box.origin, box.stop
     try:
-        arr = hdu.section[y0:y1, x0:x1]
+        hdr = hdu.header
+        scaled = hdr.get("BSCALE", 1) != 1 or hdr.get("BZERO", 0) != 0 or "BLANK" in hdr
+        bitpix = hdr.get("BITPIX")
+        if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and not scaled and bitpix in _BITPIX_DTYPE:
+            # one contiguous read of the box's full rows, then the columns, to native byte order:
+            # ~10x faster than hdu.section (which reads and wraps the box row by row) and, unlike
+            # a memory map, no page faults that ranks on one node contend for
+            dtype = np.dtype(_BITPIX_DTYPE[bitpix])
+            nx = int(hdr["NAXIS1"])
+            count = (y1 - y0) * nx
+            with open(path, "rb") as fh:
+                fh.seek(int(hdu.fileinfo()["datLoc"]) + y0 * nx * dtype.itemsize)
+                rows = np.fromfile(fh, dtype=dtype, count=count)
+            if rows.size != count:
+                raise InputError(f"{path}: HDU {name!r}: truncated data: rows {y0}:{y1} need {count} pixels, "
+                                 f"the file holds {rows.size}")
+            arr = rows.reshape(y1 - y0, nx)[:, x0:x1].astype(dtype.newbyteorder("="))
+        else:
+            # scaled (BSCALE/BZERO/BLANK) or compressed: astropy refuses sections of memory-mapped
+            # scaled data, so this HDU is read through a file opened without a memory map
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as plain:
+                arr = plain[name].section[y0:y1, x0:x1]
     except (OSError, ValueError, TypeError, IndexError) as exc:
         raise InputError(f"{path}: HDU {name!r}: cannot read pixels [{y0}:{y1}, {x0}:{x1}]: {exc}") from None
     arr = np.asarray(arr)
@@ -405,6 +430,16 @@ def _read_wcs(hdu, path: str) -> WCS:
         raise InputError(f"{path}: HDU 'IMAGE': no 2-axis celestial WCS in the header "
                          f"(CTYPE = {list(w.wcs.ctype)})")
     return w
+
+
+_WCS_KEY_PREFIXES = ("WCSAXES", "CTYPE", "CUNIT", "CRVAL", "CRPIX", "CDELT", "CROTA", "CD1_", "CD2_", "PC1_", "PC2_",
+                     "PV", "PS", "RADESYS", "RADECSYS", "EQUINOX", "EPOCH", "LONPOLE", "LATPOLE", "A_", "B_", "AP_",
+                     "BP_", "MJD", "DATE-OBS")
+
+
+def _wcs_cards(header) -> tuple:
+    """The header's WCS cards (keyword, value) in order: equal tuples mean equal WCSs."""
+    return tuple((c.keyword, c.value) for c in header.cards if c.keyword.startswith(_WCS_KEY_PREFIXES))
 
 
 def _wcs_difference(a: WCS, b: WCS) -> Optional[str]:
@@ -523,7 +558,7 @@ def _read(source, bands, box: Optional[Box], pattern: str, psf_pattern: str, psf
     merged_planes = dict(MASK_PLANES)
     nodata_bit = 1 << MASK_PLANES["NO_DATA"]
     images = variance = mask = None
-    ref_wcs = ref_shape = ref_path = None
+    ref_wcs = ref_shape = ref_path = ref_cards = None
     tract = None
     zero_point = float("nan")
     for i, band in enumerate(paths.bands):
@@ -561,8 +596,11 @@ def _read(source, bands, box: Optional[Box], pattern: str, psf_pattern: str, psf
                 other = _hdu_shape(hdus[name], path, name)
                 if other != shape:
                     raise InputError(f"{path}: HDU {name!r}: shape {other} differs from IMAGE {shape}")
-            wcs = _read_wcs(hdus["IMAGE"], path)
+            cards = _wcs_cards(hdus["IMAGE"].header)
+            # bands after the first: parse the WCS only if its cards differ from the first band's
+            wcs = ref_wcs if (ref_shape is not None and cards == ref_cards) else _read_wcs(hdus["IMAGE"], path)
             if ref_shape is None:
+                ref_cards = cards
                 ref_shape, ref_wcs, ref_path = shape, wcs, path
                 read_box = Box((0, 0), shape) if box is None else box
                 if not Box((0, 0), shape).contains_box(read_box) or read_box.is_empty:
@@ -656,14 +694,39 @@ def read_tract(source: Union[PathLike, TractPaths, Mapping], bands: Optional[Seq
     return _read(source, bands, None, pattern, psf_pattern, psf_tolerance, validate)
 
 
+def read_box(source: Union[PathLike, TractPaths, Mapping], box: Box, bands: Optional[Sequence[str]] = None, *,
+             pattern: str = DEFAULT_PATTERN, psf_pattern: str = DEFAULT_PSF_PATTERN,
+             psf_tolerance: float = PSF_TOLERANCE, validate: bool = True) -> TractData:
+    """Read any box of a tract, all bands, validated as in :func:`read_tract`.
+
+    Parameters
+    ----------
+    source, bands, pattern, psf_pattern, psf_tolerance, validate
+        As :func:`read_tract`.
+    box : Box
+        Pixels (y, x) of the tract to read; must lie inside it.
+
+    Returns
+    -------
+    TractData
+        Arrays of shape (B, box.h, box.w); ``patch`` is None.
+
+    Raises
+    ------
+    InputError, PsfError
+        As :func:`read_tract`, and if the box is empty or not inside the tract.
+    """
+    return _read(source, bands, box, pattern, psf_pattern, psf_tolerance, validate)
+
+
 def read_patch(source: Union[PathLike, TractPaths, Mapping], patch: PatchInfo,
                bands: Optional[Sequence[str]] = None, *, pattern: str = DEFAULT_PATTERN,
                psf_pattern: str = DEFAULT_PSF_PATTERN, psf_tolerance: float = PSF_TOLERANCE,
                validate: bool = True) -> TractData:
     """Read the outer box of one patch, all bands, without loading the whole tract.
 
-    The files are opened memory-mapped and only the rows/columns of
-    ``patch.outer`` are read (``ImageHDU.section``), so a rank holds
+    Only the rows of ``patch.outer`` are read (one contiguous read per HDU,
+    then its columns; ``ImageHDU.section`` for scaled or compressed HDUs), so a rank holds
     ``B x outer area`` pixels, not the tract. Headers, WCS and PSFs are
     validated as in :func:`read_tract`; pixel checks cover the outer box only.
 

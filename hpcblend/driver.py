@@ -486,7 +486,7 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
         if job.input.kind == "tract":
             from .patches import warm_up_tract
 
-            t_warm += warm_up_tract(bands)
+            t_warm += warm_up_tract(bands, units[0].path if units else None)
         log.info("rank %d: kernels ready in %.2f s (cold start)", rank, t_warm)
     prov = collect_provenance(comm, comm.bcast(_input_files(job, units) if rank == 0 else None, root=0))
     prov["warmup_seconds_rank0"] = t_warm

@@ -310,7 +310,7 @@ def test_write_errors(tmp_path):
 
 
 def test_read_patch_memory_is_outer_box_sized(tmp_path):
-    """read_patch allocates about B x outer-box pixels, not the tract (memmap + section reads)."""
+    """read_patch allocates about B x outer-box rows, not the tract (reads of the box's rows only)."""
     import tracemalloc
 
     shape = (1200, 1200)
@@ -327,3 +327,39 @@ def test_read_patch_memory_is_outer_box_sized(tmp_path):
     assert data.images.shape == (1, 240, 240)
     tract_bytes = 3 * 4 * shape[0] * shape[1]  # image + variance + mask of the whole tract: 17 MB
     assert peak < 0.2 * tract_bytes, peak
+
+
+def test_read_box_matches_astropy_and_scaled_hdus(tract_dir):
+    """The row reads give astropy's pixels (native byte order); scaled HDUs fall back to sections."""
+    from hpcblend.coadd import read_box
+    from hpcblend.skymap import Box
+
+    box = Box((7, 11), (40, 52))
+    data = read_box(tract_dir, box)
+    for i, band in enumerate(data.bands):
+        with fits.open(tract_dir / f"coadd_{band}.fits") as hdul:
+            np.testing.assert_array_equal(data.images[i], hdul["IMAGE"].data[box.slices])
+            np.testing.assert_array_equal(data.variance[i], hdul["VARIANCE"].data[box.slices])
+    assert data.images.dtype.isnative and data.mask.dtype.isnative
+    # a BSCALE/BZERO-scaled variance plane goes through ImageHDU.section and reads the same values
+    path = tract_dir / "coadd_g.fits"
+    with fits.open(path) as hdul:
+        hdus = [h.copy() for h in hdul]
+    var = hdus[[h.name for h in hdus].index("VARIANCE")]
+    var.scale("int16", bscale=1e-3, bzero=30.0)
+    fits.HDUList(hdus).writeto(path, overwrite=True)
+    scaled = read_box(tract_dir, box)
+    with fits.open(path) as hdul:
+        np.testing.assert_allclose(scaled.variance[0], hdul["VARIANCE"].data[box.slices], rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:File may have been truncated")
+def test_read_patch_truncated_rows(tract_dir):
+    """Rows past the end of a truncated file: an InputError naming the file, not short arrays."""
+    path = tract_dir / "coadd_i.fits"
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * 0.9)])
+    patches = make_patches(SHAPE, inner_size=25, overlap=4, tract=42)
+    with pytest.raises(InputError, match=r"coadd_i\.fits"):
+        for patch in patches:
+            read_patch(tract_dir, patch)
