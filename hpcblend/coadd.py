@@ -393,19 +393,31 @@ def _read_section(hdu, path: str, name: str, box: Box) -> np.ndarray:
         scaled = hdr.get("BSCALE", 1) != 1 or hdr.get("BZERO", 0) != 0 or "BLANK" in hdr
         bitpix = hdr.get("BITPIX")
         if isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)) and not scaled and bitpix in _BITPIX_DTYPE:
-            # one contiguous read of the box's full rows, then the columns, to native byte order:
-            # ~10x faster than hdu.section (which reads and wraps the box row by row) and, unlike
-            # a memory map, no page faults that ranks on one node contend for
+            # the box's full rows in chunks of ~256 KiB read into one reused buffer (cache-resident),
+            # each chunk's columns copied out in native byte order: ~10x faster than hdu.section
+            # (which reads and wraps the box row by row), no memory-map page faults, and no
+            # tract-wide row buffer streamed through memory
             dtype = np.dtype(_BITPIX_DTYPE[bitpix])
             nx = int(hdr["NAXIS1"])
-            count = (y1 - y0) * nx
-            with open(path, "rb") as fh:
-                fh.seek(int(hdu.fileinfo()["datLoc"]) + y0 * nx * dtype.itemsize)
-                rows = np.fromfile(fh, dtype=dtype, count=count)
-            if rows.size != count:
-                raise InputError(f"{path}: HDU {name!r}: truncated data: rows {y0}:{y1} need {count} pixels, "
-                                 f"the file holds {rows.size}")
-            arr = rows.reshape(y1 - y0, nx)[:, x0:x1].astype(dtype.newbyteorder("="))
+            row_bytes = nx * dtype.itemsize
+            chunk = max(1, min(y1 - y0, (256 * 1024) // row_bytes))
+            buf = np.empty((chunk, nx), dtype=dtype)
+            arr = np.empty((y1 - y0, x1 - x0), dtype=dtype.newbyteorder("="))
+            with open(path, "rb", buffering=0) as fh:
+                fh.seek(int(hdu.fileinfo()["datLoc"]) + y0 * row_bytes)
+                for r0 in range(0, y1 - y0, chunk):
+                    n = min(chunk, y1 - y0 - r0)
+                    view = memoryview(buf[:n]).cast("B")
+                    got = 0
+                    while got < n * row_bytes:  # a raw read may return short; stop only at end of file
+                        more = fh.readinto(view[got:])
+                        if not more:
+                            break
+                        got += more
+                    if got != n * row_bytes:
+                        raise InputError(f"{path}: HDU {name!r}: truncated data: rows {y0 + r0}:{y0 + r0 + n} "
+                                         f"need {n * row_bytes} bytes, the file holds {got}")
+                    arr[r0:r0 + n] = buf[:n, x0:x1]
         else:
             # scaled (BSCALE/BZERO/BLANK) or compressed: astropy refuses sections of memory-mapped
             # scaled data, so this HDU is read through a file opened without a memory map
