@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import scipy.fft
+import scipy.special
 
 __all__ = [
     "gaussian_psf",
@@ -29,7 +30,7 @@ __all__ = [
 def _pixel_integrated_gaussian_1d(n: int, sigma: float) -> np.ndarray:
     """1-D Gaussian of width ``sigma`` (pixels) integrated over ``n`` unit pixels centred on n // 2."""
     edges = np.arange(n + 1, dtype=np.float64) - n // 2 - 0.5
-    cdf = 0.5 * (1.0 + np.array([math.erf(e / (math.sqrt(2.0) * sigma)) for e in edges]))
+    cdf = 0.5 * (1.0 + scipy.special.erf(edges / (math.sqrt(2.0) * sigma)))
     return np.diff(cdf)
 
 
