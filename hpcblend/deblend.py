@@ -229,8 +229,8 @@ def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: Optional[np.nd
     obs : Observation
     boxes : ndarray, shape (K, 4), int, optional
         Boxes (y0, y1, x0, x1) outside which each morphology is zero. With
-        them, a source whose box grown by 2r fits a smaller FFT grid than the
-        frame's is convolved on that grid
+        them, a source whose box grown by 2r fits an FFT grid of at most half
+        the frame grid's pixels is convolved on that grid
         (:func:`hpcblend.kernels.convolution.convolve_box`; same values to
         float32 rounding, a cost set by the box); transfer functions of the
         small grids are cached on ``obs``.
@@ -252,7 +252,7 @@ def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: Optional[np.nd
     for k in range(nk):
         y0, y1, x0, x1 = (int(v) for v in boxes[k])
         n = _box_grid(max(y1 - y0, x1 - x0) + 2 * r)
-        if n * n >= hp * wp:
+        if 2 * n * n >= hp * wp:  # a new transfer function costs about a convolution: pays below half the frame
             out[k] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)
             continue
         transfer = obs.box_transfer.get(n)
