@@ -26,7 +26,8 @@ import numpy as np
 from numba import njit
 
 from .convolution import convolve_bands, correlate_bands
-from .operators import prox_monotonic, prox_positive, prox_symmetric, prox_threshold, prox_threshold_monotonic
+from .operators import (prox_monotonic, prox_positive, prox_symmetric, prox_threshold, prox_threshold_monotonic,
+                        scale_nonzero_box)
 
 __all__ = ["OPT_ADAPROX", "OPT_FISTA", "STATUS_OK", "STATUS_NONFINITE", "render_model", "blend_loss", "fit_blend", "curvature_bound"]
 
@@ -50,6 +51,12 @@ def render_model(sed, morph, boxes, alive, out):
     out : ndarray, shape (B, H, W), float32, overwritten
     """
     out[:, :, :] = 0.0
+    _add_sources(sed, morph, boxes, alive, out)
+
+
+@njit(nogil=True, cache=True)
+def _add_sources(sed, morph, boxes, alive, out):
+    """``out_b += Σ_k a_kb S_k`` over the live sources, inside their boxes."""
     nb = out.shape[0]
     for k in range(sed.shape[0]):
         if not alive[k]:
@@ -80,48 +87,20 @@ def blend_loss(model, images, weights, transfer, hp, wp, residual):
     -------
     loss : float (float64 accumulation)
     """
-    conv = convolve_bands(model, transfer, hp, wp)
-    nb, h, w = images.shape
-    loss = 0.0
-    for b in range(nb):
-        for y in range(h):
-            for x in range(w):
-                wt = weights[b, y, x]
-                if wt == 0.0:
-                    residual[b, y, x] = 0.0
-                    continue
-                d = conv[b, y, x] - images[b, y, x]
-                r = wt * d
-                residual[b, y, x] = r
-                loss += 0.5 * r * d
-    return loss
+    return _loss_residual(convolve_bands(model, transfer, hp, wp), images, weights, residual)
 
 
 @njit(nogil=True, cache=True)
 def _render_padded(sed, morph, boxes, alive, out, h, w):
     """:func:`render_model` into the (H, W) corner of a zero-padded (B, Hp, Wp) grid."""
-    nb = out.shape[0]
-    for b in range(nb):
-        for y in range(h):
-            for x in range(w):
-                out[b, y, x] = 0.0
-    for k in range(sed.shape[0]):
-        if not alive[k]:
-            continue
-        y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
-        for b in range(nb):
-            a = sed[k, b]
-            if a == 0.0:
-                continue
-            for y in range(y0, y1):
-                for x in range(x0, x1):
-                    out[b, y, x] += a * morph[k, y, x]
+    out[:, :h, :w] = 0.0
+    _add_sources(sed, morph, boxes, alive, out)
 
 
 @njit(nogil=True, cache=True)
 def _loss_residual(conv, images, weights, residual):
-    """:func:`blend_loss` from the convolved model on the padded grid; residual written into the
-    (H, W) corner of the padded ``residual`` (its padding stays zero)."""
+    """Loss and weighted residual from the convolved model ``conv`` (its (H, W) corner is used);
+    the residual goes into the (H, W) corner of ``residual`` (padding, if any, is not touched)."""
     nb, h, w = images.shape
     loss = 0.0
     for b in range(nb):
@@ -199,21 +178,7 @@ def _prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monot
             sed[k, b] = 0.0
         return
     # renormalise (peak 1) and find the non-zero support in the same pass
-    inv = 1.0 / norm
-    ny0, ny1, nx0, nx1 = cy, cy + 1, cx, cx + 1
-    for y in range(y0, y1):
-        for x in range(x0, x1):
-            v = mk[y, x]
-            if v > 0.0:
-                mk[y, x] = v * inv
-                if y < ny0:
-                    ny0 = y
-                if y >= ny1:
-                    ny1 = y + 1
-                if x < nx0:
-                    nx0 = x
-                if x >= nx1:
-                    nx1 = x + 1
+    ny0, ny1, nx0, nx1 = scale_nonzero_box(mk, 1.0 / norm, cy, cx, y0, y1, x0, x1)
     for b in range(nb):
         sed[k, b] *= norm
     # resize: non-zero support plus a margin of zeros to grow into

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .operators import _monotonic_cap, nonzero_box
+from .operators import monotonic_rings, scale_nonzero_box
 
 __all__ = ["init_morphology", "fit_seds", "nonnegative_least_squares"]
 
@@ -61,53 +61,13 @@ def init_morphology(detect, cy, cx, threshold, symmetric, margin, out):
                 d2 = (y - cy) ** 2 + (x - cx) ** 2
                 out[y, x] = math.exp(-0.5 * d2 / 0.64)
         return max(cy - 2, 0), min(cy + 3, h), max(cx - 2, 0), min(cx + 3, w)
-    # One pass in Chebyshev rings outward from the peak (a pixel's monotonicity cap
-    # depends only on the previous ring), stopping at the first ring left empty:
-    # everything beyond it would be zero too.
+    # one pass in Chebyshev rings outward from the peak, stopping at the first ring left
+    # empty (monotonic_rings); the rest of ``out`` stays zero
     out[cy, cx] = peak
-    rmax = max(cy, h - 1 - cy, cx, w - 1 - cx)
-    last = 0
-    for ring in range(1, rmax + 1):
-        ya = max(cy - ring, 0)
-        yb = min(cy + ring, h - 1)
-        xa = max(cx - ring, 0)
-        xb = min(cx + ring, w - 1)
-        alive = False
-        for y in range(ya, yb + 1):
-            if y == cy - ring or y == cy + ring:
-                x = xa
-                xstep = 1
-            else:
-                x = cx - ring
-                xstep = 2 * ring
-            while x <= xb:
-                if x >= 0:
-                    v = detect[y, x]
-                    if symmetric:
-                        my = 2 * cy - y
-                        mx = 2 * cx - x
-                        if my >= 0 and my < h and mx >= 0 and mx < w and detect[my, mx] < v:
-                            v = detect[my, mx]
-                    if v < threshold or v <= 0.0:
-                        v = 0.0
-                    else:
-                        ref = _monotonic_cap(out, y, x, cy, cx, 0, h, 0, w)
-                        if v > ref:
-                            v = ref if ref > 0.0 else 0.0
-                    out[y, x] = v
-                    if v > 0.0:
-                        alive = True
-                x += xstep
-        if not alive:
-            break
-        last = ring
+    last = monotonic_rings(detect, out, threshold, symmetric, cy, cx, 0, h, 0, w)
     y0, y1 = max(cy - last, 0), min(cy + last + 1, h)
     x0, x1 = max(cx - last, 0), min(cx + last + 1, w)
-    inv = 1.0 / peak
-    for y in range(y0, y1):
-        for x in range(x0, x1):
-            out[y, x] *= inv
-    y0, y1, x0, x1 = nonzero_box(out, cy, cx, y0, y1, x0, x1)
+    y0, y1, x0, x1 = scale_nonzero_box(out, 1.0 / peak, cy, cx, y0, y1, x0, x1)
     return max(y0 - margin, 0), min(y1 + margin, h), max(x0 - margin, 0), min(x1 + margin, w)
 
 

@@ -25,6 +25,8 @@ from numba import njit
 __all__ = [
     "prox_monotonic",
     "prox_threshold_monotonic",
+    "monotonic_rings",
+    "scale_nonzero_box",
     "prox_symmetric",
     "prox_threshold",
     "prox_positive",
@@ -145,17 +147,82 @@ def _zero_outside_ring(morph, ring, cy, cx, y0, y1, x0, x1):
 
 
 @njit(nogil=True, cache=True)
+def monotonic_rings(source, out, threshold, symmetric, cy, cx, y0, y1, x0, x1):
+    """Thresholded, weighted-monotonic copy of ``source`` into ``out``, ring by ring from the peak.
+
+    Pixels are visited in Chebyshev rings of growing radius from the peak;
+    each pixel's value is taken from ``source`` (with ``symmetric``, the
+    smaller of it and its mirror through the peak, when the mirror is inside
+    the box), becomes ``0`` if below ``threshold``, else
+    ``max(min(value, ref), 0)`` with ``ref`` the weighted mean of its inner
+    neighbours in ``out`` (:func:`monotonic_reference`, Melchior et al.
+    2018, Sect. 2.3). A pixel's qualifying neighbours all lie in the
+    previous ring, so one pass is exact; the pass stops at the first ring
+    left empty, since every pixel beyond it would be zero too. ``source`` may
+    be ``out`` (in place). The peak pixel is not visited.
+
+    Parameters
+    ----------
+    source, out : ndarray, shape (H, W), float32 or float64
+    threshold : float
+    symmetric : bool
+    cy, cx : int
+        Peak pixel (y, x); must lie inside the box.
+    y0, y1, x0, x1 : int
+        Box (half-open, pixels).
+
+    Returns
+    -------
+    ring : int
+        Chebyshev radius of the outermost ring that kept a non-zero pixel;
+        pixels of ``out`` beyond ring ``ring + 1`` were not written.
+    """
+    rmax = max(cy - y0, y1 - 1 - cy, cx - x0, x1 - 1 - cx)
+    last = 0
+    for ring in range(1, rmax + 1):
+        ya = max(cy - ring, y0)
+        yb = min(cy + ring, y1 - 1)
+        xa = max(cx - ring, x0)
+        xb = min(cx + ring, x1 - 1)
+        alive = False
+        for y in range(ya, yb + 1):
+            if y == cy - ring or y == cy + ring:  # top and bottom rows of the ring: every pixel
+                x = xa
+                xstep = 1
+            else:  # rows between: the two side pixels
+                x = cx - ring
+                xstep = 2 * ring
+            while x <= xb:
+                if x >= x0:
+                    v = source[y, x]
+                    if symmetric:
+                        my = 2 * cy - y
+                        mx = 2 * cx - x
+                        if my >= y0 and my < y1 and mx >= x0 and mx < x1 and source[my, mx] < v:
+                            v = source[my, mx]
+                    if v < threshold or v <= 0.0:
+                        v = 0.0
+                    else:
+                        ref = _monotonic_cap(out, y, x, cy, cx, y0, y1, x0, x1)
+                        if v > ref:
+                            v = ref if ref > 0.0 else 0.0
+                    out[y, x] = v
+                    if v > 0.0:
+                        alive = True
+                x += xstep
+        if not alive:
+            return last
+        last = ring
+    return last
+
+
+@njit(nogil=True, cache=True)
 def prox_threshold_monotonic(morph, threshold, cy, cx, y0, y1, x0, x1):
     """Threshold, positivity and weighted radial monotonicity in one pass, in place.
 
-    Pixels are visited in Chebyshev rings of growing radius from the peak;
-    each becomes ``0`` if below ``threshold``, else
-    ``max(min(value, ref), 0)`` with ``ref`` the weighted mean of its inner
-    neighbours (:func:`monotonic_reference`, Melchior et al. 2018,
-    Sect. 2.3). A pixel's qualifying neighbours all lie in the previous ring,
-    so one pass is exact, and once a whole ring is zero every pixel beyond
-    it is zero: the rest of the box is cleared without computing caps. The
-    peak pixel is left as it is. Equivalent to :func:`prox_threshold`
+    :func:`monotonic_rings` of the morphology onto itself, then the box
+    pixels beyond the first empty ring are cleared without computing caps.
+    The peak pixel is left as it is. Equivalent to :func:`prox_threshold`
     followed by :func:`prox_monotonic` on non-negative images.
 
     Parameters
@@ -174,39 +241,8 @@ def prox_threshold_monotonic(morph, threshold, cy, cx, y0, y1, x0, x1):
     ring : int
         Chebyshev radius of the outermost ring that kept a non-zero pixel.
     """
-    rmax = max(cy - y0, y1 - 1 - cy, cx - x0, x1 - 1 - cx)
-    last = 0
-    for ring in range(1, rmax + 1):
-        ya = max(cy - ring, y0)
-        yb = min(cy + ring, y1 - 1)
-        xa = max(cx - ring, x0)
-        xb = min(cx + ring, x1 - 1)
-        alive = False
-        for y in range(ya, yb + 1):
-            if y == cy - ring or y == cy + ring:
-                xs = xa
-                xstep = 1
-            else:
-                xs = cx - ring
-                xstep = 2 * ring
-            x = xs
-            while x <= xb:
-                if x >= x0:
-                    v = morph[y, x]
-                    if v < threshold or v <= 0.0:
-                        v = 0.0
-                    else:
-                        ref = _monotonic_cap(morph, y, x, cy, cx, y0, y1, x0, x1)
-                        if v > ref:
-                            v = ref if ref > 0.0 else 0.0
-                    morph[y, x] = v
-                    if v > 0.0:
-                        alive = True
-                x += xstep
-        if not alive:
-            _zero_outside_ring(morph, ring, cy, cx, y0, y1, x0, x1)
-            return last
-        last = ring
+    last = monotonic_rings(morph, morph, threshold, False, cy, cx, y0, y1, x0, x1)
+    _zero_outside_ring(morph, last + 1, cy, cx, y0, y1, x0, x1)
     return last
 
 
@@ -302,18 +338,31 @@ def prox_positive(morph, y0, y1, x0, x1):
 
 
 @njit(nogil=True, cache=True)
-def nonzero_box(morph, cy, cx, y0, y1, x0, x1):
-    """Bounding box of the non-zero pixels inside a box, always holding the peak.
+def scale_nonzero_box(morph, factor, cy, cx, y0, y1, x0, x1):
+    """Multiply the positive pixels inside a box by ``factor`` (in place) and return their bounding box.
+
+    Parameters
+    ----------
+    morph : ndarray, shape (H, W)
+    factor : float
+        1.0 leaves the pixels as they are.
+    cy, cx : int
+        Peak pixel: always inside the returned box.
+    y0, y1, x0, x1 : int
+        Box searched (half-open, pixels).
 
     Returns
     -------
     (ny0, ny1, nx0, nx1) : tuple of int
-        Half-open bounds in pixels.
+        Half-open bounds in pixels of the positive pixels and the peak.
     """
     ny0, ny1, nx0, nx1 = cy, cy + 1, cx, cx + 1
     for y in range(y0, y1):
         for x in range(x0, x1):
-            if morph[y, x] > 0.0:
+            v = morph[y, x]
+            if v > 0.0:
+                if factor != 1.0:
+                    morph[y, x] = v * factor
                 if y < ny0:
                     ny0 = y
                 if y >= ny1:
@@ -323,3 +372,15 @@ def nonzero_box(morph, cy, cx, y0, y1, x0, x1):
                 if x >= nx1:
                     nx1 = x + 1
     return ny0, ny1, nx0, nx1
+
+
+@njit(nogil=True, cache=True)
+def nonzero_box(morph, cy, cx, y0, y1, x0, x1):
+    """Bounding box of the non-zero pixels inside a box, always holding the peak.
+
+    Returns
+    -------
+    (ny0, ny1, nx0, nx1) : tuple of int
+        Half-open bounds in pixels.
+    """
+    return scale_nonzero_box(morph, 1.0, cy, cx, y0, y1, x0, x1)
