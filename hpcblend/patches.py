@@ -41,10 +41,20 @@ def patch_tables(bands, radii) -> list:
 
 
 def warm_up_tract(bands=("g", "r", "i", "z", "y"), tract_dir=None) -> float:
-    """First calls of the tract-only code (detection, forced photometry, adaptive moments) on a tiny
-    synthetic patch, and with ``tract_dir`` an 8 × 8 px read of the tract (FITS, WCS and units
-    machinery: ~0.3 s the first time), so the first real patch's times are steady-state; returns
-    seconds taken."""
+    """First calls of the tract-only code, so the first real patch's times are steady-state.
+
+    Detection, forced photometry and adaptive moments on a tiny synthetic
+    patch; detection once more on a 512 × 512 px noise image (the first
+    large detection on a rank is otherwise 1.5–3× slower than the next
+    ones, more so when the ranks of a node start together: first-touch
+    memory and library set-up); with ``tract_dir``, a 256 × 256 px read of
+    the tract (FITS, WCS and units machinery: ~0.3 s the first time).
+
+    Returns
+    -------
+    float
+        Seconds taken.
+    """
     from .detect import detection_image, detect_footprints, footprint_to_blend
     from .forced import forced_photometry
 
@@ -56,7 +66,10 @@ def warm_up_tract(bands=("g", "r", "i", "z", "y"), tract_dir=None) -> float:
         from .errors import HpcblendError
 
         try:
-            read_box(tract_dir, Box((0, 0), (8, 8)), bands=tuple(bands))
+            from .coadd import read_tract_shape
+
+            shape = read_tract_shape(tract_dir, bands=tuple(bands))
+            read_box(tract_dir, Box((0, 0), (min(256, shape[0]), min(256, shape[1]))), bands=tuple(bands))
         except HpcblendError:
             pass  # a bad tract is reported by planning or by the patch that reads it, not the warm-up
     yy, xx = np.indices((48, 48))
@@ -67,6 +80,8 @@ def warm_up_tract(bands=("g", "r", "i", "z", "y"), tract_dir=None) -> float:
     mask = np.zeros(images.shape, dtype=np.int32)
     g = np.exp(-(np.indices((11, 11)) - 5.0) ** 2 / 4.0).prod(axis=0)
     psfs = np.repeat((g / g.sum())[None], nb, 0)
+    noise = np.random.default_rng(0).normal(0.0, 1.0, (nb, 512, 512)).astype(np.float32)
+    detect_footprints(*detection_image(noise, np.ones_like(noise), np.zeros(noise.shape, dtype=np.int32)))
     det, sigma = detection_image(images, variance, mask)
     for fp in detect_footprints(det, sigma):
         blend = footprint_to_blend(fp, images, variance, mask, psfs, bands, blend_id=1, source="<warm-up>")
