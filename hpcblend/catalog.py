@@ -37,6 +37,7 @@ trust only the first ``rows_<table>`` rows of each table and the first
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ __all__ = [
     "TableSpec",
     "CatalogWriter",
     "open_catalog",
+    "append_group",
     "read_table",
     "read_ledger",
     "read_json_group",
@@ -828,6 +830,49 @@ class CatalogWriter:
 
 
 # --------------------------------------------------------------------------- readers
+
+
+@contextlib.contextmanager
+def append_group(path: str | os.PathLike, name: str, version_attr: str, version: int):
+    """Open an existing catalog for appending and yield its group ``/name``.
+
+    Used for the groups written after the tables (``/profile``,
+    ``/gallery``): the file must exist and be an hpcblend catalog; the group
+    is created if missing and stamped with ``version_attr = version``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Catalog file.
+    name : str
+        Group under the root.
+    version_attr : str
+        Attribute of the group that records its layout version.
+    version : int
+
+    Yields
+    ------
+    h5py.Group
+        Open for writing until the ``with`` block ends.
+
+    Raises
+    ------
+    CatalogError
+        The file does not exist, has no ``schema_version`` attribute (not an
+        hpcblend catalog), or an I/O error occurs while the group is written.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CatalogError(f"{path}: cannot write /{name}, no such catalog")
+    try:
+        with h5py.File(path, "a") as f:
+            if "schema_version" not in f.attrs:
+                raise CatalogError(f"{path}: not an hpcblend catalog (no root attribute 'schema_version')")
+            grp = f.require_group(name)
+            grp.attrs[version_attr] = np.int64(version)
+            yield grp
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot write /{name}: {exc}") from exc
 
 
 def open_catalog(path: str | os.PathLike) -> h5py.File:

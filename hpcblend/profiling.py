@@ -548,34 +548,24 @@ def write_profiles(path: str | os.PathLike, profiles: Sequence[Mapping[str, Any]
         If the file does not exist, is not an hpcblend catalog, two profiles
         name the same rank, or it cannot be written.
     """
-    import h5py
-
+    from .catalog import append_group
     from .errors import CatalogError
 
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CatalogError(f"{path}: cannot write profiles, no such catalog")
     items = [(_profile_rank(p, i), p) for i, p in enumerate(profiles) if p is not None]
     ranks = [r for r, _ in items]
     if len(set(ranks)) != len(ranks):
         raise CatalogError(f"{path}: profiles name the same rank twice: {sorted(ranks)}")
     written = []
-    try:
-        with h5py.File(path, "a") as f:
-            if "schema_version" not in f.attrs:
-                raise CatalogError(f"{path}: not an hpcblend catalog (no root attribute 'schema_version')")
-            grp = f.require_group("profile")
-            grp.attrs["profile_version"] = np.int64(PROFILE_VERSION)
-            for r, p in items:
-                name = f"rank_{r}"
-                if name in grp:
-                    del grp[name]
-                g = grp.create_group(name)
-                _write_one(g, r, p)
-                written.append(g.name)
-            grp.attrs["n_ranks"] = np.int64(sum(1 for k in grp if k.startswith("rank_")))
-    except OSError as exc:
-        raise CatalogError(f"{path}: cannot write /profile: {exc}") from exc
+    with append_group(path, "profile", "profile_version", PROFILE_VERSION) as grp:
+        for r, p in items:
+            name = f"rank_{r}"
+            if name in grp:
+                del grp[name]
+            g = grp.create_group(name)
+            _write_one(g, r, p)
+            written.append(g.name)
+        grp.attrs["n_ranks"] = np.int64(sum(1 for k in grp if k.startswith("rank_")))
     return written
 
 

@@ -250,61 +250,49 @@ def write_gallery(path: str | os.PathLike, records: Iterable[Mapping[str, Any]],
     ValueError
         Unknown storage.
     """
-    import h5py
-
-    from hpcblend.errors import CatalogError
+    from hpcblend.catalog import append_group
 
     if storage not in ("float16", "float32"):
         raise ValueError(f"storage must be 'float16' or 'float32', got {storage!r}")
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise CatalogError(f"{path}: cannot write gallery, no such catalog")
     written = []
     comp = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
-    try:
-        with h5py.File(path, "a") as f:
-            if "schema_version" not in f.attrs:
-                raise CatalogError(f"{path}: not an hpcblend catalog (no root attribute 'schema_version')")
-            grp = f.require_group("gallery")
-            grp.attrs["gallery_version"] = np.int64(GALLERY_VERSION)
-            for rec in records:
-                name = str(int(rec["blend_id"]))
-                reason = str(rec.get("reason", ""))
-                if name in grp:
-                    old = str(grp[name].attrs.get("reason", ""))
-                    parts = [r for r in (old.split("; ") + reason.split("; ")) if r]
-                    reason = "; ".join(dict.fromkeys(parts))
-                    del grp[name]
-                g = grp.create_group(name)
-                images = np.asarray(rec["images"], dtype=np.float32)
-                model = rec.get("model")
-                g.attrs["blend_id"] = np.int64(int(rec["blend_id"]))
-                g.attrs["bands"] = ",".join(rec.get("bands") or ())
-                g.attrs["reason"] = reason
-                g.attrs["info"] = json.dumps(rec.get("info") or {}, default=_json_default)
-                g.attrs["storage"] = storage
-                if rec.get("noise_rms") is not None:
-                    g.attrs["noise_rms"] = np.asarray(rec["noise_rms"], dtype=np.float64)
-                if storage == "float16":
-                    data, scale = _encode_f16(images)
-                    d = g.create_dataset("images", data=data, **comp)
+    with append_group(path, "gallery", "gallery_version", GALLERY_VERSION) as grp:
+        for rec in records:
+            name = str(int(rec["blend_id"]))
+            reason = str(rec.get("reason", ""))
+            if name in grp:
+                old = str(grp[name].attrs.get("reason", ""))
+                parts = [r for r in (old.split("; ") + reason.split("; ")) if r]
+                reason = "; ".join(dict.fromkeys(parts))
+                del grp[name]
+            g = grp.create_group(name)
+            images = np.asarray(rec["images"], dtype=np.float32)
+            model = rec.get("model")
+            g.attrs["blend_id"] = np.int64(int(rec["blend_id"]))
+            g.attrs["bands"] = ",".join(rec.get("bands") or ())
+            g.attrs["reason"] = reason
+            g.attrs["info"] = json.dumps(rec.get("info") or {}, default=_json_default)
+            g.attrs["storage"] = storage
+            if rec.get("noise_rms") is not None:
+                g.attrs["noise_rms"] = np.asarray(rec["noise_rms"], dtype=np.float64)
+            if storage == "float16":
+                data, scale = _encode_f16(images)
+                d = g.create_dataset("images", data=data, **comp)
+                d.attrs["scale"] = scale
+                if model is not None:
+                    data, scale = _encode_f16(images - np.asarray(model, dtype=np.float32))
+                    d = g.create_dataset("residual", data=data, **comp)
                     d.attrs["scale"] = scale
-                    if model is not None:
-                        data, scale = _encode_f16(images - np.asarray(model, dtype=np.float32))
-                        d = g.create_dataset("residual", data=data, **comp)
-                        d.attrs["scale"] = scale
-                else:
-                    g.create_dataset("images", data=images, **comp)
-                    if model is not None:
-                        g.create_dataset("model", data=np.asarray(model, dtype=np.float32), **comp)
-                g.create_dataset("child_boxes", data=np.asarray(rec["child_boxes"], dtype=np.int32).reshape(-1, 4))
-                g.create_dataset("child_bad", data=np.asarray(rec["child_bad"], dtype=bool).reshape(-1))
-                if rec.get("footprint") is not None:
-                    g.create_dataset("footprint", data=np.asarray(rec["footprint"], dtype=np.uint8), **comp)
-                written.append(g.name)
-            grp.attrs["n_records"] = np.int64(len(grp))
-    except OSError as exc:
-        raise CatalogError(f"{path}: cannot write /gallery: {exc}") from exc
+            else:
+                g.create_dataset("images", data=images, **comp)
+                if model is not None:
+                    g.create_dataset("model", data=np.asarray(model, dtype=np.float32), **comp)
+            g.create_dataset("child_boxes", data=np.asarray(rec["child_boxes"], dtype=np.int32).reshape(-1, 4))
+            g.create_dataset("child_bad", data=np.asarray(rec["child_bad"], dtype=bool).reshape(-1))
+            if rec.get("footprint") is not None:
+                g.create_dataset("footprint", data=np.asarray(rec["footprint"], dtype=np.uint8), **comp)
+            written.append(g.name)
+        grp.attrs["n_records"] = np.int64(len(grp))
     return written
 
 
