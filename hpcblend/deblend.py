@@ -206,20 +206,6 @@ def build_observation(blend: BlendData, config: DeblendConfig) -> Observation:
                        model_psf=model_psf, transfer=transfer, fft_shape=fft_shape, curvature=curvature)
 
 
-def _box_grid(n: int) -> int:
-    """Smallest 2·3-smooth length ≥ n: a coarse ladder of FFT sizes, so that the boxes of one
-    blend share few grids (and transfer functions)."""
-    m = max(int(n), 1)
-    while True:
-        k = m
-        for p in (2, 3):
-            while k % p == 0:
-                k //= p
-        if k == 1:
-            return m
-        m += 1
-
-
 def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: Optional[np.ndarray] = None) -> np.ndarray:
     """Every morphology convolved to every band.
 
@@ -251,7 +237,8 @@ def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: Optional[np.nd
     r = obs.kernel_radius
     for k in range(nk):
         y0, y1, x0, x1 = (int(v) for v in boxes[k])
-        n = _box_grid(max(y1 - y0, x1 - x0) + 2 * r)
+        # a coarse (2·3-smooth) ladder of sides, so one blend's boxes share few transfer functions
+        n = psf.next_smooth_length(max(y1 - y0, x1 - x0) + 2 * r, (2, 3))
         if 2 * n * n >= hp * wp:  # a new transfer function costs about a convolution: pays below half the frame
             out[k] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)
             continue

@@ -23,6 +23,7 @@ __all__ = [
     "kernel_radius_for_tolerance",
     "crop_kernel",
     "fft_shape_for",
+    "next_smooth_length",
     "kernel_transfer_function",
 ]
 
@@ -124,7 +125,7 @@ def psf_difference_kernels(psfs: np.ndarray, model_psf: np.ndarray, regularizati
     if model_psf.ndim != 2 or model_psf.shape[0] % 2 == 0 or model_psf.shape[1] % 2 == 0:
         raise ValueError(f"psf_difference_kernels: model_psf must be 2-D with odd sides, got {model_psf.shape}")
     # centres sit at pixel (0, 0), so even grid sides are fine
-    shape = tuple(_next_fast_length(max(a, b) + 2 * padding) for a, b in zip(psfs.shape[1:], model_psf.shape))
+    shape = tuple(next_smooth_length(max(a, b) + 2 * padding) for a, b in zip(psfs.shape[1:], model_psf.shape))
     grid_p = np.zeros((psfs.shape[0],) + shape)
     grid_m = np.zeros(shape)
     _place_at_origin(psfs, grid_p)
@@ -232,12 +233,25 @@ def crop_kernel(kernel: np.ndarray, radius: int, renormalize: bool = True) -> np
     return out
 
 
-def _next_fast_length(n: int) -> int:
-    """Smallest integer ≥ n whose prime factors are 2, 3 and 5 (fast for pocketfft)."""
+def next_smooth_length(n: int, primes: tuple = (2, 3, 5)) -> int:
+    """Smallest integer ≥ n whose prime factors are all in ``primes``.
+
+    Parameters
+    ----------
+    n : int
+        Minimum length (pixels).
+    primes : tuple of int
+        Allowed factors: (2, 3, 5) gives the lengths pocketfft transforms
+        fastest; (2, 3) a coarser ladder.
+
+    Returns
+    -------
+    int
+    """
     m = max(int(n), 1)
     while True:
         k = m
-        for p in (2, 3, 5):
+        for p in primes:
             while k % p == 0:
                 k //= p
         if k == 1:
@@ -258,7 +272,7 @@ def fft_shape_for(shape: tuple, radius: int) -> tuple:
         Each the next 2·3·5-smooth length ≥ H + r (W + r).
     """
     h, w = shape
-    return _next_fast_length(h + radius), _next_fast_length(w + radius)
+    return next_smooth_length(h + radius), next_smooth_length(w + radius)
 
 
 def kernel_transfer_function(kernels: np.ndarray, fft_shape: tuple, dtype=np.complex64) -> np.ndarray:
