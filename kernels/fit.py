@@ -252,21 +252,13 @@ def curvature_bound(weights, abs_transfer, l1_norms, hp, wp):
 
 
 @njit(nogil=True, cache=True)
-def _neighbour_sums(sed, morph, boxes, alive, radius, neighbour_sed, morph_norm, neighbour_norm):
-    """For every source k: Σ_l a_lb and Σ_l ||S_l|| over sources l (k included) whose
-    boxes, dilated by ``radius``, intersect k's; and ||S_k||₂."""
+def _neighbour_sums(sed, boxes, alive, radius, neighbour_sed):
+    """For every source k: ``Σ_l a_lb`` over the live sources l (k included) whose boxes,
+    dilated by ``radius``, intersect k's, written into ``neighbour_sed`` (K, B)."""
     nk, nb = sed.shape
-    for k in range(nk):
-        s = 0.0
-        if alive[k]:
-            for y in range(boxes[k, 0], boxes[k, 1]):
-                for x in range(boxes[k, 2], boxes[k, 3]):
-                    s += morph[k, y, x] ** 2
-        morph_norm[k] = math.sqrt(s)
     for k in range(nk):
         for b in range(nb):
             neighbour_sed[k, b] = 0.0
-        neighbour_norm[k] = 0.0
         if not alive[k]:
             continue
         for l in range(nk):
@@ -276,7 +268,6 @@ def _neighbour_sums(sed, morph, boxes, alive, radius, neighbour_sed, morph_norm,
                     and boxes[l, 2] - radius < boxes[k, 3] + radius and boxes[k, 2] - radius < boxes[l, 3] + radius):
                 for b in range(nb):
                     neighbour_sed[k, b] += sed[l, b]
-                neighbour_norm[k] += morph_norm[l]
 
 
 
@@ -383,8 +374,6 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
     support_sum = np.zeros((h, w), dtype=np.float32)
     support_block_max = np.zeros(((h + SUPPORT_BLOCK - 1) // SUPPORT_BLOCK, (w + SUPPORT_BLOCK - 1) // SUPPORT_BLOCK),
                                  dtype=np.float32)
-    morph_norm = np.zeros(nk)
-    neighbour_norm = np.zeros(nk)
     momentum = 0.0
     t_fista = 1.0
     beta1 = 0.9
@@ -419,7 +408,7 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
             t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t_fista * t_fista))
             momentum = (t_fista - 1.0) / t_new
             t_fista = t_new
-            _neighbour_sums(sed, morph, boxes, alive, kernel_radius, neighbour_sed, morph_norm, neighbour_norm)
+            _neighbour_sums(sed, boxes, alive, kernel_radius, neighbour_sed)
             _support_sum(morph, boxes, alive, support_sum, support_block_max)
         for k in range(nk):
             if not alive[k]:
