@@ -21,3 +21,26 @@ def shared_data() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+@pytest.fixture
+def root_check():
+    """``root_check(comm, check)``: run ``check()`` on rank 0 only, then fail on *every* rank if it raised.
+
+    An assertion that fails on rank 0 alone would leave the other ranks waiting
+    in the test's next collective call: a hang until the CI time limit, not a
+    failure. Broadcasting the outcome keeps the ranks in step, and every rank
+    reports rank 0's message.
+    """
+    def run(comm, check):
+        error = None
+        if comm.rank == 0:
+            try:
+                check()
+            except Exception as exc:  # noqa: BLE001 - reported on every rank below
+                error = f"{type(exc).__name__} on rank 0: {exc}"
+        error = comm.bcast(error, root=0)
+        if error is not None:
+            pytest.fail(error, pytrace=False)
+
+    return run
