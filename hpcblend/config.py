@@ -373,6 +373,23 @@ class RunConfig:
     numba_cache_dir: str = ""
 
 
+def write_round_units(write_every_units: int, n_ranks: int) -> int:
+    """Finished units that raise a collective write round (``run.write_every_units``).
+
+    Parameters
+    ----------
+    write_every_units : int
+        The configured value; 0 selects the default ``max(64, 8 × n_ranks)``.
+    n_ranks : int
+
+    Returns
+    -------
+    int
+        Used by the driver and by the replay model (:mod:`hpcblend.scaling`).
+    """
+    return int(write_every_units) or max(64, 8 * int(n_ranks))
+
+
 @dataclass(frozen=True)
 class ProfileConfig:
     """Where the time goes: call-stack sampling per rank and the failure gallery (:mod:`hpcblend.profiling`).

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .catalog import CatalogWriter
-from .config import JobConfig, job_to_dict
+from .config import JobConfig, job_to_dict, write_round_units
 from .errors import CatalogError, HpcblendError, InputError
 from .inputs import expand_inputs, peek_blend
 from .provenance import collect_provenance
@@ -585,7 +585,7 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
     t_round = time.monotonic()
     claimed_at_round = 0
     n_done_local, t_busy, t_start = 0, 0.0, time.monotonic()
-    every_units = int(job.run.write_every_units) or max(64, 8 * size)
+    every_units = write_round_units(job.run.write_every_units, size)
     every_seconds = float(job.run.write_every_seconds)
     exhausted = stopping = False
 

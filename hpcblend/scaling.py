@@ -106,6 +106,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .config import RunConfig, write_round_units
+
 __all__ = ["POLICIES", "Workload", "ReplayParams", "ReplayResult", "load_workload", "replicate", "simulate",
            "replay", "replay_table", "rma_latency_benchmark", "scaling_main", "DEFAULT_SCHED_LATENCY_S",
            "DEFAULT_ROUND_LATENCY_S", "DEFAULT_RANKS", "params_for"]
@@ -363,8 +365,8 @@ class ReplayParams:
     round_latency_s: float = DEFAULT_ROUND_LATENCY_S
     round_log_latency_s: float = 20.0e-6
     io_bandwidth_Bps: float = 1.0e9
-    write_every_units: int = 0
-    write_every_seconds: float = 30.0
+    write_every_units: int = RunConfig.write_every_units
+    write_every_seconds: float = RunConfig.write_every_seconds
     poll_s: float = 0.01
     unit_overhead_s: float = 0.0
     rank_startup_s: float = 0.0
@@ -457,7 +459,7 @@ def _simulate(seq: np.ndarray, n: int, P: ReplayParams, static: bool, seed: int 
     started = [False] * n
     lat = 0.0 if static else P.sched_ops_per_unit * P.sched_latency_s
     svc = 0.0 if static else P.sched_ops_per_unit * P.sched_service_s
-    W = int(P.write_every_units) or max(64, 8 * n)  # 0: the driver's default
+    W = write_round_units(P.write_every_units, n)
     S = float(P.write_every_seconds) if P.write_every_seconds and P.write_every_seconds > 0 else math.inf
     poll = float(P.poll_s)
 
