@@ -24,13 +24,25 @@ File layout (``SCHEMA_VERSION`` 1)::
                                   header, so Table.read gets the units)
     /ledger                group, attrs: rounds (int), n_units (int),
                                          rows_<table> (int, committed rows)
-    /ledger/units          S256 dataset of finished unit keys; only the first
-                           ``n_units`` entries are committed
+    /ledger/units          S256 dataset of finished unit keys (done or failed);
+                           only the first ``n_units`` entries are committed
+    /ledger/attempts       one row per committed attempt at a unit: key, failed
+                           (bool), round, and per table (in ``tables`` order)
+                           the first row and the row count it wrote (-1 when
+                           unknown); ``n_attempts`` are committed. A unit that
+                           failed and was retried by a resumed run has two
+                           attempts: :meth:`CatalogWriter.finalize` keeps only
+                           the rows of each unit's last attempt
+    /ledger/checksums      integrity record: table, round, start, count and
+                           the CRC-32 of the rows' bytes, one entry per rank
+                           and table of each round (``n_checksums`` committed);
+                           after finalize one entry per whole sorted table.
+                           :func:`read_table` and a resume verify them
     /<json group>          group, attrs: json (the JSON text), and one attribute
                            per scalar value (nested keys joined with '.')
 
 Crash consistency: a round writes and flushes the table rows first, then the
-ledger (unit keys, then counts) and flushes again. Readers and a resumed writer
+ledger (unit keys, attempts, checksums, then counts) and flushes again. Readers and a resumed writer
 trust only the first ``rows_<table>`` rows of each table and the first
 ``n_units`` unit keys.
 """
@@ -40,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
@@ -59,6 +72,7 @@ __all__ = [
     "read_table",
     "read_ledger",
     "read_json_group",
+    "verify_catalog",
 ]
 
 #: Version of the file layout written by this module; readers refuse any other.
@@ -69,6 +83,10 @@ UNIT_KEY_BYTES: int = 256
 
 _LEDGER = "ledger"
 _LEDGER_UNITS = "units"
+_LEDGER_ATTEMPTS = "attempts"
+_LEDGER_CHECKSUMS = "checksums"
+_CHECKSUM_DTYPE = np.dtype([("table", "S64"), ("round", "<i8"), ("start", "<i8"), ("count", "<i8"),
+                            ("crc32", "<u4")])
 _ASTROPY_META = "__table_column_meta__"
 _RESERVED_ROOT_ATTRS = frozenset(
     {"schema_version", "created", "complete", "finished", "writer", "tables", "n_resumes", "resumed"}
@@ -184,6 +202,88 @@ def _collective_write(dset: h5py.Dataset, start: int, data: np.ndarray) -> None:
     dxpl = h5p.create(h5p.DATASET_XFER)
     dxpl.set_dxpl_mpio(h5fd.MPIO_COLLECTIVE)
     dset.id.write(mspace, fspace, buf, h5t.py_create(buf.dtype), dxpl=dxpl)
+
+
+def _attempt_dtype(n_tables: int) -> np.dtype:
+    """Row of ``/ledger/attempts`` for a catalog of ``n_tables`` tables."""
+    return np.dtype([("key", f"S{UNIT_KEY_BYTES}"), ("failed", "?"), ("round", "<i8"),
+                     ("start", "<i8", (n_tables,)), ("count", "<i8", (n_tables,))])
+
+
+def _failed_keys(attempts: np.ndarray) -> set:
+    """Unit keys whose last attempt in ``/ledger/attempts`` failed."""
+    last = {}
+    for a in attempts:
+        last[bytes(a["key"]).decode("utf-8", "replace")] = bool(a["failed"])
+    return {k for k, failed in last.items() if failed}
+
+
+def _crc32(rows: np.ndarray) -> int:
+    """CRC-32 of the raw bytes of a contiguous row array."""
+    return zlib.crc32(np.ascontiguousarray(rows).tobytes()) & 0xFFFFFFFF
+
+
+def _superseded_rows(attempts: np.ndarray, table_index: int, n_rows: int) -> np.ndarray:
+    """Rows of one table written by an attempt that a later attempt at the same unit replaced.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_rows,)
+        True for a row to drop.
+    """
+    drop = np.zeros(n_rows, dtype=bool)
+    last = {}
+    for i, a in enumerate(attempts):
+        last[bytes(a["key"])] = i
+    for i, a in enumerate(attempts):
+        if last[bytes(a["key"])] != i:
+            start, count = int(a["start"][table_index]), int(a["count"][table_index])
+            if start >= 0 and count > 0:
+                drop[start:start + count] = True
+    return drop
+
+
+def _verify_checksums(f: h5py.File, name: str, data: np.ndarray, offset: int = 0) -> None:
+    """Check ``data`` (rows ``offset ..`` of table ``name``) against the ledger's checksums.
+
+    Raises
+    ------
+    CatalogError
+        A committed range of rows does not match the CRC-32 recorded when it was written.
+    """
+    if _LEDGER not in f or _LEDGER_CHECKSUMS not in f[_LEDGER]:
+        return  # a catalog written before checksums were recorded
+    led = f[_LEDGER]
+    n_sums = int(led.attrs.get("n_checksums", 0))
+    if not n_sums:
+        return
+    sums = led[_LEDGER_CHECKSUMS][:n_sums]
+    stop = offset + len(data)
+    for entry in sums[sums["table"] == name.encode()]:
+        a, b = int(entry["start"]), int(entry["start"]) + int(entry["count"])
+        if a < offset or b > stop:
+            continue
+        if _crc32(data[a - offset:b - offset]) != int(entry["crc32"]):
+            when = "finalize" if int(entry["round"]) < 0 else f"write round {int(entry['round']) + 1}"
+            raise CatalogError(f"{f.filename}: catalog damaged: table {name!r} rows {a}..{b - 1} do not match "
+                               f"the checksum recorded at {when}; re-run without --resume")
+
+
+def _check_unique(path: str, name: str, data: np.ndarray, key: str) -> None:
+    """Raise CatalogError naming both rows when sorted ``data`` holds a key twice."""
+    keys = data[key]
+    dup = np.flatnonzero(keys[1:] == keys[:-1])
+    if not len(dup):
+        return
+    i = int(dup[0])
+    where = []
+    for j in (i, i + 1):
+        if "source_file" in data.dtype.names:
+            where.append(bytes(data["source_file"][j]).decode("utf-8", "replace") or f"row {j}")
+        else:
+            where.append(f"row {j}")
+    raise CatalogError(f"{path}: table {name!r}: {key} {keys[i]} occurs more than once ({len(dup)} duplicate "
+                       f"row(s)); first from {where[0]} and from {where[1]}")
 
 
 def _agree(comm: Any, error: str | None) -> None:
@@ -418,6 +518,11 @@ class CatalogWriter:
         self._finished: set[str] = set(plan["units"])
         self._n_units: int = len(plan["units"])
         self._rounds: int = int(plan["rounds"])
+        self._attempts: np.ndarray = plan["attempts"]
+        self._failed: set[str] = _failed_keys(self._attempts)
+        self._n_checksums: int = int(plan["n_checksums"])
+        self._crc_units: int = int(plan.get("crc32_units", 0))
+        self._crc_attempts: int = _crc32(self._attempts)
 
         # --- open / create
         self._io_step(lambda: self._open_and_setup(plan, resume), "cannot create" if not resume else "cannot resume")
@@ -443,7 +548,8 @@ class CatalogWriter:
             parent = os.path.dirname(os.path.abspath(self.path))
             if not os.path.isdir(parent):
                 raise CatalogError(f"{self.path}: directory {parent} does not exist")
-            plan.update(counts={n: 0 for n in self.tables}, units=[], rounds=0, n_resumes=0)
+            plan.update(counts={n: 0 for n in self.tables}, units=[], rounds=0, n_resumes=0, crc32_units=0,
+                        attempts=np.zeros(0, dtype=_attempt_dtype(len(self.tables))), n_checksums=0)
         return plan
 
     def _inspect_existing(self) -> dict:
@@ -494,12 +600,37 @@ class CatalogWriter:
                         f"but the dataset holds only {dset.shape[0]}"
                     )
             n_units = int(led.attrs.get("n_units", 0))
-            units = [u.decode("utf-8") for u in led[_LEDGER_UNITS][:n_units]]
+            try:
+                units = [u.decode("utf-8") for u in led[_LEDGER_UNITS][:n_units]]
+            except UnicodeDecodeError as exc:
+                raise CatalogError(f"{self.path}: catalog damaged: a unit key in /{_LEDGER}/{_LEDGER_UNITS} is not "
+                                   f"UTF-8 ({exc}); re-run without --resume") from None
+            crc = led.attrs.get("crc32_units")
+            crc_units = _crc32(led[_LEDGER_UNITS][:n_units])
+            if crc is not None and crc_units != int(crc):
+                raise CatalogError(f"{self.path}: catalog damaged: /{_LEDGER}/{_LEDGER_UNITS} does not match its "
+                                   f"checksum; re-run without --resume")
+            attempt_dtype = _attempt_dtype(len(self.tables))
+            attempts = np.zeros(0, dtype=attempt_dtype)
+            if _LEDGER_ATTEMPTS in led:
+                attempts = led[_LEDGER_ATTEMPTS][: int(led.attrs.get("n_attempts", 0))]
+                crc = led.attrs.get("crc32_attempts")
+                if crc is not None and _crc32(attempts) != int(crc):
+                    raise CatalogError(f"{self.path}: catalog damaged: /{_LEDGER}/{_LEDGER_ATTEMPTS} does not "
+                                       f"match its checksum; re-run without --resume")
+                if attempts.dtype != attempt_dtype:
+                    raise CatalogError(f"{self.path}: cannot resume: /{_LEDGER}/{_LEDGER_ATTEMPTS} has dtype "
+                                       f"{attempts.dtype}, expected {attempt_dtype}")
+            for name in self.tables:  # every committed row against the checksums of its round
+                _verify_checksums(f, name, f[name][: counts[name]])
             return {
                 "counts": counts,
                 "units": units,
                 "rounds": int(led.attrs.get("rounds", 0)),
                 "n_resumes": int(f.attrs.get("n_resumes", 0)) + 1,
+                "attempts": attempts,
+                "n_checksums": int(led.attrs.get("n_checksums", 0)) if _LEDGER_CHECKSUMS in led else 0,
+                "crc32_units": crc_units,
             }
 
     def _open(self, mode: str) -> h5py.File:
@@ -533,6 +664,16 @@ class CatalogWriter:
             for name in self.tables:
                 f[name].resize((plan["counts"][name],))
             f[_LEDGER][_LEDGER_UNITS].resize((len(plan["units"]),))
+        led = f[_LEDGER]
+        if _LEDGER_ATTEMPTS not in led:
+            led.create_dataset(_LEDGER_ATTEMPTS, shape=(0,), maxshape=(None,), dtype=_attempt_dtype(len(self.tables)),
+                               chunks=(256,))
+            led.attrs["n_attempts"] = np.int64(0)
+        if _LEDGER_CHECKSUMS not in led:
+            led.create_dataset(_LEDGER_CHECKSUMS, shape=(0,), maxshape=(None,), dtype=_CHECKSUM_DTYPE, chunks=(1024,))
+            led.attrs["n_checksums"] = np.int64(0)
+        led[_LEDGER_ATTEMPTS].resize((len(plan["attempts"]),))
+        led[_LEDGER_CHECKSUMS].resize((int(plan["n_checksums"]),))
         f.attrs["writer"] = self.writer_kind
         f.attrs["tables"] = json.dumps(list(self.tables))
         f.attrs["n_resumes"] = np.int64(plan["n_resumes"])
@@ -584,7 +725,7 @@ class CatalogWriter:
     # ------------------------------------------------------------------ queries
 
     def finished_units(self) -> set[str]:
-        """Keys of all units recorded as finished in the ledger (local; not collective).
+        """Keys of all units recorded as finished (done or failed) in the ledger (local; not collective).
 
         Returns
         -------
@@ -593,6 +734,16 @@ class CatalogWriter:
             completed :meth:`write_round` calls of this one.
         """
         return set(self._finished)
+
+    def failed_units(self) -> set[str]:
+        """Keys of the finished units whose last attempt failed (local; not collective).
+
+        Returns
+        -------
+        set of str
+            A subset of :meth:`finished_units`; a resumed run may retry them.
+        """
+        return set(self._failed)
 
     def committed_rows(self) -> dict[str, int]:
         """Committed row count per table (local; not collective)."""
@@ -641,7 +792,8 @@ class CatalogWriter:
             out[name] = packed
         return out
 
-    def write_round(self, rows: Mapping[str, np.ndarray], finished_units: Sequence[str]) -> None:
+    def write_round(self, rows: Mapping[str, np.ndarray], finished_units: Sequence[str],
+                    failed_units: Sequence[str] = (), unit_rows: Sequence[Mapping[str, int]] | None = None) -> None:
         """Append each rank's rows to the tables and commit a ledger entry. COLLECTIVE.
 
         Parameters
@@ -652,8 +804,17 @@ class CatalogWriter:
             or given empty arrays, get no rows from this rank.
         finished_units : list of str
             Keys (≤ :data:`UNIT_KEY_BYTES` bytes in UTF-8) of the units this
-            rank completed since the last round; their rows must be in ``rows``
-            of this round or earlier ones. May be empty.
+            rank completed since the last round — done or failed; their rows
+            must be in ``rows`` of this round or earlier ones. May be empty.
+        failed_units : list of str, optional
+            The keys of ``finished_units`` whose unit failed as a whole (its
+            rows say why); recorded apart, so a resumed run may retry them
+            (:meth:`failed_units`).
+        unit_rows : list of dict of str -> int, optional
+            Rows each unit of ``finished_units`` contributed per table, in the
+            order of the rows in ``rows``. Recorded in ``/ledger/attempts`` so
+            that :meth:`finalize` can drop the rows of a failed attempt that a
+            later run retried; without it the rows are not attributed.
 
         Raises
         ------
@@ -666,12 +827,13 @@ class CatalogWriter:
         Rows of rank ``r`` are placed after those of ranks ``< r`` in this
         round; the final order is fixed by :meth:`finalize`. Order of a round:
         (1) resize tables, write rows, flush; (2) append the new unit keys to
-        ``/ledger/units``; (3) set ``/ledger`` attributes ``rows_<table>``,
-        ``n_units``, ``rounds``; flush.
+        ``/ledger/units``, the attempts and the rows' CRC-32 checksums; (3) set
+        ``/ledger`` attributes ``rows_<table>``, ``n_units``, ``rounds``; flush.
         """
         error: str | None = None
         prepared: dict[str, np.ndarray] = {}
         units: list[str] = []
+        local_attempts: list[tuple] = []
         try:
             if self._closed:
                 raise CatalogError(f"{self.path}: write_round on a closed CatalogWriter")
@@ -684,32 +846,81 @@ class CatalogWriter:
                         f"{self.path}: finished unit key {key[:40]!r}... is longer than {UNIT_KEY_BYTES} bytes"
                     )
                 units.append(key)
+            unknown = sorted(set(failed_units) - set(units))
+            if unknown:
+                raise CatalogError(f"{self.path}: failed unit(s) {unknown[:3]} are not among the finished units")
+            local_attempts = self._local_attempts(prepared, units, set(failed_units), unit_rows)
         except CatalogError as exc:
             error = str(exc)
         _agree(self.comm, error)
 
         local_counts = [len(prepared[name]) for name in self.tables]
-        gathered = self.comm.allgather((local_counts, units))
-        all_counts = np.array([c for c, _ in gathered], dtype=np.int64).reshape(self.size, len(self.tables))
-        new_units = sorted({u for _, us in gathered for u in us} - self._finished)
+        crcs = [_crc32(prepared[name]) for name in self.tables]
+        gathered = self.comm.allgather((local_counts, units, local_attempts, crcs))
+        all_counts = np.array([g[0] for g in gathered], dtype=np.int64).reshape(self.size, len(self.tables))
+        new_units = sorted({u for g in gathered for u in g[1]} - self._finished)
         new_counts = {
             name: self._counts[name] + int(all_counts[:, i].sum()) for i, name in enumerate(self.tables)
         }
+        attempts, checksums = self._round_records(gathered, all_counts)
 
         if self.writer_kind == "mpio":
-            step = lambda: self._round_mpio(prepared, all_counts, new_counts, new_units)  # noqa: E731
+            step = lambda: self._round_mpio(prepared, all_counts, new_counts, new_units, attempts, checksums)  # noqa: E731
         else:
             pieces = {name: self.comm.gather(prepared[name], root=0) for name in self.tables}
-            step = lambda: self._round_serial(pieces, new_counts, new_units)  # noqa: E731
+            step = lambda: self._round_serial(pieces, new_counts, new_units, attempts, checksums)  # noqa: E731
         self._io_step(step, "write_round failed")
 
         self._counts = new_counts
         self._finished.update(new_units)
         self._n_units += len(new_units)
         self._rounds += 1
+        self._attempts = np.concatenate([self._attempts, attempts])
+        self._failed = _failed_keys(self._attempts)
+        self._n_checksums += len(checksums)
+
+    def _local_attempts(self, prepared: dict[str, np.ndarray], units: list[str], failed: set[str],
+                        unit_rows: Sequence[Mapping[str, int]] | None) -> list[tuple]:
+        """(key, failed, local start per table, count per table) of this rank's units in this round."""
+        n_tables = len(self.tables)
+        if unit_rows is None or len(unit_rows) != len(units):
+            if unit_rows is not None:
+                raise CatalogError(f"{self.path}: unit_rows has {len(unit_rows)} entries for {len(units)} units")
+            return [(k, k in failed, [-1] * n_tables, [-1] * n_tables) for k in units]
+        out = []
+        offset = {name: 0 for name in self.tables}
+        for key, counts in zip(units, unit_rows):
+            starts, ns = [], []
+            for name in self.tables:
+                n = int(counts.get(name, 0))
+                starts.append(offset[name])
+                ns.append(n)
+                offset[name] += n
+            out.append((key, key in failed, starts, ns))
+        for name in self.tables:
+            if offset[name] != len(prepared[name]):
+                raise CatalogError(f"{self.path}: unit_rows account for {offset[name]} rows of {name!r}, "
+                                   f"the round has {len(prepared[name])}")
+        return out
+
+    def _round_records(self, gathered: list, all_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The round's ``/ledger/attempts`` and ``/ledger/checksums`` entries (same on every rank)."""
+        names = list(self.tables)
+        attempts, checksums = [], []
+        for r, (counts, _, local_attempts, crcs) in enumerate(gathered):
+            base = [self._counts[n] + int(all_counts[:r, i].sum()) for i, n in enumerate(names)]
+            for key, failed, starts, ns in local_attempts:
+                abs_starts = [base[i] + s if s >= 0 else -1 for i, s in enumerate(starts)]
+                attempts.append((key.encode("utf-8"), failed, self._rounds, abs_starts, ns))
+            for i, n in enumerate(names):
+                if counts[i]:
+                    checksums.append((n.encode(), self._rounds, base[i], counts[i], crcs[i]))
+        return (np.array(attempts, dtype=_attempt_dtype(len(names))),
+                np.array(checksums, dtype=_CHECKSUM_DTYPE))
 
     def _round_mpio(
-        self, prepared: dict[str, np.ndarray], all_counts: np.ndarray, new_counts: dict[str, int], new_units: list[str]
+        self, prepared: dict[str, np.ndarray], all_counts: np.ndarray, new_counts: dict[str, int], new_units: list[str],
+        attempts: np.ndarray, checksums: np.ndarray,
     ) -> None:
         f = self._file
         for i, name in enumerate(self.tables):
@@ -720,10 +931,11 @@ class CatalogWriter:
                 offset = old + int(all_counts[: self.rank, i].sum())
                 _collective_write(dset, offset, prepared[name])
         f.flush()
-        self._commit_ledger(new_counts, new_units)
+        self._commit_ledger(new_counts, new_units, attempts, checksums)
 
     def _round_serial(
-        self, pieces: dict[str, list[np.ndarray]], new_counts: dict[str, int], new_units: list[str]
+        self, pieces: dict[str, list[np.ndarray]], new_counts: dict[str, int], new_units: list[str],
+        attempts: np.ndarray, checksums: np.ndarray,
     ) -> None:
         f = self._file
         for name in self.tables:
@@ -734,20 +946,36 @@ class CatalogWriter:
                 dset.resize((new_counts[name],))
                 dset[old : new_counts[name]] = data
         f.flush()
-        self._commit_ledger(new_counts, new_units)
+        self._commit_ledger(new_counts, new_units, attempts, checksums)
 
-    def _commit_ledger(self, new_counts: dict[str, int], new_units: list[str]) -> None:
+    def _append(self, dset: h5py.Dataset, start: int, data: np.ndarray) -> None:
+        """Append ``data`` (the same on every rank) at ``start`` of a ledger dataset; rank 0 writes it."""
+        dset.resize((start + len(data),))
+        if self.writer_kind == "mpio":
+            _collective_write(dset, start, data if self.rank == 0 else data[:0])
+        elif len(data):
+            dset[start : start + len(data)] = data
+
+    def _commit_ledger(self, new_counts: dict[str, int], new_units: list[str], attempts: np.ndarray,
+                       checksums: np.ndarray) -> None:
         f = self._file
         led = f[_LEDGER]
         n_units = self._n_units + len(new_units)
         if new_units:
-            dset = led[_LEDGER_UNITS]
-            dset.resize((n_units,))
             data = np.array([u.encode("utf-8") for u in new_units], dtype=f"S{UNIT_KEY_BYTES}")
-            if self.writer_kind == "mpio":
-                _collective_write(dset, self._n_units, data if self.rank == 0 else data[:0])
-            else:
-                dset[self._n_units : n_units] = data
+            self._append(led[_LEDGER_UNITS], self._n_units, data)
+        n_att = len(self._attempts)
+        if len(attempts):
+            self._append(led[_LEDGER_ATTEMPTS], n_att, attempts)
+        if len(checksums):
+            self._append(led[_LEDGER_CHECKSUMS], self._n_checksums, checksums)
+        if new_units:
+            self._crc_units = zlib.crc32(data.tobytes(), self._crc_units) & 0xFFFFFFFF
+        self._crc_attempts = zlib.crc32(np.ascontiguousarray(attempts).tobytes(), self._crc_attempts) & 0xFFFFFFFF
+        led.attrs["crc32_units"] = np.uint32(self._crc_units)
+        led.attrs["crc32_attempts"] = np.uint32(self._crc_attempts)
+        led.attrs["n_attempts"] = np.int64(n_att + len(attempts))
+        led.attrs["n_checksums"] = np.int64(self._n_checksums + len(checksums))
         for name in self.tables:
             led.attrs[f"rows_{name}"] = np.int64(new_counts[name])
         led.attrs["n_units"] = np.int64(n_units)
@@ -756,46 +984,77 @@ class CatalogWriter:
 
     # ------------------------------------------------------------------ finish
 
-    def finalize(self) -> None:
-        """Sort every table by its sort key, mark the file complete, close it. COLLECTIVE.
+    def finalize(self, unique: Sequence[str] = ()) -> None:
+        """Drop superseded attempts, sort every table, check ids, mark the file complete, close it. COLLECTIVE.
 
-        Each table is sorted stably by ``sort_key``, ties broken by the rows'
-        raw bytes, so the stored data depend only on the multiset of rows
-        written. mpio: every rank reads the whole table (memory: one table
-        per rank) and writes its contiguous slice of the sorted order
-        collectively; serial: rank 0 does it. Then root attributes
+        Rows written by an attempt at a unit that a later attempt replaced
+        (a failed unit retried by ``--resume``; see ``/ledger/attempts``) are
+        dropped. Each table is sorted stably by ``sort_key``, ties broken by
+        the rows' raw bytes, so the stored data depend only on the multiset
+        of rows written. mpio: every rank reads the whole table (memory: one
+        table per rank) and writes its contiguous slice of the sorted order
+        collectively; serial: rank 0 does it. The ledger's checksums are
+        replaced by one CRC-32 per sorted table. Then root attributes
         ``complete=True`` and ``finished`` (UTC ISO) are set and the file is
         closed.
+
+        Parameters
+        ----------
+        unique : sequence of str, optional
+            Tables whose sort key must be unique (ids). A duplicate leaves the
+            file incomplete and raises.
 
         Raises
         ------
         CatalogError
-            If the writer is already closed, or on an I/O failure (every rank).
+            If the writer is already closed, on an I/O failure (every rank), or
+            when a table of ``unique`` holds one key twice: the message names
+            the key and both rows' ``source_file`` (or row numbers).
         """
         error = f"{self.path}: finalize on a closed CatalogWriter" if self._closed else None
+        unknown = sorted(set(unique) - set(self.tables))
+        if unknown and error is None:
+            error = f"{self.path}: finalize: unique table(s) {unknown} are not declared"
         _agree(self.comm, error)
         stamp = self.comm.bcast(_utc_now() if self.rank == 0 else None, root=0)
-        self._io_step(lambda: self._finalize_io(stamp), "finalize failed")
+        self._io_step(lambda: self._finalize_io(stamp, set(unique)), "finalize failed")
         self._finalized = True
         self.close()
 
-    def _finalize_io(self, stamp: str) -> None:
+    def _finalize_io(self, stamp: str, unique: set) -> None:
         f = self._file
-        for name, spec in self.tables.items():
+        sums = []
+        for ti, (name, spec) in enumerate(self.tables.items()):
             dset = f[name]
             n = self._counts[name]
             data = dset[:n] if n else spec.empty(0)
+            if n and len(self._attempts):
+                data = data[~_superseded_rows(self._attempts, ti, n)]
             # ties in the sort key: order by raw row bytes first, then stable sort by key
             order = np.argsort(np.ascontiguousarray(data).view(f"V{spec.dtype.itemsize}"), kind="stable")
             order = order[np.argsort(data[spec.sort_key][order], kind="stable")]
             data = data[order]
+            if name in unique:
+                _check_unique(self.path, name, data, spec.sort_key)
             if self.writer_kind == "mpio" and n:
                 # nobody may overwrite rows before every rank has read them
                 self.comm.Barrier()
-                lo, hi = (self.rank * n) // self.size, ((self.rank + 1) * n) // self.size
+            if len(data) != n:
+                dset.resize((len(data),))
+            if self.writer_kind == "mpio" and n:
+                m = len(data)
+                lo, hi = (self.rank * m) // self.size, ((self.rank + 1) * m) // self.size
                 _collective_write(dset, lo, data[lo:hi])
             elif n:
-                dset[:n] = data
+                dset[: len(data)] = data
+            self._counts[name] = len(data)
+            sums.append((name.encode(), -1, 0, len(data), _crc32(data)))
+        led = f[_LEDGER]
+        led[_LEDGER_CHECKSUMS].resize((0,))
+        self._append(led[_LEDGER_CHECKSUMS], 0, np.array(sums, dtype=_CHECKSUM_DTYPE))
+        led.attrs["n_checksums"] = np.int64(len(sums))
+        for name in self.tables:
+            led.attrs[f"rows_{name}"] = np.int64(self._counts[name])
         f.flush()
         f.attrs["complete"] = np.bool_(True)
         f.attrs["finished"] = stamp
@@ -814,6 +1073,22 @@ class CatalogWriter:
 
         self._io_step(_close, "close failed")
         self.comm.Barrier()
+
+    def abandon(self) -> None:
+        """Close the file after a failure without flushing or agreeing (local; never raises).
+
+        For error paths where the ranks already agree that the run is over
+        (a collective :class:`CatalogError`) or where this is the only rank:
+        whatever the last completed round committed stays valid for
+        ``--resume``; HDF5 errors while closing (a full disk) are ignored.
+        """
+        self._closed = True
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - the file is being given up; the ledger decides what counts
+                pass
 
     def __enter__(self) -> "CatalogWriter":
         return self
@@ -964,13 +1239,17 @@ def read_table(path_or_file: str | os.PathLike | h5py.File, name: str) -> np.nda
     Raises
     ------
     CatalogError, SchemaVersionError
-        As :func:`open_catalog`; or if the table or its ledger count is missing.
+        As :func:`open_catalog`; or if the table or its ledger count is
+        missing, or the rows do not match the CRC-32 checksums the writer
+        recorded (a damaged file).
     """
     if isinstance(path_or_file, (h5py.File, h5py.Group)):
         f = path_or_file.file
         try:
             n = _committed(f, name)
-            return f[name][:n]
+            data = f[name][:n]
+            _verify_checksums(f, name, data)
+            return data
         except OSError as exc:
             raise CatalogError(f"{f.filename}: cannot read table {name!r}: {exc}") from exc
     with open_catalog(path_or_file) as f:
@@ -1034,3 +1313,34 @@ def read_json_group(path: str | os.PathLike, name: str) -> dict:
         if name not in f or not isinstance(f[name], h5py.Group) or "json" not in f[name].attrs:
             raise CatalogError(f"{f.filename}: no JSON group {name!r} in the catalog")
         return json.loads(_attr_to_py(f[name].attrs["json"]))
+
+
+def verify_catalog(path: str | os.PathLike) -> dict:
+    """Check every table of a catalog against the checksums its writer recorded.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Catalog file.
+
+    Returns
+    -------
+    dict of str -> int
+        Committed rows per table, all verified.
+
+    Raises
+    ------
+    CatalogError, SchemaVersionError
+        As :func:`open_catalog`, or a table's rows or the ledger's unit keys
+        do not match their checksums.
+    """
+    with open_catalog(path) as f:
+        names = json.loads(_attr_to_py(f.attrs.get("tables", "[]")))
+        counts = {name: len(read_table(f, name)) for name in names}
+        led = f[_LEDGER] if _LEDGER in f else None
+        if led is not None and "crc32_units" in led.attrs:
+            n_units = int(led.attrs.get("n_units", 0))
+            if _crc32(led[_LEDGER_UNITS][:n_units]) != int(led.attrs["crc32_units"]):
+                raise CatalogError(f"{f.filename}: catalog damaged: /{_LEDGER}/{_LEDGER_UNITS} does not match its "
+                                   f"checksum")
+        return counts

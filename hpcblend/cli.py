@@ -65,8 +65,8 @@ def cmd_run(args) -> int:
     stop = StopOnSignal().__enter__()  # from now on SIGTERM/SIGUSR1 ask for a checkpoint, never kill
     try:
         overrides = tuple(args.set or ())
-        if args.input:
-            overrides += (f"input.paths=[{args.input!r}]", "input.kind=blends")
+        if args.input:  # a path on the command line is relative to the current directory, as in every CLI
+            overrides += (f"input.paths=[{os.path.abspath(args.input)!r}]", "input.kind=blends")
         job = load_job(args.job, overrides) if args.job else default_job(overrides)
         if args.input and not args.job:
             data = apply_overrides(job_to_dict(job), ())
@@ -76,13 +76,18 @@ def cmd_run(args) -> int:
         _setup_logging(job.run.log_level)
         from .driver import RunInterrupted, run_job
 
-        out = run_job(job, output=args.output, resume=args.resume, stop_signal=stop)
+        out = run_job(job, output=os.path.abspath(args.output) if args.output else None, resume=args.resume,
+                      stop_signal=stop, retry_failed=not args.no_retry_failed)
     except HpcblendError as exc:
         if type(exc).__name__ == "RunInterrupted":
-            print(f"hpcblend: {exc}", file=sys.stderr)
+            print(f"hpcblend: {exc}", file=sys.stderr, flush=True)
             return 3
-        print(f"hpcblend: error: {exc}", file=sys.stderr)
+        print(f"hpcblend: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("hpcblend: interrupted (Ctrl-C): the catalog holds every unit of the last completed write round; "
+              "run the same command with --resume to finish", file=sys.stderr, flush=True)
+        return 130
     from mpi4py import MPI
 
     if MPI.COMM_WORLD.rank == 0:
@@ -272,7 +277,10 @@ def main(argv=None) -> int:
     r.add_argument("--output")
     r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
     r.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run of the same --output: units in its ledger are skipped")
+                   help="continue an interrupted run of the same --output: units in its ledger are skipped, "
+                        "failed units are run again")
+    r.add_argument("--no-retry-failed", action="store_true",
+                   help="with --resume: keep the units that failed before instead of running them again")
     r.set_defaults(func=cmd_run)
     s = sub.add_parser("summary", help="summarise a run catalog")
     s.add_argument("catalog")

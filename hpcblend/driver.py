@@ -53,7 +53,7 @@ import numpy as np
 
 from .catalog import CatalogWriter
 from .config import JobConfig, job_to_dict, write_round_units
-from .errors import CatalogError, HpcblendError, InputError
+from .errors import CatalogError, HpcblendError, InputError, is_programming_error
 from .inputs import expand_inputs, peek_blend
 from .provenance import collect_provenance
 from .schema import blend_spec, source_spec
@@ -176,14 +176,19 @@ def plan_units(job: JobConfig) -> list:
             units.append(WorkUnit(index=p.flat, key=f"tract {p.tract} patch {p.name}", path=d, cost=cost,
                                   kind="patch", info={"patch": p}))
         return units
+    from .pipeline import blend_file_ids
+
     model = _cost_model(job)
+    paths = list_units(job)
+    keys = [_unit_key(p, job.base_dir) for p in paths]
     units = []
-    for i, p in enumerate(list_units(job)):
+    for i, (p, key, blend_id) in enumerate(zip(paths, keys, blend_file_ids(paths, keys))):
         info = peek_blend(p)
+        info["blend_id"] = blend_id
         n, area = max(info.get("n_peaks") or 0, 1), max(info.get("footprint_area") or 0, 1)
         cost = float(model.predict(n_peaks=n, area=area)) if model is not None and model.kind == "blend" \
             else float(n * area)
-        units.append(WorkUnit(index=i, key=_unit_key(p, job.base_dir), path=p, cost=cost, info=info))
+        units.append(WorkUnit(index=i, key=key, path=p, cost=cost, info=info))
     return units
 
 
@@ -237,8 +242,10 @@ def _bands_from_first(units):
 
     for u in units:
         try:
-            return tuple(read_blend(u.path, blend_id=u.index + 1).bands)
-        except Exception:  # noqa: BLE001 - a bad first file must not decide the run
+            return tuple(read_blend(u.path, blend_id=u.info.get("blend_id", u.index + 1)).bands)
+        except Exception as exc:  # noqa: BLE001 - a bad first file must not decide the run
+            if is_programming_error(exc):
+                raise
             continue
     return ("g", "r", "i", "z", "y")
 
@@ -284,6 +291,7 @@ class _Inflight:
 
     def set(self, unit: WorkUnit | None) -> None:
         rec = {"unit": unit.key if unit else None, "index": unit.index if unit else None, "host": self.host,
+               "path": (os.path.abspath(unit.path) if unit.kind == "blend" else unit.key) if unit else None,
                "since": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()}
         self._fh.seek(0)
         self._fh.write(json.dumps(rec))
@@ -298,41 +306,120 @@ class _Inflight:
             pass
 
 
-def _prepare_output(job: JobConfig, out: str, resume: bool) -> list:
-    """Rank 0: check the output may be written (or resumed), plan the units, reset the log directory.
+class WriterLock:
+    """One writer per catalog: an exclusive POSIX lock on ``<output>.log/writer.lock``, held by rank 0.
 
-    The cheap checks on the output come before planning, which may simulate a tract.
+    A second run on the same output (another job, or the same command
+    started twice) fails to take the lock and is refused on every rank with
+    one line naming the run that holds it. The kernel releases the lock when
+    the holding process ends, however it ends, so a ``kill -9`` never leaves a
+    stale lock behind and ``--resume`` can always take over. ``lockf`` (POSIX
+    ``fcntl`` locks) works on local filesystems, NFS v4 and Lustre mounted
+    with ``flock``; on a filesystem without locks the run goes on unlocked,
+    with a warning.
+
+    Parameters
+    ----------
+    out : str
+        Catalog path (absolute).
 
     Raises
     ------
     CatalogError
-        The output exists and may not be replaced, or there is nothing to resume.
+        Another process holds the lock, or the lock file cannot be created.
+    """
+
+    def __init__(self, out: str):
+        import fcntl
+
+        self.path = os.path.join(_log_dir(out), "writer.lock")
+        try:
+            self._fh = open(self.path, "a+")
+        except OSError as exc:
+            raise CatalogError(f"{out}: output unusable: cannot create {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.lockf(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            import errno
+
+            self._fh.seek(0)
+            holder = self._fh.read().strip() or "another process"
+            self._fh.close()
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise CatalogError(f"{out}: another run is writing this catalog ({holder}); "
+                                   f"wait for it to end, or choose another output") from None
+            log.warning("%s: cannot lock (%s); the run goes on without a writer lock", self.path, exc.strerror)
+        self._fh.seek(0)
+        self._fh.truncate()
+        self._fh.write(f"pid {os.getpid()} on host {socket.gethostname()} since "
+                       f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        self._fh.flush()
+
+    def release(self) -> None:
+        """Give the lock up (the file stays; it holds no state)."""
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def _prepare_output(job: JobConfig, out: str, resume: bool) -> tuple:
+    """Rank 0: check the output may be written (or resumed), lock it, plan the units, reset the log directory.
+
+    The cheap checks on the output and the writer lock come before planning,
+    which may simulate a tract.
+
+    Returns
+    -------
+    units : list of WorkUnit
+    lock : WriterLock
+        Held until the run ends (:meth:`WriterLock.release`).
+
+    Raises
+    ------
+    CatalogError
+        The output exists and may not be replaced, there is nothing to resume,
+        the output's directory cannot be created or written, or another run
+        holds the catalog's writer lock.
     InputError
         The inputs cannot be planned (:func:`plan_units`).
     """
+    if os.path.isdir(out):
+        raise CatalogError(f"{out}: output unusable: it is a directory")
     exists = os.path.exists(out)
     if exists and not resume and not job.output.overwrite:
         raise CatalogError(f"{out}: exists and output.overwrite is false (use --resume to continue it)")
     if resume and not exists:
         raise CatalogError(f"{out}: cannot resume, no such catalog")
-    units = plan_units(job)
-    if resume:
-        for r, rec in sorted(inflight_units(out).items()):
-            if rec.get("unit"):
-                log.warning("previous run: rank %d (host %s) was working on %s since %s and did not finish it",
-                            r, rec.get("host"), rec.get("unit"), rec.get("since"))
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    if exists and not resume:
-        os.remove(out)
-    os.makedirs(_log_dir(out), exist_ok=True)
-    state = os.environ.get("HPCBLEND_RUN_STATE")
-    if state:  # tells bin/hpcblend-mpirun where to look after a crash
-        with open(state, "w") as fh:
-            fh.write(out + "\n")
-    for name in os.listdir(_log_dir(out)):
-        if name.endswith(".inflight"):
-            os.remove(os.path.join(_log_dir(out), name))
-    return units
+    for d in (os.path.dirname(out) or ".", _log_dir(out)):
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as exc:
+            raise CatalogError(f"{out}: output unusable: cannot create directory {d}: {exc.strerror}") from None
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise CatalogError(f"{out}: output unusable: directory {d} is not writable")
+    lock = WriterLock(out)
+    try:
+        units = plan_units(job)
+        if resume:
+            for r, rec in sorted(inflight_units(out).items()):
+                if rec.get("unit"):
+                    log.warning("previous run: rank %d (host %s) was working on %s since %s and did not finish it",
+                                r, rec.get("host"), rec.get("path") or rec.get("unit"), rec.get("since"))
+        try:
+            if exists and not resume:
+                os.remove(out)
+            state = os.environ.get("HPCBLEND_RUN_STATE")
+            if state:  # tells bin/hpcblend-mpirun where to look after a crash
+                with open(state, "w") as fh:
+                    fh.write(out + "\n")
+            for name in os.listdir(_log_dir(out)):
+                if name.endswith(".inflight"):
+                    os.remove(os.path.join(_log_dir(out), name))
+        except OSError as exc:
+            raise CatalogError(f"{out}: output unusable: {exc.strerror}: {exc.filename}") from None
+    except BaseException:
+        lock.release()
+        raise
+    return units, lock
 
 
 def _is_complete(path: str) -> bool:
@@ -414,7 +501,7 @@ class _Schedule:
 
 
 def run_job(job: JobConfig, output: str | None = None, progress: bool | None = None, comm=None,
-            resume: bool = False, stop_signal=None) -> str:
+            resume: bool = False, stop_signal=None, retry_failed: bool = True) -> str:
     """Run a job on all ranks of ``comm`` (default ``MPI.COMM_WORLD``; one rank without mpirun).
 
     Parameters
@@ -436,6 +523,10 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
         CLI does so before imports and planning, so a Slurm warning signal
         during start-up or finalisation is remembered, not fatal); default:
         installed here around the work loop.
+    retry_failed : bool
+        With ``resume``: run again the units whose last attempt failed (a
+        patch with ``status = failed``, a blend file that could not be read
+        or deblended); their earlier rows are replaced. False keeps them.
 
     Returns
     -------
@@ -447,7 +538,9 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
     InputError
         The inputs cannot be listed.
     CatalogError
-        The output exists and may not be replaced, or cannot be resumed.
+        The output exists and may not be replaced, cannot be resumed, is
+        unusable (a directory, an unwritable or full filesystem), another run
+        holds its writer lock, or two rows share an id — on every rank.
     RunInterrupted
         A stop signal arrived; the catalog holds a consistent checkpoint.
     """
@@ -456,22 +549,41 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
     rank, size = comm.rank, comm.size
     out = os.path.abspath(output or job.output.path)
 
-    err, units, done_already = None, None, False
+    err, units, done_already, lock, fatal = None, None, False, None, None
     if rank == 0:
-        done_already = resume and os.path.exists(out) and _is_complete(out)
-        if not done_already:
-            try:
-                units = _prepare_output(job, out, resume)
-            except HpcblendError as exc:
-                err = (type(exc), str(exc))
+        try:
+            done_already = resume and os.path.exists(out) and _is_complete(out)
+            if not done_already:
+                units, lock = _prepare_output(job, out, resume)
+        except HpcblendError as exc:
+            err = (type(exc), str(exc))
+        except OSError as exc:  # an environment error not foreseen above: still one line on every rank
+            err = (CatalogError, f"{out}: output unusable: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - a bug: the other ranks must not wait for it
+            fatal = exc
+            err = (HpcblendError, f"rank 0 failed while planning the run: {type(exc).__name__}: {exc} "
+                                  f"(traceback in rank 0's log)")
     if comm.bcast(done_already, root=0):
         if rank == 0:
             log.info("%s is already complete: nothing to resume", out)
         return out
     err = comm.bcast(err, root=0)
+    if fatal is not None:
+        raise fatal
     if err:
         raise err[0](err[1])
-    units = comm.bcast(units, root=0)
+    try:
+        return _run_planned(MPI, comm, job, out, comm.bcast(units, root=0), resume, progress, stop_signal,
+                            retry_failed)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_planned(MPI, comm, job: JobConfig, out: str, units: list, resume: bool, progress, stop_signal,
+                 retry_failed: bool = True) -> str:
+    """Every rank, after rank 0 planned and locked the output: write the catalog (see :func:`run_job`)."""
+    rank, size = comm.rank, comm.size
     bands = job.input.bands
     if bands is None:
         bands = _bands_of(job, units) if rank == 0 else None
@@ -495,12 +607,15 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
                            json_groups={"config": job_to_dict(job), "provenance": prov},
                            attrs={"bands": ",".join(bands)})
     finished = writer.finished_units()
+    if retry_failed:
+        finished -= writer.failed_units()
     cost = np.array([u.cost for u in units])
     order = np.argsort(-cost, kind="stable") if job.run.schedule == "cost" else np.arange(len(units))
     todo = [int(i) for i in order if units[int(i)].key not in finished]
     if resume and rank == 0:
-        log.info("resume: %d of %d units already in the catalog, %d to go", len(units) - len(todo), len(units),
-                 len(todo))
+        n_retry = len(writer.failed_units() & {units[i].key for i in todo})
+        log.info("resume: %d of %d units already in the catalog, %d to go (%d failed before, retried)",
+                 len(units) - len(todo), len(units), len(todo), n_retry)
     from .profiling import StackSampler
 
     from .report.gallery import GalleryCollector
@@ -510,26 +625,52 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
     gallery = GalleryCollector(max_failed=job.profile.gallery_flagged, max_flagged=job.profile.gallery_flagged,
                                n_slowest=job.profile.gallery_slowest)
     try:
-        stopped = _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler, gallery,
-                             stop_signal)
+        stopped, all_done = _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler,
+                                       gallery, stop_signal)
+    except CatalogError:
+        sampler.stop()
+        writer.abandon()
+        raise  # agreed by the writer: every rank raises it, one line each
     except BaseException as exc:  # noqa: BLE001 - one rank's unexpected error must end the job, not hang it
+        sampler.stop()
+        _report_fatal(out, rank, exc)
         if size > 1 and not isinstance(exc, KeyboardInterrupt):
-            where = getattr(exc, "hpcblend_unit", None)
-            log.critical("rank %d: fatal %s: %s (%s) — aborting all ranks", rank, type(exc).__name__, exc,
-                         f"while processing unit {where}" if where else "outside any unit")
             comm.Abort(1)
+        writer.abandon()
         raise
-    if stopped and len(writer.finished_units()) < len(units):
+    if stopped and not all_done:
         sampler.stop()
         writer.close()
         raise RunInterrupted(f"{out}: stopped by signal after a checkpoint; {len(writer.finished_units())} of "
                              f"{len(units)} units written; run again with --resume to finish")
     with sampler.stage("write"):
-        writer.finalize()
+        writer.finalize(unique=[s.name for s in specs if s.name in _UNIQUE_ID_TABLES])
     sampler.stop()
     _store_profiles(comm, job, out, sampler)
     _store_gallery(comm, out, gallery)
     return out
+
+
+#: Tables whose ``id`` must be unique in a finished catalog (checked by :meth:`CatalogWriter.finalize`).
+_UNIQUE_ID_TABLES = ("patches", "blends", "sources")
+
+
+def _report_fatal(out: str, rank: int, exc: BaseException) -> None:
+    """Log a rank's fatal error with its traceback and keep the traceback in ``<output>.log/rank_<r>.error``."""
+    import traceback
+
+    where = getattr(exc, "hpcblend_unit", None)
+    if isinstance(exc, KeyboardInterrupt):
+        return
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    log.critical("rank %d: fatal %s: %s (%s) — the job stops; traceback in %s", rank, type(exc).__name__, exc,
+                 f"while processing unit {where}" if where else "outside any unit",
+                 os.path.join(_log_dir(out), f"rank_{rank}.error"))
+    try:
+        with open(os.path.join(_log_dir(out), f"rank_{rank}.error"), "w") as fh:
+            fh.write(text)
+    except OSError:
+        log.critical("%s", text)
 
 
 def _store_gallery(comm, out: str, gallery) -> None:
@@ -564,9 +705,17 @@ def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
 
 
 def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress, sampler, gallery,
-               stop_signal=None) -> bool:
-    """Pull units, process them, write rounds. Returns True when stopped by a signal."""
-    from .pipeline import process_unit
+               stop_signal=None) -> tuple:
+    """Pull units, process them, write rounds.
+
+    Returns
+    -------
+    stopped : bool
+        A stop signal ended the loop.
+    all_done : bool
+        Every unit of ``todo`` was processed and committed.
+    """
+    from .pipeline import process_unit, unit_failed
 
     rank, size = comm.rank, comm.size
     sched = _Schedule(MPI, comm)
@@ -594,7 +743,9 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
         rows = {name: (np.concatenate(parts) if parts else spec.empty())
                 for (name, parts), spec in zip(buffered.items(), specs)}
         with sampler.stage("write"):
-            writer.write_round(rows, [u.key for u in pending_units])
+            writer.write_round(rows, [u.key for u, _, _ in pending_units],
+                               failed_units=[u.key for u, failed, _ in pending_units if failed],
+                               unit_rows=[n for _, _, n in pending_units])
         local_round += 1
         t_round = time.monotonic()
         claimed_at_round = sched.read(_NEXT_UNIT)
@@ -610,6 +761,9 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
             if sig.requested and not stopping and not exhausted:
                 # an exhausted rank ignores the signal: the run is ending anyway, and raising a round
                 # after the others left the loop would leave them waiting
+                if bar is not None:  # end the progress line, so the messages that follow start on their own
+                    bar.close()
+                    bar = None
                 log.warning("rank %d: stop signal received; writing a checkpoint round", rank)
                 stopping = True
                 sched.raise_to(_STOP, 1)
@@ -639,7 +793,7 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
                 t_busy += time.monotonic() - t0
                 for name, rows in tables.items():
                     buffered[name].append(rows)
-                pending_units.append(unit)
+                pending_units.append((unit, unit_failed(tables), {name: len(r) for name, r in tables.items()}))
                 n_done_local += 1
                 inflight.set(None)
                 claimed = i + 1  # units handed out so far, as of this rank's claim (no extra RMA read)
@@ -661,6 +815,7 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
     wall = time.monotonic() - t_start
     log.info("rank %d: %d units in %.1f s (busy %.1f s, %.0f%%)", rank, n_done_local, wall, t_busy,
              100.0 * t_busy / max(wall, 1e-9))
+    all_done = sched.read(_NEXT_UNIT) >= len(todo)
     sched.free()
     inflight.clear()
-    return stopping
+    return stopping, all_done

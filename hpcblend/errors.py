@@ -15,6 +15,8 @@ __all__ = [
     "NumericalFailure",
     "CatalogError",
     "SchemaVersionError",
+    "PROGRAMMING_ERRORS",
+    "is_programming_error",
 ]
 
 
@@ -52,3 +54,34 @@ class CatalogError(HpcblendError):
 
 class SchemaVersionError(CatalogError):
     """A catalog file's ``schema_version`` is older or newer than this hpcblend reads."""
+
+
+#: Exception classes that mean a bug in hpcblend (or a library it calls), never bad data: they are
+#: never turned into a flagged row; the unit stops the job loudly (see :func:`is_programming_error`).
+PROGRAMMING_ERRORS = (TypeError, AttributeError, NameError, AssertionError, ImportError, NotImplementedError,
+                      SyntaxError, RecursionError)
+
+
+def is_programming_error(exc: BaseException) -> bool:
+    """True when ``exc`` is a bug to report loudly rather than bad data to flag in a row.
+
+    The failure policy (README, "Failure policy"): data errors (a bad pixel, an
+    unreadable blend, a PSF that does not sum to 1) become flagged rows; an
+    error of the environment stops the job on every rank; a programming error
+    — ``TypeError``, ``AttributeError``, ``NameError`` (``UnboundLocalError``),
+    ``AssertionError``, ``ImportError``, ``NotImplementedError``, a Numba
+    typing or lowering error — is never swallowed into a row.
+
+    Parameters
+    ----------
+    exc : BaseException
+
+    Returns
+    -------
+    bool
+    """
+    if isinstance(exc, HpcblendError):
+        return False
+    if isinstance(exc, PROGRAMMING_ERRORS):
+        return True
+    return type(exc).__module__.startswith("numba")  # TypingError, LoweringError, ...
