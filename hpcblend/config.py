@@ -469,6 +469,140 @@ _NON_NEGATIVE = {("run", "numba_threads"), ("run", "write_every_units"), ("profi
                  ("deblend", "sed_ridge"), ("deblend", "init_deconvolve"), ("deblend", "psf_regularization")}
 
 
+_QUOTE_LIMIT = 200
+
+
+def _shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, with the full length said when cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _quote(value, limit: int = _QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters.
+
+    Every ConfigError that quotes a user value goes through this, so a huge
+    value (a 10 MB string, a long list) can never flood stderr or the log:
+    longer reprs end with ``... (N characters)``, N the string's length (or
+    the repr's, for other values).
+    """
+    if isinstance(value, str):
+        text = repr(value[: limit + 1])
+        if len(value) <= limit and len(text) <= limit:
+            return text
+        return f"{text[:limit]}... ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond sys.get_int_max_str_digits()
+        text = f"<{type(value).__name__}>"
+    return _shorten(text, limit)
+
+
+class _JobYAMLError(yaml.YAMLError):
+    """YAML that job files refuse (alias, anchor, duplicate or non-string key, tag, ...).
+
+    ``message`` is one line; ``mark`` (a ``yaml.Mark`` or None) says where.
+    ``kind`` is ``"alias"`` for an alias (which, anchors being refused, is
+    always an undefined one), else ``"refused"``.
+    """
+
+    def __init__(self, message: str, mark=None, kind: str = "refused"):
+        super().__init__(message)
+        self.message = message
+        self.mark = mark
+        self.kind = kind
+
+    def located(self) -> str:
+        """``line N: message`` (the message alone without a mark)."""
+        return f"line {self.mark.line + 1}: {self.message}" if self.mark is not None else self.message
+
+
+_NO_ALIASES = "YAML aliases/anchors are not allowed in job files"
+
+
+class _JobLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` for job files and ``--set`` values.
+
+    Refuses, while composing and constructing (so nothing is ever expanded):
+    anchors and aliases (a "billion laughs" alias bomb), merge keys (``<<``),
+    duplicate keys in any mapping, non-string keys, tags without a safe
+    constructor (``!!python/object/...``) and scalars that cannot be
+    converted (an integer beyond Python's digit limit, an impossible date).
+    Every refusal is a :class:`_JobYAMLError` with the position.
+    """
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _JobYAMLError(f"{_NO_ALIASES} (alias {_quote('*' + str(event.anchor), 60)}, "
+                                f"column {event.start_mark.column + 1})", event.start_mark, kind="alias")
+        if getattr(event, "anchor", None) is not None:
+            raise _JobYAMLError(f"{_NO_ALIASES} (anchor {_quote('&' + str(event.anchor), 60)}, "
+                                f"column {event.start_mark.column + 1})", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            raise _JobYAMLError(f"cannot read value: {_shorten(str(exc), 120)}", node.start_mark) from None
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    raise _JobYAMLError("YAML merge keys ('<<') are not allowed in job files", key_node.start_mark)
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    raise _JobYAMLError(f"key {_quote(key, 60)} is not a string (quote it)", key_node.start_mark)
+                if key in first:
+                    raise _JobYAMLError(f"duplicate key {_quote(key, 60)} (first at line {first[key].line + 1})",
+                                        key_node.start_mark)
+                first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+    def _refuse_tag(self, node):
+        tag = str(node.tag)
+        if tag.startswith("tag:yaml.org,2002:"):
+            tag = "!!" + tag[len("tag:yaml.org,2002:"):]
+        raise _JobYAMLError(f"YAML tag {_quote(tag, 80)} is not allowed in job files", node.start_mark)
+
+
+_JobLoader.add_constructor(None, _JobLoader._refuse_tag)
+
+
+def _load_yaml(stream):
+    """Parse one YAML document with :class:`_JobLoader` (raises ``yaml.YAMLError``)."""
+    loader = _JobLoader(stream)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise _JobYAMLError("YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_error_message(exc: yaml.YAMLError) -> str:
+    """One bounded line for a YAML error: ``line N: ...``."""
+    if isinstance(exc, _JobYAMLError):
+        return exc.located()
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        context = getattr(exc, "context", None)
+        text = f"line {mark.line + 1}: not valid YAML: {context + ': ' if context else ''}{problem}"
+    else:
+        text = f"not valid YAML: {exc}"
+    return _shorten(" ".join(text.split()), 300)
+
+
+def _expect_mapping(data, prefix: str, source: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: key '{prefix or '<top>'}': expected a mapping, got {_quote(data)}")
+
+
 def _convert(value, tp, where: str, source: str):
     """Convert a YAML value to the annotated type, or raise ConfigError naming the key."""
     origin = typing.get_origin(tp)
@@ -482,23 +616,24 @@ def _convert(value, tp, where: str, source: str):
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: key '{where}': expected a list, got {value!r}")
+            raise ConfigError(f"{source}: key '{where}': expected a list, got {_quote(value)}")
         return tuple(_convert(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value))
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{source}: key '{where}': expected true or false, got {value!r}")
+        raise ConfigError(f"{source}: key '{where}': expected true or false, got {_quote(value)}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise ConfigError(f"{source}: key '{where}': expected an integer, got {value!r}")
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or (isinstance(value, float) and not value.is_integer())):  # also inf and nan
+            raise ConfigError(f"{source}: key '{where}': expected an integer, got {_quote(value)}")
         return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: key '{where}': expected a number, got {value!r}")
+            raise ConfigError(f"{source}: key '{where}': expected a number, got {_quote(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{source}: key '{where}': expected a string, got {value!r}")
+            raise ConfigError(f"{source}: key '{where}': expected a string, got {_quote(value)}")
         return str(value)
     raise ConfigError(f"{source}: key '{where}': unsupported type {tp}")
 
@@ -506,17 +641,16 @@ def _convert(value, tp, where: str, source: str):
 def _build(cls, data, prefix: str, source: str):
     if data is None:
         data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: key '{prefix or '<top>'}': expected a mapping, got {data!r}")
+    _expect_mapping(data, prefix, source)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
     kwargs = {}
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            close = difflib.get_close_matches(str(key), list(fields), n=1) if len(str(key)) <= 100 else []
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
-            raise ConfigError(f"{source}: unknown key '{where}'{hint}")
+            raise ConfigError(f"{source}: unknown key {_quote(where)}{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, where, source)
@@ -529,25 +663,26 @@ def _validate(job: JobConfig, source: str) -> JobConfig:
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(job, section), key)
         if value not in choices:
-            raise ConfigError(f"{source}: key '{section}.{key}': {value!r} is not one of {list(choices)}")
+            raise ConfigError(f"{source}: key '{section}.{key}': {_quote(value)} is not one of {list(choices)}")
     for section, key in _POSITIVE:
         value = getattr(getattr(job, section), key)
         if not value > 0:
-            raise ConfigError(f"{source}: key '{section}.{key}': must be > 0, got {value!r}")
+            raise ConfigError(f"{source}: key '{section}.{key}': must be > 0, got {_quote(value)}")
     for section, key in _NON_NEGATIVE:
         value = getattr(getattr(job, section), key)
         if value < 0:
-            raise ConfigError(f"{source}: key '{section}.{key}': must be >= 0, got {value!r}")
+            raise ConfigError(f"{source}: key '{section}.{key}': must be >= 0, got {_quote(value)}")
     d = job.deblend
     if d.max_components not in (1, 2):
-        raise ConfigError(f"{source}: key 'deblend.max_components': must be 1 or 2, got {d.max_components}")
+        raise ConfigError(f"{source}: key 'deblend.max_components': must be 1 or 2, got {_quote(d.max_components)}")
     if d.min_iter > d.max_iter:
-        raise ConfigError(f"{source}: key 'deblend.min_iter': {d.min_iter} exceeds deblend.max_iter = {d.max_iter}")
+        raise ConfigError(f"{source}: key 'deblend.min_iter': {_quote(d.min_iter)} exceeds "
+                          f"deblend.max_iter = {_quote(d.max_iter)}")
     from .inputs import MASK_PLANES  # local: inputs imports nothing from config
 
     for plane in d.bad_mask_planes:
         if plane.upper() not in MASK_PLANES:
-            raise ConfigError(f"{source}: key 'deblend.bad_mask_planes': unknown mask plane {plane!r} "
+            raise ConfigError(f"{source}: key 'deblend.bad_mask_planes': unknown mask plane {_quote(plane)} "
                               f"(known: {', '.join(MASK_PLANES)})")
     if job.input.kind == "blends" and not job.input.paths:
         raise ConfigError(f"{source}: key 'input.paths': no input given (a file, directory or glob of npz blends)")
@@ -555,12 +690,13 @@ def _validate(job: JobConfig, source: str) -> JobConfig:
         raise ConfigError(f"{source}: key 'input.tract_dir': no tract directory given")
     sim = job.input.simulate
     if len(sim.shape) != 2 or min(sim.shape) <= 0:
-        raise ConfigError(f"{source}: key 'input.simulate.shape': expected [H, W] > 0, got {list(sim.shape)}")
+        raise ConfigError(f"{source}: key 'input.simulate.shape': expected [H, W] > 0, got {_quote(list(sim.shape))}")
     if sim.psf not in ("moffat", "kolmogorov"):
-        raise ConfigError(f"{source}: key 'input.simulate.psf': {sim.psf!r} is not one of ['moffat', 'kolmogorov']")
+        raise ConfigError(f"{source}: key 'input.simulate.psf': {_quote(sim.psf)} "
+                          f"is not one of ['moffat', 'kolmogorov']")
     if not job.measure.aperture_radii or min(job.measure.aperture_radii) <= 0:
         raise ConfigError(f"{source}: key 'measure.aperture_radii': expected positive radii, "
-                          f"got {list(job.measure.aperture_radii)}")
+                          f"got {_quote(list(job.measure.aperture_radii))}")
     if not job.output.path:
         raise ConfigError(f"{source}: key 'output.path': empty")
     return job
@@ -569,10 +705,25 @@ def _validate(job: JobConfig, source: str) -> JobConfig:
 def job_from_dict(data: dict, source: str = "<job>", base_dir: str = ".") -> JobConfig:
     """Build and validate a :class:`JobConfig` from a parsed YAML mapping.
 
+    Parameters
+    ----------
+    data : dict
+        Sections and keys (missing ones take their defaults).
+    source : str
+        Names the job in error messages (the job file's path).
+    base_dir : str
+        Directory relative input paths are resolved against.
+
+    Returns
+    -------
+    JobConfig
+
     Raises
     ------
     ConfigError
-        Unknown key, wrong type or invalid value; the message names ``source`` and the key.
+        ``data`` or a section is not a mapping; unknown key, wrong type or
+        invalid value. The message names ``source`` and the key, and quotes
+        at most about 200 characters of the value.
     """
     job = _build(JobConfig, data, "", source)
     job = dataclasses.replace(job, base_dir=os.path.abspath(base_dir))
@@ -580,22 +731,44 @@ def job_from_dict(data: dict, source: str = "<job>", base_dir: str = ".") -> Job
 
 
 def load_job(path: str, overrides: Tuple[str, ...] = ()) -> JobConfig:
-    """Read a YAML job file (``yaml.safe_load`` only), apply ``section.key=value`` overrides, validate.
+    """Read a YAML job file (safe YAML only), apply ``section.key=value`` overrides, validate.
+
+    The file is parsed by a ``yaml.SafeLoader`` that also refuses anchors and
+    aliases, merge keys, duplicate keys in any mapping, non-string keys and
+    tags without a safe constructor (``!!python/...``), so nothing in it is
+    ever expanded or executed. Every error is one line naming the file (and
+    the line, or the key), quoting at most about 200 characters of any value.
+
+    Parameters
+    ----------
+    path : str
+        The job file.
+    overrides : tuple of str
+        ``section.key=value`` strings (``--set``), see :func:`apply_overrides`.
+
+    Returns
+    -------
+    JobConfig
 
     Raises
     ------
     ConfigError
-        The file is missing, not YAML, or fails validation.
+        The file is missing or unreadable; it is not YAML; it has a YAML
+        anchor or alias, a merge key, a duplicate key, a non-string key or a
+        refused tag (``path: line N: ...``); its top level is not a mapping;
+        an override is invalid; or the job fails validation.
     """
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = _load_yaml(fh)
     except FileNotFoundError:
         raise ConfigError(f"{path}: job file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read job file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
-    if data is None:
-        data = {}
+        raise ConfigError(f"{path}: {_yaml_error_message(exc)}") from None
     data = apply_overrides(data, overrides, source=path)
     return job_from_dict(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
@@ -603,23 +776,47 @@ def load_job(path: str, overrides: Tuple[str, ...] = ()) -> JobConfig:
 def apply_overrides(data: dict, overrides, source: str = "--set") -> dict:
     """Apply ``section.key=value`` strings (values parsed as YAML) to a job mapping (copied).
 
+    Values are parsed by the job-file loader (see :func:`load_job`): a value
+    with an anchor, a duplicate or non-string key or a refused tag is an
+    error; a value that is not YAML at all, including a bare alias such as
+    ``input.paths=*.npz`` (never expanded), is kept as the raw string.
+
+    Parameters
+    ----------
+    data : dict or None
+        The parsed job (None: empty).
+    overrides : iterable of str
+    source : str
+        Names ``data`` in error messages.
+
+    Returns
+    -------
+    dict
+
     Raises
     ------
     ConfigError
-        An override without ``=`` or with an empty key.
+        ``data`` is not a mapping; an override without ``=``, with an empty
+        key, or with a refused YAML value.
     """
     import copy
 
-    out = copy.deepcopy(data) if data else {}
+    data = {} if data is None else data
+    _expect_mapping(data, "", source)
+    out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
+            raise ConfigError(f"--set {_quote(item)}: expected section.key=value")
         key, raw = item.split("=", 1)
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
-            raise ConfigError(f"--set {item!r}: empty key")
+            raise ConfigError(f"--set {_quote(item)}: empty key")
         try:
-            value = yaml.safe_load(raw)
+            value = _load_yaml(raw)
+        except _JobYAMLError as exc:
+            if exc.kind != "alias":  # an alias here is an undefined one: not YAML, kept as text as before
+                raise ConfigError(f"--set {_quote(item)}: {exc.message}") from None
+            value = raw
         except yaml.YAMLError:
             value = raw
         node = out
