@@ -50,8 +50,14 @@ trust only the first ``rows_<table>`` rows of each table and the first
 from __future__ import annotations
 
 import contextlib
+import gc
+import io
 import json
 import os
+import re
+import sys
+import time
+import traceback
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -93,6 +99,11 @@ _RESERVED_ROOT_ATTRS = frozenset(
 )
 _ALLOWED_KINDS = frozenset("biufcS")
 _CHUNK_BYTES = 256 * 1024
+
+#: Seconds a rank waits for the others to report the outcome of a collective write before it aborts the
+#: job (a rank stuck inside a collective call after another rank's write failed); healthy rounds agree
+#: in milliseconds.
+IO_AGREE_TIMEOUT: float = float(os.environ.get("HPCBLEND_IO_AGREE_TIMEOUT", "120"))
 _LIBVER = ("v108", "v110")  # 1.8+ format: attributes larger than 64 KiB are allowed
 
 
@@ -267,6 +278,29 @@ def _verify_checksums(f: h5py.File, name: str, data: np.ndarray, offset: int = 0
             when = "finalize" if int(entry["round"]) < 0 else f"write round {int(entry['round']) + 1}"
             raise CatalogError(f"{f.filename}: catalog damaged: table {name!r} rows {a}..{b - 1} do not match "
                                f"the checksum recorded at {when}; re-run without --resume")
+
+
+@contextlib.contextmanager
+def _quiet_hdf5_handles():
+    """Silence HDF5 errors printed while handles of a failed file are released (the failure is reported once)."""
+    hook, stderr = sys.unraisablehook, sys.stderr
+    sys.unraisablehook = lambda *_: None
+    sys.stderr = io.StringIO()  # h5py prints the errors of handles released in __dealloc__
+    try:
+        yield
+        gc.collect()
+    finally:
+        sys.unraisablehook, sys.stderr = hook, stderr
+
+
+def _hdf5_reason(exc: BaseException) -> str:
+    """One line for an HDF5/OS error: the errno text where HDF5 gives one ('No space left on device')."""
+    text = str(exc)
+    m = re.search(r"error message = '([^']+)'", text)
+    if m:
+        return f"{m.group(1)} ({type(exc).__name__})"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first[:300]}"
 
 
 def _check_unique(path: str, name: str, data: np.ndarray, key: str) -> None:
@@ -455,6 +489,7 @@ class CatalogWriter:
         self.size: int = comm.Get_size()
         self.path: str = os.fspath(path)
         self._file: h5py.File | None = None
+        self._handles: dict[str, Any] = {}
         self._closed = False
         self._finalized = False
 
@@ -634,9 +669,13 @@ class CatalogWriter:
             }
 
     def _open(self, mode: str) -> h5py.File:
+        # No raw-data chunk cache: every round writes whole slices at once, so the cache saves nothing,
+        # and without it a write that fails (a full disk) fails in the write call, where it is reported —
+        # not later when HDF5 evicts the chunk, where the error is only printed and the dirty chunk
+        # crashes the library's shutdown at MPI_Finalize.
         if self.writer_kind == "mpio":
-            return h5py.File(self.path, mode, driver="mpio", comm=self.comm, libver=_LIBVER)
-        return h5py.File(self.path, mode, libver=_LIBVER)
+            return h5py.File(self.path, mode, driver="mpio", comm=self.comm, libver=_LIBVER, rdcc_nbytes=0)
+        return h5py.File(self.path, mode, libver=_LIBVER, rdcc_nbytes=0)
 
     def _open_and_setup(self, plan: dict, resume: bool) -> None:
         """Open (collectively for mpio, rank 0 for serial) and write the layout."""
@@ -672,6 +711,9 @@ class CatalogWriter:
         if _LEDGER_CHECKSUMS not in led:
             led.create_dataset(_LEDGER_CHECKSUMS, shape=(0,), maxshape=(None,), dtype=_CHECKSUM_DTYPE, chunks=(1024,))
             led.attrs["n_checksums"] = np.int64(0)
+        for name in ("crc32_units", "crc32_attempts"):  # created once: rounds only overwrite them in place
+            if name not in led.attrs:
+                led.attrs[name] = np.uint32(0)
         led[_LEDGER_ATTEMPTS].resize((len(plan["attempts"]),))
         led[_LEDGER_CHECKSUMS].resize((int(plan["n_checksums"]),))
         f.attrs["writer"] = self.writer_kind
@@ -704,21 +746,21 @@ class CatalogWriter:
         mpio: every rank runs ``fn`` (collective HDF5 calls inside). serial:
         rank 0 runs it and broadcasts success or the error.
         """
-        if self.writer_kind == "mpio":
-            try:
-                fn()
-            except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
-                raise CatalogError(f"{self.path}: {what}: {type(exc).__name__}: {exc}") from exc
-            return
-        error = None
-        if self.rank == 0:
-            try:
-                fn()
-            except CatalogError as exc:
-                error = str(exc)
-            except Exception as exc:  # noqa: BLE001 - must reach the other ranks
-                error = f"{self.path}: {what}: {type(exc).__name__}: {exc}"
-        error = self.comm.bcast(error, root=0)
+        error, agreed = None, False
+        if self.writer_kind == "mpio" or self.rank == 0:
+            with _quiet_hdf5_handles():
+                try:
+                    fn()
+                except CatalogError as exc:  # raised by _agreed on every rank alike (mpio)
+                    error, agreed = str(exc), True
+                    traceback.clear_frames(exc.__traceback__)
+                except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                    error = f"{self.path}: {what}: {_hdf5_reason(exc)}"
+                    traceback.clear_frames(exc.__traceback__)  # no HDF5 handle outlives the failed step
+        if self.writer_kind == "serial":
+            error = self.comm.bcast(error, root=0)
+        elif not agreed:  # a step failed on this rank outside _agreed, or succeeded here: make sure of the others
+            self._agree_status(error, what)
         if error is not None:
             raise CatalogError(error)
 
@@ -863,6 +905,9 @@ class CatalogWriter:
             name: self._counts[name] + int(all_counts[:, i].sum()) for i, name in enumerate(self.tables)
         }
         attempts, checksums = self._round_records(gathered, all_counts)
+        need = sum(int(all_counts[:, i].sum()) * spec.dtype.itemsize for i, spec in enumerate(self.tables.values()))
+        need += len(new_units) * UNIT_KEY_BYTES + attempts.nbytes + checksums.nbytes
+        _agree(self.comm, self._space_check(need) if self.rank == 0 else None)
 
         if self.writer_kind == "mpio":
             step = lambda: self._round_mpio(prepared, all_counts, new_counts, new_units, attempts, checksums)  # noqa: E731
@@ -878,6 +923,24 @@ class CatalogWriter:
         self._attempts = np.concatenate([self._attempts, attempts])
         self._failed = _failed_keys(self._attempts)
         self._n_checksums += len(checksums)
+
+    def _space_check(self, need: int) -> str | None:
+        """Rank 0: an error when the output's filesystem has clearly too little room for ``need`` bytes.
+
+        Checked before a round's collective writes, so a full disk stops every
+        rank with one line, where a write failing on one rank inside a
+        collective call could not be agreed on. HDF5's metadata and chunk
+        rounding are covered by a margin (twice the data plus 1 MiB).
+        """
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except (OSError, AttributeError):  # no statvfs: the writes themselves report a full disk
+            return None
+        free = st.f_bavail * st.f_frsize
+        if free < 2 * need + (1 << 20):
+            return (f"{self.path}: no space left on device: a write round needs about {need // 1024 + 1} KiB, "
+                    f"{free // 1024} KiB are free")
+        return None
 
     def _local_attempts(self, prepared: dict[str, np.ndarray], units: list[str], failed: set[str],
                         unit_rows: Sequence[Mapping[str, int]] | None) -> list[tuple]:
@@ -924,13 +987,13 @@ class CatalogWriter:
     ) -> None:
         f = self._file
         for i, name in enumerate(self.tables):
-            dset = f[name]
+            dset = self._handle(name)
             old = self._counts[name]
             if new_counts[name] != old:
-                dset.resize((new_counts[name],))
+                self._resize(dset, new_counts[name])
                 offset = old + int(all_counts[: self.rank, i].sum())
-                _collective_write(dset, offset, prepared[name])
-        f.flush()
+                self._write_rows(dset, offset, prepared[name])
+        self._flush()
         self._commit_ledger(new_counts, new_units, attempts, checksums)
 
     def _round_serial(
@@ -942,45 +1005,122 @@ class CatalogWriter:
             old = self._counts[name]
             if new_counts[name] != old:
                 data = np.concatenate(pieces[name])
-                dset = f[name]
+                dset = self._handle(name)
                 dset.resize((new_counts[name],))
                 dset[old : new_counts[name]] = data
-        f.flush()
+        self._flush()
         self._commit_ledger(new_counts, new_units, attempts, checksums)
+
+    def _resize(self, dset: h5py.Dataset, n: int) -> None:
+        """Resize a table (collective under mpio, where it may allocate space), agreed on every rank."""
+        if self.writer_kind == "mpio":
+            self._agreed(lambda: dset.resize((n,)), f"cannot extend /{dset.name.lstrip('/')}")
+        else:
+            dset.resize((n,))
+
+    def _write_rows(self, dset: h5py.Dataset, start: int, data: np.ndarray) -> None:
+        """Collective row write (mpio), agreed on every rank before the next collective call."""
+        self._agreed(lambda: _collective_write(dset, start, data), f"cannot write /{dset.name.lstrip('/')}")
+
+    def _flush(self) -> None:
+        """Flush the file; under mpio every rank learns whether any rank's flush failed."""
+        if self.writer_kind == "mpio":
+            self._agreed(self._file.flush, "cannot flush")
+        else:
+            self._file.flush()
+
+    def _agreed(self, fn: Any, what: str) -> None:
+        """Run one collective HDF5 call, then agree on its outcome on every rank (mpio).
+
+        A rank whose part of a collective write fails (a full disk seen by
+        the rank that aggregates the write) would otherwise leave the other
+        ranks waiting inside the next collective call. After each call the
+        ranks exchange a status with a non-blocking all-reduce; a rank that
+        waits for it longer than :data:`IO_AGREE_TIMEOUT` seconds (a rank
+        stuck inside the collective call itself) aborts the job instead of
+        hanging it.
+
+        Raises
+        ------
+        CatalogError
+            On every rank when any rank's call failed: the message names the
+            failing rank(s) and the reason.
+        """
+        error = None
+        try:
+            fn()
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            error = f"{self.path}: {what}: {_hdf5_reason(exc)}"
+            traceback.clear_frames(exc.__traceback__)
+        self._agree_status(error, what)
+
+    def _agree_status(self, error: str | None, what: str) -> None:
+        """Agree on every rank whether a step failed anywhere (mpio), aborting rather than hanging; see :meth:`_agreed`."""
+        if self.writer_kind != "mpio" or self.size == 1:
+            if error:
+                raise CatalogError(error)
+            return
+        from mpi4py import MPI
+
+        flag = np.array([1 if error else 0], dtype=np.int32)
+        total = np.zeros(1, dtype=np.int32)
+        req = self.comm.Iallreduce(flag, total, op=MPI.SUM)
+        deadline = time.monotonic() + IO_AGREE_TIMEOUT
+        while not req.Test():
+            if time.monotonic() > deadline:
+                print(f"hpcblend: error: {error or self.path + ': ' + what}: rank {self.rank} waited "
+                      f"{IO_AGREE_TIMEOUT:.0f} s for the other ranks after a failed collective write; "
+                      f"aborting the job", file=sys.stderr, flush=True)
+                self.comm.Abort(2)
+            time.sleep(0.001)
+        if int(total[0]):
+            _agree(self.comm, error)
+
+    def _handle(self, name: str) -> Any:
+        """The open dataset or group ``name``, kept open until the file closes.
+
+        Kept so that HDF5 writes a dataset's cached chunks at :meth:`h5py.File.flush`
+        — where a failure (a full disk) raises and is reported — and never
+        when a handle is garbage-collected, where HDF5 errors are only printed.
+        """
+        h = self._handles.get(name)
+        if h is None:
+            h = self._handles[name] = self._file[name]
+        return h
 
     def _append(self, dset: h5py.Dataset, start: int, data: np.ndarray) -> None:
         """Append ``data`` (the same on every rank) at ``start`` of a ledger dataset; rank 0 writes it."""
-        dset.resize((start + len(data),))
+        self._resize(dset, start + len(data))
         if self.writer_kind == "mpio":
-            _collective_write(dset, start, data if self.rank == 0 else data[:0])
+            self._write_rows(dset, start, data if self.rank == 0 else data[:0])
         elif len(data):
             dset[start : start + len(data)] = data
 
     def _commit_ledger(self, new_counts: dict[str, int], new_units: list[str], attempts: np.ndarray,
                        checksums: np.ndarray) -> None:
         f = self._file
-        led = f[_LEDGER]
+        led = self._handle(_LEDGER)
         n_units = self._n_units + len(new_units)
         if new_units:
             data = np.array([u.encode("utf-8") for u in new_units], dtype=f"S{UNIT_KEY_BYTES}")
-            self._append(led[_LEDGER_UNITS], self._n_units, data)
+            self._append(self._handle(f"{_LEDGER}/{_LEDGER_UNITS}"), self._n_units, data)
         n_att = len(self._attempts)
         if len(attempts):
-            self._append(led[_LEDGER_ATTEMPTS], n_att, attempts)
+            self._append(self._handle(f"{_LEDGER}/{_LEDGER_ATTEMPTS}"), n_att, attempts)
         if len(checksums):
-            self._append(led[_LEDGER_CHECKSUMS], self._n_checksums, checksums)
+            self._append(self._handle(f"{_LEDGER}/{_LEDGER_CHECKSUMS}"), self._n_checksums, checksums)
         if new_units:
             self._crc_units = zlib.crc32(data.tobytes(), self._crc_units) & 0xFFFFFFFF
         self._crc_attempts = zlib.crc32(np.ascontiguousarray(attempts).tobytes(), self._crc_attempts) & 0xFFFFFFFF
-        led.attrs["crc32_units"] = np.uint32(self._crc_units)
-        led.attrs["crc32_attempts"] = np.uint32(self._crc_attempts)
-        led.attrs["n_attempts"] = np.int64(n_att + len(attempts))
-        led.attrs["n_checksums"] = np.int64(self._n_checksums + len(checksums))
+        led.attrs.modify("crc32_units", np.uint32(self._crc_units))
+        led.attrs.modify("crc32_attempts", np.uint32(self._crc_attempts))
+        led.attrs.modify("n_attempts", np.int64(n_att + len(attempts)))
+        led.attrs.modify("n_checksums", np.int64(self._n_checksums + len(checksums)))
         for name in self.tables:
-            led.attrs[f"rows_{name}"] = np.int64(new_counts[name])
-        led.attrs["n_units"] = np.int64(n_units)
-        led.attrs["rounds"] = np.int64(self._rounds + 1)
-        f.flush()
+            led.attrs.modify(f"rows_{name}", np.int64(new_counts[name]))
+        led.attrs.modify("n_units", np.int64(n_units))
+        led.attrs.modify("rounds", np.int64(self._rounds + 1))
+        self._flush()
 
     # ------------------------------------------------------------------ finish
 
@@ -1025,7 +1165,7 @@ class CatalogWriter:
         f = self._file
         sums = []
         for ti, (name, spec) in enumerate(self.tables.items()):
-            dset = f[name]
+            dset = self._handle(name)
             n = self._counts[name]
             data = dset[:n] if n else spec.empty(0)
             if n and len(self._attempts):
@@ -1040,25 +1180,33 @@ class CatalogWriter:
                 # nobody may overwrite rows before every rank has read them
                 self.comm.Barrier()
             if len(data) != n:
-                dset.resize((len(data),))
+                self._resize(dset, len(data))
             if self.writer_kind == "mpio" and n:
                 m = len(data)
                 lo, hi = (self.rank * m) // self.size, ((self.rank + 1) * m) // self.size
-                _collective_write(dset, lo, data[lo:hi])
+                self._write_rows(dset, lo, data[lo:hi])
             elif n:
                 dset[: len(data)] = data
             self._counts[name] = len(data)
             sums.append((name.encode(), -1, 0, len(data), _crc32(data)))
-        led = f[_LEDGER]
-        led[_LEDGER_CHECKSUMS].resize((0,))
-        self._append(led[_LEDGER_CHECKSUMS], 0, np.array(sums, dtype=_CHECKSUM_DTYPE))
-        led.attrs["n_checksums"] = np.int64(len(sums))
+        led = self._handle(_LEDGER)
+        # the whole-table checksums replace the rounds' ones at the start of the dataset; entries past
+        # n_checksums are ignored by readers (no shrinking of datasets: parallel HDF5 does not like it)
+        ck = self._handle(f"{_LEDGER}/{_LEDGER_CHECKSUMS}")
+        sums = np.array(sums, dtype=_CHECKSUM_DTYPE)
+        if ck.shape[0] < len(sums):
+            self._resize(ck, len(sums))
+        if self.writer_kind == "mpio":
+            self._write_rows(ck, 0, sums if self.rank == 0 else sums[:0])
+        else:
+            ck[: len(sums)] = sums
+        led.attrs.modify("n_checksums", np.int64(len(sums)))
         for name in self.tables:
-            led.attrs[f"rows_{name}"] = np.int64(self._counts[name])
-        f.flush()
-        f.attrs["complete"] = np.bool_(True)
-        f.attrs["finished"] = stamp
-        f.flush()
+            led.attrs.modify(f"rows_{name}", np.int64(self._counts[name]))
+        self._flush()
+        f.attrs.modify("complete", np.bool_(True))
+        f.attrs.modify("finished", stamp)
+        self._flush()
 
     def close(self) -> None:
         """Close the file without finalizing (a later run may resume). COLLECTIVE; idempotent."""
@@ -1069,6 +1217,7 @@ class CatalogWriter:
         def _close() -> None:
             if self._file is not None:
                 f, self._file = self._file, None
+                self._handles.clear()
                 f.close()
 
         self._io_step(_close, "close failed")
@@ -1084,11 +1233,16 @@ class CatalogWriter:
         """
         self._closed = True
         f, self._file = self._file, None
-        if f is not None:
+        with _quiet_hdf5_handles():  # HDF5 errors of handles closed on a full disk: already reported
             try:
-                f.close()
-            except Exception:  # noqa: BLE001 - the file is being given up; the ledger decides what counts
+                self._handles.clear()
+            except Exception:  # noqa: BLE001 - a handle's close failed: the file is being given up anyway
                 pass
+            if f is not None:
+                try:
+                    f.close()
+                except Exception:  # noqa: BLE001 - the file is being given up; the ledger decides what counts
+                    pass
 
     def __enter__(self) -> "CatalogWriter":
         return self

@@ -655,6 +655,13 @@ def _run_planned(MPI, comm, job: JobConfig, out: str, units: list, resume: bool,
 _UNIQUE_ID_TABLES = ("patches", "blends", "sources")
 
 
+def _raise_if_any(comm, error: str | None) -> None:
+    """Rank 0's outcome of a step only it ran, raised as CatalogError on every rank (no rank left waiting)."""
+    error = comm.bcast(error, root=0)
+    if error:
+        raise CatalogError(error)
+
+
 def _report_fatal(out: str, rank: int, exc: BaseException) -> None:
     """Log a rank's fatal error with its traceback and keep the traceback in ``<output>.log/rank_<r>.error``."""
     import traceback
@@ -678,12 +685,16 @@ def _store_gallery(comm, out: str, gallery) -> None:
     from .report.gallery import write_gallery
 
     gathered = comm.gather(gallery.records(), root=0)
+    error = None
     if comm.rank == 0:
         records = [r for part in gathered for r in part]
-        if records:
-            write_gallery(out, records)
-        log.info("gallery: %d blend images stored (failed, flagged, slowest)", len(records))
-    comm.Barrier()
+        try:
+            if records:
+                write_gallery(out, records)
+            log.info("gallery: %d blend images stored (failed, flagged, slowest)", len(records))
+        except (CatalogError, OSError) as exc:
+            error = str(exc)
+    _raise_if_any(comm, error)
 
 
 def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
@@ -692,10 +703,19 @@ def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
 
     res = sampler.results(rank=comm.rank)
     if job.profile.write_collapsed and job.profile.sample_hz > 0:
-        write_collapsed(os.path.join(_log_dir(out), f"rank_{comm.rank}.collapsed"), res["stacks"])
+        try:
+            write_collapsed(os.path.join(_log_dir(out), f"rank_{comm.rank}.collapsed"), res["stacks"])
+        except OSError as exc:  # the stacks also go into the catalog; a lost side file is not worth a failed run
+            log.warning("rank %d: cannot write the collapsed stacks: %s", comm.rank, exc)
     gathered = comm.gather(res, root=0)
+    error = None
     if comm.rank == 0:
-        write_profiles(out, gathered)
+        try:
+            write_profiles(out, gathered)
+        except (CatalogError, OSError) as exc:
+            error = str(exc)
+    _raise_if_any(comm, error)
+    if comm.rank == 0:
         from .flamegraph import busy_seconds
 
         busy = {p["rank"]: busy_seconds(p) for p in gathered}  # the report's definition: all but wait/mpi
