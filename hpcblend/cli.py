@@ -136,7 +136,13 @@ def summarize(path: str) -> str:
 
 
 def cmd_summary(args) -> int:
-    print(summarize(args.catalog))
+    from .errors import HpcblendError
+
+    try:
+        print(summarize(args.catalog))
+    except HpcblendError as exc:
+        print(f"hpcblend: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
