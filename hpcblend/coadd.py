@@ -16,6 +16,11 @@ for each band ``<b>``:
       mask-plane dictionary as ``MP_<NAME> = <bit>`` cards, as LSST's
       ``afw`` writes them (value of a plane = ``1 << bit``).
 
+    Written by :func:`write_tract`, the primary header also holds ``BANDS``
+    (str): the comma-separated bands written together, so that a directory
+    missing one of them is recognised (:func:`tract_paths`); readers do not
+    require it.
+
 ``psf_<b>.fits``
     One PSF image for the whole tract (no spatial variation): HDU ``PSF``
     (the primary HDU is accepted when no HDU is named ``PSF``), 2-D float,
@@ -37,8 +42,16 @@ Validation done on reading (``read_tract`` and, on the patch's outer box only,
   (:class:`InputError`);
 * ``TRACT`` is the same in every band; ``BAND``, where present, matches the
   band the file was read as (:class:`InputError`);
-* where the ``NO_DATA`` mask bit is clear, image and variance are finite and
-  the variance is > 0 (:class:`InputError`);
+* bad pixels become masked pixels, not errors: where the ``NO_DATA`` mask bit
+  is clear but the image is not finite, or the variance is not finite or
+  <= 0, the pixel is *repaired* on reading — image set to 0, variance to
+  ``inf``, ``NO_DATA`` bit set — so every later stage (background,
+  detection, deblending, forced photometry) gives it zero weight; their
+  number per band is :attr:`TractData.n_bad_pixels`. Only a band with no
+  usable pixel at all in the box read (every pixel ``NO_DATA`` or bad, at
+  least one of them bad without ``NO_DATA``) is an error
+  (:class:`InputError` naming the file, band and patch or box). Pixels that
+  already carry ``NO_DATA`` are returned as stored;
 * the PSF file exists, is 2-D, odd-sized, finite and sums to 1 within
   ``psf_tolerance`` (default 1e-3) (:class:`PsfError`); it is then
   renormalised to sum to exactly 1 (float64). PSFs of different sizes are
@@ -108,6 +121,9 @@ PSF_TOLERANCE: float = 1e-3
 
 _HDUS = ("IMAGE", "VARIANCE", "MASK")
 _WCS_TOL = dict(crval=1e-9, crpix=1e-6, cd_rtol=1e-9)
+#: The truth catalog a simulated tract carries next to its coadds (:data:`hpcblend.simulate.TRUTH_FILE`; its
+#: ``flux_<band>`` columns name the tract's bands). Not imported: simulate imports this module.
+_TRUTH_FILE = "truth.fits"
 #: Canonical band order used when bands are discovered from file names.
 _BAND_ORDER = ("u", "g", "r", "i", "z", "y", "N387", "N816", "N921")
 
@@ -155,21 +171,33 @@ def tract_paths(directory: PathLike, bands: Optional[Sequence[str]] = None,
     directory : str or path
         The tract directory.
     bands : sequence of str, optional
-        Bands to use, in this order. If None, discovered from the files that
-        match ``pattern`` and ordered u, g, r, i, z, y (others after, sorted).
+        Bands to use, in this order; only these files are required. If None,
+        discovered from the files that match ``pattern`` and ordered u, g, r,
+        i, z, y (others after, sorted) — and then every band that the tract's
+        other files say exists must have its coadd file: a ``psf_pattern``
+        file of the band, a ``BANDS`` card in a coadd's primary header (see
+        the module docstring), or a ``flux_<band>`` column in the
+        directory's ``truth.fits`` (:func:`hpcblend.simulate.simulate_tract`).
+        A band's coadd without its PSF file is reported by the readers
+        (:class:`~hpcblend.errors.PsfError`, at planning through
+        :func:`check_tract`).
     pattern, psf_pattern : str
         File names relative to ``directory`` with a ``{band}`` field.
 
     Returns
     -------
     TractPaths
-        Paths are not checked for existence here (the readers do).
+        Paths of the given bands are not checked for existence here (the
+        readers do).
 
     Raises
     ------
     InputError
-        If ``directory`` is not a directory, a pattern lacks ``{band}``, or
-        no band is given and none is found.
+        If ``directory`` is not a directory, a pattern lacks ``{band}``, no
+        band is given and none is found, or no band is given and a band's
+        coadd file is missing while the tract's other files name the band
+        (the message names the missing file and the file that names the
+        band; list the bands to run without it).
     """
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -178,16 +206,17 @@ def tract_paths(directory: PathLike, bands: Optional[Sequence[str]] = None,
         if "{band}" not in pat:
             raise InputError(f"{name} {pat!r} has no '{{band}}' field")
     if bands is None:
-        head, tail = pattern.split("{band}", 1)
-        regex = re.compile(re.escape(head) + r"(.+?)" + re.escape(tail) + r"$")
-        found = []
-        for hit in glob.glob(os.path.join(glob.escape(directory), glob.escape(head) + "*" + glob.escape(tail))):
-            m = regex.match(os.path.relpath(hit, directory).replace(os.sep, "/"))
-            if m and os.path.isfile(hit):
-                found.append(m.group(1))
+        found = _bands_matching(directory, pattern)
         if not found:
             raise InputError(f"{directory}: no coadd file matches {pattern!r}")
         bands = sorted(set(found), key=_band_sort_key)
+        expected = _expected_bands(directory, bands, pattern, psf_pattern)
+        missing = [b for b in sorted(expected, key=_band_sort_key) if b not in bands]
+        if missing:
+            b = missing[0]
+            raise InputError(f"{os.path.join(directory, pattern.format(band=b))}: coadd file for band {b!r} not "
+                             f"found, but {expected[b]} (coadd files found for bands {tuple(bands)}; missing "
+                             f"bands {tuple(missing)}); list the bands to use (input.bands) to run without it")
     bands = tuple(str(b) for b in bands)
     if not bands:
         raise InputError(f"{directory}: empty band list")
@@ -196,6 +225,50 @@ def tract_paths(directory: PathLike, bands: Optional[Sequence[str]] = None,
     coadds = {b: os.path.join(directory, pattern.format(band=b)) for b in bands}
     psfs = {b: os.path.join(directory, psf_pattern.format(band=b)) for b in bands}
     return TractPaths(bands=bands, coadds=coadds, psfs=psfs)
+
+
+def _bands_matching(directory: str, pattern: str) -> list:
+    """Bands of the plain files in ``directory`` whose names match ``pattern`` (with its ``{band}`` field)."""
+    head, tail = pattern.split("{band}", 1)
+    regex = re.compile(re.escape(head) + r"(.+?)" + re.escape(tail) + r"$")
+    found = []
+    for hit in glob.glob(os.path.join(glob.escape(directory), glob.escape(head) + "*" + glob.escape(tail))):
+        m = regex.match(os.path.relpath(hit, directory).replace(os.sep, "/"))
+        if m and os.path.isfile(hit):
+            found.append(m.group(1))
+    return found
+
+
+def _expected_bands(directory: str, found: Sequence[str], pattern: str, psf_pattern: str) -> dict:
+    """Band -> why the tract should have it: its PSF file, a coadd's ``BANDS`` card, the truth catalog's columns.
+
+    Unreadable files are skipped here (the readers report them with the file and HDU).
+    """
+    expected = {}
+    for b in _bands_matching(directory, psf_pattern):
+        expected.setdefault(b, f"{os.path.join(directory, psf_pattern.format(band=b))} exists")
+    for band in found:
+        path = os.path.join(directory, pattern.format(band=band))
+        try:
+            card = fits.getheader(path, 0).get("BANDS")
+        except (OSError, ValueError, TypeError, IndexError):
+            continue
+        if isinstance(card, str):
+            for b in (x.strip() for x in card.split(",")):
+                if b:
+                    expected.setdefault(b, f"{path} lists BANDS = {card!r}")
+    truth = os.path.join(directory, _TRUTH_FILE)
+    if os.path.isfile(truth):
+        try:
+            with fits.open(truth, lazy_load_hdus=True) as hdul:
+                header = hdul["TRUTH"].header
+                names = [str(header.get(f"TTYPE{i}", "")) for i in range(1, int(header.get("TFIELDS", 0)) + 1)]
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            names = []
+        for name in names:
+            if name.startswith("flux_") and len(name) > 5:
+                expected.setdefault(name[5:], f"{truth} has a column {name!r}")
+    return expected
 
 
 def _as_paths(source, bands, pattern, psf_pattern) -> TractPaths:
@@ -272,6 +345,11 @@ class TractData:
         ``MAGZERO``: ``mag = zero_point - 2.5 log10(counts)``; NaN if absent.
     patch : PatchInfo or None
         The patch read by :func:`read_patch`.
+    n_bad_pixels : ndarray, shape (B,), int64
+        Per band, the pixels of the box that were masked on reading (image
+        not finite, or variance not finite or <= 0, without ``NO_DATA``):
+        image set to 0, variance to ``inf``, ``NO_DATA`` bit set. Zeros when
+        read with ``validate=False``.
     """
 
     bands: tuple
@@ -287,8 +365,11 @@ class TractData:
     tract_shape: Optional[Tuple[int, int]] = None
     zero_point: float = float("nan")
     patch: Optional[PatchInfo] = None
+    n_bad_pixels: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
+        if self.n_bad_pixels is None:
+            self.n_bad_pixels = np.zeros(len(self.bands), dtype=np.int64)
         if self.box is None:
             self.box = Box((0, 0), tuple(int(n) for n in self.images.shape[1:]))
         if self.tract_shape is None:
@@ -454,18 +535,23 @@ def _wcs_cards(header) -> tuple:
     return tuple((c.keyword, c.value) for c in header.cards if c.keyword.startswith(_WCS_KEY_PREFIXES))
 
 
+def _numbers(values) -> str:
+    """``[v, ...]`` as plain numbers (Python float reprs: shortest round-trip, never ``np.float64(...)``)."""
+    return "[" + ", ".join(repr(float(v)) for v in np.ravel(values)) + "]"
+
+
 def _wcs_difference(a: WCS, b: WCS) -> Optional[str]:
     """Why two WCSs differ, or None if they agree within :data:`_WCS_TOL`."""
     if list(a.wcs.ctype) != list(b.wcs.ctype):
-        return f"CTYPE {list(b.wcs.ctype)} != {list(a.wcs.ctype)}"
+        return f"CTYPE {[str(c) for c in b.wcs.ctype]} != {[str(c) for c in a.wcs.ctype]}"
     if not np.allclose(a.wcs.crval, b.wcs.crval, rtol=0, atol=_WCS_TOL["crval"]):
-        return f"CRVAL {list(b.wcs.crval)} != {list(a.wcs.crval)}"
+        return f"CRVAL {_numbers(b.wcs.crval)} != {_numbers(a.wcs.crval)}"
     if not np.allclose(a.wcs.crpix, b.wcs.crpix, rtol=0, atol=_WCS_TOL["crpix"]):
-        return f"CRPIX {list(b.wcs.crpix)} != {list(a.wcs.crpix)}"
+        return f"CRPIX {_numbers(b.wcs.crpix)} != {_numbers(a.wcs.crpix)}"
     ma, mb = a.pixel_scale_matrix, b.pixel_scale_matrix
     scale = float(np.max(np.abs(ma)))
     if not np.allclose(ma, mb, rtol=0, atol=_WCS_TOL["cd_rtol"] * scale):
-        return f"CD (pixel scale matrix) {mb.tolist()} != {ma.tolist()}"
+        return f"CD (pixel scale matrix) {_numbers(mb)} != {_numbers(ma)} (row-major)"
     return None
 
 
@@ -512,11 +598,6 @@ def _apply_remap(mask: np.ndarray, pairs: Optional[list]) -> np.ndarray:
     for src, dst in pairs:
         out |= (((mask >> src) & 1) << dst).astype(mask.dtype)
     return out
-
-
-def _first_bad(bad: np.ndarray, box: Box) -> str:
-    iy, ix = np.unravel_index(int(np.argmax(bad.ravel())), bad.shape)
-    return f"{int(np.count_nonzero(bad))} pixel(s), first at (y={iy + box.y0}, x={ix + box.x0})"
 
 
 def _read_psf(path: str, band: str, tolerance: float) -> np.ndarray:
@@ -619,6 +700,7 @@ def _read(source, bands, box: Optional[Box], pattern: str, psf_pattern: str, psf
                     raise InputError(f"{path}: HDU 'IMAGE': requested box {read_box} is not inside the "
                                      f"tract of shape {shape}")
                 n_bands = len(paths.bands)
+                n_bad = np.zeros(n_bands, dtype=np.int64)
                 images = np.empty((n_bands,) + read_box.shape, dtype=np.float32)
                 variance = np.empty((n_bands,) + read_box.shape, dtype=np.float32)
                 mask = np.empty((n_bands,) + read_box.shape, dtype=np.int32)
@@ -644,20 +726,41 @@ def _read(source, bands, box: Optional[Box], pattern: str, psf_pattern: str, psf
             mask[i] = msk
 
             if validate:
-                usable = (msk & nodata_bit) == 0
-                bad = ~np.isfinite(images[i]) & usable
-                if bad.any():
-                    raise InputError(f"{path}: HDU 'IMAGE': non-finite values where NO_DATA is not set: "
-                                     f"{_first_bad(bad, read_box)}")
-                bad = ~(variance[i] > 0) & usable
-                if bad.any():
-                    raise InputError(f"{path}: HDU 'VARIANCE': variance <= 0 or non-finite where NO_DATA "
-                                     f"is not set: {_first_bad(bad, read_box)}")
+                n_bad[i] = _mask_bad_pixels(images[i], variance[i], mask[i], nodata_bit, path, band, read_box,
+                                            patch)
 
     psfs = _pad_psfs([_read_psf(paths.psfs[b], b, psf_tolerance) for b in paths.bands])
     return TractData(bands=paths.bands, images=images, variance=variance, mask=mask, wcs=ref_wcs,
                      psfs=psfs, tract=int(tract), paths=paths, mask_planes=merged_planes, box=read_box,
-                     tract_shape=ref_shape, zero_point=zero_point, patch=patch)
+                     tract_shape=ref_shape, zero_point=zero_point, patch=patch, n_bad_pixels=n_bad)
+
+
+def _mask_bad_pixels(img: np.ndarray, var: np.ndarray, msk: np.ndarray, nodata_bit: int, path: str, band: str,
+                     box: Box, patch: Optional[PatchInfo]) -> int:
+    """Mask one band's bad pixels in place (image 0, variance inf, ``NO_DATA``); returns how many.
+
+    Bad: ``NO_DATA`` clear and the image not finite or the variance not finite or <= 0. Raises
+    :class:`InputError` when the band has no usable pixel left in the box (and the file, not ``NO_DATA``, says
+    so for at least one pixel): nothing of the band could be measured there.
+    """
+    usable = (msk & nodata_bit) == 0
+    bad_image = ~np.isfinite(img) & usable
+    bad_var = ~((var > 0) & (var < np.inf)) & usable  # NaN compares False: not finite or <= 0
+    bad = bad_image | bad_var
+    n = int(np.count_nonzero(bad))
+    if n == 0:
+        return 0
+    if not (usable & ~bad).any():
+        rows_cols = f"[{box.y0}:{box.y0 + box.height}, {box.x0}:{box.x0 + box.width}]"
+        where = f"patch {patch.name} (outer box {rows_cols})" if patch is not None else f"box {rows_cols}"
+        raise InputError(f"{path}: band {band!r}: no usable pixel in {where}: "
+                         f"{int(np.count_nonzero(bad_image))} non-finite in HDU 'IMAGE', "
+                         f"{int(np.count_nonzero(bad_var))} variance <= 0 or non-finite in HDU 'VARIANCE' "
+                         f"(NO_DATA not set), the rest NO_DATA")
+    img[bad] = 0.0
+    var[bad] = np.inf
+    msk[bad] |= nodata_bit
+    return n
 
 
 # -----------------------------------------------------------------------------
@@ -685,21 +788,28 @@ def read_tract(source: Union[PathLike, TractPaths, Mapping], bands: Optional[Seq
     psf_tolerance : float, default 1e-3
         Allowed ``|sum(psf) - 1|``.
     validate : bool, default True
-        Check pixels (finite image, variance > 0 where ``NO_DATA`` is clear).
-        Headers, shapes, WCS and PSFs are always checked.
+        Check and repair pixels: where ``NO_DATA`` is clear, a non-finite
+        image or a variance that is not finite or <= 0 makes the pixel
+        masked (image 0, variance ``inf``, ``NO_DATA`` set; counted in
+        ``n_bad_pixels``); a band with no usable pixel raises. False returns
+        the pixels as stored. Headers, shapes, WCS and PSFs are always
+        checked.
 
     Returns
     -------
     TractData
         ``images``/``variance`` float32 (B, H, W), ``mask`` int32 (B, H, W),
-        ``psfs`` float64 (B, Ph, Pw), ``box == Box((0, 0), (H, W))``.
+        ``psfs`` float64 (B, Ph, Pw), ``box == Box((0, 0), (H, W))``,
+        ``n_bad_pixels`` (B,) the pixels masked on reading.
 
     Raises
     ------
     InputError
         A file or HDU missing or unreadable, shapes or WCS differing between
-        bands, bad pixels (see the module docstring); the message names the
-        file and HDU.
+        bands, a band with no usable pixel in the box read (see the module
+        docstring); the message names the file and HDU (or band). With no
+        ``bands`` and a directory ``source``, a band's coadd file missing
+        while the tract's other files name it (:func:`tract_paths`).
     PsfError
         PSF file missing, not 2-D, even-sized, not finite or not normalised.
     """
@@ -721,12 +831,14 @@ def read_box(source: Union[PathLike, TractPaths, Mapping], box: Box, bands: Opti
     Returns
     -------
     TractData
-        Arrays of shape (B, box.h, box.w); ``patch`` is None.
+        Arrays of shape (B, box.h, box.w); ``patch`` is None; bad pixels
+        masked and counted as in :func:`read_tract`.
 
     Raises
     ------
     InputError, PsfError
-        As :func:`read_tract`, and if the box is empty or not inside the tract.
+        As :func:`read_tract` (a band with no usable pixel in ``box``), and
+        if the box is empty or not inside the tract.
     """
     return _read(source, bands, box, pattern, psf_pattern, psf_tolerance, validate)
 
@@ -740,7 +852,9 @@ def read_patch(source: Union[PathLike, TractPaths, Mapping], patch: PatchInfo,
     Only the rows of ``patch.outer`` are read (one contiguous read per HDU,
     then its columns; ``ImageHDU.section`` for scaled or compressed HDUs), so a rank holds
     ``B x outer area`` pixels, not the tract. Headers, WCS and PSFs are
-    validated as in :func:`read_tract`; pixel checks cover the outer box only.
+    validated as in :func:`read_tract`; pixel checks cover the outer box only:
+    bad pixels there are masked and counted (``n_bad_pixels``), and only a
+    band with no usable pixel in the outer box fails the patch.
 
     Parameters
     ----------
@@ -762,9 +876,10 @@ def read_patch(source: Union[PathLike, TractPaths, Mapping], patch: PatchInfo,
     Raises
     ------
     InputError
-        As :func:`read_tract`, and if the outer box is not inside the tract
-        (a patch made for another tract shape), or ``patch.tract`` differs
-        from the files' ``TRACT``.
+        As :func:`read_tract` (a band with no usable pixel in the outer box:
+        the message names the file, band and patch), and if the outer box is
+        not inside the tract (a patch made for another tract shape), or
+        ``patch.tract`` differs from the files' ``TRACT``.
     PsfError
         As :func:`read_tract`.
     """
@@ -802,9 +917,19 @@ def check_tract(source: Union[PathLike, TractPaths, Mapping], bands: Optional[Se
     """Check every band of a tract before any work is planned: headers, shapes, WCS and PSFs.
 
     Reads one pixel per band (all header, WCS, mask-plane and PSF checks of
-    :func:`read_tract` run; pixel checks run per patch later), so a band with
-    another shape or WCS, or a missing or bad PSF file, fails the run at once
-    with a message naming the file and HDU, instead of failing every patch.
+    :func:`read_tract` run; pixel checks run per patch later, so one bad
+    pixel at the corner read here is not an error), so a band with another
+    shape or WCS, a missing or bad PSF file, or — when ``bands`` is None and
+    ``source`` is a directory — a missing coadd file of a band that the
+    tract's PSF files, ``BANDS`` cards or ``truth.fits`` name
+    (:func:`tract_paths`), fails the run at once with a message naming the
+    file and HDU, instead of failing every patch or running without the band.
+
+    Parameters
+    ----------
+    source, bands, pattern, psf_pattern, psf_tolerance
+        As :func:`read_tract`. With ``bands`` given, only their files are
+        required.
 
     Returns
     -------
@@ -814,9 +939,9 @@ def check_tract(source: Union[PathLike, TractPaths, Mapping], bands: Optional[Se
     Raises
     ------
     InputError, PsfError
-        As :func:`read_tract`.
+        As :func:`read_tract` and :func:`tract_paths` (missing band files).
     """
-    data = _read(source, bands, Box((0, 0), (1, 1)), pattern, psf_pattern, psf_tolerance, validate=True)
+    data = _read(source, bands, Box((0, 0), (1, 1)), pattern, psf_pattern, psf_tolerance, validate=False)
     return tuple(int(n) for n in data.tract_shape)
 
 
@@ -843,6 +968,10 @@ def write_tract(directory: PathLike, bands: Sequence[str], images: np.ndarray, v
                 pattern: str = DEFAULT_PATTERN, psf_pattern: str = DEFAULT_PSF_PATTERN,
                 header: Optional[Mapping] = None, overwrite: bool = True) -> TractPaths:
     """Write a tract in the layout of this module (one coadd and one PSF file per band).
+
+    Every coadd's primary header lists ``bands`` in its ``BANDS`` card, so a
+    reader discovering the bands (:func:`tract_paths`) notices a coadd file
+    that went missing.
 
     Parameters
     ----------
@@ -927,6 +1056,7 @@ def write_tract(directory: PathLike, bands: Sequence[str], images: np.ndarray, v
         primary.header["TRACT"] = (int(tract), "tract number")
         primary.header["BAND"] = (band, "band (filter) name")
         primary.header["MAGZERO"] = (float(zero_point), "mag = MAGZERO - 2.5 log10(counts)")
+        primary.header["BANDS"] = (",".join(bands), "bands of the tract written together")
         for key, value in (header or {}).items():
             primary.header[key] = value
         hdus = [primary]

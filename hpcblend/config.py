@@ -265,6 +265,12 @@ class DeblendConfig:
         Zero pixels kept around each source's support so its box can grow.
     sed_ridge : float
         Relative Tikhonov term of the initial SED least squares.
+    max_chi2_per_pixel : float
+        χ²/pixel of the final model above which a fitted blend gets
+        ``flag_bad_fit`` (also when χ² is not finite). A good fit is ~1 (the
+        164 HSC blends: 0.9–2.0); 1e3 means the model misses the data by ~30σ
+        per pixel on average: a diverged fit, or data no non-negative model
+        can describe.
     bad_mask_planes : tuple of str
         Mask planes whose pixels get zero weight.
     max_n_peaks : int
@@ -296,6 +302,7 @@ class DeblendConfig:
     step_scale: float = 2.0
     box_margin: int = 2
     sed_ridge: float = 1e-6
+    max_chi2_per_pixel: float = 1e3
     bad_mask_planes: Tuple[str, ...] = ("BAD", "SAT", "EDGE", "SUSPECT", "NO_DATA")
     max_n_peaks: int = 600
     max_footprint_area: int = 2_000_000

@@ -11,6 +11,7 @@ measurements (:mod:`hpcblend.measure`).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -20,7 +21,7 @@ import scipy.fft
 
 from .config import DeblendConfig
 from .errors import BlendDataError, NumericalFailure, PsfError
-from .inputs import BlendData
+from .inputs import PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_OUTSIDE_FOOTPRINT, PEAK_OUTSIDE_IMAGE, BlendData
 from .kernels import convolution, fit, initialization, psf
 from .measure import measure_children
 
@@ -28,7 +29,6 @@ __all__ = ["Observation", "DeblendResult", "build_observation", "initialize_sour
            "warm_up"]
 
 PSF_SUM_TOLERANCE = 1e-2
-
 
 @dataclass
 class Observation:
@@ -91,9 +91,12 @@ class DeblendResult:
         See :func:`hpcblend.measure.chi2_per_pixel`; NaN when not fitted.
     t_init, t_fit, t_measure : float
         Wall times in seconds.
-    flags : dict of str → bool
+    flags : dict of str → bool (and one int)
         Parent flags (``flag_skipped_too_many_peaks``, ``flag_skipped_too_large``,
-        ``flag_not_converged``, ``flag_failed``, ``flag_incomplete_data``).
+        ``flag_not_converged``, ``flag_failed``, ``flag_incomplete_data``,
+        ``flag_bad_fit``), plus ``n_peaks_dropped`` (int, peaks not fitted);
+        :func:`hpcblend.pipeline.fill_parent_row` copies every entry into
+        the ``/blends`` column of the same name.
     error_type, error_message : str
         Exception class and message of a numerical failure, else "".
     sed : ndarray, shape (C, B) or None
@@ -110,7 +113,21 @@ class DeblendResult:
     children : dict
         Child measurements per peak, (K,) or (K, B) (see
         :func:`hpcblend.measure.measure_children`) plus ``alive`` (K,) bool;
-        empty when not fitted.
+        empty when not fitted. Dropped peaks (see ``peak_flags``) have NaN
+        fluxes, centroids and blendedness and ``alive`` False; a band
+        without data (see ``bands_fitted``) has NaN ``flux_model``,
+        ``flux`` and ``flux_err``.
+    peak_flags : ndarray, shape (K,), int32
+        Status of each peak (:attr:`hpcblend.inputs.BlendData.peak_flags`,
+        plus :data:`hpcblend.inputs.PEAK_OUTSIDE_IMAGE` for any peak outside
+        the image); peaks with a :data:`hpcblend.inputs.PEAK_DROPPED` bit are
+        not fitted: their main component (index = peak index) is a
+        placeholder with zero SED and morphology and an empty box at the
+        peak (clipped to the image).
+    bands_fitted : ndarray, shape (B,), bool, or None
+        Bands with at least one weighted pixel. A band without any gets no
+        weight: the fit uses the others, its ``sed`` and ``conv`` are 0 and
+        its child fluxes NaN, and ``flag_incomplete_data`` is set.
     """
 
     n_peaks: int
@@ -131,6 +148,8 @@ class DeblendResult:
     conv: Optional[np.ndarray] = None
     owner: Optional[np.ndarray] = None
     children: dict = field(default_factory=dict)
+    peak_flags: Optional[np.ndarray] = None
+    bands_fitted: Optional[np.ndarray] = None
 
     def child_models(self) -> np.ndarray:
         """Observed-frame model of each child (the sum of its components), shape (K, B, H, W), float32."""
@@ -146,7 +165,7 @@ class DeblendResult:
 
 
 PARENT_FLAGS = ("flag_skipped_too_many_peaks", "flag_skipped_too_large", "flag_not_converged",
-                "flag_failed", "flag_incomplete_data")
+                "flag_failed", "flag_incomplete_data", "flag_bad_fit")
 
 
 def _check_psfs(blend: BlendData) -> np.ndarray:
@@ -164,8 +183,16 @@ def _check_psfs(blend: BlendData) -> np.ndarray:
     return psfs / psfs.sum(axis=(1, 2), keepdims=True)
 
 
-def build_observation(blend: BlendData, config: DeblendConfig) -> Observation:
+def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional[np.ndarray] = None) -> Observation:
     """Prepare data, weights, noise levels and PSF-difference kernels of a blend.
+
+    Parameters
+    ----------
+    blend : BlendData
+    config : DeblendConfig
+    weights : ndarray, shape (B, H, W), float32, optional
+        ``blend.weights(config.bad_mask_planes)`` when the caller has it
+        already (1/counts²).
 
     Raises
     ------
@@ -176,7 +203,9 @@ def build_observation(blend: BlendData, config: DeblendConfig) -> Observation:
         A PSF that is not finite, not odd-sized, or does not sum to ~1.
     """
     images = np.asarray(blend.images, dtype=np.float32)
-    weights = blend.weights(config.bad_mask_planes).astype(np.float32)
+    if weights is None:
+        weights = blend.weights(config.bad_mask_planes)
+    weights = weights.astype(np.float32)
     if not np.all(np.isfinite(weights)):
         raise BlendDataError(f"{blend.source}: key 'variance': weights are not finite")
     good = weights > 0
@@ -336,14 +365,82 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
     return sed, morphs, boxes
 
 
-def _skip_flags(blend: BlendData, config: DeblendConfig) -> dict:
+def _skip_flags(blend: BlendData, config: DeblendConfig, n_kept: int) -> dict:
     area = blend.footprint_area
     flags = {name: False for name in PARENT_FLAGS}
-    if blend.n_peaks > config.max_n_peaks:
+    if n_kept > config.max_n_peaks:
         flags["flag_skipped_too_many_peaks"] = True
-    if area > config.max_footprint_area or area * blend.n_peaks > config.max_area_times_peaks:
+    if area > config.max_footprint_area or area * n_kept > config.max_area_times_peaks:
         flags["flag_skipped_too_large"] = True
     return flags
+
+
+def _peak_status(blend: BlendData) -> np.ndarray:
+    """``blend.peak_flags`` (K,) int32, plus PEAK_OUTSIDE_IMAGE | PEAK_OUTSIDE_FOOTPRINT for any peak off the image."""
+    status = np.array(blend.peak_flags, dtype=np.int32).reshape(-1)
+    peaks = np.asarray(blend.peaks, dtype=np.int64).reshape(-1, 2)
+    if status.shape[0] != peaks.shape[0]:
+        status = np.zeros(peaks.shape[0], dtype=np.int32)
+    h, w = blend.shape
+    off = (peaks[:, 0] < 0) | (peaks[:, 0] >= h) | (peaks[:, 1] < 0) | (peaks[:, 1] >= w)
+    status[off] |= PEAK_OUTSIDE_IMAGE | PEAK_OUTSIDE_FOOTPRINT
+    return status
+
+
+def _no_peak_error(blend: BlendData, status: np.ndarray) -> BlendDataError:
+    key = blend.meta.get("peak_key", "centers") if isinstance(blend.meta, dict) else "centers"
+    counts = [(int(np.count_nonzero(status & bit)), what) for bit, what in (
+        (PEAK_OUTSIDE_IMAGE, "outside the image"), (PEAK_OUTSIDE_FOOTPRINT, "outside the footprint"),
+        (PEAK_MASKED, "on pixels masked in every band"), (PEAK_DUPLICATE, "duplicates"))]
+    why = ", ".join(f"{n} {what}" for n, what in counts if n)
+    return BlendDataError(f"{blend.source}: key {key!r}: none of the {len(status)} peaks can be fitted "
+                          f"({why or 'all dropped'})")
+
+
+def _expand_result(result: DeblendResult, peaks: np.ndarray, kept: np.ndarray, band_ok: np.ndarray) -> None:
+    """Scatter a fit of the kept peaks and usable bands into arrays over all K peaks and B bands (in place).
+
+    Components: the K main components in peak order (placeholders with zero SED and morphology and
+    an empty box at the clipped peak for dropped peaks), then the kept peaks' cores in fit order.
+    Children: NaN measurements and ``alive`` False for dropped peaks; NaN fluxes in bands without data.
+    """
+    k_all, n_kept, nb = result.n_peaks, len(kept), len(band_ok)
+    ch = result.children
+    for name, val in list(ch.items()):
+        val = np.asarray(val)
+        if val.ndim == 2 and not band_ok.all():
+            full_b = np.full((val.shape[0], nb), np.nan, dtype=val.dtype)
+            full_b[:, band_ok] = val
+            val = full_b
+        if n_kept != k_all:
+            fill = False if val.dtype == np.bool_ else np.nan
+            full = np.full((k_all,) + val.shape[1:], fill, dtype=val.dtype)
+            full[kept] = val
+            val = full
+        ch[name] = val
+    if not band_ok.all():
+        sed = np.zeros((result.sed.shape[0], nb), dtype=result.sed.dtype)
+        sed[:, band_ok] = result.sed
+        conv = np.zeros((result.conv.shape[0], nb) + result.conv.shape[2:], dtype=result.conv.dtype)
+        conv[:, band_ok] = result.conv
+        result.sed, result.conv = sed, conv
+    if n_kept != k_all:
+        n_comp = result.sed.shape[0]
+        # component i of the fit -> its index in the full layout
+        dest = np.concatenate([kept, k_all + np.arange(n_comp - n_kept)]).astype(np.int64)
+        total = k_all + n_comp - n_kept
+        sed = np.zeros((total,) + result.sed.shape[1:], dtype=result.sed.dtype)
+        morphs = np.zeros((total,) + result.morphs.shape[1:], dtype=result.morphs.dtype)
+        conv = np.zeros((total,) + result.conv.shape[1:], dtype=result.conv.dtype)
+        boxes = np.zeros((total, 4), dtype=result.boxes.dtype)
+        h, w = result.morphs.shape[1:]
+        # dropped peaks: an empty box (y0 == y1, x0 == x1) at the peak clipped to the image
+        boxes[:k_all, 0] = boxes[:k_all, 1] = np.clip(peaks[:, 0], 0, h)
+        boxes[:k_all, 2] = boxes[:k_all, 3] = np.clip(peaks[:, 1], 0, w)
+        owner = np.arange(total, dtype=np.int64)
+        owner[k_all:] = kept[result.owner[n_kept:]]
+        sed[dest], morphs[dest], conv[dest], boxes[dest] = result.sed, result.morphs, result.conv, result.boxes
+        result.sed, result.morphs, result.conv, result.boxes, result.owner = sed, morphs, conv, boxes, owner
 
 
 def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> DeblendResult:
@@ -361,27 +458,57 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> Debl
     Returns
     -------
     DeblendResult
-        Skipped blends (size guards) come back unfitted with their skip flag;
-        a numerical failure during the fit comes back with ``flag_failed``,
-        ``error_type`` and ``error_message`` set.
+        Skipped blends (size guards, counting kept peaks only) come back
+        unfitted with their skip flag; a numerical failure during the fit
+        comes back with ``flag_failed``, ``error_type`` and ``error_message``
+        set. Only the kept peaks (``blend.peak_flags`` without a
+        :data:`~hpcblend.inputs.PEAK_DROPPED` bit, and inside the image) are
+        fitted, on the bands with at least one weighted pixel; the children,
+        ``sed``, ``conv`` etc. still cover all K peaks and B bands (see
+        :class:`DeblendResult`). ``flag_incomplete_data``: more than 10 % of
+        the footprint has zero weight in some band (so always when a band
+        has no data). ``flag_bad_fit``: the final χ²/pixel is not finite or
+        above ``config.max_chi2_per_pixel``.
 
     Raises
     ------
     BlendDataError, PsfError
-        Unusable input (see :func:`build_observation`).
+        Unusable input (see :func:`build_observation`): no weighted pixel in
+        any band, NaN/inf at weighted pixels, a bad PSF; or no peak left to
+        fit (the message names the file, the peak key and why each was
+        dropped).
     """
-    result = DeblendResult(n_peaks=blend.n_peaks, footprint_area=blend.footprint_area)
-    result.flags = _skip_flags(blend, config)
+    peak_flags = _peak_status(blend)
+    kept = np.flatnonzero((peak_flags & PEAK_DROPPED) == 0)
+    if len(kept) == 0:
+        if not np.any(blend.weights(config.bad_mask_planes) > 0):  # the root cause, if it is one
+            raise BlendDataError(f"{blend.source}: key 'variance': every pixel has zero weight "
+                                 "(all masked, outside the footprint, or variance <= 0)")
+        raise _no_peak_error(blend, peak_flags)
+    result = DeblendResult(n_peaks=blend.n_peaks, footprint_area=blend.footprint_area, peak_flags=peak_flags)
+    result.flags = _skip_flags(blend, config, len(kept))
+    result.flags["n_peaks_dropped"] = int(blend.n_peaks - len(kept))
     if result.flags["flag_skipped_too_many_peaks"] or result.flags["flag_skipped_too_large"]:
         return result
     t0 = time.perf_counter()
     if sampler is not None:
         sampler.set_stage("init", blend.id)
-    obs = build_observation(blend, config)
+    weights = blend.weights(config.bad_mask_planes).astype(np.float32)
+    band_ok = (weights > 0).reshape(weights.shape[0], -1).any(axis=1)
+    result.bands_fitted = band_ok
     fp = blend.footprint
-    masked_fraction = float(((obs.weights == 0) & fp[None]).sum(axis=(1, 2)).max() / max(fp.sum(), 1))
+    masked_fraction = float(((weights == 0) & fp[None]).sum(axis=(1, 2)).max() / max(fp.sum(), 1))
     result.flags["flag_incomplete_data"] = masked_fraction > 0.1
-    child_peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
+    if band_ok.all() or not band_ok.any():  # none usable: build_observation says so
+        data = blend
+    else:  # fit the bands with data; _expand_result puts the empty ones back
+        data = dataclasses.replace(blend, bands=tuple(b for b, ok in zip(blend.bands, band_ok) if ok),
+                                   images=blend.images[band_ok], variance=blend.variance[band_ok],
+                                   mask=None if blend.mask is None else blend.mask[band_ok],
+                                   psfs=blend.psfs[band_ok])
+        weights = weights[band_ok]
+    obs = build_observation(data, config, weights=weights)
+    child_peaks = np.ascontiguousarray(blend.peaks[kept], dtype=np.int64)
     n_children = child_peaks.shape[0]
     owner = np.arange(n_children, dtype=np.int64)
     if config.max_components >= 2 and n_children:
@@ -422,7 +549,7 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> Debl
     result.flags["flag_not_converged"] = not converged
     result.loss_history = loss[:n_iter].copy()
     conv = convolve_sources(morphs, obs, boxes)
-    children, result.chi2_per_pixel = measure_children(obs.images, np.asarray(blend.variance, dtype=np.float32),
+    children, result.chi2_per_pixel = measure_children(obs.images, np.asarray(data.variance, dtype=np.float32),
                                                        obs.weights, fp, sed, morphs, conv, boxes, obs.kernel_radius,
                                                        owner, n_children)
     alive = np.asarray(alive, dtype=bool)
@@ -433,6 +560,10 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> Debl
     result.boxes = boxes
     result.owner = owner
     result.conv = conv
+    if len(kept) < blend.n_peaks or not band_ok.all():
+        _expand_result(result, np.asarray(blend.peaks, dtype=np.int64), kept, band_ok)
+    chi2 = result.chi2_per_pixel
+    result.flags["flag_bad_fit"] = bool(not np.isfinite(chi2) or chi2 > config.max_chi2_per_pixel)
     result.t_measure = time.perf_counter() - t2
     return result
 

@@ -27,12 +27,17 @@ are required; a missing ``mask`` reads as all zeros. A file without
 
 Pixel clean-up done by :func:`read_blend` (recorded in ``BlendData.meta``):
 
-* pixels with variance <= 0 (isolated ones; a band whose every footprint pixel
-  has variance <= 0 is an error) get the ``NO_DATA`` mask bit; their variance
-  is left as it is, so the deblender must give them zero weight (see
-  :meth:`BlendData.weights`);
+* pixels with variance <= 0 get the ``NO_DATA`` mask bit (a band whose every
+  footprint pixel has variance <= 0 becomes a band without data: the
+  deblender fits the other bands); their variance is left as it is, so the
+  deblender must give them zero weight (see :meth:`BlendData.weights`);
 * NaN/inf image or variance pixels *outside* the footprint are set to 0 and get
   the ``NO_DATA`` bit (NaN/inf inside the footprint is an error).
+
+Bad peaks are flagged, not errors: ``BlendData.peak_flags`` (see
+:func:`classify_peaks`) marks peaks outside the image or the footprint, on a
+pixel bad in every band (:data:`DEFAULT_BAD_MASK_PLANES`, variance <= 0), and
+the second and later peaks on one pixel; the deblender does not fit them.
 """
 
 from __future__ import annotations
@@ -57,6 +62,13 @@ __all__ = [
     "DEFAULT_BAD_MASK_PLANES",
     "DEFAULT_BANDS",
     "PSF_SUM_TOLERANCE",
+    "PEAK_DUPLICATE",
+    "PEAK_MASKED",
+    "PEAK_OUTSIDE_FOOTPRINT",
+    "PEAK_OUTSIDE_IMAGE",
+    "PEAK_MERGED",
+    "PEAK_DROPPED",
+    "classify_peaks",
     "mask_bits",
     "expand_inputs",
     "peek_blend",
@@ -87,6 +99,21 @@ DEFAULT_BANDS: tuple = ("g", "r", "i", "z", "y")
 PSF_SUM_TOLERANCE: float = 1e-2
 
 _INT64_MAX = np.iinfo(np.int64).max
+
+# Per-peak status bits (``BlendData.peak_flags``). A peak with any bit of
+# PEAK_DROPPED set is not fitted; its child row stays, with NaN measurements.
+#: Same pixel as an earlier kept peak of the blend (the first peak of a pixel is kept).
+PEAK_DUPLICATE: int = 1 << 0
+#: The peak pixel is bad in every band (a bad mask plane, or variance not finite or <= 0).
+PEAK_MASKED: int = 1 << 1
+#: The peak pixel is outside the parent footprint (also set for peaks outside the image).
+PEAK_OUTSIDE_FOOTPRINT: int = 1 << 2
+#: The peak lies outside the image array (its position is kept as given, not clipped).
+PEAK_OUTSIDE_IMAGE: int = 1 << 3
+#: Information only, not a reason to drop: a kept peak whose duplicates were dropped.
+PEAK_MERGED: int = 1 << 4
+#: Bits that mean "dropped from the fit".
+PEAK_DROPPED: int = PEAK_DUPLICATE | PEAK_MASKED | PEAK_OUTSIDE_FOOTPRINT | PEAK_OUTSIDE_IMAGE
 
 
 def mask_bits(names: Union[str, Iterable[str]]) -> int:
@@ -147,6 +174,16 @@ class BlendData:
         Peak positions in (y, x) pixel order, in this blend's own frame.
     origin : tuple of int
         (y0, x0) of pixel [0, 0] in the parent (patch or tract) frame.
+    meta : dict
+        Reader-specific facts (layout, counts of cleaned pixels, ...).
+    peak_flags : ndarray, shape (K,), int32
+        Status of each peak: 0 = kept, else OR of :data:`PEAK_DUPLICATE`,
+        :data:`PEAK_MASKED`, :data:`PEAK_OUTSIDE_FOOTPRINT`,
+        :data:`PEAK_OUTSIDE_IMAGE` (dropped: not fitted) and
+        :data:`PEAK_MERGED` (kept; its duplicates were dropped). Default (None)
+        becomes all zeros; :func:`read_blend` fills it with
+        :func:`classify_peaks`. All K peaks stay in :attr:`peaks`, so child
+        ids and row counts do not depend on which are dropped.
     """
 
     id: int
@@ -160,6 +197,17 @@ class BlendData:
     peaks: np.ndarray
     origin: tuple = (0, 0)
     meta: dict = field(default_factory=dict)
+    peak_flags: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        n = int(np.shape(self.peaks)[0]) if np.ndim(self.peaks) else 0
+        if self.peak_flags is None:
+            self.peak_flags = np.zeros(n, dtype=np.int32)
+        else:
+            self.peak_flags = np.asarray(self.peak_flags, dtype=np.int32).reshape(-1)
+            if self.peak_flags.shape[0] != n:
+                raise ValueError(f"{self.source}: peak_flags has {self.peak_flags.shape[0]} entries "
+                                 f"for {n} peaks")
 
     @property
     def n_bands(self) -> int:
@@ -175,6 +223,11 @@ class BlendData:
     def n_peaks(self) -> int:
         """Number of peaks K."""
         return int(self.peaks.shape[0])
+
+    @property
+    def kept_peaks(self) -> np.ndarray:
+        """Peaks the deblender fits, shape (K,), bool: no :data:`PEAK_DROPPED` bit in :attr:`peak_flags`."""
+        return (self.peak_flags & PEAK_DROPPED) == 0
 
     @property
     def footprint_area(self) -> int:
@@ -211,6 +264,48 @@ class BlendData:
         good = ~bad
         w[good] = 1.0 / self.variance[good].astype(np.float64)
         return w
+
+
+def classify_peaks(peaks: np.ndarray, footprint: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """Status bits of each peak: outside the image or footprint, masked, duplicate.
+
+    Parameters
+    ----------
+    peaks : ndarray, shape (K, 2), int
+        Peaks (y, x), pixels of the blend's frame; any values (outside the
+        image is allowed).
+    footprint : ndarray, shape (H, W), bool
+        True inside the parent footprint.
+    bad : ndarray, shape (B, H, W), bool
+        Pixels with zero weight (:meth:`BlendData.bad_pixels`).
+
+    Returns
+    -------
+    ndarray, shape (K,), int32
+        OR of :data:`PEAK_OUTSIDE_IMAGE` (+ :data:`PEAK_OUTSIDE_FOOTPRINT`),
+        :data:`PEAK_OUTSIDE_FOOTPRINT`, :data:`PEAK_MASKED` (bad in every
+        band), and, among the peaks not dropped for those reasons,
+        :data:`PEAK_DUPLICATE` on every peak after the first of a pixel and
+        :data:`PEAK_MERGED` on that first one.
+    """
+    peaks = np.asarray(peaks, dtype=np.int64).reshape(-1, 2)
+    h, w = footprint.shape
+    flags = np.zeros(len(peaks), dtype=np.int32)
+    y, x = peaks[:, 0], peaks[:, 1]
+    inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+    flags[~inside] |= PEAK_OUTSIDE_IMAGE | PEAK_OUTSIDE_FOOTPRINT
+    yi, xi = y[inside], x[inside]
+    flags[np.flatnonzero(inside)[~footprint[yi, xi]]] |= PEAK_OUTSIDE_FOOTPRINT
+    flags[np.flatnonzero(inside)[bad[:, yi, xi].all(axis=0)]] |= PEAK_MASKED
+    first: dict = {}
+    for k in np.flatnonzero(flags == 0):
+        key = (int(y[k]), int(x[k]))
+        if key in first:
+            flags[k] |= PEAK_DUPLICATE
+            flags[first[key]] |= PEAK_MERGED
+        else:
+            first[key] = k
+    return flags
 
 
 # --------------------------------------------------------------------------
@@ -293,7 +388,24 @@ _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, K
                 RuntimeError, NotImplementedError)
 
 
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or an empty zip
+
+
 def _open_npz(path: str):
+    # Look at the magic first: np.load would take any non-zip, non-.npy content for a pickle
+    # and complain about allow_pickle, which misleads for a text file named *.npz.
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open ({type(exc).__name__}: {exc})") from exc
+    if not head.startswith(_ZIP_MAGICS):
+        if head.startswith(b"\x93NUMPY"):
+            raise InputError(f"{path}: not an npz archive (a single .npy array?)")
+        what = "an empty file" if not head else f"content starts with {head[:8]!r}"
+        raise InputError(f"{path}: not an npz (zip) archive ({what})")
     try:
         data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -308,15 +420,20 @@ def _open_npz(path: str):
 
 def _get(data, path: str, key: str) -> np.ndarray:
     try:
-        return data[key]
+        value = data[key]
     except KeyError:
         raise InputError(f"{path}: missing key {key!r}") from None
     except _READ_ERRORS as exc:
         msg = str(exc).splitlines()[0] if str(exc) else ""
-        if "pickle" in msg.lower():
+        # numpy's refusal of an object-dtype member ("Object arrays cannot be loaded when
+        # allow_pickle=False"): the member really is a pickle
+        if "allow_pickle" in msg or "object arrays" in msg.lower():
             raise InputError(f"{path}: key {key!r}: holds Python objects (pickled); refusing to unpickle") from exc
         raise InputError(f"{path}: key {key!r}: cannot read ({type(exc).__name__}: {msg}); "
                          f"truncated or corrupt file") from exc
+    if not isinstance(value, np.ndarray):  # NpzFile returns a member without the .npy magic as raw bytes
+        raise InputError(f"{path}: key {key!r}: not a .npy array member (raw {type(value).__name__})")
+    return value
 
 
 def _member_header(zf: zipfile.ZipFile, key: str):
@@ -440,19 +557,25 @@ def read_blend(path: Union[str, os.PathLike], bands: Optional[Sequence[str]] = N
         ``meta`` holds ``layout``, ``footprint_in_file``,
         ``n_no_data_pixels`` (pixels newly flagged NO_DATA),
         ``psf_centroid_offset`` (B, 2) (y, x) of each PSF's flux centroid
-        relative to its central pixel.
+        relative to its central pixel, ``peak_key`` (``"centers"`` or
+        ``"catalog"``). ``peak_flags`` (K,) from :func:`classify_peaks` with
+        :data:`DEFAULT_BAD_MASK_PLANES`: peaks outside the image or the
+        footprint, masked in every band, or duplicated are kept in ``peaks``
+        (as given, not clipped) but flagged, not raised.
 
     Raises
     ------
     InputError
-        Unreadable/truncated file, missing key, malformed arrays (shape
-        mismatch, peaks outside the image or footprint), no usable id.
+        Unreadable/truncated file, not a zip archive, a member holding Python
+        objects (pickled), missing key, malformed arrays (shape mismatch),
+        no usable id.
     PsfError
         PSFs not 3-D, wrong band count, not finite, even-sized, or not
         summing to 1 within :data:`PSF_SUM_TOLERANCE`.
     BlendDataError
         Band-count mismatch against ``bands``; NaN/inf inside the footprint;
-        a band with variance <= 0 at every footprint pixel; no peaks.
+        no peaks in the file. (A band with variance <= 0 at every footprint
+        pixel is not an error here: its pixels get ``NO_DATA``.)
     """
     path = os.fspath(path)
     with _open_npz(path) as data:
@@ -579,17 +702,8 @@ def read_blend(path: Union[str, os.PathLike], bands: Optional[Sequence[str]] = N
         peaks = _round_half_up(xy)
         peak_key = "catalog"
     peaks = np.ascontiguousarray(peaks.reshape(-1, 2), dtype=np.int64)
-    outside = ((peaks[:, 0] < 0) | (peaks[:, 0] >= height) | (peaks[:, 1] < 0) | (peaks[:, 1] >= width))
-    if outside.any():
-        k = int(np.flatnonzero(outside)[0])
-        raise InputError(f"{path}: key {peak_key!r}: {int(outside.sum())} peak(s) outside the "
-                         f"{height}x{width} image, first (y, x)={tuple(int(v) for v in peaks[k])}")
-    off_fp = ~footprint[peaks[:, 0], peaks[:, 1]]
-    if off_fp.any():
-        k = int(np.flatnonzero(off_fp)[0])
-        raise InputError(f"{path}: key 'footprint': {int(off_fp.sum())} of {len(peaks)} peaks lie "
-                         f"outside the footprint, first (y, x)={tuple(int(v) for v in peaks[k])} "
-                         f"(the file's footprint must be True OUTSIDE the parent)")
+    # peaks outside the image or footprint, on masked pixels, or duplicated are flagged (not an error)
+    # once the pixels are cleaned up below: see classify_peaks
 
     # -- PSFs -------------------------------------------------------------------
     if psfs.ndim != 3:
@@ -632,12 +746,8 @@ def read_blend(path: Union[str, os.PathLike], bands: Optional[Sequence[str]] = N
             mask[nonfinite] |= no_data
     nonpos = ~(variance > 0)
     if nonpos.any():
-        n_fp = int(np.count_nonzero(footprint))
-        for b in range(n_bands):
-            if np.count_nonzero(nonpos[b] & footprint) == n_fp:
-                raise BlendDataError(f"{path}: key 'variance': band {band_names[b]!r} (plane {b}) has "
-                                     f"variance <= 0 at all {n_fp} pixels inside the footprint "
-                                     f"(zero-variance band)")
+        # a band with variance <= 0 at every footprint pixel is all NO_DATA: the deblender fits the
+        # other bands and flags the blend flag_incomplete_data
         mask[nonpos] |= no_data
     n_new_no_data = int(np.count_nonzero(((mask & no_data) != 0) & ~had_no_data))
 
@@ -646,10 +756,13 @@ def read_blend(path: Union[str, os.PathLike], bands: Optional[Sequence[str]] = N
         "footprint_in_file": fp_file is not None,
         "n_no_data_pixels": n_new_no_data,
         "psf_centroid_offset": psf_centroid,
+        "peak_key": peak_key,
     }
-    return BlendData(id=int(pid), source=path, bands=tuple(band_names), images=images,
-                     variance=variance, mask=mask, footprint=footprint, psfs=psfs, peaks=peaks,
-                     origin=origin, meta=meta)
+    blend = BlendData(id=int(pid), source=path, bands=tuple(band_names), images=images,
+                      variance=variance, mask=mask, footprint=footprint, psfs=psfs, peaks=peaks,
+                      origin=origin, meta=meta)
+    blend.peak_flags = classify_peaks(peaks, footprint, blend.bad_pixels())
+    return blend
 
 
 # --------------------------------------------------------------------------

@@ -13,9 +13,17 @@ Ids (:func:`hpcblend.skymap.encode_id`): tract, patch and a running number —
 ``(n << 12)`` for the n-th owned footprint (1-based, detection order) and
 ``(n << 12) | (k + 1)`` for its peak k — so they do not depend on ranks.
 
-A failure in one blend becomes a flagged row; a failure of the patch itself
-(unreadable pixels, detection error) becomes a ``/patches`` row with
-``status = failed`` and the exception, and the run goes on.
+Failure policy: bad data become masked pixels or flagged rows, never a lost
+patch. Bad pixels of a coadd (non-finite image, variance not finite or <= 0,
+without ``NO_DATA``) are masked on reading (:func:`hpcblend.coadd.read_patch`)
+and counted in the patch row's ``n_bad_pixels``; the blends that touch them
+are deblended with those pixels at zero weight. A data error in one blend
+becomes a flagged row; a data error of the patch itself (unreadable file, a
+band with no usable pixel in the outer box, detection error) becomes a
+``/patches`` row with ``status = failed`` and the exception, and the run goes
+on. A programming error (:func:`hpcblend.errors.is_programming_error`:
+``TypeError``, ``AttributeError``, ...) is never turned into a row: it
+propagates and stops the job.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import numpy as np
 
 from .config import JobConfig
 from .deblend import deblend_blend
+from .errors import is_programming_error
+from .inputs import MASK_PLANES
 from .pipeline import fill_child_rows, fill_parent_row, flag_exception, offer_to_gallery
 from .schema import blend_spec, model_pixel_spec, model_spec, patch_spec, source_spec
 
@@ -116,6 +126,15 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
     -------
     dict of str -> ndarray
         Rows for ``patches``, ``blends``, ``sources``, ``models``, ``model_pixels``.
+        The ``patches`` row's ``n_bad_pixels`` counts the outer box's pixels
+        masked on reading (all bands); a data error of the patch gives
+        ``status = failed`` and no other rows.
+
+    Raises
+    ------
+    Exception
+        A programming error (:func:`hpcblend.errors.is_programming_error`)
+        anywhere in the patch, never turned into a failed row.
     """
     from .coadd import read_patch
     from .detect import detection_image, detect_footprints, estimate_background
@@ -139,6 +158,7 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
     try:
         with sampler.stage("load"):
             data = read_patch(unit.path, patch, bands=tuple(bands))
+        prow["n_bad_pixels"] = int(np.sum(data.n_bad_pixels))
         t1 = time.perf_counter()
         sampler.set_stage("detect")
         images = data.images
@@ -181,6 +201,8 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
         prow["t_measure"] = t_measure
         prow["status"] = b"ok"
     except Exception as exc:  # noqa: BLE001 - one failed patch never kills a rank
+        if is_programming_error(exc):
+            raise
         prow["status"] = b"failed"
         prow["error_type"] = type(exc).__name__.encode()[:64]
         prow["error_message"] = str(exc).encode("utf-8", "replace")[:256]
@@ -256,6 +278,8 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
             if result.children:
                 models = result.child_models()
     except Exception as exc:  # noqa: BLE001 - one bad blend is a flagged row
+        if is_programming_error(exc):
+            raise
         flag_exception(row, exc)
         src_all["flag_parent_failed"] = True
         models = None
@@ -271,6 +295,11 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
     t2 = time.perf_counter()
     row["t_measure"] = row["t_measure"][0] + (t2 - t1)
     row["t_total"] = t2 - t0
+    # a blend whose footprint holds pixels without data (masked NO_DATA on reading: NaN/inf pixels,
+    # variance <= 0, or the coadd's own NO_DATA) is flagged, however few they are
+    no_data = (blend.mask & np.int32(1 << MASK_PLANES["NO_DATA"])) != 0
+    if np.any(no_data[:, blend.footprint]):
+        row["flag_incomplete_data"] = True
     rows = {"blends": row, "sources": src_all[owned]}
     if gallery is not None and not row["isolated"][0]:
         offer_to_gallery(gallery, row, blend, result, job)

@@ -13,7 +13,8 @@ import numpy as np
 from .config import JobConfig
 from .errors import BlendDataError, is_programming_error
 from .deblend import deblend_blend
-from .inputs import peek_blend, read_blend
+from .inputs import (PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_MERGED, PEAK_OUTSIDE_FOOTPRINT, peek_blend,
+                     read_blend)
 from .schema import blend_spec, source_spec
 
 __all__ = ["process_unit", "process_blend_file", "blend_file_ids", "unit_failed", "child_id", "flag_exception", "fill_parent_row",
@@ -57,8 +58,17 @@ def fill_child_rows(src, result, origin, bands) -> None:
     -----
     Without children (skipped or failed blends) the fluxes, centroids and
     blendedness become NaN and ``flag_parent_skipped`` / ``flag_parent_failed``
-    say why.
+    say why. The ``flag_peak_*`` columns come from ``result.peak_flags``
+    (peaks the deblender did not fit; their measurements are NaN, and
+    ``flag_model_zero`` is left False for them) either way.
     """
+    pf = getattr(result, "peak_flags", None)
+    pf = np.zeros(len(src), dtype=np.int32) if pf is None or len(pf) != len(src) else np.asarray(pf)
+    if "flag_peak_duplicate" in src.dtype.names:
+        src["flag_peak_duplicate"] = (pf & PEAK_DUPLICATE) != 0
+        src["flag_peak_merged"] = (pf & PEAK_MERGED) != 0
+        src["flag_peak_masked"] = (pf & PEAK_MASKED) != 0
+        src["flag_peak_outside_footprint"] = (pf & PEAK_OUTSIDE_FOOTPRINT) != 0
     ch = result.children
     if ch:
         src["x"] = ch["x"] + origin[1]
@@ -68,7 +78,7 @@ def fill_child_rows(src, result, origin, bands) -> None:
             src[f"flux_{b}"] = ch["flux"][:, i]
             src[f"flux_err_{b}"] = ch["flux_err"][:, i]
         src["blendedness"] = ch["blendedness"]
-        src["flag_model_zero"] = ~ch["alive"]
+        src["flag_model_zero"] = ~ch["alive"] & ((pf & PEAK_DROPPED) == 0)
         return
     for n in src.dtype.names:
         if n.startswith("flux") or n in ("x", "y", "blendedness"):

@@ -16,13 +16,22 @@ MODEL_CHUNK = 256  # morphology pixels per /model_pixels row
 
 
 def blend_spec() -> TableSpec:
-    """``/blends``: one row per parent blend."""
-    cols = [("id", "i8", ""), ("source_file", "S256", ""), ("n_peaks", "i8", ""), ("footprint_area", "i8", "pix"),
+    """``/blends``: one row per parent blend.
+
+    ``n_peaks`` counts every peak given (one ``/sources`` row each); ``n_peaks_dropped`` (int64) how many of
+    them were not fitted (duplicate, masked, outside the footprint or image: see the ``flag_peak_*`` columns
+    of ``/sources``). ``flag_bad_fit``: the fit ended with a χ²/pixel that is not finite or above
+    ``deblend.max_chi2_per_pixel`` (config) (the model does not describe the data; its fluxes are
+    not to be trusted). ``flag_incomplete_data``: more than 10 % of the footprint has zero weight in some
+    band, in particular a band without any data (fitted on the other bands; that band's fluxes are NaN).
+    """
+    cols = [("id", "i8", ""), ("source_file", "S256", ""), ("n_peaks", "i8", ""), ("n_peaks_dropped", "i8", ""),
+            ("footprint_area", "i8", "pix"),
             ("bbox", ("i8", (4,)), "pix"), ("t_load", "f8", "s"), ("t_init", "f8", "s"), ("t_fit", "f8", "s"),
             ("t_measure", "f8", "s"), ("t_total", "f8", "s"), ("iterations", "i8", ""), ("converged", "?", ""),
             ("chi2_per_pixel", "f8", ""), ("tract", "i4", ""), ("patch", "i4", ""), ("isolated", "?", ""),
             ("primary", "?", ""), ("n_peaks_owned", "i8", "")]
-    cols += [(f, "?", "") for f in PARENT_FLAG_COLUMNS]
+    cols += [(f, "?", "") for f in PARENT_FLAG_COLUMNS + ("flag_bad_fit",)]
     cols += [("error_type", "S64", ""), ("error_message", "S256", ""), ("rank", "i4", "")]
     dtype = np.dtype([(n, t) if not isinstance(t, tuple) else (n, t[0], t[1]) for n, t, _ in cols])
     return TableSpec(name="blends", dtype=dtype, units={n: u for n, _, u in cols})
@@ -40,6 +49,15 @@ def source_spec(bands, tract: bool = False, radii=None) -> TableSpec:
         (prefixed ``forced_`` where a name would clash).
     radii : sequence of float, optional
         Aperture radii (pixels) of the forced photometry.
+
+    Notes
+    -----
+    Peaks that are not fitted keep their row (``peak_x``, ``peak_y`` as given, even outside the image), with
+    NaN fluxes, centroids and blendedness and one of: ``flag_peak_duplicate`` (same pixel as an earlier,
+    kept peak of the blend, which gets ``flag_peak_merged``), ``flag_peak_masked`` (the peak pixel is bad in
+    every band: a bad mask plane, or variance not finite or <= 0), ``flag_peak_outside_footprint`` (outside
+    the parent footprint, or outside the image). In a band without data (``flag_incomplete_data`` on the
+    parent) ``flux_model_<b>``, ``flux_<b>`` and ``flux_err_<b>`` are NaN.
     """
     cols = [("id", "i8", ""), ("parent_id", "i8", ""), ("peak_index", "i4", ""), ("peak_x", "i8", "pix"),
             ("peak_y", "i8", "pix"), ("x", "f8", "pix"), ("y", "f8", "pix")]
@@ -48,7 +66,8 @@ def source_spec(bands, tract: bool = False, radii=None) -> TableSpec:
     for b in bands:
         cols += [(f"flux_model_{b}", "f8", "ct"), (f"flux_{b}", "f8", "ct"), (f"flux_err_{b}", "f8", "ct")]
     cols += [("blendedness", "f8", "")]
-    cols += [(f, "?", "") for f in CHILD_FLAG_COLUMNS]
+    cols += [(f, "?", "") for f in CHILD_FLAG_COLUMNS + ("flag_peak_duplicate", "flag_peak_merged",
+                                                        "flag_peak_masked", "flag_peak_outside_footprint")]
     if tract:
         from .forced import forced_columns
 
@@ -63,10 +82,16 @@ def source_spec(bands, tract: bool = False, radii=None) -> TableSpec:
 
 
 def patch_spec() -> TableSpec:
-    """``/patches``: one row per patch of a tract run (times in seconds, boxes (y0, x0, h, w) in tract pixels)."""
+    """``/patches``: one row per patch of a tract run (times in seconds, boxes (y0, x0, h, w) in tract pixels).
+
+    ``n_bad_pixels`` (int64): pixels of the patch's outer box masked on reading, summed over bands — image not
+    finite, or variance not finite or <= 0, where the coadd's ``NO_DATA`` bit was clear
+    (:func:`hpcblend.coadd.read_patch` sets ``NO_DATA`` on them); 0 for a patch that failed on reading.
+    """
     cols = [("id", "i8", ""), ("tract", "i4", ""), ("patch", "i4", ""), ("patch_y", "i4", ""), ("patch_x", "i4", ""),
             ("inner_bbox", ("i8", (4,)), "pix"), ("outer_bbox", ("i8", (4,)), "pix"),
             ("n_footprints", "i8", ""), ("n_blends", "i8", ""), ("n_isolated", "i8", ""), ("n_sources", "i8", ""),
+            ("n_bad_pixels", "i8", ""),
             ("t_load", "f8", "s"), ("t_detect", "f8", "s"), ("t_deblend", "f8", "s"), ("t_measure", "f8", "s"),
             ("t_total", "f8", "s"), ("status", "S16", ""), ("error_type", "S64", ""), ("error_message", "S256", ""),
             ("rank", "i4", "")]

@@ -126,8 +126,10 @@ def test_patch_reads_only_outer_box(tract_dir):
     patch = make_patches(SHAPE, 25, 4, tract=42)[0]
     data = read_patch(tract_dir, patch)
     assert np.isfinite(data.images).all()
-    with pytest.raises(InputError):
-        read_tract(tract_dir)
+    assert data.n_bad_pixels.tolist() == [0, 0, 0]
+    full = read_tract(tract_dir)  # the whole tract sees it: masked on reading, not an error
+    assert full.n_bad_pixels.tolist() == [1, 0, 0]
+    assert full.mask[0, 55, 75] & (1 << MASK_PLANES["NO_DATA"])
 
 
 def _rewrite(path, hdu_name, func):
@@ -178,27 +180,33 @@ def test_error_missing_wcs(tract_dir):
         read_tract(tract_dir)
 
 
-def test_error_nan_unmasked(tract_dir):
+def test_nan_unmasked_becomes_no_data(tract_dir):
     def poke(hdu):
         hdu.data[10:12, 20:25] = np.nan
     _rewrite(tract_dir / "coadd_r.fits", "IMAGE", poke)
-    with pytest.raises(InputError, match=r"coadd_r\.fits: HDU 'IMAGE': non-finite .*10 pixel.*y=10, x=20"):
-        read_tract(tract_dir)
-    # the same region flagged NO_DATA is accepted
+    data = read_tract(tract_dir)  # masked on reading (image 0, variance inf, NO_DATA), counted, not an error
+    assert data.n_bad_pixels.tolist() == [0, 10, 0]
+    assert (data.images[1, 10:12, 20:25] == 0).all() and np.isinf(data.variance[1, 10:12, 20:25]).all()
+    assert (data.mask[1, 10:12, 20:25] & (1 << MASK_PLANES["NO_DATA"])).all()
+    assert data.bad_pixels()[1, 10:12, 20:25].all() and np.count_nonzero(data.bad_pixels()[1]) == 10 + 80 + 9
+    # the same region flagged NO_DATA is accepted as stored
     def flag(hdu):
         hdu.data[10:12, 20:25] |= 1 << MASK_PLANES["NO_DATA"]
     _rewrite(tract_dir / "coadd_r.fits", "MASK", flag)
     data = read_tract(tract_dir)
     assert np.isnan(data.images[1, 10:12, 20:25]).all()
     assert data.bad_pixels()[1, 10:12, 20:25].all()
+    assert data.n_bad_pixels.tolist() == [0, 0, 0]
 
 
-def test_error_zero_variance(tract_dir):
+def test_zero_variance_becomes_no_data(tract_dir):
     def poke(hdu):
         hdu.data[3, 4] = 0.0
     _rewrite(tract_dir / "coadd_i.fits", "VARIANCE", poke)
-    with pytest.raises(InputError, match=r"coadd_i\.fits: HDU 'VARIANCE': variance <= 0.*y=3, x=4"):
-        read_tract(tract_dir)
+    data = read_tract(tract_dir)
+    assert data.n_bad_pixels.tolist() == [0, 0, 1]
+    assert data.images[2, 3, 4] == 0 and np.isinf(data.variance[2, 3, 4])
+    assert data.mask[2, 3, 4] & (1 << MASK_PLANES["NO_DATA"])
 
 
 def test_error_missing_files(tract_dir):

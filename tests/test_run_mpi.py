@@ -100,7 +100,7 @@ def test_two_rank_profile_counts_match_time_and_name_the_deblender(shared_data, 
             # stage" would be a coin flip; the deblender's stages together hold most samples
             stages = p["stage_samples"]
             deblender = sum(stages.get(s, 0) for s in ("init", "fit", "measure"))
-            assert deblender > 0.5 * sum(stages.values()), stages
+            assert deblender > 0.5 * sum(stages.values()), dict(stages)
             # the fit loop is one compiled call, so its samples share one stack line: the hottest
             stacks = p["stacks"]
             hottest = max(stacks, key=stacks.get)
