@@ -1068,9 +1068,11 @@ class CatalogWriter:
         deadline = time.monotonic() + IO_AGREE_TIMEOUT
         while not req.Test():
             if time.monotonic() > deadline:
-                print(f"hpcblend: error: {error or self.path + ': ' + what}: rank {self.rank} waited "
-                      f"{IO_AGREE_TIMEOUT:.0f} s for the other ranks after a failed collective write; "
-                      f"aborting the job", file=sys.stderr, flush=True)
+                line = (f"hpcblend: error: {error or self.path + ': ' + what}: rank {self.rank} waited "
+                        f"{IO_AGREE_TIMEOUT:.0f} s for the other ranks after a failed collective write; "
+                        f"aborting the job\n")
+                os.write(2, line.encode("utf-8", "replace"))  # one write: lines of ranks never run together
+                time.sleep(0.5)  # let the line reach mpirun before the abort tears the job down
                 self.comm.Abort(2)
             time.sleep(0.001)
         if int(total[0]):
