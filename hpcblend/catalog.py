@@ -281,14 +281,19 @@ def _verify_checksums(f: h5py.File, name: str, data: np.ndarray, offset: int = 0
 
 
 @contextlib.contextmanager
-def _quiet_hdf5_handles():
-    """Silence HDF5 errors printed while handles of a failed file are released (the failure is reported once)."""
+def _quiet_hdf5_handles(collect: bool = True):
+    """Silence HDF5 errors printed while handles of a failed file are released (the failure is reported once).
+
+    ``collect``: run the garbage collector inside (so handles held by reference cycles are released
+    here, quietly); it costs ~0.1 s, so only error paths ask for it.
+    """
     hook, stderr = sys.unraisablehook, sys.stderr
     sys.unraisablehook = lambda *_: None
     sys.stderr = io.StringIO()  # h5py prints the errors of handles released in __dealloc__
     try:
         yield
-        gc.collect()
+        if collect:
+            gc.collect()
     finally:
         sys.unraisablehook, sys.stderr = hook, stderr
 
@@ -748,14 +753,15 @@ class CatalogWriter:
         """
         error, agreed = None, False
         if self.writer_kind == "mpio" or self.rank == 0:
-            with _quiet_hdf5_handles():
-                try:
-                    fn()
-                except CatalogError as exc:  # raised by _agreed on every rank alike (mpio)
-                    error, agreed = str(exc), True
+            try:
+                fn()
+            except CatalogError as exc:  # raised by _agreed on every rank alike (mpio)
+                error, agreed = str(exc), True
+                with _quiet_hdf5_handles():
                     traceback.clear_frames(exc.__traceback__)
-                except (OSError, RuntimeError, ValueError, KeyError) as exc:
-                    error = f"{self.path}: {what}: {_hdf5_reason(exc)}"
+            except (OSError, RuntimeError, ValueError, KeyError) as exc:
+                error = f"{self.path}: {what}: {_hdf5_reason(exc)}"
+                with _quiet_hdf5_handles():
                     traceback.clear_frames(exc.__traceback__)  # no HDF5 handle outlives the failed step
         if self.writer_kind == "serial":
             error = self.comm.bcast(error, root=0)
@@ -1066,8 +1072,12 @@ class CatalogWriter:
         total = np.zeros(1, dtype=np.int32)
         req = self.comm.Iallreduce(flag, total, op=MPI.SUM)
         deadline = time.monotonic() + IO_AGREE_TIMEOUT
+        spin_until = time.monotonic() + 0.05  # healthy ranks agree within microseconds: no sleep at first
         while not req.Test():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now < spin_until:
+                continue
+            if now > deadline:
                 line = (f"hpcblend: error: {error or self.path + ': ' + what}: rank {self.rank} waited "
                         f"{IO_AGREE_TIMEOUT:.0f} s for the other ranks after a failed collective write; "
                         f"aborting the job\n")
