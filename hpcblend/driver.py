@@ -45,6 +45,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -741,7 +742,11 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
     sched = _Schedule(MPI, comm)
     inflight = _Inflight(out, rank)
     bar = None
-    if rank == 0 and (job.run.progress if progress is None else progress) and todo:
+    # The bar only where it cannot garble a log: one rank, or a terminal. Under MPI with stderr in a file
+    # (a batch job) the other ranks' log lines would land in the middle of the bar's line; there rank 0's
+    # "round k written: n units in the catalog" lines report the progress instead.
+    if (rank == 0 and (job.run.progress if progress is None else progress) and todo
+            and (size == 1 or sys.stderr.isatty())):
         try:
             from tqdm import tqdm
 
