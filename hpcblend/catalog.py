@@ -9,7 +9,9 @@ sorts every table so that the bytes of the table data depend only on the set of
 rows written, never on the number of ranks, on which rank wrote which rows, or
 on the writer kind.
 
-File layout (``SCHEMA_VERSION`` 1)::
+File layout (``SCHEMA_VERSION`` 2; version 1 files, written before the
+ledger's attempts and checksums existed, are still read — see
+:data:`READABLE_SCHEMA_VERSIONS` — but not resumed)::
 
     /                      attrs: schema_version (int), created (UTC ISO),
                                   complete (bool), finished (UTC ISO, once
@@ -70,6 +72,7 @@ from hpcblend.errors import CatalogError, SchemaVersionError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "READABLE_SCHEMA_VERSIONS",
     "UNIT_KEY_BYTES",
     "TableSpec",
     "CatalogWriter",
@@ -81,8 +84,15 @@ __all__ = [
     "verify_catalog",
 ]
 
-#: Version of the file layout written by this module; readers refuse any other.
-SCHEMA_VERSION: int = 1
+#: Version of the file layout written by this module.
+#: 2: ``/ledger/attempts`` and ``/ledger/checksums`` (failed units, integrity); /blends ``n_peaks_dropped``,
+#: ``flag_bad_fit``; /sources ``flag_peak_*``; /patches ``n_bad_pixels``.
+SCHEMA_VERSION: int = 2
+
+#: Versions :func:`open_catalog` and the readers accept. A version-1 file lacks the version-2 ledger
+#: datasets (nothing to verify: read as it is) and the version-2 columns (absent from its tables);
+#: only files of :data:`SCHEMA_VERSION` can be resumed.
+READABLE_SCHEMA_VERSIONS: tuple = (1, 2)
 
 #: Maximum length in bytes (UTF-8) of a finished-unit key in the ledger.
 UNIT_KEY_BYTES: int = 256
@@ -595,6 +605,11 @@ class CatalogWriter:
     def _inspect_existing(self) -> dict:
         """Rank 0, resume: validate the existing file and read its ledger."""
         with open_catalog(self.path) as f:
+            version = int(f.attrs["schema_version"])
+            if version != SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"{self.path}: cannot resume: the catalog has schema_version {version}, this hpcblend writes "
+                    f"{SCHEMA_VERSION}; run again without --resume (the file stays readable)")
             if bool(f.attrs.get("complete", False)):
                 raise CatalogError(
                     f"{self.path}: cannot resume: the catalog is complete (finalized at "
@@ -1335,7 +1350,7 @@ def open_catalog(path: str | os.PathLike) -> h5py.File:
         If the file does not exist, is not HDF5, is truncated or unreadable,
         or has no ``schema_version`` attribute (not an hpcblend catalog).
     SchemaVersionError
-        If ``schema_version`` differs from :data:`SCHEMA_VERSION`.
+        If ``schema_version`` is not one of :data:`READABLE_SCHEMA_VERSIONS`.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -1359,11 +1374,11 @@ def open_catalog(path: str | os.PathLike) -> h5py.File:
             raise CatalogError(
                 f"{path}: root attribute schema_version={f.attrs['schema_version']!r} is not an integer"
             ) from exc
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             age = "newer" if version > SCHEMA_VERSION else "older"
             raise SchemaVersionError(
                 f"{path}: catalog schema_version is {version}, this hpcblend reads schema_version "
-                f"{SCHEMA_VERSION}: the file is {age} than this hpcblend "
+                f"{', '.join(str(v) for v in READABLE_SCHEMA_VERSIONS)}: the file is {age} than this hpcblend "
                 + ("(upgrade hpcblend)" if version > SCHEMA_VERSION else "(re-run or convert the file)")
             )
     except (CatalogError, OSError) as exc:

@@ -13,6 +13,7 @@ from mpi4py import MPI
 
 from hpcblend import catalog
 from hpcblend.catalog import (
+    READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
     CatalogWriter,
     TableSpec,
@@ -244,18 +245,33 @@ def test_astropy_reads_table(tmp_path):
 def test_schema_version_too_new_and_too_old(tmp_path):
     path = tmp_path / "cat.h5"
     CatalogWriter(path, COMM, specs()).close()
-    for version, word in ((SCHEMA_VERSION + 1, "newer"), (SCHEMA_VERSION - 1, "older")):
+    for version, word in ((SCHEMA_VERSION + 1, "newer"), (min(READABLE_SCHEMA_VERSIONS) - 1, "older")):
         with h5py.File(path, "r+") as f:
             f.attrs["schema_version"] = version
         with pytest.raises(SchemaVersionError) as err:
             open_catalog(path)
         msg = str(err.value)
         assert str(path) in msg and word in msg
-        assert f"schema_version is {version}" in msg and f"schema_version {SCHEMA_VERSION}" in msg
+        assert f"schema_version is {version}" in msg and f"schema_version {READABLE_SCHEMA_VERSIONS[0]}" in msg
         with pytest.raises(SchemaVersionError):
             read_table(path, "sources")
         with pytest.raises(SchemaVersionError):
             CatalogWriter(path, COMM, specs(), resume=True)
+
+
+def test_version_1_catalog_is_read_but_not_resumed(tmp_path):
+    """A catalog of the layout before the ledger's attempts and checksums: readable, refused by --resume."""
+    path = tmp_path / "v1.h5"
+    w = CatalogWriter(path, COMM, specs())
+    w.write_round({"sources": parents([2, 1])}, ["a"])
+    w.close()
+    with h5py.File(path, "r+") as f:  # make it look like a version-1 file
+        f.attrs["schema_version"] = 1
+        for name in ("attempts", "checksums"):
+            del f["ledger"][name]
+    assert sorted(read_table(path, "sources")["id"]) == [1, 2]
+    with pytest.raises(SchemaVersionError, match="cannot resume: the catalog has schema_version 1"):
+        CatalogWriter(path, COMM, specs(), resume=True)
 
 
 def test_garbage_and_truncated_files(tmp_path):
