@@ -264,6 +264,22 @@ def _superseded_rows(attempts: np.ndarray, table_index: int, n_rows: int) -> np.
     return drop
 
 
+def _verify_ledger_units(f: h5py.File, advice: str = "") -> int:
+    """Check the committed unit keys of ``/ledger/units`` against their CRC-32; return the CRC-32.
+
+    Raises
+    ------
+    CatalogError
+        The keys do not match the checksum the writer recorded (a damaged file).
+    """
+    led = f[_LEDGER]
+    crc = _crc32(led[_LEDGER_UNITS][: int(led.attrs.get("n_units", 0))])
+    if "crc32_units" in led.attrs and crc != int(led.attrs["crc32_units"]):
+        raise CatalogError(f"{f.filename}: catalog damaged: /{_LEDGER}/{_LEDGER_UNITS} does not match its "
+                           f"checksum{advice}")
+    return crc
+
+
 def _verify_checksums(f: h5py.File, name: str, data: np.ndarray, offset: int = 0) -> None:
     """Check ``data`` (rows ``offset ..`` of table ``name``) against the ledger's checksums.
 
@@ -660,11 +676,7 @@ class CatalogWriter:
             except UnicodeDecodeError as exc:
                 raise CatalogError(f"{self.path}: catalog damaged: a unit key in /{_LEDGER}/{_LEDGER_UNITS} is not "
                                    f"UTF-8 ({exc}); re-run without --resume") from None
-            crc = led.attrs.get("crc32_units")
-            crc_units = _crc32(led[_LEDGER_UNITS][:n_units])
-            if crc is not None and crc_units != int(crc):
-                raise CatalogError(f"{self.path}: catalog damaged: /{_LEDGER}/{_LEDGER_UNITS} does not match its "
-                                   f"checksum; re-run without --resume")
+            crc_units = _verify_ledger_units(f, " (re-run without --resume)")
             attempt_dtype = _attempt_dtype(len(self.tables))
             attempts = np.zeros(0, dtype=attempt_dtype)
             if _LEDGER_ATTEMPTS in led:
@@ -1518,10 +1530,6 @@ def verify_catalog(path: str | os.PathLike) -> dict:
     with open_catalog(path) as f:
         names = json.loads(_attr_to_py(f.attrs.get("tables", "[]")))
         counts = {name: len(read_table(f, name)) for name in names}
-        led = f[_LEDGER] if _LEDGER in f else None
-        if led is not None and "crc32_units" in led.attrs:
-            n_units = int(led.attrs.get("n_units", 0))
-            if _crc32(led[_LEDGER_UNITS][:n_units]) != int(led.attrs["crc32_units"]):
-                raise CatalogError(f"{f.filename}: catalog damaged: /{_LEDGER}/{_LEDGER_UNITS} does not match its "
-                                   f"checksum")
+        if _LEDGER in f:
+            _verify_ledger_units(f)
         return counts
