@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import time
 
 # One BLAS / Numba thread per rank unless the user says otherwise: must be set before numpy
 # (OpenBLAS reads it once, at import).
@@ -17,6 +15,22 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 __all__ = ["main", "summarize"]
+
+
+def _stderr_line(text: str) -> None:
+    """Write one line to stderr in a single ``write`` call.
+
+    Under MPI every rank writes its own line to the same pipe; ``print``
+    writes the text and the newline separately, so two ranks' lines could run
+    together. One write of a line shorter than the pipe's atomic size (4 KiB)
+    is never interleaved.
+    """
+    sys.stderr.flush()
+    data = (text.replace("\n", " ")[:4000] + "\n").encode("utf-8", "replace")
+    try:
+        os.write(2, data)
+    except OSError:
+        pass
 
 
 def _setup_env():
@@ -80,13 +94,13 @@ def cmd_run(args) -> int:
                       stop_signal=stop, retry_failed=not args.no_retry_failed)
     except HpcblendError as exc:
         if type(exc).__name__ == "RunInterrupted":
-            print(f"hpcblend: {exc}", file=sys.stderr, flush=True)
+            _stderr_line(f"hpcblend: {exc}")
             return 3
-        print(f"hpcblend: error: {exc}", file=sys.stderr, flush=True)
+        _stderr_line(f"hpcblend: error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print("hpcblend: interrupted (Ctrl-C): the catalog holds every unit of the last completed write round; "
-              "run the same command with --resume to finish", file=sys.stderr, flush=True)
+        _stderr_line("hpcblend: interrupted (Ctrl-C): the catalog holds every unit of the last completed write "
+                     "round; run the same command with --resume to finish")
         return 130
     from mpi4py import MPI
 
@@ -141,71 +155,25 @@ def cmd_summary(args) -> int:
     try:
         print(summarize(args.catalog))
     except HpcblendError as exc:
-        print(f"hpcblend: error: {exc}", file=sys.stderr)
+        _stderr_line(f"hpcblend: error: {exc}")
         return 2
     return 0
 
 
 def cmd_bench_deblend(args) -> int:
-    """Deblend every npz blend in DIR on one core after warming the kernels; JSON + table."""
-    from .config import DeblendConfig
-    from .deblend import build_observation, deblend_blend, warm_up
-    from .inputs import expand_inputs, read_blend
+    """Deblend every blend on one core after a warm-up, optionally beside scarlet_lite (:mod:`hpcblend.bench`)."""
+    from .bench import format_report, run_bench_deblend, write_json
+    from .errors import HpcblendError
 
-    t0 = time.perf_counter()
-    cold = warm_up()
-    files = expand_inputs(args.paths)
-    cfg = DeblendConfig()
-    rows = []
-    blends = []
-    for i, f in enumerate(files):
-        blend = read_blend(f, blend_id=i + 1)
-        blends.append(blend)
-        t = time.perf_counter()
-        r = deblend_blend(blend, cfg)
-        dt = time.perf_counter() - t
-        rows.append(dict(file=os.path.basename(f), wall=dt, t_init=r.t_init, t_fit=r.t_fit, t_measure=r.t_measure,
-                         iterations=r.iterations, converged=r.converged, chi2_per_pixel=r.chi2_per_pixel,
-                         n_peaks=blend.n_peaks, area=blend.footprint_area))
-    # The fit's FFT floor: each blend's iterations × (one forward and one adjoint batched
-    # convolution) on its own grid, timed alone — the part of the fit no loop fusion can remove.
-    from .kernels.convolution import convolve_bands, correlate_bands
-
-    fft_s = 0.0
-    for blend, row in zip(blends, rows):
-        if not row["iterations"]:
-            continue
-        obs = build_observation(blend, cfg)
-        hp, wp = obs.fft_shape
-        t = time.perf_counter()
-        for _ in range(row["iterations"]):
-            convolve_bands(obs.images, obs.transfer, hp, wp)
-            correlate_bands(obs.images, obs.transfer, hp, wp)
-        fft_s += time.perf_counter() - t
-    wall = np.array([r["wall"] for r in rows])
-    chi = np.array([r["chi2_per_pixel"] for r in rows])
-    summary = dict(n_blends=len(rows), cold_start_s=cold, total_s=float(wall.sum()),
-                   init_s=float(sum(r["t_init"] for r in rows)), fit_s=float(sum(r["t_fit"] for r in rows)),
-                   measure_s=float(sum(r["t_measure"] for r in rows)), fit_fft_floor_s=fft_s,
-                   median_s=float(np.median(wall)),
-                   p90_s=float(np.percentile(wall, 90)), max_s=float(wall.max()),
-                   median_chi2=float(np.nanmedian(chi)), median_iterations=float(np.median([r["iterations"] for r in rows])))
-    for r in sorted(rows, key=lambda r: -r["wall"])[: args.top]:
-        print(f"{r['file']:28s} {r['wall']*1e3:8.1f} ms  it {r['iterations']:4d}  chi2/px {r['chi2_per_pixel']:8.3f}  "
-              f"n_peaks {r['n_peaks']:3d}  area {r['area']:6d}")
-    for k, v in summary.items():
-        print(f"{k:20s} {v}")
-    # The reference: scarlet_lite (LSST's production deblender) on the same 164 HSC blends, one core,
-    # measured here (DESIGN.md, "Performance notes"): 25 s in total, 2.6 s for the largest blend.
-    # It cannot be installed from the package registries, so the ratio uses those figures.
-    if len(rows) == 164:
-        largest = max(rows, key=lambda r: r["n_peaks"] * r["area"])
-        print(f"vs scarlet_lite (25 s total, 2.6 s largest blend, measured on this machine type): "
-              f"total {25.0 / summary['total_s']:.1f}x faster, largest blend "
-              f"({largest['file']}, {largest['n_peaks']} peaks) {2.6 / largest['wall']:.1f}x faster")
+    try:
+        report = run_bench_deblend(args.paths, reference=args.reference,
+                                   note=lambda line: print(line, file=sys.stderr, flush=True))
+    except HpcblendError as exc:
+        _stderr_line(f"hpcblend: error: {exc}")
+        return 2
+    print("\n".join(format_report(report, top=args.top)))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(dict(summary=summary, blends=rows), fh, indent=1, default=float)
+        write_json(report, args.json)
     return 0
 
 
@@ -219,7 +187,7 @@ def cmd_simulate(args) -> int:
                              density=args.density, star_density=args.star_density, seed=args.seed,
                              psf=args.psf, cosmos_dir=args.cosmos, tract=args.tract)
     except HpcblendError as exc:
-        print(f"hpcblend: error: {exc}", file=sys.stderr)
+        _stderr_line(f"hpcblend: error: {exc}")
         return 2
     print(f"simulated tract {args.tract}: {args.shape[0]}x{args.shape[1]} px, bands {''.join(args.bands)}, "
           f"{len(sim.truth)} sources in {sim.elapsed:.1f} s -> {sim.directory}")
@@ -234,7 +202,7 @@ def cmd_model(args) -> int:
     try:
         m = read_model(args.catalog, args.id)
     except HpcblendError as exc:
-        print(f"hpcblend: error: {exc}", file=sys.stderr)
+        _stderr_line(f"hpcblend: error: {exc}")
         return 2
     rgb = render_model_rgb(m, rgb_bands=tuple(args.rgb) if args.rgb else None)
     import matplotlib
@@ -261,6 +229,10 @@ _PASSTHROUGH = {
                  "match a tract run's catalog to the simulation truth: hpcblend validate CATALOG --truth DIR"),
     "costmodel": ("hpcblend.costmodel", "costmodel_main",
                   "runtime model per unit from earlier runs: hpcblend costmodel fit RUN.h5 ... --out model.json"),
+    "scorecard": ("hpcblend.scorecard", "scorecard_main",
+                  "PASS/FAIL table of a run's metrics: hpcblend scorecard RUN.h5 [--baseline OLD.h5] [--thresholds F]"),
+    "reproduce": ("hpcblend.reproduce", "reproduce_main",
+                  "re-run one unit from a catalog's recorded config and inputs: hpcblend reproduce CATALOG UNIT_ID"),
     "scaling": ("hpcblend.scaling", "scaling_main",
                 "replay simulator and scaling study: hpcblend scaling replay CATALOG --ranks 1 2 ... 4096"),
 }
@@ -312,10 +284,12 @@ def main(argv=None) -> int:
         sub.add_parser(name, help=text, add_help=False)
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
-    bd = bsub.add_parser("deblend", help="deblend every npz blend on one core")
-    bd.add_argument("paths", nargs="+")
-    bd.add_argument("--json")
-    bd.add_argument("--top", type=int, default=10)
+    bd = bsub.add_parser("deblend", help="deblend every npz blend on one core, optionally beside scarlet_lite")
+    bd.add_argument("paths", nargs="+", help="npz files, directories or glob patterns")
+    bd.add_argument("--reference", choices=("scarlet_lite",),
+                    help="also run this reference deblender on every blend, interleaved, and compare")
+    bd.add_argument("--json", metavar="OUT", help="write every figure and the per-blend rows here")
+    bd.add_argument("--top", type=int, default=10, metavar="N", help="list the N slowest blends")
     bd.set_defaults(func=cmd_bench_deblend)
     args = p.parse_args(argv)
     _setup_logging("INFO")

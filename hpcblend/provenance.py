@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any, Sequence
 
-__all__ = ["collect_provenance", "sha256_file"]
+__all__ = ["collect_provenance", "sha256_file", "software_versions"]
 
 _HASH_BLOCK = 8 * 1024 * 1024
 
@@ -76,6 +76,60 @@ def _module_version(module: str, dist: str) -> str:
     return str(version) if version else _dist_version(dist)
 
 
+def _source_revision(directory: str) -> str:
+    """``git`` commit of the checkout holding ``directory`` (``<sha>``; ``<sha>-dirty.<hash of the diff>``
+    with uncommitted changes to tracked files), or ``"not a git checkout"``."""
+    import subprocess
+
+    try:
+        sha = subprocess.run(["git", "-C", directory, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if sha.returncode != 0:
+            return "not a git checkout"
+        diff = subprocess.run(["git", "-C", directory, "diff", "HEAD", "--", "."], capture_output=True, timeout=30)
+        if diff.returncode != 0 or not diff.stdout:
+            return sha.stdout.strip()
+        # uncommitted changes: name them by a hash of the diff, so two different dirty trees differ
+        return sha.stdout.strip() + "-dirty." + hashlib.sha256(diff.stdout).hexdigest()[:12]
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+
+
+def software_versions() -> dict:
+    """Versions of hpcblend (with its source commit), Python and the libraries that decide the rows.
+
+    Returns
+    -------
+    dict of str -> str
+        ``hpcblend``, ``hpcblend_source`` (git commit of the source tree, ``-dirty`` with uncommitted
+        changes), ``python``, ``numpy``, ``numba``, ``scipy``, ``mpi4py``, ``h5py``, ``hdf5``,
+        ``mpi_library``.
+    """
+    from mpi4py import MPI
+
+    import h5py
+    import numpy as np
+
+    import hpcblend
+
+    try:
+        mpi_library = MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0].strip()
+    except Exception as exc:  # noqa: BLE001
+        mpi_library = f"unknown ({type(exc).__name__})"
+    return {
+        "hpcblend": str(hpcblend.__version__),
+        "hpcblend_source": _source_revision(os.path.dirname(os.path.abspath(hpcblend.__file__))),
+        "python": platform.python_version(),
+        "numpy": str(np.__version__),
+        "numba": _module_version("numba", "numba"),
+        "scipy": _module_version("scipy", "scipy"),
+        "mpi4py": _module_version("mpi4py", "mpi4py"),
+        "h5py": str(h5py.__version__),
+        "hdf5": str(h5py.version.hdf5_version),
+        "mpi_library": mpi_library,
+    }
+
+
 def collect_provenance(comm: Any, input_files: Sequence[str | os.PathLike]) -> dict[str, Any]:
     """Collect a run's provenance. COLLECTIVE over ``comm``.
 
@@ -109,9 +163,6 @@ def collect_provenance(comm: Any, input_files: Sequence[str | os.PathLike]) -> d
     from mpi4py import MPI
 
     import h5py
-    import numpy as np
-
-    import hpcblend
 
     if comm is None:
         comm = MPI.COMM_SELF
@@ -129,23 +180,8 @@ def collect_provenance(comm: Any, input_files: Sequence[str | os.PathLike]) -> d
     hosts_all = comm.allgather(socket.gethostname())
     per_host = Counter(hosts_all)
 
-    try:
-        mpi_library = MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0].strip()
-    except Exception as exc:  # noqa: BLE001
-        mpi_library = f"unknown ({type(exc).__name__})"
     major, minor = MPI.Get_version()
-
-    versions = {
-        "hpcblend": str(hpcblend.__version__),
-        "python": platform.python_version(),
-        "numpy": str(np.__version__),
-        "numba": _module_version("numba", "numba"),
-        "scipy": _module_version("scipy", "scipy"),
-        "mpi4py": _module_version("mpi4py", "mpi4py"),
-        "h5py": str(h5py.__version__),
-        "hdf5": str(h5py.version.hdf5_version),
-        "mpi_library": mpi_library,
-    }
+    versions = comm.bcast(software_versions() if rank == 0 else None, root=0)
     return {
         "versions": versions,
         "h5py_mpi": bool(h5py.get_config().mpi),

@@ -9,6 +9,8 @@ files, ``flamegraph.svg``, ``profile.collapsed``, ``profile.speedscope.json``
 Sections (``<section id=...>``, :data:`SECTION_IDS`):
 
 ``overview``     the run: catalog, bands, ranks, versions
+``scorecard``    the metrics of ``hpcblend scorecard`` against ``jobs/scorecard.yaml`` (and
+                 against the compared run), PASS/FAIL
 ``time``         1. how long: wall time, core-hours, blends/s, per-blend
                  runtime distribution, busy/idle per rank, slowest blends
 ``failures``     2. what failures look like: gallery of failed, flagged and
@@ -45,7 +47,7 @@ from .gallery import read_gallery
 __all__ = ["make_report", "report_main", "SECTION_IDS"]
 
 #: Ids of the report's sections, in page order (``compare`` only with ``compare=``).
-SECTION_IDS: tuple = ("overview", "time", "failures", "exceptions", "flags", "scaling", "callstack", "compare")
+SECTION_IDS: tuple = ("overview", "scorecard", "time", "failures", "exceptions", "flags", "scaling", "callstack", "compare")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,'DejaVu Sans',sans-serif;margin:0 auto;max-width:1300px;
@@ -444,6 +446,24 @@ def _compare_section(a: RunData, b: RunData, na: dict, nb: dict, figs: _Figures)
 # --------------------------------------------------------------------------- entry points
 
 
+def _scorecard_section(path: str, baseline: Optional[str]) -> tuple:
+    """The scorecard's table (``hpcblend scorecard``; the compared run as baseline) and its checks as dicts."""
+    from ..scorecard import judge, load_thresholds, scorecard_metrics
+
+    checks = judge(scorecard_metrics(path), load_thresholds(), scorecard_metrics(baseline) if baseline else None)
+    header = ["metric", "value", "threshold", "status"] + (["baseline", "vs baseline"] if baseline else [])
+    rows = []
+    for c in checks:
+        row = [c.metric, _fmt(c.value), c.limit, c.status]
+        if baseline:
+            row += [_fmt(c.baseline) if c.baseline is not None else "", c.baseline_status]
+        rows.append(row)
+    failed = [c.metric for c in checks if c.failed]
+    verdict = (f"<p><b>FAIL</b>: {_e(', '.join(failed))}</p>" if failed else "<p><b>PASS</b>: every threshold"
+               + (" and baseline comparison" if baseline else "") + " holds.</p>")
+    return verdict + _table(header, rows), [c.__dict__ | {"failed": c.failed} for c in checks]
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
@@ -494,6 +514,9 @@ def make_report(catalog_path: str | os.PathLike, out_dir: str | os.PathLike,
         ("callstack", "6. Where does the time go?", _callstack_section(run, nums, out_dir, figs)),
     ]
     summary: dict = {"a": nums}
+    card = _scorecard_section(os.fspath(catalog_path), os.fspath(compare) if compare is not None else None)
+    sections.insert(1, ("scorecard", "Scorecard (thresholds of jobs/scorecard.yaml)", card[0]))
+    summary["scorecard"] = card[1]
     if compare is not None:
         other = load_run(compare)
         nb = run_numbers(other)

@@ -1,0 +1,507 @@
+"""Deblender benchmark: ``hpcblend bench deblend PATHS [--reference scarlet_lite]``.
+
+Deblends every blend on one core after a warm-up and reports per-blend and
+total times (init, fit, measure), the fit's *FFT floor* and fit quality. With
+``reference="scarlet_lite"`` it also runs LSST's production deblender,
+scarlet_lite (``lsst.scarlet.lite``), on the same blends in the same process,
+interleaved blend by blend (the order of the two alternates from blend to
+blend), configured as the LSST pipeline configures it
+(:class:`ScarletLiteSettings`), and compares the two: wall and process CPU
+time, per-blend time ratios, χ²/pixel, iterations, exceptions, convergence
+and the per-child model flux. Every figure comes from this run; nothing is
+compared against remembered numbers.
+
+scarlet_lite is an optional reference, never a dependency of hpcblend and
+never imported by a run: it is not on PyPI, and ``../shared/reference/README.txt``
+says how to install it. When it cannot be imported the benchmark says so in
+one line and runs hpcblend alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import importlib
+import importlib.metadata
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .config import DeblendConfig
+from .deblend import build_observation, deblend_blend, warm_up
+from .errors import is_programming_error
+from .inputs import BlendData, expand_inputs, read_blend
+from .kernels.convolution import convolve_bands, correlate_bands
+
+__all__ = ["REFERENCES", "REFERENCE_README", "ScarletLiteSettings", "ScarletLiteRunner", "load_scarlet_lite",
+           "run_bench_deblend", "format_report", "write_json"]
+
+#: Reference deblenders ``--reference`` accepts.
+REFERENCES: tuple = ("scarlet_lite",)
+
+#: Where the install instructions of the reference live (relative to the repository root).
+REFERENCE_README: str = "../shared/reference/README.txt"
+
+#: Band of the per-child model-flux comparison (the middle band when a blend has no such band).
+FLUX_BAND: str = "i"
+
+
+@dataclass(frozen=True)
+class ScarletLiteSettings:
+    """scarlet_lite's configuration in the LSST pipeline (meas_extensions_scarlet ``ScarletDeblendConfig``).
+
+    Attributes
+    ----------
+    model_psf_sigma : float
+        σ (pixels) of ``utils.integrated_circular_gaussian``, the model PSF.
+    convolution_mode : str
+        ``"fft"``.
+    min_snr : float
+        ``FactorizedInitialization(min_snr=...)``: a source gets two components
+        above twice this peak S/N.
+    bg_thresh, initial_bg_thresh : float
+        Morphology thresholds in units of the background RMS (fit, initialisation).
+    monotonicity_shape : tuple of int
+        Shape of the one ``operators.Monotonicity`` shared by every blend.
+    is_symmetric : bool
+        No symmetry constraint.
+    max_components : int
+        At most two components per source.
+    spectrum_cutoff : float
+        ``Blend.fit_spectra()`` runs when ``n_peaks · H · W`` is below this.
+    noise_rms_factor : float
+        Adaprox parameterisation with ``noise_rms × noise_rms_factor`` as the
+        spectrum step's floor.
+    max_iter, min_iter : int
+    e_rel : float
+        ``Blend.fit(max_iter, e_rel, min_iter, resize)``; converged when
+        ``|L[-2] − L[-1]| < e_rel |L[-1]|``.
+    resize : int
+        Iterations between box resizes.
+    """
+
+    model_psf_sigma: float = 0.8
+    convolution_mode: str = "fft"
+    min_snr: float = 50.0
+    bg_thresh: float = 1.0
+    initial_bg_thresh: float = 1.0
+    monotonicity_shape: tuple = (101, 101)
+    is_symmetric: bool = False
+    max_components: int = 2
+    spectrum_cutoff: float = 1e6
+    noise_rms_factor: float = 0.1
+    max_iter: int = 300
+    e_rel: float = 1e-3
+    min_iter: int = 5
+    resize: int = 3
+
+
+def load_scarlet_lite():
+    """Import scarlet_lite and its compiled operators.
+
+    Imported here, not at module level: scarlet_lite is an optional reference
+    (GPL, not on PyPI) that hpcblend never depends on.
+
+    Returns
+    -------
+    module
+        ``lsst.scarlet.lite``.
+
+    Raises
+    ------
+    ImportError
+        When it (or its pybind11 operators) cannot be imported.
+    """
+    module = importlib.import_module("lsst.scarlet.lite")
+    importlib.import_module("lsst.scarlet.lite.operators_pybind11")
+    return module
+
+
+class ScarletLiteRunner:
+    """Deblend :class:`~hpcblend.inputs.BlendData` with scarlet_lite as the LSST pipeline does.
+
+    Parameters
+    ----------
+    module : module
+        ``lsst.scarlet.lite`` (:func:`load_scarlet_lite`).
+    settings : ScarletLiteSettings
+    bad_mask_planes : sequence of str
+        Mask planes whose pixels get zero weight (hpcblend's
+        ``DeblendConfig.bad_mask_planes``, the pipeline's ``badMask``).
+    """
+
+    def __init__(self, module, settings: ScarletLiteSettings, bad_mask_planes: Sequence[str]):
+        self.sl = module
+        self.settings = settings
+        self.bad_mask_planes = tuple(bad_mask_planes)
+        self.model_psf = module.utils.integrated_circular_gaussian(sigma=settings.model_psf_sigma)
+        # one operator for every blend, as the pipeline's task holds one
+        self.monotonicity = module.operators.Monotonicity(settings.monotonicity_shape)
+
+    @property
+    def version(self) -> str:
+        """scarlet_lite's version string ("unknown" when it has none)."""
+        version = getattr(self.sl, "__version__", None)
+        if version is None:
+            try:
+                version = importlib.metadata.version("lsst-scarlet-lite")
+            except importlib.metadata.PackageNotFoundError:
+                version = "unknown"
+        return str(version)
+
+    def deblend(self, blend: BlendData):
+        """Build the observation, initialise the sources, fit; the part the pipeline times.
+
+        Weights are ``1/variance``, zero at :attr:`bad_mask_planes`, at
+        non-positive variance and outside the footprint
+        (:meth:`~hpcblend.inputs.BlendData.weights`, as hpcblend weights the
+        same blend). Images, variance, PSFs and peaks are the blend's own.
+
+        Parameters
+        ----------
+        blend : BlendData
+
+        Returns
+        -------
+        fitted : lsst.scarlet.lite.Blend
+        t_init, t_fit : float
+            Wall seconds of observation + initialisation (+ ``fit_spectra``)
+            and of the fit.
+        """
+        sl, s = self.sl, self.settings
+        t0 = time.perf_counter()
+        weights = blend.weights(self.bad_mask_planes)
+        observation = sl.Observation(images=blend.images, variance=blend.variance, weights=weights,
+                                     psfs=blend.psfs, model_psf=self.model_psf[None, :, :],
+                                     bands=tuple(blend.bands), convolution_mode=s.convolution_mode)
+        centers = [(int(y), int(x)) for y, x in blend.peaks]
+        sources = sl.initialization.FactorizedInitialization(
+            observation=observation, centers=centers, min_snr=s.min_snr, monotonicity=self.monotonicity,
+            bg_thresh=s.bg_thresh, initial_bg_thresh=s.initial_bg_thresh, max_components=s.max_components,
+            is_symmetric=s.is_symmetric).sources
+        fitted = sl.Blend(sources, observation)
+        h, w = blend.shape
+        if blend.n_peaks * h * w < s.spectrum_cutoff:
+            fitted.fit_spectra()
+        noise_rms = observation.noise_rms * s.noise_rms_factor
+        fitted.parameterize(lambda c: sl.component.default_adaprox_parameterization(c, noise_rms=noise_rms))
+        t1 = time.perf_counter()
+        fitted.fit(max_iter=s.max_iter, e_rel=s.e_rel, min_iter=s.min_iter, resize=s.resize)
+        return fitted, t1 - t0, time.perf_counter() - t1
+
+    def converged(self, fitted) -> bool:
+        """The pipeline's test: ``|L[-2] − L[-1]| < e_rel |L[-1]|``."""
+        loss = fitted.loss
+        return bool(len(loss) > 1 and abs(loss[-2] - loss[-1]) < self.settings.e_rel * abs(loss[-1]))
+
+    @staticmethod
+    def chi2_per_pixel(fitted, blend: BlendData, weights: np.ndarray) -> float:
+        """hpcblend's χ²/pixel of a fitted scarlet_lite blend.
+
+        ``Σ W (D*M − Y)² / N`` over the N (band, pixel) with ``W > 0``, float64
+        (:func:`hpcblend.measure.chi2_per_pixel`), with the observed-frame model
+        ``D*M`` from ``Blend.get_model(convolve=True)``.
+        """
+        model = np.asarray(fitted.get_model(convolve=True).data, dtype=np.float64)
+        good = weights > 0
+        n = int(good.sum())
+        if n == 0:
+            return float("nan")
+        r = (model - blend.images) ** 2 * weights
+        return float(r[good].sum() / n)
+
+    @staticmethod
+    def model_flux(fitted, n_bands: int) -> np.ndarray:
+        """Model flux per source and band (model frame), shape (K, B), float64; NaN for a null source."""
+        out = np.full((len(fitted.sources), n_bands), np.nan)
+        for k, src in enumerate(fitted.sources):
+            if not src.is_null:
+                out[k] = np.asarray(src.get_model().data, dtype=np.float64).sum(axis=(1, 2))
+        return out
+
+
+def _timed(func: Callable, *args):
+    """``func(*args)`` with its wall and process CPU seconds; an exception is returned, not raised."""
+    t, c = time.perf_counter(), time.process_time()
+    try:
+        out, exc = func(*args), None
+    except Exception as err:  # noqa: BLE001 - recorded per blend; the caller re-raises programming errors
+        out, exc = None, err
+    return out, exc, time.perf_counter() - t, time.process_time() - c
+
+
+def _flux_band(blend: BlendData) -> int:
+    return blend.bands.index(FLUX_BAND) if FLUX_BAND in blend.bands else blend.n_bands // 2
+
+
+def _hpcblend_row(blend: BlendData, config: DeblendConfig) -> dict:
+    """Deblend one blend with hpcblend; the row of its figures."""
+    r, exc, wall, cpu = _timed(deblend_blend, blend, config)
+    if exc is not None and is_programming_error(exc):
+        raise exc
+    row = dict(wall=wall, cpu=cpu, t_init=0.0, t_fit=0.0, t_measure=0.0, iterations=0, converged=False,
+               fitted=False, skipped=False, chi2_per_pixel=float("nan"), error="",
+               flux_model=[float("nan")] * blend.n_peaks)
+    if exc is not None:
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        return row
+    fitted = r.fitted and r.sed is not None
+    row.update(t_init=r.t_init, t_fit=r.t_fit, t_measure=r.t_measure, iterations=r.iterations,
+               converged=bool(r.converged), fitted=bool(fitted), chi2_per_pixel=float(r.chi2_per_pixel),
+               skipped=bool(r.flags.get("flag_skipped_too_many_peaks") or r.flags.get("flag_skipped_too_large")))
+    if r.error_type:
+        row["error"] = f"{r.error_type}: {r.error_message}"
+    if fitted and "flux_model" in r.children:
+        row["flux_model"] = [float(v) for v in np.asarray(r.children["flux_model"])[:, _flux_band(blend)]]
+    return row
+
+
+def _reference_row(runner: ScarletLiteRunner, blend: BlendData) -> dict:
+    """Deblend one blend with scarlet_lite; the row of its figures (prefixed ``ref_``)."""
+    out, exc, wall, cpu = _timed(runner.deblend, blend)
+    row = dict(ref_wall=wall, ref_cpu=cpu, ref_t_init=0.0, ref_t_fit=0.0, ref_iterations=0, ref_converged=False,
+               ref_fitted=False, ref_chi2_per_pixel=float("nan"), ref_error="", ref_n_components=0,
+               ref_flux_model=[float("nan")] * blend.n_peaks)
+    if exc is not None:
+        row["ref_error"] = f"{type(exc).__name__}: {exc}"
+        return row
+    fitted, t_init, t_fit = out
+    weights = blend.weights(runner.bad_mask_planes)
+    flux = runner.model_flux(fitted, blend.n_bands)[:, _flux_band(blend)]
+    row.update(ref_t_init=t_init, ref_t_fit=t_fit, ref_iterations=int(fitted.it), ref_fitted=True,
+               ref_converged=runner.converged(fitted), ref_n_components=len(fitted.components),
+               ref_chi2_per_pixel=runner.chi2_per_pixel(fitted, blend, weights),
+               ref_flux_model=[float(v) for v in flux])
+    return row
+
+
+def _fft_floor(blends: Sequence[BlendData], rows: Sequence[dict], config: DeblendConfig) -> float:
+    """The fit's FFT floor: each blend's iterations × (one forward and one adjoint batched convolution).
+
+    Timed alone on each blend's own grid: the part of the fit no loop fusion can remove (seconds).
+    """
+    total = 0.0
+    for blend, row in zip(blends, rows):
+        if not row["iterations"]:
+            continue
+        obs = build_observation(blend, config)
+        hp, wp = obs.fft_shape
+        t = time.perf_counter()
+        for _ in range(row["iterations"]):
+            convolve_bands(obs.images, obs.transfer, hp, wp)
+            correlate_bands(obs.images, obs.transfer, hp, wp)
+        total += time.perf_counter() - t
+    return total
+
+
+def _quantiles(values, qs=(50, 10, 90)) -> dict:
+    v = np.asarray([x for x in values if np.isfinite(x)], dtype=np.float64)
+    names = {50: "median", 10: "p10", 90: "p90"}
+    out = {names.get(q, f"p{q}"): (float(np.percentile(v, q)) if len(v) else float("nan")) for q in qs}
+    out["n"] = int(len(v))
+    return out
+
+
+def _side_summary(rows: Sequence[dict], prefix: str) -> dict:
+    """Totals and quality figures of one deblender's rows (``prefix`` "" for hpcblend, "ref_" for the reference)."""
+    p = prefix
+    wall = np.array([r[p + "wall"] for r in rows])
+    chi = np.array([r[p + "chi2_per_pixel"] for r in rows])
+    fitted = [r for r in rows if r[p + "fitted"]]
+    its = [r[p + "iterations"] for r in fitted]
+    finite = chi[np.isfinite(chi)]
+    return dict(total_s=float(wall.sum()), cpu_s=float(sum(r[p + "cpu"] for r in rows)),
+                init_s=float(sum(r[p + "t_init"] for r in rows)), fit_s=float(sum(r[p + "t_fit"] for r in rows)),
+                median_s=float(np.median(wall)), p90_s=float(np.percentile(wall, 90)), max_s=float(wall.max()),
+                chi2_median=float(np.median(finite)) if len(finite) else float("nan"),
+                chi2_p90=float(np.percentile(finite, 90)) if len(finite) else float("nan"),
+                iterations_total=int(sum(its)), iterations_median=float(np.median(its)) if its else float("nan"),
+                exceptions=sum(1 for r in rows if r[p + "error"]), fitted=len(fitted),
+                not_converged=sum(1 for r in fitted if not r[p + "converged"]))
+
+
+def _comparison(rows: Sequence[dict], hp: dict, ref: dict) -> dict:
+    """Ratios of the two deblenders: times as scarlet_lite / hpcblend (×faster), fluxes as hpcblend / scarlet_lite."""
+    both = [r for r in rows if not r["error"] and not r["ref_error"]]
+    per_blend = [r["ref_wall"] / r["wall"] for r in both if r["wall"] > 0]
+    largest = max(rows, key=lambda r: r["n_peaks"] * r["area"])
+    flux = []
+    for r in both:
+        for a, b in zip(r["flux_model"], r["ref_flux_model"]):
+            if np.isfinite(a) and np.isfinite(b) and b > 0:
+                flux.append(a / b)
+    return dict(total_wall_ratio=ref["total_s"] / hp["total_s"], total_cpu_ratio=ref["cpu_s"] / hp["cpu_s"],
+                per_blend_wall_ratio=_quantiles(per_blend),
+                largest_blend=dict(file=largest["file"], n_peaks=largest["n_peaks"], area=largest["area"],
+                                   hpcblend_s=largest["wall"], scarlet_lite_s=largest["ref_wall"],
+                                   ratio=largest["ref_wall"] / largest["wall"]),
+                flux_ratio=dict(band=FLUX_BAND, **_quantiles(flux)))
+
+
+def _reference_runner(reference: Optional[str], config: DeblendConfig, note: Callable[[str], None]):
+    if reference is None:
+        return None, None
+    if reference not in REFERENCES:
+        raise ValueError(f"unknown reference {reference!r}; known: {', '.join(REFERENCES)}")
+    try:
+        module = load_scarlet_lite()
+    except ImportError as exc:
+        status = f"scarlet_lite is not installed: {exc}; see {REFERENCE_README}; running hpcblend alone"
+        note(status)
+        return None, status
+    return ScarletLiteRunner(module, ScarletLiteSettings(), config.bad_mask_planes), "ok"
+
+
+def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, config: Optional[DeblendConfig] = None,
+                      note: Callable[[str], None] = print) -> dict:
+    """Deblend every blend of ``paths`` on one core after a warm-up, optionally beside a reference.
+
+    Blends are read first (:func:`~hpcblend.inputs.read_blend`, not timed).
+    hpcblend's kernels are warmed by :func:`~hpcblend.deblend.warm_up`
+    (``cold_start_s``); with a reference, the smallest blend (n_peaks ×
+    footprint area) then goes once through each deblender, not timed. Each
+    blend is then deblended by hpcblend (:func:`~hpcblend.deblend.deblend_blend`:
+    init, fit, measure) and, with a reference, by scarlet_lite
+    (:meth:`ScarletLiteRunner.deblend`: observation, initialisation, fit — the
+    call the LSST pipeline times), one after the other, hpcblend first on even
+    blends and the reference first on odd ones.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Files, directories or glob patterns (:func:`~hpcblend.inputs.expand_inputs`).
+    reference : {"scarlet_lite"} or None
+    config : DeblendConfig, optional
+        hpcblend's settings (default: ``DeblendConfig()``).
+    note : callable
+        Receives the one-line notice when the reference cannot be imported.
+
+    Returns
+    -------
+    dict
+        ``summary`` (hpcblend's figures, seconds), ``reference`` (the
+        reference's figures and settings, or None), ``reference_status``
+        (None, "ok" or the notice), ``comparison`` (ratios, or None) and
+        ``blends`` (one row per blend; reference fields prefixed ``ref_``).
+
+    Raises
+    ------
+    hpcblend.errors.InputError
+        No file matches, or a file cannot be read.
+    """
+    config = DeblendConfig() if config is None else config
+    runner, status = _reference_runner(reference, config, note)
+    cold = warm_up()
+    files = expand_inputs(list(paths))
+    blends = [read_blend(f, blend_id=i + 1) for i, f in enumerate(files)]
+    ref_cold = None
+    if runner is not None:
+        small = min(blends, key=lambda b: b.n_peaks * b.footprint_area)
+        _hpcblend_row(small, config)
+        ref_cold = _reference_row(runner, small)["ref_wall"]
+    rows = []
+    for i, (f, blend) in enumerate(zip(files, blends)):
+        gc.collect()
+        row = dict(file=os.path.basename(f), n_peaks=blend.n_peaks, area=blend.footprint_area)
+        if runner is not None and i % 2:
+            row.update(_reference_row(runner, blend))
+            row.update(_hpcblend_row(blend, config))
+        else:
+            row.update(_hpcblend_row(blend, config))
+            if runner is not None:
+                row.update(_reference_row(runner, blend))
+        rows.append(row)
+    hp = _side_summary(rows, "")
+    summary = dict(n_blends=len(rows), n_peaks=int(sum(r["n_peaks"] for r in rows)), cold_start_s=cold,
+                   total_s=hp["total_s"], cpu_s=hp["cpu_s"], init_s=hp["init_s"], fit_s=hp["fit_s"],
+                   measure_s=float(sum(r["t_measure"] for r in rows)), fit_fft_floor_s=_fft_floor(blends, rows, config),
+                   median_s=hp["median_s"], p90_s=hp["p90_s"], max_s=hp["max_s"],
+                   median_chi2=hp["chi2_median"], p90_chi2=hp["chi2_p90"], median_iterations=hp["iterations_median"],
+                   total_iterations=hp["iterations_total"], exceptions=hp["exceptions"],
+                   not_converged=hp["not_converged"], skipped=sum(1 for r in rows if r["skipped"]))
+    ref = comparison = None
+    if runner is not None:
+        ref = dict(name="scarlet_lite", version=runner.version, settings=dataclasses.asdict(runner.settings),
+                   warm_up_s=ref_cold, **_side_summary(rows, "ref_"))
+        comparison = _comparison(rows, hp, ref)
+    return dict(summary=summary, reference=ref, reference_status=status, comparison=comparison, blends=rows)
+
+
+def _fmt(v, spec: str) -> str:
+    return "nan" if v is None or not np.isfinite(v) else format(v, spec)
+
+
+def format_report(report: dict, top: int = 10) -> list:
+    """Text lines of a :func:`run_bench_deblend` report: the slowest blends, hpcblend's figures, the comparison.
+
+    Parameters
+    ----------
+    report : dict
+    top : int
+        Number of slowest blends (by hpcblend's wall time) to list.
+
+    Returns
+    -------
+    list of str
+    """
+    rows, ref, cmp_ = report["blends"], report["reference"], report["comparison"]
+    lines = []
+    for r in sorted(rows, key=lambda r: -r["wall"])[:top]:
+        line = f"{r['file']:28s} {r['wall'] * 1e3:8.1f} ms"
+        if ref is not None:
+            line += f"  scarlet_lite {r['ref_wall'] * 1e3:8.1f} ms"
+        line += (f"  it {r['iterations']:4d}  chi2/px {r['chi2_per_pixel']:8.3f}  n_peaks {r['n_peaks']:3d}  "
+                 f"area {r['area']:6d}")
+        lines.append(line)
+    for k, v in report["summary"].items():
+        lines.append(f"{k:20s} {v}")
+    if ref is None:
+        return lines
+    hp, c = _side_summary(rows, ""), cmp_
+    lines.append(f"side by side with scarlet_lite {ref['version']} (LSST pipeline configuration), one process, "
+                 f"interleaved blend by blend, order alternating; scarlet_lite warm-up {ref['warm_up_s']:.3f} s")
+    lines.append(f"{'':24s} {'hpcblend':>12s} {'scarlet_lite':>12s} {'scarlet_lite/hpcblend':>22s}")
+
+    def both(name, a, b, spec=".3f", ratio=True):
+        rt = f"{b / a:21.2f}x" if ratio and a else ""
+        lines.append(f"{name:24s} {_fmt(a, '12' + spec)} {_fmt(b, '12' + spec)} {rt}")
+
+    both("total wall [s]", hp["total_s"], ref["total_s"])
+    both("total CPU [s]", hp["cpu_s"], ref["cpu_s"])
+    both("init [s]", hp["init_s"], ref["init_s"])
+    both("fit [s]", hp["fit_s"], ref["fit_s"])
+    lines.append(f"(hpcblend's times include its measurement, {report['summary']['measure_s']:.3f} s in all; "
+                 "scarlet_lite's are observation + initialisation + fit, the call the LSST pipeline times)")
+    pb = c["per_blend_wall_ratio"]
+    lines.append(f"per-blend wall ratio scarlet_lite/hpcblend (n={pb['n']}): median {_fmt(pb['median'], '.2f')}x  "
+                 f"p10 {_fmt(pb['p10'], '.2f')}x  p90 {_fmt(pb['p90'], '.2f')}x")
+    lb = c["largest_blend"]
+    lines.append(f"largest blend {lb['file']} ({lb['n_peaks']} peaks, area {lb['area']}): hpcblend "
+                 f"{lb['hpcblend_s']:.3f} s, scarlet_lite {lb['scarlet_lite_s']:.3f} s, ratio {lb['ratio']:.2f}x")
+    both("chi2/px median", hp["chi2_median"], ref["chi2_median"], ratio=False)
+    both("chi2/px p90", hp["chi2_p90"], ref["chi2_p90"], ratio=False)
+    both("iterations total", hp["iterations_total"], ref["iterations_total"], spec=".0f", ratio=False)
+    both("iterations median", hp["iterations_median"], ref["iterations_median"], spec=".1f", ratio=False)
+    both("exceptions", hp["exceptions"], ref["exceptions"], spec=".0f", ratio=False)
+    both("not converged", hp["not_converged"], ref["not_converged"], spec=".0f", ratio=False)
+    fr = c["flux_ratio"]
+    lines.append(f"model flux hpcblend/scarlet_lite per child, band {fr['band']} (n={fr['n']}): median "
+                 f"{_fmt(fr['median'], '.4f')}  p10 {_fmt(fr['p10'], '.4f')}  p90 {_fmt(fr['p90'], '.4f')}")
+    return lines
+
+
+def write_json(report: dict, path: str) -> None:
+    """Write a :func:`run_bench_deblend` report as JSON (NaN as ``NaN``, numpy scalars as numbers)."""
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    with open(path, "w") as fh:
+        json.dump(report, fh, indent=1, default=default)

@@ -1,0 +1,101 @@
+"""``hpcblend bench deblend``: smoke tests of the benchmark, beside scarlet_lite and without it.
+
+scarlet_lite (the reference, ``../shared/reference/README.txt``) is optional: CI does not install
+it. The first test checks the reference's figures when it can be imported and the one-line notice
+when it cannot; the second makes the import fail on purpose, so both paths run on every machine.
+"""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from hpcblend.bench import load_scarlet_lite
+from hpcblend.cli import main
+from hpcblend.inputs import write_blend
+from hpcblend.synthetic import make_synthetic_blend
+
+NOTICE = "scarlet_lite is not installed"
+
+HPCBLEND_FIGURES = ("n_blends", "total_s", "cpu_s", "init_s", "fit_s", "measure_s", "fit_fft_floor_s",
+                    "median_chi2", "p90_chi2", "total_iterations", "exceptions", "not_converged")
+REFERENCE_FIGURES = ("total_s", "cpu_s", "init_s", "fit_s", "chi2_median", "chi2_p90", "iterations_total",
+                     "iterations_median", "exceptions", "not_converged", "settings", "warm_up_s")
+
+
+def _scarlet_lite_importable() -> bool:
+    try:
+        load_scarlet_lite()
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def blend_files(tmp_path_factory):
+    """Two small synthetic blends (2 and 3 sources, about 30 px) in the hsc_blends layout."""
+    directory = tmp_path_factory.mktemp("bench_blends")
+    paths = []
+    for i, (n, shape) in enumerate([(2, (27, 27)), (3, (33, 31))]):
+        blend, _ = make_synthetic_blend(seed=40 + i, n_sources=n, shape=shape, blend_id=i + 1)
+        paths.append(write_blend(directory / f"{i + 1}.npz", blend))
+    return [str(p) for p in paths]
+
+
+def _run(paths, out, capsys):
+    rc = main(["bench", "deblend", *paths, "--reference", "scarlet_lite", "--json", str(out), "--top", "2"])
+    captured = capsys.readouterr()
+    with open(out) as fh:
+        report = json.load(fh)
+    return rc, report, captured.out + captured.err
+
+
+def _check_hpcblend(report, n):
+    summary = report["summary"]
+    for key in HPCBLEND_FIGURES:
+        assert key in summary, key
+    assert summary["n_blends"] == n and summary["total_s"] > 0 and summary["exceptions"] == 0
+    assert len(report["blends"]) == n
+    for row in report["blends"]:
+        assert row["wall"] > 0 and row["iterations"] > 0 and np.isfinite(row["chi2_per_pixel"])
+
+
+def test_bench_deblend_beside_reference(blend_files, tmp_path, capsys):
+    rc, report, text = _run(blend_files, tmp_path / "bench.json", capsys)
+    assert rc == 0, text
+    _check_hpcblend(report, len(blend_files))
+    if _scarlet_lite_importable():
+        assert NOTICE not in text
+        assert report["reference_status"] == "ok"
+        ref = report["reference"]
+        for key in REFERENCE_FIGURES:
+            assert key in ref, key
+        assert ref["total_s"] > 0 and ref["exceptions"] == 0 and ref["iterations_total"] > 0
+        cmp_ = report["comparison"]
+        assert cmp_["total_wall_ratio"] == pytest.approx(ref["total_s"] / report["summary"]["total_s"])
+        assert cmp_["per_blend_wall_ratio"]["n"] == len(blend_files)
+        assert cmp_["flux_ratio"]["n"] >= 4  # 2 + 3 children, one may have no flux in one of the two
+        assert 0.5 < cmp_["flux_ratio"]["median"] < 2.0
+        for row in report["blends"]:
+            assert row["ref_wall"] > 0 and np.isfinite(row["ref_chi2_per_pixel"])
+        assert "scarlet_lite/hpcblend" in text and "largest blend" in text
+    else:
+        _check_notice(report, text)
+
+
+def _check_notice(report, text):
+    lines = [line for line in text.splitlines() if NOTICE in line]
+    assert len(lines) == 1, text
+    assert "../shared/reference/README.txt" in lines[0] and lines[0].endswith("running hpcblend alone")
+    assert report["reference"] is None and report["comparison"] is None
+    assert report["reference_status"] == lines[0]
+    assert "ref_wall" not in report["blends"][0]
+
+
+def test_bench_deblend_reference_not_installed(blend_files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lsst.scarlet.lite", None)  # any import of it now raises ImportError
+    rc, report, text = _run(blend_files[:1], tmp_path / "bench.json", capsys)
+    assert rc == 0, text
+    _check_hpcblend(report, 1)
+    _check_notice(report, text)
