@@ -166,8 +166,7 @@ def cmd_bench_deblend(args) -> int:
     from .errors import HpcblendError
 
     try:
-        report = run_bench_deblend(args.paths, reference=args.reference,
-                                   note=lambda line: print(line, file=sys.stderr, flush=True))
+        report = run_bench_deblend(args.paths, reference=args.reference, note=_stderr_line)
     except HpcblendError as exc:
         _stderr_line(f"hpcblend: error: {exc}")
         return 2

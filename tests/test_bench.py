@@ -43,9 +43,9 @@ def blend_files(tmp_path_factory):
     return [str(p) for p in paths]
 
 
-def _run(paths, out, capsys):
+def _run(paths, out, capfd):
     rc = main(["bench", "deblend", *paths, "--reference", "scarlet_lite", "--json", str(out), "--top", "2"])
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     with open(out) as fh:
         report = json.load(fh)
     return rc, report, captured.out + captured.err
@@ -61,8 +61,8 @@ def _check_hpcblend(report, n):
         assert row["wall"] > 0 and row["iterations"] > 0 and np.isfinite(row["chi2_per_pixel"])
 
 
-def test_bench_deblend_beside_reference(blend_files, tmp_path, capsys):
-    rc, report, text = _run(blend_files, tmp_path / "bench.json", capsys)
+def test_bench_deblend_beside_reference(blend_files, tmp_path, capfd):
+    rc, report, text = _run(blend_files, tmp_path / "bench.json", capfd)
     assert rc == 0, text
     _check_hpcblend(report, len(blend_files))
     if _scarlet_lite_importable():
@@ -93,9 +93,9 @@ def _check_notice(report, text):
     assert "ref_wall" not in report["blends"][0]
 
 
-def test_bench_deblend_reference_not_installed(blend_files, tmp_path, capsys, monkeypatch):
+def test_bench_deblend_reference_not_installed(blend_files, tmp_path, capfd, monkeypatch):
     monkeypatch.setitem(sys.modules, "lsst.scarlet.lite", None)  # any import of it now raises ImportError
-    rc, report, text = _run(blend_files[:1], tmp_path / "bench.json", capsys)
+    rc, report, text = _run(blend_files[:1], tmp_path / "bench.json", capfd)
     assert rc == 0, text
     _check_hpcblend(report, 1)
     _check_notice(report, text)
