@@ -584,11 +584,13 @@ class CatalogWriter:
         self._finished: set[str] = set(plan["units"])
         self._n_units: int = len(plan["units"])
         self._rounds: int = int(plan["rounds"])
-        self._attempts: np.ndarray = plan["attempts"]
-        self._failed: set[str] = _failed_keys(self._attempts)
+        # the ledger's attempts, one array per round (concatenated only when needed: rounds stay O(round))
+        self._attempt_parts: list[np.ndarray] = [plan["attempts"]]
+        self._n_attempts: int = len(plan["attempts"])
+        self._failed: set[str] = _failed_keys(plan["attempts"])
         self._n_checksums: int = int(plan["n_checksums"])
         self._crc_units: int = int(plan.get("crc32_units", 0))
-        self._crc_attempts: int = _crc32(self._attempts)
+        self._crc_attempts: int = _crc32(plan["attempts"])
 
         # --- open / create
         self._io_step(lambda: self._open_and_setup(plan, resume), "cannot create" if not resume else "cannot resume")
@@ -953,8 +955,11 @@ class CatalogWriter:
         self._finished.update(new_units)
         self._n_units += len(new_units)
         self._rounds += 1
-        self._attempts = np.concatenate([self._attempts, attempts])
-        self._failed = _failed_keys(self._attempts)
+        self._attempt_parts.append(attempts)
+        self._n_attempts += len(attempts)
+        for a in attempts:  # the last attempt at a unit decides whether it counts as failed
+            key = bytes(a["key"]).decode("utf-8", "replace")
+            (self._failed.add if bool(a["failed"]) else self._failed.discard)(key)
         self._n_checksums += len(checksums)
 
     def _space_check(self, need: int) -> str | None:
@@ -1143,7 +1148,7 @@ class CatalogWriter:
         if new_units:
             data = np.array([u.encode("utf-8") for u in new_units], dtype=f"S{UNIT_KEY_BYTES}")
             self._append(self._handle(f"{_LEDGER}/{_LEDGER_UNITS}"), self._n_units, data)
-        n_att = len(self._attempts)
+        n_att = self._n_attempts
         if len(attempts):
             self._append(self._handle(f"{_LEDGER}/{_LEDGER_ATTEMPTS}"), n_att, attempts)
         if len(checksums):
@@ -1203,12 +1208,13 @@ class CatalogWriter:
     def _finalize_io(self, stamp: str, unique: set) -> None:
         f = self._file
         sums = []
+        all_attempts = np.concatenate(self._attempt_parts)
         for ti, (name, spec) in enumerate(self.tables.items()):
             dset = self._handle(name)
             n = self._counts[name]
             data = dset[:n] if n else spec.empty(0)
-            if n and len(self._attempts):
-                data = data[~_superseded_rows(self._attempts, ti, n)]
+            if n and self._n_attempts:
+                data = data[~_superseded_rows(all_attempts, ti, n)]
             # ties in the sort key: order by raw row bytes first, then stable sort by key
             order = np.argsort(np.ascontiguousarray(data).view(f"V{spec.dtype.itemsize}"), kind="stable")
             order = order[np.argsort(data[spec.sort_key][order], kind="stable")]
