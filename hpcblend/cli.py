@@ -176,6 +176,22 @@ def cmd_bench_deblend(args) -> int:
     return 0
 
 
+def cmd_bench_tract(args) -> int:
+    """A tract job on one core after warm-up: seconds and share per stage, throughput (:mod:`hpcblend.bench_tract`)."""
+    from .bench_tract import format_tract_report, run_bench_tract, write_tract_json
+    from .errors import HpcblendError
+
+    try:
+        report = run_bench_tract(args.job, tuple(args.set or ()))
+    except HpcblendError as exc:
+        _stderr_line(f"hpcblend: error: {exc}")
+        return 2
+    print(format_tract_report(report))
+    if args.json:
+        write_tract_json(report, args.json)
+    return 0
+
+
 def cmd_simulate(args) -> int:
     """Simulate a tract (GalSim) into a directory: coadd_<band>.fits, psf_<band>.fits, truth.fits."""
     from .errors import HpcblendError
@@ -290,6 +306,11 @@ def main(argv=None) -> int:
     bd.add_argument("--json", metavar="OUT", help="write every figure and the per-blend rows here")
     bd.add_argument("--top", type=int, default=10, metavar="N", help="list the N slowest blends")
     bd.set_defaults(func=cmd_bench_deblend)
+    bt = bsub.add_parser("tract", help="a tract job on one core: seconds and share per stage, throughput")
+    bt.add_argument("job", nargs="?", help="tract job file (default: the built-in job)")
+    bt.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    bt.add_argument("--json", metavar="OUT", help="write every figure here")
+    bt.set_defaults(func=cmd_bench_tract)
     args = p.parse_args(argv)
     _setup_logging("INFO")
     return args.func(args)

@@ -99,3 +99,21 @@ def test_bench_deblend_reference_not_installed(blend_files, tmp_path, capfd, mon
     assert rc == 0, text
     _check_hpcblend(report, 1)
     _check_notice(report, text)
+
+
+def test_bench_tract_reports_every_stage_and_throughput(tmp_path, capsys):
+    """``hpcblend bench tract JOB``: stage seconds that add up to the busy time, shares, throughput."""
+    job = tmp_path / "tract.yaml"
+    job.write_text("input:\n  kind: tract\n  tract_dir: tract\n  patch_inner_size: 200\n  patch_overlap: 40\n"
+                   "  simulate:\n    enabled: true\n    shape: [400, 400]\n    bands: [g, r, i]\n    density: 40.0\n"
+                   "    seed: 2\nrun:\n  progress: false\n")
+    out = tmp_path / "bench.json"
+    assert main(["bench", "tract", str(job), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "throughput:" in text and "measure" in text
+    r = json.loads(out.read_text())
+    assert r["n_patches"] == 4 and r["pixels"] == 400 * 400 and r["n_bands"] == 3
+    assert abs(sum(r["stages"].values()) - r["busy_s"]) < 1e-6 and abs(sum(r["share"].values()) - 1) < 1e-6
+    assert r["stages"]["fit"] > 0 and r["stages"]["detect"] > 0 and r["n_parents"] > 10
+    assert r["mpx_bands_per_core_s"] == pytest.approx(0.16 * 3 / r["busy_s"])
+    assert main(["bench", "tract", "--set", "input.kind=blends"]) == 2  # not a tract job: one line
