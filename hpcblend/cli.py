@@ -250,6 +250,8 @@ _PASSTHROUGH = {
                   "re-run one unit from a catalog's recorded config and inputs: hpcblend reproduce CATALOG UNIT_ID"),
     "scaling": ("hpcblend.scaling", "scaling_main",
                 "replay simulator and scaling study: hpcblend scaling replay CATALOG --ranks 1 2 ... 4096"),
+    "inject": ("hpcblend.inject", "inject_main",
+               "source injection into blend files and metrics vs the truth: hpcblend inject blends|metrics ..."),
 }
 
 

@@ -1,0 +1,655 @@
+"""Source injection into real blend files, and metrics against the injected truth (issue 16).
+
+``hpcblend inject blends IN_DIR_OR_GLOB OUT_DIR [--seed S] [--per-blend N] [--mag-range 21 25]
+[--separation-range 0.5 3.0] [--morphology cosmos|sersic] [--cosmos DIR]`` adds N fake galaxies
+to every input blend (the inputs are never modified) and writes, in ``OUT_DIR``, one new blend file
+per input (same name, so the parent id is kept; the hsc_blends npz layout of
+:func:`hpcblend.inputs.write_blend`) and the truth table ``truth/injections.npz`` (in a sub-folder, so
+``hpcblend run JOB --input OUT_DIR`` reads only the blend files).
+
+``hpcblend inject metrics CATALOG TRUTH [--band i]`` matches the injections to the catalog's children
+by (parent, peak index) and prints completeness, flux and centroid errors per magnitude,
+separation and blendedness bin, beside the *perfect-deblender yardstick*.
+
+Conventions and choices (documented here once)
+----------------------------------------------
+* Pixel scale :data:`PIXEL_SCALE` = 0.168″ (HSC). Separations are in arcsec.
+* Fluxes in counts with the zero point :data:`ZERO_POINT` = 27 mag AB ↔ 1 count (HSC coadds are
+  calibrated to it; checked on these files: footprint sums vs the CatSim cross-match in ``matched``
+  give 27.3–27.5 per band, the excess being flux outside the footprints / unmatched sources).
+* Magnitudes are drawn uniformly in ``mag_range`` in the reference band (``i``); the other bands
+  get a colour: COSMOS morphology uses that galaxy's own HSC colours (``HSC_<b> - HSC_i`` of the
+  COSMOS parametric-fit catalog); Sérsic uses ``t * (1.0, 0.45, 0, -0.2, -0.3)`` for grizy with
+  ``t ~ U(0.2, 1.6)`` (blue to red; g−i from 0.2 to 1.6).
+* Morphology: ``cosmos``: :class:`galsim.RealGalaxy` (HST F814W stamp, deconvolved by GalSim with its
+  HST PSF), random rotation; ``sersic``: de Vaucouleurs bulge (hlr 0.1–0.5″) + exponential disk
+  (hlr 0.25–1.0″), bulge fraction U(0, 0.6), axis ratio U(0.3, 1), random angle.
+* Each band is convolved with the blend's own PSF image (``psfs``, a :class:`galsim.InterpolatedImage`
+  at 0.168″; the HSC PSF already includes the pixel, so it is drawn with ``method="no_pixel"``) and
+  drawn onto the blend's pixel grid at a sub-pixel position; the new peak is that position rounded.
+* Noise: the variance planes of these coadds rise by only ~2.5e-6 count² per count of source
+  (a fit of variance vs. image over all 164 blends, pixels > 20 σ), i.e. an effective gain
+  :data:`DEFAULT_GAIN` of ~4e5 counts: the injected source gets Gaussian noise of variance
+  ``stamp / gain`` (Poisson-like, consistent with the file's variance), which is added to the
+  variance plane too. It is small next to the sky variance (which the injection does not change).
+* Positions: a random real peak of the blend (not dropped), a separation U(sep_range) and a random
+  angle; accepted if the new peak pixel is inside the image (1 px margin), bad in no band, and at
+  least ``sep_range[0]`` from every real and earlier injected peak (100 tries, else fewer
+  injections in that blend, recorded). The parent footprint is grown by the pixels where the band
+  sum of the source exceeds 1 σ of the band-summed noise (and the peak pixel), as a detection
+  footprint would merge it; otherwise a peak outside the footprint is dropped by the deblender.
+* Truth flux ``flux_<b>`` is the noiseless stamp summed over the blend's image (what can be
+  measured); ``flux_total_<b>`` the profile's total from the magnitude.
+* Yardstick ("perfect deblender"): measured on the injected source alone, i.e. (image with
+  injection) − (original image) restricted to this source = its noiseless stamp + its own noise,
+  at the true position: circular-aperture flux (radius :data:`APERTURE_RADIUS_ARCSEC`), PSF-weighted
+  flux ``Σ P d / Σ P²`` (P the band's PSF at the true position), the flux-weighted centroid in the
+  aperture, and the aperture's sky-noise σ from the variance plane (``yard_ap_sigma_<b>``, the noise
+  floor a real measurement would also carry); also ``yard_sum_flux_<b>``, the source-only image summed
+  over the blend (no aperture loss; its error is the injected noise alone).
+* Determinism: each file gets ``numpy.random.default_rng([seed, crc32(file name)])``; GalSim draws
+  are noiseless; the npz bytes are deterministic (fixed zip timestamps), so the same arguments give
+  byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import zlib
+from dataclasses import replace
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .catalog import read_table
+from .errors import HpcblendError, InputError
+from .inputs import PEAK_DROPPED, BlendData, _atomic_write, _npz_bytes, expand_inputs, read_blend, write_blend
+
+__all__ = [
+    "PIXEL_SCALE",
+    "ZERO_POINT",
+    "DEFAULT_GAIN",
+    "APERTURE_RADIUS_ARCSEC",
+    "TRUTH_FILE",
+    "mag_to_flux",
+    "load_cosmos_sample",
+    "inject_blend",
+    "inject_blends",
+    "read_truth",
+    "injection_metrics",
+    "format_metrics",
+    "inject_main",
+]
+
+#: HSC pixel scale, arcsec per pixel.
+PIXEL_SCALE: float = 0.168
+#: AB magnitude of 1 count (HSC coadd calibration).
+ZERO_POINT: float = 27.0
+#: Effective gain per band (counts per "Poisson count"), from the variance-vs-image slope of the files.
+DEFAULT_GAIN: dict = {"g": 2.3e6, "r": 3.9e5, "i": 4.3e5, "z": 3.2e5, "y": 4.2e5}
+#: Radius of the yardstick's circular aperture, arcsec.
+APERTURE_RADIUS_ARCSEC: float = 1.5
+#: Path of the truth table inside OUT_DIR (a sub-folder, so ``--input OUT_DIR`` sees only the blend files).
+TRUTH_FILE: str = os.path.join("truth", "injections.npz")
+
+_SERSIC_COLOUR = {"g": 1.0, "r": 0.45, "i": 0.0, "z": -0.2, "y": -0.3}
+_COSMOS_CATALOG = "real_galaxy_catalog_26_extension_example.fits"
+_COSMOS_FITS = "real_galaxy_catalog_26_extension_example_fits.fits"
+_MAX_TRIES = 100
+
+
+def mag_to_flux(mag):
+    """Counts of an AB magnitude at :data:`ZERO_POINT`: ``10**(-0.4 (mag - 27))``.
+
+    Parameters
+    ----------
+    mag : float or ndarray
+        AB magnitude(s).
+
+    Returns
+    -------
+    float or ndarray
+        Flux in counts (float64).
+    """
+    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - ZERO_POINT))
+
+
+def load_cosmos_sample(cosmos_dir: str):
+    """The GalSim COSMOS sample: a RealGalaxyCatalog and HSC colours per galaxy.
+
+    Parameters
+    ----------
+    cosmos_dir : str
+        Directory with GalSim's ``real_galaxy_catalog_26_extension_example*.fits`` files
+        (``../shared/data/cosmos``).
+
+    Returns
+    -------
+    (galsim.RealGalaxyCatalog, dict)
+        The catalog and ``{band: ndarray (N,)}`` of ``HSC_<b> - HSC_i`` (mag), in the
+        catalog's row order (matched by ``IDENT``).
+    """
+    import galsim
+    from astropy.io import fits
+
+    cat = os.path.join(cosmos_dir, _COSMOS_CATALOG)
+    fit = os.path.join(cosmos_dir, _COSMOS_FITS)
+    for p in (cat, fit):
+        if not os.path.isfile(p):
+            raise InputError(f"{p}: COSMOS catalog file not found (--cosmos {cosmos_dir})")
+    rgc = galsim.RealGalaxyCatalog(_COSMOS_CATALOG, dir=cosmos_dir)
+    with fits.open(cat) as h:
+        ident = np.asarray(h[1].data["IDENT"]).astype(np.int64)
+    with fits.open(fit) as h:
+        fd = h[1].data
+        row = {int(i): k for k, i in enumerate(np.asarray(fd["IDENT"]))}
+        idx = np.array([row[int(i)] for i in ident])
+        mags = {b: np.asarray(fd[f"HSC_{b}"], dtype=np.float64)[idx] for b in "grizy"}
+    colours = {b: mags[b] - mags["i"] for b in mags}
+    for b in colours:  # a missing magnitude gives no colour
+        colours[b] = np.where(np.isfinite(colours[b]) & (np.abs(colours[b]) < 5), colours[b], 0.0)
+    return rgc, colours
+
+
+def _ref_band(bands) -> int:
+    return list(bands).index("i") if "i" in bands else len(bands) // 2
+
+
+def _galaxy(rng, morphology: str, cosmos, bands):
+    """(unit-flux GalSim profile, colour (B,) mag relative to the reference band, cosmos index)."""
+    import galsim
+
+    if morphology == "cosmos":
+        rgc, colours = cosmos
+        k = int(rng.integers(rgc.nobjects))
+        gal = galsim.RealGalaxy(rgc, index=k, flux=1.0).rotate(float(rng.uniform(0, 360)) * galsim.degrees)
+        colour = np.array([colours[b][k] if b in colours else 0.0 for b in bands])
+        return gal, colour, k
+    hb, hd = rng.uniform(0.1, 0.5), rng.uniform(0.25, 1.0)
+    fb, q, beta = rng.uniform(0.0, 0.6), rng.uniform(0.3, 1.0), rng.uniform(0, 180)
+    t = rng.uniform(0.2, 1.6)
+    bulge = galsim.DeVaucouleurs(half_light_radius=hb, trunc=10 * hb, flux=fb)
+    disk = galsim.Exponential(half_light_radius=hd, flux=1.0 - fb)
+    gal = galsim.Add([bulge, disk]).shear(q=q, beta=beta * galsim.degrees)
+    colour = np.array([t * _SERSIC_COLOUR.get(b, 0.0) for b in bands])
+    return gal, colour, -1
+
+
+def _psf_objects(psfs: np.ndarray) -> list:
+    """One :class:`galsim.InterpolatedImage` (flux 1, 0.168″ pixels) per band PSF image (B, Ph, Pw)."""
+    import galsim
+
+    return [galsim.InterpolatedImage(galsim.ImageD(np.ascontiguousarray(p, dtype=np.float64), scale=PIXEL_SCALE))
+            for p in psfs]
+
+
+def _draw(profile, psf, shape, y: float, x: float) -> np.ndarray:
+    """Draw ``profile`` (None: the PSF alone) convolved with ``psf`` at (y, x) on an (H, W) grid, float64."""
+    import galsim
+
+    obj = psf if profile is None else galsim.Convolve(profile, psf)
+    img = galsim.ImageD(shape[1], shape[0], scale=PIXEL_SCALE)
+    obj.drawImage(image=img, method="no_pixel", center=galsim.PositionD(x + 1.0, y + 1.0))
+    return img.array.copy()
+
+
+def _place(rng, blend: BlendData, taken: list, sep_range, bad_any: np.ndarray):
+    """(y, x, host peak index, separation px) of one accepted position, or None."""
+    h, w = blend.shape
+    hosts = np.flatnonzero((blend.peak_flags & PEAK_DROPPED) == 0)
+    if len(hosts) == 0:
+        return None
+    min_px = sep_range[0] / PIXEL_SCALE
+    for _ in range(_MAX_TRIES):
+        k = int(hosts[rng.integers(len(hosts))])
+        d = rng.uniform(*sep_range) / PIXEL_SCALE
+        th = rng.uniform(0, 2 * np.pi)
+        y, x = blend.peaks[k, 0] + d * np.sin(th), blend.peaks[k, 1] + d * np.cos(th)
+        py, px = int(np.floor(y + 0.5)), int(np.floor(x + 0.5))
+        if not (1 <= py < h - 1 and 1 <= px < w - 1) or bad_any[py, px]:
+            continue
+        t = np.asarray(taken, dtype=np.float64).reshape(-1, 2)
+        if len(t) and np.min(np.hypot(t[:, 0] - y, t[:, 1] - x)) < min_px:
+            continue
+        return y, x, k
+    return None
+
+
+def _yardstick(d: np.ndarray, var: np.ndarray, psfs: list, y: float, x: float) -> dict:
+    """Aperture / PSF-weighted photometry and centroid of the source-only image ``d`` (B, H, W)."""
+    nb, h, w = d.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    ap = np.hypot(yy - y, xx - x) <= APERTURE_RADIUS_ARCSEC / PIXEL_SCALE
+    out = {"ap": d[:, ap].sum(axis=1), "ap_sigma": np.sqrt(var[:, ap].astype(np.float64).sum(axis=1)),
+           "psf": np.empty(nb), "sum": d.sum(axis=(1, 2))}
+    for b in range(nb):
+        p = _draw(None, psfs[b], (h, w), y, x)
+        out["psf"][b] = float((p * d[b]).sum() / (p * p).sum())
+    tot = d[:, ap].sum()
+    img = d.sum(axis=0)
+    out["y"] = float((img[ap] * yy[ap]).sum() / tot) if tot != 0 else np.nan
+    out["x"] = float((img[ap] * xx[ap]).sum() / tot) if tot != 0 else np.nan
+    return out
+
+
+def inject_blend(blend: BlendData, rng: np.random.Generator, n: int, *, mag_range=(21.0, 25.0),
+                 sep_range=(0.5, 3.0), morphology: str = "cosmos", cosmos=None,
+                 gain: Optional[dict] = None, add_noise: bool = True):
+    """Add ``n`` fake galaxies to one blend; the input ``blend`` is not modified.
+
+    Parameters
+    ----------
+    blend : BlendData
+        A blend from :func:`hpcblend.inputs.read_blend` (images, variance (B, H, W) in counts /
+        counts², psfs (B, Ph, Pw) summing to 1, peaks (K, 2) (y, x)).
+    rng : numpy.random.Generator
+        Source of every random choice (position, magnitude, morphology, noise).
+    n : int
+        Number of injections wanted (fewer if no valid position is found in 100 tries).
+    mag_range : (float, float)
+        Uniform range of the reference-band (i) AB magnitude.
+    sep_range : (float, float)
+        Uniform range of the separation from a real peak, arcsec.
+    morphology : {"cosmos", "sersic"}
+    cosmos : tuple, optional
+        :func:`load_cosmos_sample` output (required for ``"cosmos"``).
+    gain : dict, optional
+        Effective gain per band (counts); default :data:`DEFAULT_GAIN`.
+    add_noise : bool
+        Add the source's Poisson-like noise (``stamp / gain`` variance) to image and variance.
+
+    Returns
+    -------
+    (BlendData, list of dict)
+        A copy with the sources added (``images``, ``variance`` float32; footprint grown; the new
+        peaks appended after the K real ones, so injection j is peak ``K + j``), and one dict per
+        injection: ``y``, ``x`` (position the profile's nominal centre was drawn at, px),
+        ``y_centroid``, ``x_centroid`` (first moment of the noiseless reference-band stamp over the
+        image, px: the truth for centroid errors, since a COSMOS galaxy's light centroid is not its
+        stamp centre), ``peak_y``, ``peak_x``, ``peak_index``,
+        ``host_peak``, ``separation`` (arcsec to the nearest real peak), ``mag`` (B,), ``flux``
+        (B,) (noiseless stamp sum in the image, counts), ``flux_total`` (B,), ``morphology``,
+        ``cosmos_index``, ``stamp`` (B, h, w) float32 noiseless, ``box`` (y0, x0, h, w),
+        ``footprint_added`` (px) and the yardstick ``yard`` (see :func:`_yardstick`).
+    """
+    gain = DEFAULT_GAIN if gain is None else gain
+    bands = blend.bands
+    images = blend.images.astype(np.float64)
+    variance = blend.variance.astype(np.float64)
+    footprint = blend.footprint.copy()
+    bad_any = blend.bad_pixels().any(axis=0)
+    real = blend.peaks.astype(np.float64)
+    taken = [tuple(p) for p in real]
+    ref = _ref_band(bands)
+    psfs = _psf_objects(blend.psfs)
+    new_peaks, rows = [], []
+    for _ in range(int(n)):
+        pos = _place(rng, blend, taken, sep_range, bad_any)
+        if pos is None:
+            break
+        y, x, host = pos
+        gal, colour, k_cos = _galaxy(rng, morphology, cosmos, bands)
+        m_ref = rng.uniform(*mag_range)
+        mags = m_ref + colour - colour[ref]
+        ftot = mag_to_flux(mags)
+        stamp = np.stack([_draw(gal.withFlux(float(ftot[b])), psfs[b], blend.shape, y, x)
+                          for b in range(len(bands))])
+        g = np.array([float(gain.get(b, DEFAULT_GAIN["i"])) for b in bands])
+        noise_var = np.clip(stamp, 0, None) / g[:, None, None]
+        noise = rng.standard_normal(stamp.shape) * np.sqrt(noise_var) if add_noise else 0.0 * stamp
+        if add_noise:
+            variance += noise_var
+        images += stamp + noise
+        det = stamp.sum(axis=0) > np.sqrt(variance.sum(axis=0))
+        py, px = int(np.floor(y + 0.5)), int(np.floor(x + 0.5))
+        det[py, px] = True
+        added = int(np.count_nonzero(det & ~footprint))
+        footprint |= det
+        sref = stamp[ref]
+        yy, xx = np.mgrid[0:sref.shape[0], 0:sref.shape[1]]
+        cy, cx = float((sref * yy).sum() / sref.sum()), float((sref * xx).sum() / sref.sum())
+        keep = stamp.sum(axis=0) > 1e-5 * stamp.sum(axis=0).max()
+        ys, xs = np.nonzero(keep)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        rows.append({
+            "y": y, "x": x, "y_centroid": cy, "x_centroid": cx, "peak_y": py, "peak_x": px,
+            "peak_index": blend.n_peaks + len(new_peaks),
+            "host_peak": host, "separation": float(np.min(np.hypot(real[:, 0] - y, real[:, 1] - x))) * PIXEL_SCALE,
+            "mag": mags, "flux": stamp.sum(axis=(1, 2)), "flux_total": ftot, "morphology": morphology,
+            "cosmos_index": k_cos, "stamp": stamp[:, y0:y1, x0:x1].astype(np.float32),
+            "box": (int(y0), int(x0), int(y1 - y0), int(x1 - x0)), "footprint_added": added,
+            "yard": _yardstick(stamp + noise, blend.variance, psfs, y, x),
+        })
+        new_peaks.append((py, px))
+        taken.append((y, x))
+    peaks = np.concatenate([blend.peaks, np.asarray(new_peaks, dtype=np.int64).reshape(-1, 2)])
+    out = replace(blend, images=images.astype(np.float32), variance=variance.astype(np.float32),
+                  footprint=footprint, peaks=peaks, mask=blend.mask.copy(), psfs=blend.psfs.copy(),
+                  meta=dict(blend.meta), peak_flags=None)
+    return out, rows
+
+
+def _truth_dtype(bands) -> np.dtype:
+    cols = [("id", "i8"), ("blend_file", "U64"), ("source_file", "U256"), ("parent_id", "i8"),
+            ("inj_index", "i4"), ("peak_index", "i4"), ("y", "f8"), ("x", "f8"), ("y_centroid", "f8"),
+            ("x_centroid", "f8"), ("peak_y", "i8"),
+            ("peak_x", "i8"), ("host_peak", "i4"), ("separation", "f8"), ("mag", "f8"),
+            ("morphology", "U8"), ("cosmos_index", "i8"), ("footprint_added", "i8"),
+            ("stamp_offset", "i8"), ("stamp_y0", "i4"), ("stamp_x0", "i4"), ("stamp_h", "i4"), ("stamp_w", "i4"),
+            ("yard_y", "f8"), ("yard_x", "f8")]
+    for b in bands:
+        cols += [(f"mag_{b}", "f8"), (f"flux_{b}", "f8"), (f"flux_total_{b}", "f8"),
+                 (f"yard_ap_flux_{b}", "f8"), (f"yard_psf_flux_{b}", "f8"), (f"yard_sum_flux_{b}", "f8"),
+                 (f"yard_ap_sigma_{b}", "f8")]
+    return np.dtype(cols)
+
+
+def inject_blends(inputs, out_dir: str, *, seed: int = 0, per_blend: int = 2, mag_range=(21.0, 25.0),
+                  sep_range=(0.5, 3.0), morphology: str = "cosmos", cosmos_dir: Optional[str] = None,
+                  add_noise: bool = True, progress: bool = False) -> str:
+    """Inject sources into every blend file of ``inputs`` and write new files plus the truth table.
+
+    Parameters
+    ----------
+    inputs : str or list of str
+        Files, directories or glob patterns (:func:`hpcblend.inputs.expand_inputs`).
+    out_dir : str
+        Output directory (created); gets ``<same name>.npz`` per input and :data:`TRUTH_FILE`.
+        Input files are only read.
+    seed, per_blend, mag_range, sep_range, morphology, add_noise
+        See :func:`inject_blend`; file ``f`` uses ``default_rng([seed, crc32(basename(f))])``.
+    cosmos_dir : str, optional
+        COSMOS sample directory (required for ``morphology="cosmos"``).
+
+    Returns
+    -------
+    str
+        Path of the truth table: an npz with ``table`` (structured, one row per injection; columns
+        of :func:`_truth_dtype`: fluxes in counts, positions in px of the blend, separation in
+        arcsec), ``stamps`` (float32 1-D: source i's noiseless (B, stamp_h, stamp_w) stamp is
+        ``stamps[stamp_offset : stamp_offset + B*h*w]``, at (stamp_y0, stamp_x0) of the blend),
+        ``bands`` and ``meta`` (JSON of the arguments and constants).
+    """
+    if morphology not in ("cosmos", "sersic"):
+        raise InputError(f"--morphology: expected cosmos or sersic, got {morphology!r}")
+    if morphology == "cosmos" and not cosmos_dir:
+        raise InputError("--morphology cosmos needs --cosmos DIR (the GalSim COSMOS sample)")
+    cosmos = load_cosmos_sample(cosmos_dir) if morphology == "cosmos" else None
+    paths = expand_inputs(inputs)
+    names = [os.path.basename(p) for p in paths]
+    if len(set(names)) != len(names):
+        raise InputError("inject: two input files share a file name; the outputs would collide")
+    out_dir = os.path.abspath(out_dir)
+    if any(os.path.dirname(p) == out_dir for p in paths):
+        raise InputError(f"inject: output directory {out_dir} holds input files; refusing to overwrite inputs")
+    os.makedirs(out_dir, exist_ok=True)
+    rows, stamps, bands, offset = [], [], None, 0
+    for i, path in enumerate(paths):
+        blend = read_blend(path)
+        bands = bands or blend.bands
+        rng = np.random.default_rng([int(seed), zlib.crc32(os.path.basename(path).encode())])
+        new, inj = inject_blend(blend, rng, per_blend, mag_range=mag_range, sep_range=sep_range,
+                                morphology=morphology, cosmos=cosmos, add_noise=add_noise)
+        write_blend(os.path.join(out_dir, os.path.basename(path)), new)
+        for j, r in enumerate(inj):
+            r.update(blend_file=os.path.basename(path), source_file=path, parent_id=blend.id, inj_index=j,
+                     stamp_offset=offset)
+            offset += r["stamp"].size
+            stamps.append(r["stamp"].ravel())
+            rows.append(r)
+        if progress:
+            print(f"inject: {i + 1}/{len(paths)} {os.path.basename(path)}: {len(inj)} source(s)", file=sys.stderr)
+    table = np.zeros(len(rows), dtype=_truth_dtype(bands or ()))
+    for k, r in enumerate(rows):
+        t = table[k]
+        for key in ("blend_file", "source_file", "parent_id", "inj_index", "peak_index", "y", "x", "y_centroid",
+                    "x_centroid", "peak_y",
+                    "peak_x", "host_peak", "separation", "morphology", "cosmos_index", "footprint_added",
+                    "stamp_offset"):
+            t[key] = r[key]
+        t["id"] = k
+        t["stamp_y0"], t["stamp_x0"], t["stamp_h"], t["stamp_w"] = r["box"]
+        t["mag"] = r["mag"][_ref_band(bands)]
+        t["yard_y"], t["yard_x"] = r["yard"]["y"], r["yard"]["x"]
+        for ib, b in enumerate(bands):
+            t[f"mag_{b}"], t[f"flux_{b}"], t[f"flux_total_{b}"] = r["mag"][ib], r["flux"][ib], r["flux_total"][ib]
+            for key in ("ap", "psf", "sum"):
+                t[f"yard_{key}_flux_{b}"] = r["yard"][key][ib]
+            t[f"yard_ap_sigma_{b}"] = r["yard"]["ap_sigma"][ib]
+    meta = {"seed": int(seed), "per_blend": int(per_blend), "mag_range": list(map(float, mag_range)),
+            "separation_range_arcsec": list(map(float, sep_range)), "morphology": morphology,
+            "cosmos_dir": os.path.abspath(cosmos_dir) if cosmos_dir else None, "add_noise": bool(add_noise),
+            "zero_point": ZERO_POINT, "pixel_scale": PIXEL_SCALE, "gain": DEFAULT_GAIN,
+            "aperture_radius_arcsec": APERTURE_RADIUS_ARCSEC, "n_inputs": len(paths), "n_injected": len(rows)}
+    truth = os.path.join(out_dir, TRUTH_FILE)
+    payload = _npz_bytes({"table": table,
+                          "stamps": np.concatenate(stamps) if stamps else np.zeros(0, np.float32),
+                          "bands": np.asarray(bands or (), dtype=np.str_),
+                          "meta": np.asarray(json.dumps(meta, sort_keys=True))})
+    _atomic_write(truth, payload)
+    return truth
+
+
+def read_truth(path: str):
+    """Read a truth table written by :func:`inject_blends`.
+
+    Returns
+    -------
+    (ndarray, ndarray, tuple, dict)
+        ``table`` (structured, one row per injection), ``stamps`` (float32 1-D), ``bands``, ``meta``.
+    """
+    with np.load(path, allow_pickle=False) as d:
+        return d["table"], d["stamps"], tuple(str(b) for b in d["bands"]), json.loads(str(d["meta"]))
+
+
+# -----------------------------------------------------------------------------
+# metrics
+# -----------------------------------------------------------------------------
+
+_ESTIMATORS = (("model", "flux_model_{b}"), ("conserving", "flux_{b}"), ("yard_ap", None), ("yard_psf", None),
+               ("yard_sum", None))
+
+
+def _match(catalog: str, table: np.ndarray):
+    """Catalog /sources row index per injection (-1: none) and whether it was deblended."""
+    blends = read_table(catalog, "blends")
+    src = read_table(catalog, "sources")
+    bid = {os.path.basename(r["source_file"].decode() if isinstance(r["source_file"], bytes)
+                            else str(r["source_file"])): int(r["id"]) for r in blends}
+    bad_parent = {int(r["id"]) for r in blends
+                  if r["flag_failed"] or r["flag_skipped_too_many_peaks"] or r["flag_skipped_too_large"]}
+    key = {(int(p), int(k)): i for i, (p, k) in enumerate(zip(src["parent_id"], src["peak_index"]))}
+    idx = np.full(len(table), -1, dtype=np.int64)
+    ok = np.zeros(len(table), dtype=bool)
+    drop = [c for c in src.dtype.names if c.startswith("flag_peak_") and c != "flag_peak_merged"]
+    drop += [c for c in ("flag_parent_failed", "flag_parent_skipped", "flag_model_zero") if c in src.dtype.names]
+    for t, r in enumerate(table):
+        pid = bid.get(str(r["blend_file"]))
+        i = key.get((pid, int(r["peak_index"]))) if pid is not None else None
+        if i is None:
+            continue
+        idx[t] = i
+        ok[t] = pid not in bad_parent and not any(bool(src[c][i]) for c in drop)
+    return src, idx, ok
+
+
+def _stats(rel: np.ndarray) -> tuple:
+    rel = rel[np.isfinite(rel)]
+    if rel.size == 0:
+        return (np.nan, np.nan, np.nan)
+    a = np.abs(rel)
+    return float(np.median(rel)), float(np.median(a)), float(np.percentile(a, 90))
+
+
+def injection_metrics(catalog: str, truth: str, band: str = "i", mag_edges=None, sep_edges=None,
+                      blend_edges=None) -> dict:
+    """Completeness, flux and centroid errors of the injected sources, with the yardstick.
+
+    Parameters
+    ----------
+    catalog : str
+        HDF5 catalog of a run over the injected files (``/blends``, ``/sources``).
+    truth : str
+        :data:`TRUTH_FILE` of :func:`inject_blends`.
+    band : str
+        Band of the flux tables.
+    mag_edges, sep_edges, blend_edges : sequence of float, optional
+        Bin edges in the reference-band magnitude, the separation (arcsec) and the catalog's
+        ``blendedness`` (default 1-mag bins over the range, (0.5, 1, 1.5, 2, 3+) ″,
+        (0, 0.02, 0.1, 0.3, 1)).
+
+    Returns
+    -------
+    dict
+        ``n``, ``n_found`` and ``completeness`` overall; ``by_mag``, ``by_sep``, ``by_blendedness``:
+        lists of rows ``{"bin", "n", "found", "completeness", "<est>": (bias, med|Δf/f|, p90|Δf/f|),
+        "centroid_<est>": median distance (px) to the true light centroid, "centroid0_<est>": the same to
+        the profile's nominal centre}`` for est in model,
+        conserving (the deblender's ``flux_model_<b>`` and ``flux_<b>``), yard_ap, yard_psf, yard_sum (the yardstick) with
+        Δf/f = (f − f_true)/f_true and f_true the injected noiseless flux in the image; ``noise_floor``
+        the median aperture sky-noise σ/f_true; and ``per_band``: (bias, med, p90) per band and estimator.
+        Completeness counts a source as found when its peak's child row exists, its parent was
+        deblended (not failed/skipped) and the peak was fitted (no flag_peak_*, not model-zero).
+    """
+    table, _, bands, _ = read_truth(truth)
+    src, idx, ok = _match(catalog, table)
+    n = len(table)
+
+    def values(est, b, sel):
+        f_true = table[f"flux_{b}"][sel]
+        if est in ("model", "conserving"):
+            col = ("flux_model_{b}" if est == "model" else "flux_{b}").format(b=b)
+            f = np.where(ok[sel], src[col][np.clip(idx[sel], 0, None)] if len(src) else np.nan, np.nan)
+        else:
+            f = table[f"yard_{est[5:]}_flux_{b}"][sel]
+        return (f - f_true) / f_true
+
+    def centroid(est, sel, suffix="_centroid"):
+        ty, tx = table["y" + suffix][sel], table["x" + suffix][sel]
+        if est in ("model", "conserving"):
+            ii = np.clip(idx[sel], 0, None)
+            dy = np.where(ok[sel], src["y"][ii] - ty, np.nan)
+            dx = np.where(ok[sel], src["x"][ii] - tx, np.nan)
+        else:
+            dy, dx = table["yard_y"][sel] - ty, table["yard_x"][sel] - tx
+        e = np.hypot(dy, dx)
+        e = e[np.isfinite(e)]
+        return float(np.median(e)) if e.size else np.nan
+
+    def rows_for(quantity, edges, label):
+        out = []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            sel = np.flatnonzero((quantity >= lo) & (quantity < hi))
+            r = {"bin": f"{label} {lo:g}-{hi:g}", "n": int(len(sel)), "found": int(ok[sel].sum()),
+                 "completeness": float(ok[sel].mean()) if len(sel) else np.nan}
+            for est, _ in _ESTIMATORS:
+                r[est] = _stats(values(est, band, sel))
+                r[f"centroid_{est}"] = centroid(est, sel)
+                r[f"centroid0_{est}"] = centroid(est, sel, "")
+            r["noise_floor"] = float(np.median(table[f"yard_ap_sigma_{band}"][sel] / table[f"flux_{band}"][sel])) \
+                if len(sel) else np.nan
+            out.append(r)
+        return out
+
+    mag = table["mag"]
+    if mag_edges is None:
+        mag_edges = np.arange(np.floor(mag.min()), np.ceil(mag.max()) + 1e-9, 1.0) if n else [0, 1]
+    sep_edges = sep_edges or (0.5, 1.0, 1.5, 2.0, np.inf)
+    blend_edges = blend_edges or (0.0, 0.02, 0.1, 0.3, 1.0 + 1e-9)
+    blendedness = np.where(ok, src["blendedness"][np.clip(idx, 0, None)] if len(src) else np.nan, np.nan)
+    allsel = np.arange(n)
+    return {
+        "band": band, "n": n, "n_found": int(ok.sum()), "completeness": float(ok.mean()) if n else np.nan,
+        "by_mag": rows_for(mag, list(mag_edges), "mag"),
+        "by_sep": rows_for(table["separation"], list(sep_edges), "sep\""),
+        "by_blendedness": rows_for(blendedness, list(blend_edges), "blnd"),
+        "all": rows_for(np.zeros(n), [0.0, 1.0], "all")[0],
+        "per_band": {b: {est: _stats(values(est, b, allsel)) for est, _ in _ESTIMATORS} for b in bands},
+    }
+
+
+def _fmt(v, spec="+.3f"):
+    return format(v, spec) if np.isfinite(v) else "nan"
+
+
+def format_metrics(m: dict) -> str:
+    """Plain-text tables of :func:`injection_metrics` output (one block per binning)."""
+    lines = [f"injected {m['n']}, found and deblended {m['n_found']} "
+             f"(completeness {100 * m['completeness']:.1f} %); flux errors in band {m['band']}: "
+             f"d = (f - f_true)/f_true; 'excess' = med|d| minus the yardstick's (aperture) med|d|",
+             "estimators: model = flux_model, conserving = flux (deblender); yard_ap / yard_psf = perfect-deblender "
+             "yardstick (aperture / PSF-weighted photometry of the injected source alone); yard_sum = that source's "
+             "pixels summed over the image (its own noise only)"]
+    head = (f"{'bin':<18}{'N':>5}{'found':>6}{'compl':>7}  {'estimator':<11}{'bias':>8}{'med|d|':>8}"
+            f"{'p90|d|':>8}{'excess':>8}{'cen':>6}{'cen0':>6}{'noise':>7}")
+    for key, title in (("by_mag", "by magnitude (i)"), ("by_sep", "by separation from the nearest real peak"),
+                       ("by_blendedness", "by the catalog's blendedness"), ("all", "all")):
+        rows = m[key] if isinstance(m[key], list) else [m[key]]
+        lines += ["", title, head]
+        for r in rows:
+            for j, (est, _) in enumerate(_ESTIMATORS):
+                bias, med, p90 = r[est]
+                first = j == 0
+                lines.append(
+                    (f"{r['bin']:<18}{r['n']:>5}{r['found']:>6}"
+                     f"{(format(100 * r['completeness'], '.1f') + '%') if np.isfinite(r['completeness']) else 'nan':>7}"
+                     if first else " " * 36)
+                    + f"  {est:<11}{_fmt(bias):>8}{_fmt(med, '.3f'):>8}{_fmt(p90, '.3f'):>8}"
+                    f"{_fmt(med - r['yard_ap'][1]):>8}{_fmt(r['centroid_' + est], '.2f'):>6}"
+                    f"{_fmt(r['centroid0_' + est], '.2f'):>6}"
+                    + (f"{_fmt(r['noise_floor'], '.3f'):>7}" if first else ""))
+    lines += ["", "all sources, per band: bias / med|d| / p90|d|",
+              f"{'band':<6}" + "".join(f"{est:>26}" for est, _ in _ESTIMATORS)]
+    for b, per in m["per_band"].items():
+        cells = (" / ".join(_fmt(v, f) for v, f in zip(per[est], ("+.3f", ".3f", ".3f"))) for est, _ in _ESTIMATORS)
+        lines.append(f"{b:<6}" + "".join(f"{c:>26}" for c in cells))
+    lines.append("noise = median aperture sky-noise sigma / f_true (the floor any measurement carries); "
+                 "cen / cen0 = median centroid error (px) vs the true light centroid / vs the drawn profile's centre")
+    return "\n".join(lines)
+
+
+# -----------------------------------------------------------------------------
+# CLI
+# -----------------------------------------------------------------------------
+
+def inject_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``hpcblend inject blends ...`` and ``hpcblend inject metrics ...`` (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="hpcblend inject", description="source injection into blend files")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("blends", help="inject fake galaxies into blend files; writes new files and a truth table")
+    b.add_argument("inputs", help="blend files: a directory or glob pattern (quote it)")
+    b.add_argument("out_dir")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--per-blend", type=int, default=2, metavar="N")
+    b.add_argument("--mag-range", type=float, nargs=2, default=(21.0, 25.0), metavar=("BRIGHT", "FAINT"))
+    b.add_argument("--separation-range", type=float, nargs=2, default=(0.5, 3.0), metavar=("MIN", "MAX"),
+                   help="arcsec from a real peak")
+    b.add_argument("--morphology", choices=("cosmos", "sersic"), default="cosmos")
+    b.add_argument("--cosmos", metavar="DIR", help="GalSim COSMOS sample directory (for --morphology cosmos)")
+    b.add_argument("--no-noise", action="store_true", help="add the noiseless sources (for checks)")
+    mt = sub.add_parser("metrics", help="completeness and flux errors of the injections in a run's catalog")
+    mt.add_argument("catalog")
+    mt.add_argument("truth", help=f"the {TRUTH_FILE} of the injection")
+    mt.add_argument("--band", default="i")
+    mt.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "blends":
+            truth = inject_blends(args.inputs, args.out_dir, seed=args.seed, per_blend=args.per_blend,
+                                  mag_range=tuple(args.mag_range), sep_range=tuple(args.separation_range),
+                                  morphology=args.morphology, cosmos_dir=args.cosmos, add_noise=not args.no_noise)
+            table = read_truth(truth)[0]
+            print(f"injected {len(table)} sources into {len(set(table['blend_file']))} blend files; truth: {truth}")
+            return 0
+        m = injection_metrics(args.catalog, args.truth, band=args.band)
+        print(format_metrics(m))
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump(m, fh, indent=1, default=float)
+        return 0
+    except (HpcblendError, OSError, KeyError) as exc:
+        print(f"hpcblend: error: {exc}", file=sys.stderr)
+        return 2
