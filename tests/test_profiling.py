@@ -84,8 +84,10 @@ def test_sampler_frames_never_appear(busy_profile):
 def test_sample_count_matches_rate(busy_profile):
     p = busy_profile
     expected = p["elapsed_s"] * p["rate_hz"]
-    # every tick is either sampled once or counted as missed: the schedule does not drift
-    assert 0.9 * expected <= p["n_samples"] + p["n_missed"] <= 1.02 * expected + 1
+    # every tick is counted once: a late sample carries the weight of the ticks it missed (n_missed
+    # counts those ticks again, as information), so the weighted samples follow elapsed x rate
+    assert 0.9 * expected <= p["n_samples"] <= 1.02 * expected + 1
+    assert 0 <= p["n_missed"] <= p["n_samples"]
     # generous bound for a loaded machine; the benchmark measures the real rate
     assert p["n_samples"] >= 0.75 * expected, (p["n_samples"], expected, p["achieved_rate_hz"])
     assert p["achieved_rate_hz"] == pytest.approx(p["n_samples"] / p["elapsed_s"])
