@@ -87,6 +87,10 @@ class DeblendResult:
         Iterations of the fit loop (0 when not fitted).
     converged : bool
     loss_history : ndarray, shape (iterations,)
+        Loss of the state evaluated at each iteration (with any the fit's divergence guard
+        went back from). The fitted state is the last one, or the lowest when the last is
+        more than ``e_rel`` above it or ``max_iter`` ended the fit
+        (:func:`hpcblend.kernels.fit.fit_blend`).
     chi2_per_pixel : float
         See :func:`hpcblend.measure.chi2_per_pixel`; NaN when not fitted.
     t_init, t_fit, t_measure : float

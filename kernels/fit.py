@@ -12,7 +12,13 @@ Optimisers:
   ``m ← β1 m + (1−β1) g``, ``v ← β2 v + (1−β2) g²``, ``v̂ ← max(v̂, v)``,
   ``x ← prox(x − η m̂ / (√v̂ + ε))`` with bias-corrected ``m̂``, ``v̂``.
 * ``OPT_FISTA`` — accelerated proximal gradient (Beck & Teboulle 2009) with
-  per-source step sizes ``1/L`` from Lipschitz bounds of each block.
+  per-source step sizes ``1/L`` from Lipschitz bounds of each block, the
+  adaptive restart of O'Donoghue & Candès (2015), and a divergence guard: a
+  loss more than ``DIVERGENCE_TOL`` above the best one so far sends the fit
+  back to the best state with half the step (see :func:`fit_blend`).
+
+Every fit returns the best state it evaluated when its last one ended higher
+(by more than ``e_rel``) or was not evaluated (``max_iter`` reached).
 
 Morphologies live in full-frame arrays (K, H, W) with per-source boxes that
 grow and shrink with the support; every operation is confined to the boxes.
@@ -36,6 +42,8 @@ OPT_FISTA = 1
 STATUS_OK = 0
 STATUS_NONFINITE = 1
 SUPPORT_BLOCK = 8  # pixels: block size of the coarse maxima of Σ_k S_k used for SED steps
+DIVERGENCE_TOL = 0.1  # FISTA: a loss this far (relative) above the best one so far is a divergence
+MIN_STEP_MULT = 0.125  # FISTA: the divergence guard halves the step at most down to this fraction
 
 
 @njit(nogil=True, cache=True)
@@ -270,6 +278,54 @@ def _neighbour_sums(sed, boxes, alive, radius, neighbour_sed):
                     neighbour_sed[k, b] += sed[l, b]
 
 
+@njit(nogil=True, cache=True)
+def _snapshot(sed, morph, boxes, alive, sed_keep, morph_keep, boxes_keep, alive_keep):
+    """Copy the fit's state into the ``*_keep`` arrays: SEDs, boxes, alive flags, and each live
+    source's morphology inside its box (only those pixels are read back by :func:`_restore`)."""
+    nk, nb = sed.shape
+    for k in range(nk):
+        alive_keep[k] = alive[k]
+        for j in range(4):
+            boxes_keep[k, j] = boxes[k, j]
+        for b in range(nb):
+            sed_keep[k, b] = sed[k, b]
+        if not alive[k]:
+            continue
+        for y in range(boxes[k, 0], boxes[k, 1]):
+            for x in range(boxes[k, 2], boxes[k, 3]):
+                morph_keep[k, y, x] = morph[k, y, x]
+
+
+@njit(nogil=True, cache=True)
+def _restore(sed, morph, boxes, alive, sed_keep, morph_keep, boxes_keep, alive_keep, sed_prev, morph_prev):
+    """Put a :func:`_snapshot` back, in place.
+
+    SEDs, boxes and alive flags are copied back; each morphology is cleared in
+    its current box and refilled inside the kept box (so it stays zero outside
+    its box). FISTA's previous iterate (``sed_prev``, ``morph_prev``, zero
+    outside the boxes) becomes the same state, so the next step carries no
+    momentum.
+    """
+    nk, nb = sed.shape
+    for k in range(nk):
+        for y in range(boxes[k, 0], boxes[k, 1]):
+            for x in range(boxes[k, 2], boxes[k, 3]):
+                morph[k, y, x] = 0.0
+                morph_prev[k, y, x] = 0.0
+        alive[k] = alive_keep[k]
+        for j in range(4):
+            boxes[k, j] = boxes_keep[k, j]
+        for b in range(nb):
+            sed[k, b] = sed_keep[k, b]
+            sed_prev[k, b] = sed_keep[k, b]
+        if not alive[k]:
+            continue
+        for y in range(boxes[k, 0], boxes[k, 1]):
+            for x in range(boxes[k, 2], boxes[k, 3]):
+                v = morph_keep[k, y, x]
+                morph[k, y, x] = v
+                morph_prev[k, y, x] = v
+
 
 @njit(nogil=True, cache=True)
 def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, boxes, noise_rms,
@@ -305,7 +361,9 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
         ``OPT_ADAPROX`` or ``OPT_FISTA``.
     max_iter, min_iter : int
     e_rel : float
-        Converged when ``|L_t − L_{t−1}| < e_rel · |L_t|`` and ``t ≥ min_iter``.
+        Converged when ``|L_t − L_{t−1}| < e_rel · |L_t|`` and ``t ≥ min_iter``, with ``L_{t−1}``
+        the loss of the state iteration t stepped from, unless ``L_{t−1}`` itself was a rise
+        (``L_{t−1} > L_{t−2}``).
     bg_thresh : float
         Morphology threshold in units of the source's noise level (0 disables).
     monotonic, symmetric : bool
@@ -321,19 +379,32 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
         closer than twice this interact.
     step_scale : float
         FISTA step as a fraction of 1/L (L from Gershgorin row-sum bounds,
-        per pixel for morphologies and per band for SEDs).
+        per pixel for morphologies and per band for SEDs). The divergence guard
+        halves it (down to ``MIN_STEP_MULT × step_scale``) each time the loss
+        rises more than ``DIVERGENCE_TOL`` above the best loss so far, after
+        putting the best state back.
     loss_history : ndarray, shape (max_iter,), float64
-        Filled with the loss of each iteration.
+        Filled with the loss of each iteration (of the state evaluated then,
+        including the states the divergence guard went back from).
 
     Returns
     -------
     n_iter : int
         Iterations run (entries of ``loss_history`` written).
     converged : bool
+        False when ``max_iter`` was reached, or when the divergence guard
+        found the loss diverging again with the step at its floor.
     status : int
         ``STATUS_OK`` or ``STATUS_NONFINITE`` (the loss became NaN or inf).
     alive : ndarray, shape (K,), bool
         False for sources whose morphology collapsed to zero.
+
+    Notes
+    -----
+    With ``STATUS_OK`` the parameters returned (``sed``, ``morph``, ``boxes``,
+    ``alive``) are those of the last evaluated state, unless its loss is more
+    than ``e_rel`` above the lowest loss evaluated or the last step was never
+    evaluated (``max_iter`` reached): then they are those of the lowest.
     """
     nk, nb = sed.shape
     h = images.shape[1]
@@ -382,6 +453,17 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
     n_iter = 0
     converged = False
     status = STATUS_OK
+    # the best state evaluated so far, its loss and (FISTA) its gradient
+    best_loss = np.inf
+    sed_best = sed.copy()
+    morph_best = np.zeros(morph.shape, dtype=np.float32)
+    boxes_best = boxes.copy()
+    alive_best = alive.copy()
+    grad_best = np.zeros((nb, hp, wp), dtype=np.float32)
+    prev_loss = np.inf  # loss of the state the current one was stepped from
+    rose = False  # the loss went up at the previous evaluation
+    evaluated = False  # the current state is the one evaluated last
+    step_mult = 1.0  # FISTA: step_scale multiplier, halved by the divergence guard
     for it in range(max_iter):
         # model and residual live in zero-padded FFT grids, so the transforms need no copies
         _render_padded(sed, morph, boxes, alive, model, h, w)
@@ -390,26 +472,55 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
         loss = _loss_residual(np.fft.irfft2(spec, s=(hp, wp)), images, weights, residual)
         loss_history[it] = loss
         n_iter = it + 1
+        evaluated = True
         if not math.isfinite(loss):
             status = STATUS_NONFINITE
             break
-        if it >= min_iter and it > 0 and abs(loss_history[it - 1] - loss) < e_rel * abs(loss):
+        # converged: a small change, but not right after the loss went up (a step from a worse
+        # state can land as high as that state: a small change that is no convergence)
+        if it >= min_iter and not rose and abs(prev_loss - loss) < e_rel * abs(loss):
             converged = True
             break
-        spec = np.fft.rfft2(residual)
-        spec *= transfer_adjoint
-        grad = np.fft.irfft2(spec, s=(hp, wp))  # D_bᵀ * residual on the padded grid; (B, H, W) used
+        rose = loss > prev_loss
+        improved = loss <= best_loss
+        if improved:
+            best_loss = loss
+            _snapshot(sed, morph, boxes, alive, sed_best, morph_best, boxes_best, alive_best)
+        if optimizer == OPT_FISTA and loss > (1.0 + DIVERGENCE_TOL) * best_loss:
+            # Divergence guard. The steps (step_scale / Gershgorin bound, for SEDs and morphologies at
+            # once) are too long for this blend: a bright, extended source under near-uniform weights
+            # makes the morphology bound tight for its smooth modes, and its SED and morphology steps
+            # overshoot its flux together, so the flux oscillates with growing amplitude (momentum
+            # restarts alone do not stop it). Go back to the best state, restart the momentum there
+            # and halve the step; once the step is at its floor, stop at the best state.
+            _restore(sed, morph, boxes, alive, sed_best, morph_best, boxes_best, alive_best, sed_prev, m2)
+            if step_mult <= MIN_STEP_MULT:
+                break  # not converged; the best state is returned
+            step_mult = max(0.5 * step_mult, MIN_STEP_MULT)
+            t_fista = 1.0
+            grad = grad_best
+            prev_loss = best_loss
+            rose = False
+        else:
+            if optimizer == OPT_FISTA and loss > prev_loss:
+                t_fista = 1.0  # adaptive restart (O'Donoghue & Candès 2015)
+            spec = np.fft.rfft2(residual)
+            spec *= transfer_adjoint
+            grad = np.fft.irfft2(spec, s=(hp, wp))  # D_bᵀ * residual on the padded grid; (B, H, W) used
+            if improved:
+                grad_best = grad  # a new array each iteration: keep a reference, no copy
+            prev_loss = loss
+        evaluated = False
         t = it + 1
         bc1 = 1.0 - beta1 ** t
         bc2 = 1.0 - beta2 ** t
         if optimizer == OPT_FISTA:
-            if it > 0 and loss > loss_history[it - 1]:
-                t_fista = 1.0  # adaptive restart (O'Donoghue & Candès 2015)
             t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t_fista * t_fista))
             momentum = (t_fista - 1.0) / t_new
             t_fista = t_new
             _neighbour_sums(sed, boxes, alive, kernel_radius, neighbour_sed)
             _support_sum(morph, boxes, alive, support_sum, support_block_max)
+        step = step_scale * step_mult
         for k in range(nk):
             if not alive[k]:
                 continue
@@ -447,9 +558,9 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
                     s1[k, b] = a1
                     s2[k, b] = a2
                     s3[k, b] = a3
-                    step = max(sed_step_factor * mean_sed, noise_rms[b])
+                    sed_step = max(sed_step_factor * mean_sed, noise_rms[b])
                     if a3 > 0.0:
-                        sed[k, b] -= step * (a1 / bc1) / (math.sqrt(a3 / bc2) + eps)
+                        sed[k, b] -= sed_step * (a1 / bc1) / (math.sqrt(a3 / bc2) + eps)
             else:
                 # proximal gradient, diagonally preconditioned by Gershgorin row sums of the
                 # Hessian (Beck & Teboulle 2009 with a variable metric):
@@ -487,11 +598,11 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
                             pre += coupling[b] * cb
                             lip_sed[b] += v * cb
                         if pre > 0.0:
-                            mk[y, x] = v - step_scale * g / pre
+                            mk[y, x] = v - step * g / pre
                 for b in range(nb):
                     lip = smax * lip_sed[b]
                     if lip > 0.0:
-                        sed[k, b] -= step_scale * grad_sed[b] / lip
+                        sed[k, b] -= step * grad_sed[b] / lip
             _prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monotonic,
                          symmetric, margin, h, w, m1, m2, m3)
             if optimizer == OPT_FISTA and alive[k]:
@@ -507,4 +618,8 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
                         ext = new + momentum * (new - m2[k, y, x])
                         mk[y, x] = ext if ext > 0.0 else 0.0
                         m2[k, y, x] = new
+    if status == STATUS_OK and (not evaluated or loss_history[n_iter - 1] > (1.0 + e_rel) * best_loss):
+        # the last step was not evaluated (max_iter reached) or the last state is worse than the best
+        # (m2 is overwritten: FISTA's previous iterate, or adaprox's second moments, no longer needed)
+        _restore(sed, morph, boxes, alive, sed_best, morph_best, boxes_best, alive_best, sed_prev, m2)
     return n_iter, converged, status, alive

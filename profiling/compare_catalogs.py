@@ -34,7 +34,8 @@ def compare(old_path: str, new_path: str, tables) -> bool:
         shared = [c for c in a.dtype.names if c in b.dtype.names and not c.startswith(_SKIP)]
         diff = [c for c in shared if not np.array_equal(a[c], b[c], equal_nan=a[c].dtype.kind == "f")]
         for c in diff:
-            print(f"  DIFFERS {c}: {int(np.sum(a[c] != b[c]))} rows")
+            same = (a[c] == b[c]) | ((a[c] != a[c]) & (b[c] != b[c])) if a[c].dtype.kind in "fc" else a[c] == b[c]
+            print(f"  DIFFERS {c}: {int(np.count_nonzero(~same.reshape(len(a), -1).all(axis=1)))} rows")
         same &= not diff
         added = [c for c in b.dtype.names if c not in a.dtype.names]
         removed = [c for c in a.dtype.names if c not in b.dtype.names]
