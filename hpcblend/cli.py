@@ -54,11 +54,10 @@ def _numba_environment(job) -> None:
     """Threads and the compiled-kernel cache, set before Numba is imported.
 
     ``run.numba_cache_dir`` (e.g. on a shared filesystem) gets one
-    sub-directory per host, so nodes with different CPUs never share
-    compiled code and no two hosts write the same cache files.
+    sub-directory per node (Slurm's node name, else the host name), so
+    nodes with different CPUs never share compiled code and no two nodes
+    write the same cache files.
     """
-    import socket
-
     if "numba" in sys.modules:
         return
     if job.run.numba_threads > 0:
@@ -67,7 +66,9 @@ def _numba_environment(job) -> None:
         d = job.run.numba_cache_dir
         if not os.path.isabs(d):
             d = os.path.join(job.base_dir, d)
-        os.environ["NUMBA_CACHE_DIR"] = os.path.join(d, socket.gethostname())
+        from .driver import node_name  # Slurm's node name where it differs from the host's (imports no Numba)
+
+        os.environ["NUMBA_CACHE_DIR"] = os.path.join(d, node_name())
 
 
 def cmd_run(args) -> int:

@@ -171,8 +171,29 @@ hb_run() {
         _hb_child=$!
         _hb_wait
         rc=$_hb_rc
+        _hb_checkpointed_despite_launcher
     fi
     _hb_finish "$rc" "$t0"
+}
+
+# srun --kill-on-bad-exit ends the whole step as soon as one rank exits non-zero: after a
+# checkpoint the first rank to exit with 3 gets the others killed while they exit (srun then
+# reports 143 or 137), although the checkpoint is complete. When a stop signal was forwarded and
+# rank 0 (the catalog's writer) logged in this attempt that it stopped after a checkpoint, the
+# exit code is 3. (Sets rc of the caller.)
+_hb_checkpointed_despite_launcher() {
+    [ "$_hb_requeue" = 1 ] || [ "$_hb_term" = 1 ] || return 0
+    case "$rc" in 0|2|3) return 0 ;; esac
+    local log0=$HB_LOGDIR/rank_0.log
+    [ -s "$log0" ] || return 0
+    # rank 0's lines since this attempt's header (rank_exec.sh: "=== <time> job J attempt A rank 0 on ...")
+    if awk -v h="job ${SLURM_JOB_ID:-?} attempt $HB_ATTEMPT rank 0 " \
+        'index($0, "=== ") == 1 && / attempt [0-9]+ rank / { on = (index($0, h) > 0); next }
+         on && /stopped by signal after a checkpoint/ { found = 1 } END { exit !found }' "$log0"; then
+        hb_log "the launcher ended with code $rc after a rank had exited with code 3 (checkpointed);" \
+            "rank 0 wrote its checkpoint: exit code 3"
+        rc=3
+    fi
 }
 
 _hb_wait() {  # wait for $_hb_child, forwarding signals as SIGUSR1; its exit status in _hb_rc
@@ -197,6 +218,23 @@ _hb_wait() {  # wait for $_hb_child, forwarding signals as SIGUSR1; its exit sta
     done
 }
 
+# After a crash (a rank killed, a node lost): which rank, on which node, was working on which
+# unit, from the driver's in-flight files <catalog>.log/rank_<r>.inflight (the launcher's own
+# line before this one, e.g. srun's "n2: task 1: Killed", names the rank that died first).
+_hb_lost_units() {
+    [ -d "$HB_CATALOG.log" ] || return 0
+    local line
+    python - "$HB_CATALOG" 2>/dev/null <<'PY' | while IFS= read -r line; do hb_log "$line"; done
+import sys
+from hpcblend.driver import inflight_units
+for r, rec in sorted(inflight_units(sys.argv[1]).items()):
+    if rec.get("unit"):
+        node = rec.get("node") or rec.get("host")
+        print(f"rank {r} on node {node} (host {rec.get('host')}, pid {rec.get('pid')}) was working on unit "
+              f"{rec.get('path') or rec['unit']} since {rec.get('since')} when the job ended")
+PY
+}
+
 _hb_finish() {  # _hb_finish RC T0: report, then exit or requeue
     local rc=$1 t0=$2
     trap - USR1 TERM
@@ -204,6 +242,9 @@ _hb_finish() {  # _hb_finish RC T0: report, then exit or requeue
     if [ -n "$_hb_child" ] && [ -s "$HB_LOGDIR/rank_0.log" ]; then
         hb_log "last lines of rank 0's log:"
         tail -n 15 "$HB_LOGDIR/rank_0.log"
+    fi
+    if [ -n "$_hb_child" ] && [ "$rc" -ne 0 ] && [ "$rc" -ne 2 ] && [ "$rc" -ne 3 ]; then
+        _hb_lost_units
     fi
     if [ "$rc" -eq 0 ]; then
         hb_log "done: $HB_CATALOG"
@@ -223,7 +264,8 @@ _hb_finish() {  # _hb_finish RC T0: report, then exit or requeue
         hb_log "ERROR: scontrol requeue failed (was the job submitted with --requeue?)"
         exit "$rc"
     fi
-    if [ -e "$HB_CATALOG" ] && { [ "$rc" -eq 3 ] || [ "$_hb_term" = 1 ]; }; then
+    # checkpointed, cancelled, or crashed (anything but 2, hpcblend's one-line refusal): resumable
+    if [ -e "$HB_CATALOG" ] && { [ "$rc" -ne 2 ] || [ "$_hb_term" = 1 ]; }; then
         hb_log "stopped before the end; the catalog keeps every completed write round. To continue:"
         hb_log "  HPCBLEND_RUNDIR=$HB_RUNDIR HPCBLEND_RESUME=1 sbatch <same script and arguments>"
     fi

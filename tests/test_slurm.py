@@ -78,11 +78,11 @@ class Cluster:
         """Options that put the demo blends in this session's directory."""
         return list(opts) + ["--set", f"input.cache_dir={self.demo}{cache}"]
 
-    def sbatch(self, args, wait: bool = False, timeout: float = JOB_TIMEOUT) -> tuple:
-        """Submit from the repository root; return (job id, completed process)."""
+    def sbatch(self, args, wait: bool = False, timeout: float = JOB_TIMEOUT, env: dict | None = None) -> tuple:
+        """Submit from the repository root (with ``env``, default the cluster's); return (job id, completed process)."""
         out = [] if any(a.startswith("--output=") for a in args) else [f"--output={self.work}/%x-%j.out"]
         cmd = ["sbatch"] + (["--wait"] if wait else ["--parsable"]) + out + args
-        p = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, cwd=REPO, env=env or self.env, capture_output=True, text=True, timeout=timeout)
         m = re.search(r"(?:Submitted batch job )?(\d+)", p.stdout)
         if not m:
             pytest.fail(f"sbatch printed no job id (exit {p.returncode}):\n{p.stdout}\n{p.stderr}\n{self.logs()}")
@@ -116,7 +116,8 @@ class Cluster:
             files += sorted(self.runs.glob(f"*_{jid}/logs/*.log"))
             for f in files:
                 parts.append(f"----- {f} -----\n{f.read_text(errors='replace')[-6000:]}")
-        for f in (self.slurm_dir / "log" / "slurmctld.log", self.slurm_dir / "log" / "slurmd.log"):
+        # slurmd.log, or slurmd.<node>.log per node of a cluster started with --nodes N
+        for f in [self.slurm_dir / "log" / "slurmctld.log", *sorted((self.slurm_dir / "log").glob("slurmd*.log"))]:
             if f.exists():
                 parts.append(f"----- {f} (tail) -----\n" + "\n".join(f.read_text(errors="replace").splitlines()[-30:]))
         return "\n".join(parts)
@@ -168,9 +169,9 @@ def demo_reference(slurm_cluster) -> Path:
     return _direct_run(slurm_cluster, slurm_cluster.work / "reference_demo.h5", slurm_cluster.demo_opts(DEMO_OPTS))
 
 
-def assert_same_rows(got: Path, want: Path) -> None:
-    """Same /blends and /sources rows, apart from timing columns (t_*) and the rank."""
-    for table in ("blends", "sources"):
+def assert_same_rows(got: Path, want: Path, tables=("blends", "sources")) -> None:
+    """Same rows of ``tables`` (default /blends and /sources), apart from timing columns (t_*) and the rank."""
+    for table in tables:
         a, b = read_table(str(got), table), read_table(str(want), table)
         assert a.dtype.names == b.dtype.names, table
         assert len(a) == len(b), f"/{table}: {len(a)} rows, reference {len(b)}"
@@ -260,6 +261,7 @@ def test_rank_exec_logs_per_rank_and_sets_a_per_host_numba_cache(tmp_path):
     """slurm/rank_exec.sh (no Slurm needed): output to logs/rank_<r>.log, NUMBA_CACHE_DIR=<cache>/<host>."""
     env = dict(os.environ, HB_LOGDIR=str(tmp_path / "logs"), HB_NUMBA_CACHE=str(tmp_path / "nc"),
                OMPI_COMM_WORLD_RANK="3", SLURM_RESTART_COUNT="2")
+    env.pop("SLURMD_NODENAME", None)  # outside Slurm: the node is the host
     cmd = ["bash", str(REPO / "slurm" / "rank_exec.sh"), "bash", "-c", 'echo "cache=$NUMBA_CACHE_DIR"; exit 7']
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
     assert p.returncode == 7 and p.stdout == ""
