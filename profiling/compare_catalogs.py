@@ -10,11 +10,8 @@ many rows of a new boolean flag are set. Exit code 1 when a shared column differ
 import argparse
 import sys
 
-import numpy as np
-
 from hpcblend.catalog import read_table
-
-_SKIP = ("t_", "rank")
+from hpcblend.reproduce import table_differences
 
 
 def compare(old_path: str, new_path: str, tables) -> bool:
@@ -26,17 +23,11 @@ def compare(old_path: str, new_path: str, tables) -> bool:
             print(f"{name}: not compared ({exc})")
             continue
         print(f"{name}: {len(a)} rows old, {len(b)} rows new")
-        if len(a) != len(b) or not np.array_equal(a["id"], b["id"]):
-            print(f"  ids differ: {len(np.setdiff1d(a['id'], b['id']))} only old, "
-                  f"{len(np.setdiff1d(b['id'], a['id']))} only new")
-            same = False
-            continue
-        shared = [c for c in a.dtype.names if c in b.dtype.names and not c.startswith(_SKIP)]
-        diff = [c for c in shared if not np.array_equal(a[c], b[c], equal_nan=a[c].dtype.kind == "f")]
-        for c in diff:
-            same = (a[c] == b[c]) | ((a[c] != a[c]) & (b[c] != b[c])) if a[c].dtype.kind in "fc" else a[c] == b[c]
-            print(f"  DIFFERS {c}: {int(np.count_nonzero(~same.reshape(len(a), -1).all(axis=1)))} rows")
+        diff = table_differences(a, b)  # timings and rank aside; NaN equals NaN; columns of both
+        for line in diff:
+            print(f"  DIFFERS {line}")
         same &= not diff
+        n_shared = sum(1 for c in a.dtype.names if c in b.dtype.names and not c.startswith(("t_", "rank")))
         added = [c for c in b.dtype.names if c not in a.dtype.names]
         removed = [c for c in a.dtype.names if c not in b.dtype.names]
         for c in added:
@@ -44,7 +35,7 @@ def compare(old_path: str, new_path: str, tables) -> bool:
             print(f"  added {c}{extra}")
         for c in removed:
             print(f"  removed {c}")
-        print(f"  {len(shared)} shared columns identical" if not diff else f"  {len(diff)} of {len(shared)} differ")
+        print(f"  {n_shared} shared columns identical" if not diff else f"  {len(diff)} of {n_shared} differ")
     return same
 
 
