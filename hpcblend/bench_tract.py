@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .catalog import read_table
+from .catalog import read_bands, read_table
 from .errors import ConfigError
 
 __all__ = ["STAGES", "run_bench_tract", "format_tract_report", "write_tract_json"]
@@ -83,8 +83,7 @@ def run_bench_tract(job_path: Optional[str] = None, overrides: Sequence[str] = (
         profile = read_profiles(out)[0]
         patches, blends = read_table(out, "patches"), read_table(out, "blends")
         n_sources = len(read_table(out, "sources"))
-        bands = job.input.bands or ()
-        with_bands = len(bands) if bands else _catalog_band_count(out)
+        with_bands = len(read_bands(out))
     finally:
         if tmp is not None:
             import shutil
@@ -106,14 +105,6 @@ def run_bench_tract(job_path: Optional[str] = None, overrides: Sequence[str] = (
         "per_blend_s": {"median": float(np.median(blends["t_total"])),
                         "p90": float(np.percentile(blends["t_total"], 90)), "max": float(np.max(blends["t_total"]))},
     }
-
-
-def _catalog_band_count(path: str) -> int:
-    from .catalog import open_catalog
-
-    with open_catalog(path) as f:
-        value = f.attrs.get("bands", "")
-    return len((value.decode() if isinstance(value, bytes) else str(value)).split(","))
 
 
 def format_tract_report(r: dict) -> str:

@@ -82,6 +82,7 @@ __all__ = [
     "read_ledger",
     "read_json_group",
     "verify_catalog",
+    "read_bands",
 ]
 
 #: Version of the file layout written by this module.
@@ -231,12 +232,12 @@ def _attempt_dtype(n_tables: int) -> np.dtype:
                      ("start", "<i8", (n_tables,)), ("count", "<i8", (n_tables,))])
 
 
-def _failed_keys(attempts: np.ndarray) -> set:
-    """Unit keys whose last attempt in ``/ledger/attempts`` failed."""
-    last = {}
+def _update_failed(failed: set, attempts: np.ndarray) -> set:
+    """Update (and return) the set of unit keys whose last attempt failed, with later ``/ledger/attempts`` rows."""
     for a in attempts:
-        last[bytes(a["key"]).decode("utf-8", "replace")] = bool(a["failed"])
-    return {k for k, failed in last.items() if failed}
+        key = bytes(a["key"]).decode("utf-8", "replace")
+        (failed.add if bool(a["failed"]) else failed.discard)(key)
+    return failed
 
 
 def _crc32(rows: np.ndarray) -> int:
@@ -307,19 +308,18 @@ def _verify_checksums(f: h5py.File, name: str, data: np.ndarray, offset: int = 0
 
 
 @contextlib.contextmanager
-def _quiet_hdf5_handles(collect: bool = True):
+def _quiet_hdf5_handles():
     """Silence HDF5 errors printed while handles of a failed file are released (the failure is reported once).
 
-    ``collect``: run the garbage collector inside (so handles held by reference cycles are released
-    here, quietly); it costs ~0.1 s, so only error paths ask for it.
+    Runs the garbage collector inside, so handles held by reference cycles are released here, quietly;
+    it costs ~0.1 s, so only error paths use this.
     """
     hook, stderr = sys.unraisablehook, sys.stderr
     sys.unraisablehook = lambda *_: None
     sys.stderr = io.StringIO()  # h5py prints the errors of handles released in __dealloc__
     try:
         yield
-        if collect:
-            gc.collect()
+        gc.collect()
     finally:
         sys.unraisablehook, sys.stderr = hook, stderr
 
@@ -587,7 +587,7 @@ class CatalogWriter:
         # the ledger's attempts, one array per round (concatenated only when needed: rounds stay O(round))
         self._attempt_parts: list[np.ndarray] = [plan["attempts"]]
         self._n_attempts: int = len(plan["attempts"])
-        self._failed: set[str] = _failed_keys(plan["attempts"])
+        self._failed: set[str] = _update_failed(set(), plan["attempts"])
         self._n_checksums: int = int(plan["n_checksums"])
         self._crc_units: int = int(plan.get("crc32_units", 0))
         self._crc_attempts: int = _crc32(plan["attempts"])
@@ -957,9 +957,7 @@ class CatalogWriter:
         self._rounds += 1
         self._attempt_parts.append(attempts)
         self._n_attempts += len(attempts)
-        for a in attempts:  # the last attempt at a unit decides whether it counts as failed
-            key = bytes(a["key"]).decode("utf-8", "replace")
-            (self._failed.add if bool(a["failed"]) else self._failed.discard)(key)
+        _update_failed(self._failed, attempts)  # the last attempt at a unit decides whether it counts as failed
         self._n_checksums += len(checksums)
 
     def _space_check(self, need: int) -> str | None:
@@ -1023,7 +1021,6 @@ class CatalogWriter:
         self, prepared: dict[str, np.ndarray], all_counts: np.ndarray, new_counts: dict[str, int], new_units: list[str],
         attempts: np.ndarray, checksums: np.ndarray,
     ) -> None:
-        f = self._file
         for i, name in enumerate(self.tables):
             dset = self._handle(name)
             old = self._counts[name]
@@ -1038,7 +1035,6 @@ class CatalogWriter:
         self, pieces: dict[str, list[np.ndarray]], new_counts: dict[str, int], new_units: list[str],
         attempts: np.ndarray, checksums: np.ndarray,
     ) -> None:
-        f = self._file
         for name in self.tables:
             old = self._counts[name]
             if new_counts[name] != old:
@@ -1123,9 +1119,10 @@ class CatalogWriter:
     def _handle(self, name: str) -> Any:
         """The open dataset or group ``name``, kept open until the file closes.
 
-        Kept so that HDF5 writes a dataset's cached chunks at :meth:`h5py.File.flush`
-        — where a failure (a full disk) raises and is reported — and never
-        when a handle is garbage-collected, where HDF5 errors are only printed.
+        One handle per object for the writer's life: no reopening each round,
+        and no handle released by the garbage collector at an arbitrary
+        moment — :meth:`close` and :meth:`abandon` release them all at once
+        (quietly, after a failure such as a full disk).
         """
         h = self._handles.get(name)
         if h is None:
@@ -1142,19 +1139,17 @@ class CatalogWriter:
 
     def _commit_ledger(self, new_counts: dict[str, int], new_units: list[str], attempts: np.ndarray,
                        checksums: np.ndarray) -> None:
-        f = self._file
         led = self._handle(_LEDGER)
         n_units = self._n_units + len(new_units)
         if new_units:
             data = np.array([u.encode("utf-8") for u in new_units], dtype=f"S{UNIT_KEY_BYTES}")
             self._append(self._handle(f"{_LEDGER}/{_LEDGER_UNITS}"), self._n_units, data)
+            self._crc_units = zlib.crc32(data.tobytes(), self._crc_units) & 0xFFFFFFFF
         n_att = self._n_attempts
         if len(attempts):
             self._append(self._handle(f"{_LEDGER}/{_LEDGER_ATTEMPTS}"), n_att, attempts)
         if len(checksums):
             self._append(self._handle(f"{_LEDGER}/{_LEDGER_CHECKSUMS}"), self._n_checksums, checksums)
-        if new_units:
-            self._crc_units = zlib.crc32(data.tobytes(), self._crc_units) & 0xFFFFFFFF
         self._crc_attempts = zlib.crc32(np.ascontiguousarray(attempts).tobytes(), self._crc_attempts) & 0xFFFFFFFF
         led.attrs.modify("crc32_units", np.uint32(self._crc_units))
         led.attrs.modify("crc32_attempts", np.uint32(self._crc_attempts))
@@ -1512,6 +1507,19 @@ def read_json_group(path: str | os.PathLike, name: str) -> dict:
         if name not in f or not isinstance(f[name], h5py.Group) or "json" not in f[name].attrs:
             raise CatalogError(f"{f.filename}: no JSON group {name!r} in the catalog")
         return json.loads(_attr_to_py(f[name].attrs["json"]))
+
+
+def read_bands(path: str | os.PathLike) -> tuple:
+    """The run's band names (the catalog's root attribute ``bands``, comma-separated).
+
+    Raises
+    ------
+    CatalogError, SchemaVersionError
+        As :func:`open_catalog`.
+    """
+    with open_catalog(path) as f:
+        value = _attr_to_py(f.attrs.get("bands", ""))
+    return tuple(b for b in str(value).split(",") if b)
 
 
 def verify_catalog(path: str | os.PathLike) -> dict:

@@ -14,6 +14,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from .errors import HpcblendError  # noqa: E402
+
 __all__ = ["main", "summarize"]
 
 
@@ -73,7 +75,6 @@ def _numba_environment(job) -> None:
 
 def cmd_run(args) -> int:
     from .config import default_job, load_job, apply_overrides, job_from_dict, job_to_dict
-    from .errors import HpcblendError
 
     from .driver import StopOnSignal  # imports no Numba: the cache directory is still free to set
 
@@ -151,26 +152,15 @@ def summarize(path: str) -> str:
 
 
 def cmd_summary(args) -> int:
-    from .errors import HpcblendError
-
-    try:
-        print(summarize(args.catalog))
-    except HpcblendError as exc:
-        _stderr_line(f"hpcblend: error: {exc}")
-        return 2
+    print(summarize(args.catalog))
     return 0
 
 
 def cmd_bench_deblend(args) -> int:
     """Deblend every blend on one core after a warm-up, optionally beside scarlet_lite (:mod:`hpcblend.bench`)."""
     from .bench import format_report, run_bench_deblend, write_json
-    from .errors import HpcblendError
 
-    try:
-        report = run_bench_deblend(args.paths, reference=args.reference, note=_stderr_line)
-    except HpcblendError as exc:
-        _stderr_line(f"hpcblend: error: {exc}")
-        return 2
+    report = run_bench_deblend(args.paths, reference=args.reference, note=_stderr_line)
     print("\n".join(format_report(report, top=args.top)))
     if args.json:
         write_json(report, args.json)
@@ -180,13 +170,8 @@ def cmd_bench_deblend(args) -> int:
 def cmd_bench_tract(args) -> int:
     """A tract job on one core after warm-up: seconds and share per stage, throughput (:mod:`hpcblend.bench_tract`)."""
     from .bench_tract import format_tract_report, run_bench_tract, write_tract_json
-    from .errors import HpcblendError
 
-    try:
-        report = run_bench_tract(args.job, tuple(args.set or ()))
-    except HpcblendError as exc:
-        _stderr_line(f"hpcblend: error: {exc}")
-        return 2
+    report = run_bench_tract(args.job, tuple(args.set or ()))
     print(format_tract_report(report))
     if args.json:
         write_tract_json(report, args.json)
@@ -195,16 +180,11 @@ def cmd_bench_tract(args) -> int:
 
 def cmd_simulate(args) -> int:
     """Simulate a tract (GalSim) into a directory: coadd_<band>.fits, psf_<band>.fits, truth.fits."""
-    from .errors import HpcblendError
     from .simulate import simulate_tract
 
-    try:
-        sim = simulate_tract(args.out_dir, shape=(args.shape[0], args.shape[1]), bands=tuple(args.bands),
-                             density=args.density, star_density=args.star_density, seed=args.seed,
-                             psf=args.psf, cosmos_dir=args.cosmos, tract=args.tract)
-    except HpcblendError as exc:
-        _stderr_line(f"hpcblend: error: {exc}")
-        return 2
+    sim = simulate_tract(args.out_dir, shape=(args.shape[0], args.shape[1]), bands=tuple(args.bands),
+                         density=args.density, star_density=args.star_density, seed=args.seed,
+                         psf=args.psf, cosmos_dir=args.cosmos, tract=args.tract)
     print(f"simulated tract {args.tract}: {args.shape[0]}x{args.shape[1]} px, bands {''.join(args.bands)}, "
           f"{len(sim.truth)} sources in {sim.elapsed:.1f} s -> {sim.directory}")
     return 0
@@ -212,14 +192,9 @@ def cmd_simulate(args) -> int:
 
 def cmd_model(args) -> int:
     """Render one child's stored deblended model to a PNG (asinh colour) and print its SED."""
-    from .errors import HpcblendError
     from .models import read_model, render_model_rgb
 
-    try:
-        m = read_model(args.catalog, args.id)
-    except HpcblendError as exc:
-        _stderr_line(f"hpcblend: error: {exc}")
-        return 2
+    m = read_model(args.catalog, args.id)
     rgb = render_model_rgb(m, rgb_bands=tuple(args.rgb) if args.rgb else None)
     import matplotlib
 
@@ -316,7 +291,11 @@ def main(argv=None) -> int:
     bt.set_defaults(func=cmd_bench_tract)
     args = p.parse_args(argv)
     _setup_logging("INFO")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except HpcblendError as exc:  # bad input or environment: one line, exit 2 (cmd_run has its own codes)
+        _stderr_line(f"hpcblend: error: {exc}")
+        return 2
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ unit was lost, and ``--resume`` reports it.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -48,6 +50,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -342,8 +345,6 @@ class WriterLock:
     """
 
     def __init__(self, out: str):
-        import fcntl
-
         self.path = os.path.join(_log_dir(out), "writer.lock")
         try:
             self._fh = open(self.path, "a+")
@@ -352,8 +353,6 @@ class WriterLock:
         try:
             fcntl.lockf(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            import errno
-
             self._fh.seek(0)
             holder = self._fh.read().strip() or "another process"
             self._fh.close()
@@ -711,8 +710,14 @@ def _run_planned(MPI, comm, job: JobConfig, out: str, units: list, resume: bool,
 _UNIQUE_ID_TABLES = ("patches", "blends", "sources")
 
 
-def _raise_if_any(comm, error: str | None) -> None:
-    """Rank 0's outcome of a step only it ran, raised as CatalogError on every rank (no rank left waiting)."""
+def _on_rank0(comm, step) -> None:
+    """Run ``step()`` on rank 0 only; its CatalogError or OSError is raised on every rank (none left waiting)."""
+    error = None
+    if comm.rank == 0:
+        try:
+            step()
+        except (CatalogError, OSError) as exc:
+            error = str(exc)
     error = comm.bcast(error, root=0)
     if error:
         raise CatalogError(error)
@@ -720,11 +725,9 @@ def _raise_if_any(comm, error: str | None) -> None:
 
 def _report_fatal(out: str, rank: int, exc: BaseException) -> None:
     """Log a rank's fatal error with its traceback and keep the traceback in ``<output>.log/rank_<r>.error``."""
-    import traceback
-
-    where = getattr(exc, "hpcblend_unit", None)
     if isinstance(exc, KeyboardInterrupt):
         return
+    where = getattr(exc, "hpcblend_unit", None)
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     log.critical("rank %d: fatal %s: %s (%s) — the job stops; traceback in %s", rank, type(exc).__name__, exc,
                  f"while processing unit {where}" if where else "outside any unit",
@@ -741,16 +744,14 @@ def _store_gallery(comm, out: str, gallery) -> None:
     from .report.gallery import write_gallery
 
     gathered = comm.gather(gallery.records(), root=0)
-    error = None
-    if comm.rank == 0:
+
+    def store():
         records = [r for part in gathered for r in part]
-        try:
-            if records:
-                write_gallery(out, records)
-            log.info("gallery: %d blend images stored (failed, flagged, slowest)", len(records))
-        except (CatalogError, OSError) as exc:
-            error = str(exc)
-    _raise_if_any(comm, error)
+        if records:
+            write_gallery(out, records)
+        log.info("gallery: %d blend images stored (failed, flagged, slowest)", len(records))
+
+    _on_rank0(comm, store)
 
 
 def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
@@ -764,13 +765,7 @@ def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
         except OSError as exc:  # the stacks also go into the catalog; a lost side file is not worth a failed run
             log.warning("rank %d: cannot write the collapsed stacks: %s", comm.rank, exc)
     gathered = comm.gather(res, root=0)
-    error = None
-    if comm.rank == 0:
-        try:
-            write_profiles(out, gathered)
-        except (CatalogError, OSError) as exc:
-            error = str(exc)
-    _raise_if_any(comm, error)
+    _on_rank0(comm, lambda: write_profiles(out, gathered))
     if comm.rank == 0:
         from .flamegraph import busy_seconds
 

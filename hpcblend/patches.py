@@ -35,7 +35,7 @@ import numpy as np
 from .config import JobConfig
 from .deblend import deblend_blend
 from .errors import is_programming_error
-from .inputs import MASK_PLANES
+from .inputs import DEFAULT_BAD_MASK_PLANES, mask_bits
 from .pipeline import fill_child_rows, fill_parent_row, flag_exception, offer_to_gallery
 from .schema import blend_spec, model_pixel_spec, model_spec, patch_spec, source_spec
 
@@ -297,7 +297,7 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
     row["t_total"] = t2 - t0
     # a blend whose footprint holds pixels without data (masked NO_DATA on reading: NaN/inf pixels,
     # variance <= 0, or the coadd's own NO_DATA) is flagged, however few they are
-    no_data = (blend.mask & np.int32(1 << MASK_PLANES["NO_DATA"])) != 0
+    no_data = (blend.mask & np.int32(mask_bits("NO_DATA"))) != 0
     if np.any(no_data[:, blend.footprint]):
         row["flag_incomplete_data"] = True
     rows = {"blends": row, "sources": src_all[owned]}
@@ -394,8 +394,6 @@ def _forced(blend, fp, models, src, patch, data, images, labels, job, bands) -> 
     img = np.nan_to_num(images[cut]).astype(np.float32)
     var = data.variance[cut]
     bad = ~np.isfinite(var) | ~(var > 0) | ~np.isfinite(images[cut])
-    from .inputs import DEFAULT_BAD_MASK_PLANES, mask_bits
-
     bad |= (data.mask[cut] & mask_bits(job.deblend.bad_mask_planes or DEFAULT_BAD_MASK_PLANES)) != 0
     lab = labels[y0:y1, x0:x1]
     other = (lab != 0) & (lab != fp.label)

@@ -6,19 +6,21 @@ and message); the run goes on.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import Counter
 
 import numpy as np
 
 from .config import JobConfig
-from .errors import BlendDataError, is_programming_error
 from .deblend import deblend_blend
-from .inputs import (PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_MERGED, PEAK_OUTSIDE_FOOTPRINT, peek_blend,
-                     read_blend)
+from .errors import BlendDataError, InputError, is_programming_error
+from .inputs import (PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_MERGED, PEAK_OUTSIDE_FOOTPRINT, _id_from_stem,
+                     peek_blend, read_blend)
 from .schema import blend_spec, source_spec
 
-__all__ = ["process_unit", "process_blend_file", "blend_file_ids", "unit_failed", "child_id", "flag_exception", "fill_parent_row",
-           "fill_child_rows", "offer_to_gallery"]
+__all__ = ["process_unit", "process_blend_file", "blend_file_ids", "unit_failed", "child_id", "flag_exception",
+           "fill_parent_row", "fill_child_rows", "offer_to_gallery"]
 
 
 def flag_exception(row, exc: BaseException) -> None:
@@ -208,12 +210,6 @@ def blend_file_ids(paths, keys) -> list:
         Two files would get the same id (a hash collision, or an integer stem
         equal to another file's derived id): the message names both files.
     """
-    import hashlib
-    from collections import Counter
-
-    from .errors import InputError
-    from .inputs import _id_from_stem
-
     natural = [_id_from_stem(p) for p in paths]
     count = Counter(n for n in natural if n is not None)
     ids = []

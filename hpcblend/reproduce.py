@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import read_json_group, read_table
+from .catalog import read_bands, read_json_group, read_table
 from .config import job_from_dict
 from .errors import HpcblendError, InputError
 
@@ -211,20 +211,11 @@ def reproduce_unit(catalog: str, unit_id: int, allow_changes: bool = False) -> R
                              changed_software=_changed_software(prov))
     if (report.changed_inputs or report.changed_software) and not allow_changes:
         return report
-    made = process_unit(unit, job, _catalog_bands(catalog), rank=0)
+    made = process_unit(unit, job, read_bands(catalog), rank=0)
     recorded = _recorded_rows(catalog, unit, made)
     report.differences = {name: table_differences(recorded[name], made[name]) for name in recorded}
     report.rerun = True
     return report
-
-
-def _catalog_bands(catalog: str) -> tuple:
-    """The run's bands (the catalog's root attribute ``bands``)."""
-    from .catalog import open_catalog
-
-    with open_catalog(catalog) as f:
-        value = f.attrs.get("bands", "")
-    return tuple((value.decode() if isinstance(value, bytes) else str(value)).split(","))
 
 
 def reproduce_main(argv=None) -> int:
