@@ -123,15 +123,20 @@ class Cluster:
         return "\n".join(parts)
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory) -> Cluster:
-    """A running single-node Slurm (started here, stopped at the end if this fixture started it)."""
+def require_local_slurm() -> None:
+    """Fail (under CI) or skip unless the local Slurm test cluster can be started: its binaries, and root."""
     missing = [b for b in BINARIES if not shutil.which(b, path=_sbin_path())]
     if missing:
         _fail_or_skip(f"Slurm/munge binaries not found: {', '.join(missing)} "
                       "(apt-get install slurmctld slurmd slurm-client munge, or ./setup.sh)")
     if os.geteuid() != 0:
         _fail_or_skip("the local Slurm test cluster must be started as root (slurmd runs the jobs)")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory) -> Cluster:
+    """A running single-node Slurm (started here, stopped at the end if this fixture started it)."""
+    require_local_slurm()
     slurm_dir = Path(os.environ.get("HPCBLEND_SLURM_DIR", "/tmp/hpcblend-slurm"))
     # MinJobAge 16 s: `sbatch --wait` then polls every 8 s instead of every 32 s
     env = dict(os.environ, PATH=_sbin_path(), HPCBLEND_SLURM_DIR=str(slurm_dir), HPCBLEND_SLURM_MIN_JOB_AGE="16")

@@ -21,7 +21,6 @@ import json
 import os
 import re
 import signal
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -30,8 +29,8 @@ import numpy as np
 import pytest
 
 from hpcblend.catalog import read_json_group, read_table
-from test_slurm import (BINARIES, JOB_TIMEOUT, LOCAL_SLURM, REPO, Cluster, _direct_run,
-                        _fail_or_skip, _sbin_path, assert_same_rows)
+from test_slurm import (JOB_TIMEOUT, LOCAL_SLURM, REPO, Cluster, _direct_run, _sbin_path, assert_same_rows,
+                        require_local_slurm)
 
 #: the built-in job (the simulated 2 x 2-patch demo tract: 4 units, a few seconds each), quiet
 TRACT_OPTS = ["--set", "run.progress=false"]
@@ -47,12 +46,7 @@ TWO_NODES = ["--nodes=2", "--ntasks-per-node=1", "slurm/multi_node.sbatch"]
 @pytest.fixture(scope="module")
 def two_node_cluster(tmp_path_factory) -> Cluster:
     """A running two-node Slurm on this machine (started here, stopped at the end if this fixture started it)."""
-    missing = [b for b in BINARIES if not shutil.which(b, path=_sbin_path())]
-    if missing:
-        _fail_or_skip(f"Slurm/munge binaries not found: {', '.join(missing)} "
-                      "(apt-get install slurmctld slurmd slurm-client munge, or ./setup.sh)")
-    if os.geteuid() != 0:
-        _fail_or_skip("the local Slurm test cluster must be started as root (slurmd runs the jobs)")
+    require_local_slurm()
     slurm_dir = Path(os.environ.get("HPCBLEND_SLURM_DIR", "/tmp/hpcblend-slurm") + "-2n")
     # the single-node cluster's ports (if set) must not leak into this one: local_slurm.sh's
     # defaults for --nodes 2 differ from its single-node ones
