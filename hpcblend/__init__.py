@@ -27,8 +27,8 @@ def load_job(path=None, overrides=()):
     hpcblend.errors.ConfigError
         The file or an override is invalid (the message names the key).
     """
-    from .config import default_job
-    from .config import load_job as _load
+    from hpcblend.config import default_job
+    from hpcblend.config import load_job as _load
 
     return _load(path, tuple(overrides)) if path else default_job(tuple(overrides))
 
@@ -48,7 +48,7 @@ def run(job=None, output=None, resume=False):
     hpcblend.errors.HpcblendError
         Bad job or inputs, an unusable output, a damaged catalog on resume (see README "Failure policy").
     """
-    from .driver import run_job
+    from hpcblend.parallel.driver import run_job
 
     if job is None or isinstance(job, str):
         job = load_job(job)
@@ -72,7 +72,7 @@ def read_catalog(path, table="sources"):
     """
     from astropy.table import Table
 
-    from .catalog import open_catalog, read_table
+    from hpcblend.io.catalog import open_catalog, read_table
 
     rows = read_table(path, table)
     out = Table(rows)
@@ -86,9 +86,9 @@ def read_catalog(path, table="sources"):
 
 
 def deblend_one(blend, config=None):
-    """Deblend one blend: a :class:`~hpcblend.inputs.BlendData` or the path of an npz blend file.
+    """Deblend one blend: a :class:`~hpcblend.io.blends.BlendData` or the path of an npz blend file.
 
-    (Not named ``deblend``: that is the name of the :mod:`hpcblend.deblend` module.)
+    (Not named ``deblend``: that is the name of the :mod:`hpcblend.deblend.deblender` module.)
 
     Parameters
     ----------
@@ -99,7 +99,7 @@ def deblend_one(blend, config=None):
 
     Returns
     -------
-    hpcblend.deblend.DeblendResult
+    hpcblend.deblend.deblender.DeblendResult
         ``children`` (per peak: ``flux_model``, ``flux``, ``flux_err`` (K, B) in counts, centroids,
         blendedness), ``sed``/``morphs``/``boxes`` of the components, χ²/pixel, iterations, flags.
 
@@ -108,9 +108,9 @@ def deblend_one(blend, config=None):
     hpcblend.errors.HpcblendError
         The blend cannot be read or deblended (a data error).
     """
-    from .config import DeblendConfig
-    from .deblend import deblend_blend
-    from .inputs import read_blend
+    from hpcblend.config import DeblendConfig
+    from hpcblend.deblend.deblender import deblend_blend
+    from hpcblend.io.blends import read_blend
 
     if isinstance(blend, str):
         blend = read_blend(blend)

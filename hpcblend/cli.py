@@ -14,7 +14,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from .errors import HpcblendError  # noqa: E402
+from hpcblend.errors import HpcblendError  # noqa: E402
 
 __all__ = ["main", "summarize"]
 
@@ -68,15 +68,15 @@ def _numba_environment(job) -> None:
         d = job.run.numba_cache_dir
         if not os.path.isabs(d):
             d = os.path.join(job.base_dir, d)
-        from .driver import node_name  # Slurm's node name where it differs from the host's (imports no Numba)
+        from hpcblend.parallel.driver import node_name  # Slurm's node name where it differs from the host's (imports no Numba)
 
         os.environ["NUMBA_CACHE_DIR"] = os.path.join(d, node_name())
 
 
 def cmd_run(args) -> int:
-    from .config import default_job, load_job, apply_overrides, job_from_dict, job_to_dict
+    from hpcblend.config import default_job, load_job, apply_overrides, job_from_dict, job_to_dict
 
-    from .driver import StopOnSignal  # imports no Numba: the cache directory is still free to set
+    from hpcblend.parallel.driver import StopOnSignal  # imports no Numba: the cache directory is still free to set
 
     stop = StopOnSignal().__enter__()  # from now on SIGTERM/SIGUSR1 ask for a checkpoint, never kill
     try:
@@ -90,7 +90,7 @@ def cmd_run(args) -> int:
             job = job_from_dict(data, source="--input", base_dir=os.getcwd())
         _numba_environment(job)
         _setup_logging(job.run.log_level)
-        from .driver import RunInterrupted, run_job
+        from hpcblend.parallel.driver import RunInterrupted, run_job
 
         out = run_job(job, output=os.path.abspath(args.output) if args.output else None, resume=args.resume,
                       stop_signal=stop, retry_failed=not args.no_retry_failed)
@@ -114,7 +114,7 @@ def cmd_run(args) -> int:
 
 def summarize(path: str) -> str:
     """Text summary of a run catalog: fractions, runtime statistics, tables by n_peaks and area."""
-    from .catalog import read_table
+    from hpcblend.io.catalog import read_table
 
     b = read_table(path, "blends")
     n = len(b)
@@ -157,8 +157,8 @@ def cmd_summary(args) -> int:
 
 
 def cmd_bench_deblend(args) -> int:
-    """Deblend every blend on one core after a warm-up, optionally beside scarlet_lite (:mod:`hpcblend.bench`)."""
-    from .bench import format_report, run_bench_deblend, write_json
+    """Deblend every blend on one core after a warm-up, optionally beside scarlet_lite (:mod:`hpcblend.analysis.bench`)."""
+    from hpcblend.analysis.bench import format_report, run_bench_deblend, write_json
 
     report = run_bench_deblend(args.paths, reference=args.reference, note=_stderr_line)
     print("\n".join(format_report(report, top=args.top)))
@@ -168,8 +168,8 @@ def cmd_bench_deblend(args) -> int:
 
 
 def cmd_bench_tract(args) -> int:
-    """A tract job on one core after warm-up: seconds and share per stage, throughput (:mod:`hpcblend.bench_tract`)."""
-    from .bench_tract import format_tract_report, run_bench_tract, write_tract_json
+    """A tract job on one core after warm-up: seconds and share per stage, throughput (:mod:`hpcblend.analysis.bench_tract`)."""
+    from hpcblend.analysis.bench_tract import format_tract_report, run_bench_tract, write_tract_json
 
     report = run_bench_tract(args.job, tuple(args.set or ()))
     print(format_tract_report(report))
@@ -180,7 +180,7 @@ def cmd_bench_tract(args) -> int:
 
 def cmd_simulate(args) -> int:
     """Simulate a tract (GalSim) into a directory: coadd_<band>.fits, psf_<band>.fits, truth.fits."""
-    from .simulate import simulate_tract
+    from hpcblend.simulate.tract import simulate_tract
 
     sim = simulate_tract(args.out_dir, shape=(args.shape[0], args.shape[1]), bands=tuple(args.bands),
                          density=args.density, star_density=args.star_density, seed=args.seed,
@@ -192,7 +192,7 @@ def cmd_simulate(args) -> int:
 
 def cmd_model(args) -> int:
     """Render one child's stored deblended model to a PNG (asinh colour) and print its SED."""
-    from .models import read_model, render_model_rgb
+    from hpcblend.io.models import read_model, render_model_rgb
 
     m = read_model(args.catalog, args.id)
     rgb = render_model_rgb(m, rgb_bands=tuple(args.rgb) if args.rgb else None)
@@ -214,19 +214,19 @@ def cmd_model(args) -> int:
 _PASSTHROUGH = {
     "report": ("hpcblend.report.build", "report_main",
                "HTML report answering the sprint's questions: hpcblend report CATALOG --out DIR [--compare B.h5]"),
-    "profile": ("hpcblend.flamegraph", "profile_main",
+    "profile": ("hpcblend.analysis.flamegraph", "profile_main",
                 "merged call-stack profiles: hpcblend profile CATALOG [--rank R|--slowest] [--svg F] [--speedscope F]"),
-    "validate": ("hpcblend.validate", "validate_main",
+    "validate": ("hpcblend.analysis.validate", "validate_main",
                  "match a tract run's catalog to the simulation truth: hpcblend validate CATALOG --truth DIR"),
-    "costmodel": ("hpcblend.costmodel", "costmodel_main",
+    "costmodel": ("hpcblend.units.costmodel", "costmodel_main",
                   "runtime model per unit from earlier runs: hpcblend costmodel fit RUN.h5 ... --out model.json"),
-    "scorecard": ("hpcblend.scorecard", "scorecard_main",
+    "scorecard": ("hpcblend.analysis.scorecard", "scorecard_main",
                   "PASS/FAIL table of a run's metrics: hpcblend scorecard RUN.h5 [--baseline OLD.h5] [--thresholds F]"),
-    "reproduce": ("hpcblend.reproduce", "reproduce_main",
+    "reproduce": ("hpcblend.analysis.reproduce", "reproduce_main",
                   "re-run one unit from a catalog's recorded config and inputs: hpcblend reproduce CATALOG UNIT_ID"),
-    "scaling": ("hpcblend.scaling", "scaling_main",
+    "scaling": ("hpcblend.analysis.scaling", "scaling_main",
                 "replay simulator and scaling study: hpcblend scaling replay CATALOG --ranks 1 2 ... 4096"),
-    "inject": ("hpcblend.inject", "inject_main",
+    "inject": ("hpcblend.simulate.inject", "inject_main",
                "source injection into blend files and metrics vs the truth: hpcblend inject blends|metrics ..."),
 }
 

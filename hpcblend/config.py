@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 
 import yaml
 
-from .errors import ConfigError
+from hpcblend.errors import ConfigError
 
 __all__ = [
     "InputConfig",
@@ -55,7 +55,7 @@ class InputConfig:
         ``"blends"``: a collection of pre-cut npz blends (one work unit each);
         ``"demo"``: synthetic blends written on the fly into ``cache_dir``
         (needs no external data); ``"tract"``: a multi-band coadd tract (one
-        FITS file per band, :mod:`hpcblend.coadd`) cut into patches (one work
+        FITS file per band, :mod:`hpcblend.io.coadd`) cut into patches (one work
         unit each) that are detected, deblended and measured.
     paths : tuple of str
         Files, directories or globs of npz blends; relative paths are taken
@@ -98,7 +98,7 @@ class InputConfig:
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    """A simulated tract (:func:`hpcblend.simulate.simulate_tract`, GalSim) made when ``tract_dir`` is empty.
+    """A simulated tract (:func:`hpcblend.simulate.tract.simulate_tract`, GalSim) made when ``tract_dir`` is empty.
 
     Attributes
     ----------
@@ -182,7 +182,7 @@ class DetectConfig:
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    """Forced photometry of the children (:mod:`hpcblend.forced`).
+    """Forced photometry of the children (:mod:`hpcblend.measure.forced`).
 
     Attributes
     ----------
@@ -351,7 +351,7 @@ class RunConfig:
     cost_model : str
         JSON file of a runtime model fitted on earlier runs
         (``hpcblend costmodel fit RUN.h5 ... --out model.json``); empty: the
-        documented default (:func:`hpcblend.costmodel.load_cost_model`),
+        documented default (:func:`hpcblend.units.costmodel.load_cost_model`),
         ``t ≈ c · n_peaks^a · area^b`` fitted on the 164 HSC blends. Patches
         are ordered by a patch model when one is given, else by area.
     numba_threads : int
@@ -394,14 +394,14 @@ def write_round_units(write_every_units: int, n_ranks: int) -> int:
     Returns
     -------
     int
-        Used by the driver and by the replay model (:mod:`hpcblend.scaling`).
+        Used by the driver and by the replay model (:mod:`hpcblend.analysis.scaling`).
     """
     return int(write_every_units) or max(64, 8 * int(n_ranks))
 
 
 @dataclass(frozen=True)
 class ProfileConfig:
-    """Where the time goes: call-stack sampling per rank and the failure gallery (:mod:`hpcblend.profiling`).
+    """Where the time goes: call-stack sampling per rank and the failure gallery (:mod:`hpcblend.diagnostics.sampler`).
 
     Attributes
     ----------
@@ -687,7 +687,7 @@ def _validate(job: JobConfig, source: str) -> JobConfig:
     if d.min_iter > d.max_iter:
         raise ConfigError(f"{source}: key 'deblend.min_iter': {_quote(d.min_iter)} exceeds "
                           f"deblend.max_iter = {_quote(d.max_iter)}")
-    from .inputs import MASK_PLANES  # local: inputs imports nothing from config
+    from hpcblend.io.blends import MASK_PLANES  # local: inputs imports nothing from config
 
     for plane in d.bad_mask_planes:
         if plane.upper() not in MASK_PLANES:

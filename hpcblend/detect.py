@@ -2,7 +2,7 @@
 
 The per-patch pipeline calls, on the pixels of a patch's *outer* box (inner
 box plus overlap), one band-first cube each of images (counts), variance
-(counts²) and mask bits (:data:`hpcblend.inputs.MASK_PLANES`):
+(counts²) and mask bits (:data:`hpcblend.io.blends.MASK_PLANES`):
 
 1. :func:`estimate_background` — a smooth background per band
    (SExtractor's mesh-and-filter estimator through ``sep``; Bertin & Arnouts
@@ -17,7 +17,7 @@ box plus overlap), one band-first cube each of images (counts), variance
    and peaks found in each footprint as prominent local maxima of the
    significance image;
 4. :func:`footprint_to_blend` — one footprint cut out as the deblender's
-   :class:`~hpcblend.inputs.BlendData`.
+   :class:`~hpcblend.io.blends.BlendData`.
 
 Peaks are found once, on the multi-band detection image, so every band sees
 the same sources at the same positions. The HSC pipeline detects in every band
@@ -46,9 +46,9 @@ from scipy import ndimage as ndi
 from scipy import special
 from scipy.signal import fftconvolve
 
-from .errors import BlendDataError, HpcblendError
-from .inputs import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, BlendData, mask_bits
-from .skymap import Box
+from hpcblend.errors import BlendDataError, HpcblendError
+from hpcblend.io.blends import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, BlendData, mask_bits
+from hpcblend.skymap import Box
 
 __all__ = [
     "Box",
@@ -221,7 +221,7 @@ def estimate_background(images, mask=None, box_size: int = 128, filter_size: int
         Pixels in counts (any float dtype or byte order; copied to
         C-contiguous native float32 for ``sep``).
     mask : array_like, shape (B, H, W), int, optional
-        Mask bits (:data:`~hpcblend.inputs.MASK_PLANES`); pixels with a bit of
+        Mask bits (:data:`~hpcblend.io.blends.MASK_PLANES`); pixels with a bit of
         ``bad_planes`` set are ignored. Non-finite pixels are always ignored.
     box_size : int
         Mesh size in pixels (HSC's coadd background uses 128-px bins at
@@ -768,7 +768,7 @@ def detect_footprints(det_image, det_sigma, threshold: float = 5.0, min_area: in
 def footprint_to_blend(footprint: Footprint, images, variance, mask, psfs, bands: Sequence[str],
                        blend_id: int, source: str, origin: Tuple[int, int] = (0, 0),
                        pad: int = 5) -> BlendData:
-    """Cut one footprint out of the patch as the deblender's :class:`~hpcblend.inputs.BlendData`.
+    """Cut one footprint out of the patch as the deblender's :class:`~hpcblend.io.blends.BlendData`.
 
     The box is the footprint's bounding box padded by ``pad`` pixels on each
     side and clipped to the patch-outer box. Pixels of the box outside the

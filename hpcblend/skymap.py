@@ -50,7 +50,7 @@ from typing import Iterable, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import ConfigError, InputError
+from hpcblend.errors import ConfigError, InputError
 
 __all__ = [
     "Box",

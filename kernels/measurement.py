@@ -1,7 +1,7 @@
 """Measurements of deblended children, confined to each child's box (Numba).
 
 The plain NumPy reference of the same quantities, on full frames, is
-:func:`hpcblend.measure.measure_children_reference`; the tests compare the two.
+:func:`hpcblend.measure.children.measure_children_reference`; the tests compare the two.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@
 Deblends the real HSC blends (``../shared/data/hsc_blends/set*/*.npz`` by
 default) in one process, one blend after the other, in passes:
 
-* ``off``      no sampler (a :class:`~hpcblend.profiling.NullSampler`, the same ``with stage`` calls),
-* ``stages``   :class:`~hpcblend.profiling.StackSampler` with ``rate_hz=0`` (stage timers only),
-* ``<R>hz``    :class:`~hpcblend.profiling.StackSampler` sampling at R Hz (default 100),
+* ``off``      no sampler (a :class:`~hpcblend.diagnostics.sampler.NullSampler`, the same ``with stage`` calls),
+* ``stages``   :class:`~hpcblend.diagnostics.sampler.StackSampler` with ``rate_hz=0`` (stage timers only),
+* ``<R>hz``    :class:`~hpcblend.diagnostics.sampler.StackSampler` sampling at R Hz (default 100),
 
 interleaved (the order of the modes is shuffled in every repeat) so that a
 drift of the machine's speed hits every mode alike. Each pass wraps every
@@ -46,8 +46,8 @@ DEFAULT_GLOB = os.path.join(_REPO, "..", "shared", "data", "hsc_blends", "set*",
 
 def _one_pass(items, cfg, sampler, with_io):
     """Deblend every blend once under ``sampler``; returns (wall seconds, process CPU seconds)."""
-    from hpcblend.deblend import deblend_blend
-    from hpcblend.inputs import read_blend
+    from hpcblend.deblend.deblender import deblend_blend
+    from hpcblend.io.blends import read_blend
 
     c0 = time.process_time()
     t0 = time.perf_counter()
@@ -73,9 +73,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from hpcblend.config import DeblendConfig
-    from hpcblend.deblend import warm_up
-    from hpcblend.inputs import read_blend
-    from hpcblend.profiling import NullSampler, StackSampler
+    from hpcblend.deblend.deblender import warm_up
+    from hpcblend.io.blends import read_blend
+    from hpcblend.diagnostics.sampler import NullSampler, StackSampler
 
     files = []
     for p in args.paths or [DEFAULT_GLOB]:

@@ -10,8 +10,8 @@ many rows of a new boolean flag are set. Exit code 1 when a shared column differ
 import argparse
 import sys
 
-from hpcblend.catalog import read_table
-from hpcblend.reproduce import table_differences
+from hpcblend.io.catalog import read_table
+from hpcblend.analysis.reproduce import table_differences
 
 
 def compare(old_path: str, new_path: str, tables) -> bool:

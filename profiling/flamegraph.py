@@ -18,8 +18,8 @@ import sys
 
 def main(argv=None) -> int:
     """Parse arguments, draw, write; returns the exit code."""
-    from hpcblend.flamegraph import format_top_functions, load_stacks, merge_stacks, select_profiles
-    from hpcblend.flamegraph import write_flamegraph_svg
+    from hpcblend.analysis.flamegraph import format_top_functions, load_stacks, merge_stacks, select_profiles
+    from hpcblend.analysis.flamegraph import write_flamegraph_svg
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("input", help="collapsed text file or catalog (.h5)")

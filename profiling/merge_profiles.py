@@ -22,8 +22,8 @@ import sys
 
 def main(argv=None) -> int:
     """Parse arguments, merge, write; returns the exit code."""
-    from hpcblend.flamegraph import format_stage_table, merge_stacks, select_profiles, write_speedscope
-    from hpcblend.profiling import read_collapsed, read_profiles, write_collapsed
+    from hpcblend.analysis.flamegraph import format_stage_table, merge_stacks, select_profiles, write_speedscope
+    from hpcblend.diagnostics.sampler import read_collapsed, read_profiles, write_collapsed
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("inputs", nargs="+", help="catalogs (.h5) and/or collapsed text files")

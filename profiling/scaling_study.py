@@ -2,7 +2,7 @@
 """Measured vs modelled scaling of hpcblend (issue 6, "Scale out", items 3 and 4).
 
 Runs the real job at 1, 2 and (oversubscribed) 4 ranks and sets the replay
-model's predictions (:mod:`hpcblend.scaling`) next to the measurements:
+model's predictions (:mod:`hpcblend.analysis.scaling`) next to the measurements:
 
 * **strong scaling**, same input at every N: the 164 HSC blends
   (``jobs/hsc_blends.yaml``) and the simulated demo tract (built-in job,
@@ -14,7 +14,7 @@ model's predictions (:mod:`hpcblend.scaling`) next to the measurements:
 * **policies**: the driver's ``run.schedule: cost`` vs ``file`` measured at 2
   ranks; static round-robin, file order, cost order (predicted), the driver's
   n_peaks×area key and the oracle modelled;
-* the scheduler's RMA latency, measured with ``hpcblend.scaling rma-bench``
+* the scheduler's RMA latency, measured with ``hpcblend.analysis.scaling rma-bench``
   under ``mpirun -n 2``, is what the model uses for these runs.
 
 Wall times: ``loop`` = the longest rank's ``/profile`` elapsed time (work
@@ -66,7 +66,7 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from hpcblend import scaling as sc  # noqa: E402
+import hpcblend.analysis.scaling as sc  # noqa: E402
 
 PY = os.path.join(REPO, ".venv", "bin", "python")
 HPCBLEND = os.path.join(REPO, ".venv", "bin", "hpcblend")
@@ -91,7 +91,7 @@ def log(msg: str) -> None:
 def rma_bench(out_dir: str, reuse: bool) -> dict:
     path = os.path.join(out_dir, "rma.json")
     if not (reuse and os.path.exists(path)):
-        cmd = ["mpirun", "--oversubscribe", "-n", "2", PY, "-m", "hpcblend.scaling", "rma-bench", "--json", path]
+        cmd = ["mpirun", "--oversubscribe", "-n", "2", PY, "-m", "hpcblend.analysis.scaling", "rma-bench", "--json", path]
         subprocess.run(cmd, check=True, env=_env(), cwd=REPO, stdout=subprocess.DEVNULL)
     with open(path) as fh:
         return json.load(fh)
@@ -193,7 +193,7 @@ def _copy_hsc(out_dir: str, n_copies: int) -> str:
 
 def _ensure_tract(path: str, shape) -> None:
     from hpcblend.config import default_job
-    from hpcblend.driver import _ensure_tract as ensure
+    from hpcblend.parallel.driver import _ensure_tract as ensure
 
     if glob.glob(os.path.join(path, "coadd_*.fits")):
         return
@@ -459,7 +459,7 @@ def main(argv=None) -> int:
             configs.append(((2, "file"), f"{key}_n2_file", 2, job, sets + ("run.schedule=file",), None))
         runs = run_series(configs, out, a.reuse, a.repeat)
         # cost model for dynamic_cost: fitted on another run of the same input (the 2-rank run), not in-sample
-        from hpcblend.costmodel import fit_cost_model
+        from hpcblend.units.costmodel import fit_cost_model
 
         other = runs.get((2, "cost")) or runs[(1, "cost")]
         model = fit_cost_model(other["catalog"])

@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 
-from hpcblend.catalog import read_table
+from hpcblend.io.catalog import read_table
 from hpcblend.config import job_from_dict
-from hpcblend.driver import run_job
-from hpcblend.inputs import write_blend
-from hpcblend.synthetic import make_synthetic_blend
+from hpcblend.parallel.driver import run_job
+from hpcblend.io.blends import write_blend
+from hpcblend.simulate.synthetic import make_synthetic_blend
 
 
 def _write_good(d, i):

@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from hpcblend.bench import load_scarlet_lite
+from hpcblend.analysis.bench import load_scarlet_lite
 from hpcblend.cli import main
-from hpcblend.inputs import write_blend
-from hpcblend.synthetic import make_synthetic_blend
+from hpcblend.io.blends import write_blend
+from hpcblend.simulate.synthetic import make_synthetic_blend
 
 NOTICE = "scarlet_lite is not installed"
 

@@ -1,4 +1,4 @@
-"""Serial tests of hpcblend.catalog and hpcblend.provenance (one process, COMM_SELF)."""
+"""Serial tests of hpcblend.io.catalog and hpcblend.diagnostics.provenance (one process, COMM_SELF)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from hpcblend import catalog
-from hpcblend.catalog import (
+import hpcblend.io.catalog as catalog
+from hpcblend.io.catalog import (
     READABLE_SCHEMA_VERSIONS,
     SCHEMA_VERSION,
     CatalogWriter,
@@ -23,7 +23,7 @@ from hpcblend.catalog import (
     read_table,
 )
 from hpcblend.errors import CatalogError, SchemaVersionError
-from hpcblend.provenance import collect_provenance
+from hpcblend.diagnostics.provenance import collect_provenance
 
 COMM = MPI.COMM_SELF
 

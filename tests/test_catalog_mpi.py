@@ -1,4 +1,4 @@
-"""MPI tests of hpcblend.catalog; run with
+"""MPI tests of hpcblend.io.catalog; run with
 
     mpirun --oversubscribe -n 2 .venv/bin/python -m pytest --with-mpi tests/test_catalog_mpi.py
 
@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcblend.catalog import CatalogWriter, TableSpec, open_catalog, read_ledger, read_table
+from hpcblend.io.catalog import CatalogWriter, TableSpec, open_catalog, read_ledger, read_table
 from hpcblend.errors import CatalogError
 
 DTYPE = np.dtype(
@@ -208,7 +208,7 @@ def test_provenance_split_hashing(shared_dir):
 
     from mpi4py import MPI
 
-    from hpcblend.provenance import collect_provenance
+    from hpcblend.diagnostics.provenance import collect_provenance
 
     comm = MPI.COMM_WORLD
     paths = [os.path.join(shared_dir, f"in{i}.bin") for i in range(5)]

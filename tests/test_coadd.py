@@ -1,4 +1,4 @@
-"""Tests of hpcblend.coadd: tract FITS round trip, patch reads, validation errors."""
+"""Tests of hpcblend.io.coadd: tract FITS round trip, patch reads, validation errors."""
 
 import os
 
@@ -7,10 +7,10 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from hpcblend.coadd import (TractData, TractPaths, read_patch, read_tract, read_tract_shape, tract_paths,
+from hpcblend.io.coadd import (TractData, TractPaths, read_patch, read_tract, read_tract_shape, tract_paths,
                             write_tract)
 from hpcblend.errors import InputError, PsfError
-from hpcblend.inputs import MASK_PLANES
+from hpcblend.io.blends import MASK_PLANES
 from hpcblend.skymap import Box, make_patches
 
 BANDS = ("g", "r", "i")
@@ -339,7 +339,7 @@ def test_read_patch_memory_is_outer_box_sized(tmp_path):
 
 def test_read_box_matches_astropy_and_scaled_hdus(tract_dir):
     """The row reads give astropy's pixels (native byte order); scaled HDUs fall back to sections."""
-    from hpcblend.coadd import read_box
+    from hpcblend.io.coadd import read_box
     from hpcblend.skymap import Box
 
     box = Box((7, 11), (40, 52))

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from hpcblend.catalog import CatalogWriter
-from hpcblend.costmodel import (CostModel, costmodel_main, default_cost_model, fit_arrays, fit_cost_model,
+from hpcblend.io.catalog import CatalogWriter
+from hpcblend.units.costmodel import (CostModel, costmodel_main, default_cost_model, fit_arrays, fit_cost_model,
                                 load_cost_model, spearman)
 from hpcblend.errors import ConfigError
-from hpcblend.schema import blend_spec, patch_spec
+from hpcblend.io.schema import blend_spec, patch_spec
 
 
 def _synthetic(n=400, a=0.3, b=1.1, c=2e-5, noise=0.05, seed=1):

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from hpcblend.config import DeblendConfig
-from hpcblend.deblend import build_observation, deblend_blend
+from hpcblend.deblend.deblender import build_observation, deblend_blend
 from hpcblend.errors import BlendDataError, PsfError
-from hpcblend.inputs import BlendData, read_blend
-from hpcblend.synthetic import make_synthetic_blend
+from hpcblend.io.blends import BlendData, read_blend
+from hpcblend.simulate.synthetic import make_synthetic_blend
 
 FLUX_RANGE = (2e4, 5e4)
 

@@ -7,7 +7,7 @@ import pytest
 
 from hpcblend import detect
 from hpcblend.errors import BlendDataError
-from hpcblend.inputs import MASK_PLANES, BlendData
+from hpcblend.io.blends import MASK_PLANES, BlendData
 
 BANDS = ("g", "r", "i", "z", "y")
 NOISE = np.array([1.0, 1.2, 1.5, 2.0, 3.0])  # per-band noise sigma (counts)

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 
 import hpcblend
-from hpcblend.inputs import write_blend
-from hpcblend.synthetic import make_synthetic_blend
+from hpcblend.io.blends import write_blend
+from hpcblend.simulate.synthetic import make_synthetic_blend
 
 
 def test_import_is_cheap():

@@ -12,13 +12,13 @@ import os
 import numpy as np
 import pytest
 
-import hpcblend.deblend as deblend_mod
-from hpcblend.catalog import read_table
+import hpcblend.deblend.deblender as deblend_mod
+from hpcblend.io.catalog import read_table
 from hpcblend.config import DeblendConfig, job_from_dict
-from hpcblend.deblend import deblend_blend
-from hpcblend.driver import run_job
+from hpcblend.deblend.deblender import deblend_blend
+from hpcblend.parallel.driver import run_job
 from hpcblend.errors import BlendDataError, InputError
-from hpcblend.inputs import (
+from hpcblend.io.blends import (
     MASK_PLANES,
     PEAK_DROPPED,
     PEAK_DUPLICATE,
@@ -30,9 +30,9 @@ from hpcblend.inputs import (
     read_blend,
     write_blend,
 )
-from hpcblend.pipeline import fill_child_rows
-from hpcblend.schema import blend_spec, source_spec
-from hpcblend.synthetic import make_synthetic_blend
+from hpcblend.units.blends import fill_child_rows
+from hpcblend.io.schema import blend_spec, source_spec
+from hpcblend.simulate.synthetic import make_synthetic_blend
 
 BANDS = ("g", "r", "i", "z", "y")
 BAD = 1 << MASK_PLANES["BAD"]

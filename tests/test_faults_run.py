@@ -18,13 +18,13 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcblend.catalog import CatalogWriter, TableSpec, read_table, verify_catalog
+from hpcblend.io.catalog import CatalogWriter, TableSpec, read_table, verify_catalog
 from hpcblend.config import job_from_dict
-from hpcblend.driver import StopOnSignal, inflight_units, run_job
+from hpcblend.parallel.driver import StopOnSignal, inflight_units, run_job
 from hpcblend.errors import BlendDataError, CatalogError, InputError
-from hpcblend.inputs import write_blend
-from hpcblend.pipeline import MAX_CHILD_PEAKS, blend_file_ids, child_id
-from hpcblend.synthetic import make_synthetic_blend
+from hpcblend.io.blends import write_blend
+from hpcblend.units.blends import MAX_CHILD_PEAKS, blend_file_ids, child_id
+from hpcblend.simulate.synthetic import make_synthetic_blend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRAPPER = os.path.join(ROOT, "bin", "hpcblend-mpirun")
@@ -112,7 +112,7 @@ def test_second_run_on_the_same_catalog_is_refused_on_every_rank(tmp_path, share
     job.write_text("input:\n  kind: blends\n  paths:\n" + "".join(f"    - {f}\n" for f in files)
                    + "run:\n  progress: false\n")
     out = tmp_path / "shared.h5"
-    slow = ("import sys, time, hpcblend.pipeline as p\n"
+    slow = ("import sys, time, hpcblend.units.blends as p\n"
             "orig = p.process_unit\n"
             "def slow(*a, **kw):\n"
             "    time.sleep(0.4)  # the first run holds the catalog for >= 8 s\n"
@@ -295,7 +295,7 @@ def test_child_id_range_is_checked():
 
 
 def test_programming_error_is_never_a_row(tmp_path, monkeypatch):
-    import hpcblend.pipeline as pipeline
+    import hpcblend.units.blends as pipeline
 
     paths = _write_blends(str(tmp_path / "in"), [1, 2])
 
@@ -314,7 +314,7 @@ def test_programming_error_is_never_a_row(tmp_path, monkeypatch):
 
 
 def test_data_error_is_a_row_and_the_run_goes_on(tmp_path, monkeypatch):
-    import hpcblend.pipeline as pipeline
+    import hpcblend.units.blends as pipeline
 
     paths = _write_blends(str(tmp_path / "in"), [1, 2])
     real = pipeline.deblend_blend
@@ -356,7 +356,7 @@ def test_failed_unit_is_retried_by_resume(tmp_path, retry):
     with open(paths[0], "wb") as fh:  # a transient read error: the file is unreadable for the first run
         fh.write(good[:100])
     job = _job(tmp_path, paths, write_every_units=1)
-    from hpcblend.driver import RunInterrupted
+    from hpcblend.parallel.driver import RunInterrupted
 
     with pytest.raises(RunInterrupted):
         run_job(job, progress=False, stop_signal=_StopAfter(2))
@@ -378,7 +378,7 @@ def test_failed_unit_is_retried_by_resume(tmp_path, retry):
 _KILL_IN_WRITE = """
 import os, signal, sys
 from mpi4py import MPI
-import hpcblend.catalog as c
+import hpcblend.io.catalog as c
 victim, n = int(sys.argv[1]), {"rounds": 0}
 orig = c.CatalogWriter._commit_ledger
 def commit(self, *a, **kw):

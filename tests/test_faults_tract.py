@@ -24,10 +24,10 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from hpcblend.catalog import read_table
+from hpcblend.io.catalog import read_table
 from hpcblend.config import job_from_dict
 from hpcblend.errors import InputError, NumericalFailure
-from hpcblend.inputs import MASK_PLANES
+from hpcblend.io.blends import MASK_PLANES
 from hpcblend.skymap import Box, make_patches
 
 SHAPE = (600, 600)
@@ -49,7 +49,7 @@ def _job(tract_dir, out, **sections):
 
 
 def _run(job):
-    from hpcblend.driver import run_job
+    from hpcblend.parallel.driver import run_job
 
     return run_job(job, progress=False)
 
@@ -78,7 +78,7 @@ def _poke(path, hdu_name, func):
 
 @pytest.fixture(scope="module")
 def tract(tmp_path_factory):
-    from hpcblend.simulate import simulate_tract
+    from hpcblend.simulate.tract import simulate_tract
 
     d = tmp_path_factory.mktemp("faults") / "tract"
     simulate_tract(d, shape=SHAPE, bands=BANDS, density=60.0, star_density=1.0, seed=3)
@@ -234,7 +234,7 @@ def test_band_bad_everywhere_fails_only_its_patch(tract, clean, tmp_path):
 
 def test_read_masks_every_kind_of_bad_pixel(tmp_path):
     """NaN/inf image, NaN/inf/0/negative variance: masked (image 0, variance inf, NO_DATA), counted per band."""
-    from hpcblend.coadd import check_tract, read_box, read_tract, write_tract
+    from hpcblend.io.coadd import check_tract, read_box, read_tract, write_tract
 
     d, images, variance, mask = _tiny_tract(tmp_path)
     images[0, 1, 1], images[0, 2, 2] = np.nan, -np.inf
@@ -268,7 +268,7 @@ def test_read_masks_every_kind_of_bad_pixel(tmp_path):
 
 
 def test_missing_coadd_is_an_error_at_planning(tract, tmp_path):
-    from hpcblend.driver import plan_units
+    from hpcblend.parallel.driver import plan_units
 
     d = _copy(tract, tmp_path)
     os.remove(d / "coadd_i.fits")
@@ -288,7 +288,7 @@ def test_missing_coadd_is_an_error_at_planning(tract, tmp_path):
 
 def test_missing_band_found_from_bands_card_and_truth(tract, tmp_path):
     """Without the band's PSF file, the coadds' BANDS cards name it; without those, truth.fits does."""
-    from hpcblend.coadd import check_tract, tract_paths
+    from hpcblend.io.coadd import check_tract, tract_paths
 
     d = _copy(tract, tmp_path)
     os.remove(d / "coadd_i.fits")
@@ -307,7 +307,8 @@ def test_missing_band_found_from_bands_card_and_truth(tract, tmp_path):
 
 
 def test_truth_file_name_matches_simulate():
-    from hpcblend import coadd, simulate
+    import hpcblend.io.coadd as coadd
+    import hpcblend.simulate.tract as simulate
 
     assert coadd._TRUTH_FILE == simulate.TRUTH_FILE
 
@@ -333,7 +334,7 @@ def _psfs(size=11):
 
 
 def _tiny_tract(tmp_path):
-    from hpcblend.coadd import write_tract
+    from hpcblend.io.coadd import write_tract
 
     rng = np.random.default_rng(1)
     images = rng.normal(0.0, 1.0, (len(BANDS), 20, 30)).astype(np.float32)
@@ -350,7 +351,7 @@ def _tiny_tract(tmp_path):
     ("CD", _wcs(scale=0.2), "CD (pixel scale matrix) [-5.5555"),
 ])
 def test_wcs_message_plain_numbers(tmp_path, kind, wcs, expect):
-    from hpcblend.coadd import check_tract, write_tract
+    from hpcblend.io.coadd import check_tract, write_tract
 
     d, images, variance, mask = _tiny_tract(tmp_path)
     write_tract(d, ("r",), images[1:2], variance[1:2], mask[1:2], wcs, _psfs()[1:2], tract=0)
@@ -367,41 +368,41 @@ def test_wcs_message_plain_numbers(tmp_path, kind, wcs, expect):
 
 
 def test_programming_error_in_a_blend_propagates(tract, tmp_path, monkeypatch):
-    import hpcblend.patches
+    import hpcblend.units.tract
 
     def broken(*args, **kwargs):
         raise TypeError("broken deblender call")
-    monkeypatch.setattr(hpcblend.patches, "deblend_blend", broken)
+    monkeypatch.setattr(hpcblend.units.tract, "deblend_blend", broken)
     with pytest.raises(TypeError, match="broken deblender call"):
         _run(_job(tract, tmp_path / "typeerror.h5"))
 
 
 def test_programming_error_in_an_isolated_source_propagates(tract, tmp_path, monkeypatch):
-    import hpcblend.patches
+    import hpcblend.units.tract
 
     def broken(*args, **kwargs):
         raise AttributeError("no such attribute")
-    monkeypatch.setattr(hpcblend.patches, "_measure_isolated", broken)
+    monkeypatch.setattr(hpcblend.units.tract, "_measure_isolated", broken)
     with pytest.raises(AttributeError, match="no such attribute"):
         _run(_job(tract, tmp_path / "attrerror.h5"))
 
 
 def test_programming_error_in_a_patch_propagates(tract, tmp_path, monkeypatch):
-    import hpcblend.coadd
+    import hpcblend.io.coadd
 
     def broken(*args, **kwargs):
         raise NameError("name 'pixels' is not defined")
-    monkeypatch.setattr(hpcblend.coadd, "read_patch", broken)
+    monkeypatch.setattr(hpcblend.io.coadd, "read_patch", broken)
     with pytest.raises(NameError, match="pixels"):
         _run(_job(tract, tmp_path / "nameerror.h5"))
 
 
 def test_data_error_in_a_blend_is_a_flagged_row(tract, clean, tmp_path, monkeypatch):
-    import hpcblend.patches
+    import hpcblend.units.tract
 
     def diverged(*args, **kwargs):
         raise NumericalFailure("loss is NaN")
-    monkeypatch.setattr(hpcblend.patches, "deblend_blend", diverged)
+    monkeypatch.setattr(hpcblend.units.tract, "deblend_blend", diverged)
     out = tmp_path / "numerical.h5"
     _run(_job(tract, out))
     tabs = _tables(out)

@@ -22,10 +22,10 @@ import pytest
 import scipy.fft
 
 from hpcblend.config import DeblendConfig
-from hpcblend.deblend import build_observation, deblend_blend, initialize_sources
-from hpcblend.inputs import BlendData, read_blend
+from hpcblend.deblend.deblender import build_observation, deblend_blend, initialize_sources
+from hpcblend.io.blends import BlendData, read_blend
 from hpcblend.kernels import fit
-from hpcblend.synthetic import _grow, make_synthetic_blend
+from hpcblend.simulate.synthetic import _grow, make_synthetic_blend
 
 NEIGHBOURS = ((28.2, 27.9), (28.0, 34.1), (33.1, 24.3))  # bright galaxy first; neighbours 6.1 and 6.2 px away
 

@@ -1,4 +1,4 @@
-"""Forced photometry with neighbours' models subtracted (hpcblend.forced)."""
+"""Forced photometry with neighbours' models subtracted (hpcblend.measure.forced)."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import sep
 from scipy.special import erf
 
-from hpcblend import forced
+import hpcblend.measure.forced as forced
 from hpcblend.errors import BlendDataError, PsfError
 
 BANDS = ("g", "r")

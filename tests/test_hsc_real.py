@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from hpcblend.catalog import read_table
+from hpcblend.io.catalog import read_table
 from hpcblend.config import job_from_dict
-from hpcblend.driver import run_job
+from hpcblend.parallel.driver import run_job
 
 
 def test_all_real_hsc_blends(shared_data, tmp_path):

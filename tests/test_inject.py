@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from hpcblend.config import job_from_dict
-from hpcblend.driver import run_job
-from hpcblend.inject import (PIXEL_SCALE, TRUTH_FILE, inject_blend, inject_blends, inject_main, injection_metrics,
+from hpcblend.parallel.driver import run_job
+from hpcblend.simulate.inject import (PIXEL_SCALE, TRUTH_FILE, inject_blend, inject_blends, inject_main, injection_metrics,
                              mag_to_flux, read_truth)
-from hpcblend.inputs import BlendData, read_blend
+from hpcblend.io.blends import BlendData, read_blend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data"))
@@ -68,7 +68,7 @@ def test_noiseless_injected_flux_matches_truth():
                       footprint=np.ones((h, w), bool), psfs=real.psfs, peaks=np.array([[50, 50]]))
     for morph, cos in (("sersic", None), ("cosmos", None)):
         if morph == "cosmos":
-            from hpcblend.inject import load_cosmos_sample
+            from hpcblend.simulate.inject import load_cosmos_sample
             cos = load_cosmos_sample(COSMOS)
         new, rows = inject_blend(blend, np.random.default_rng(3), 2, mag_range=(22.0, 24.0), sep_range=(0.5, 1.0),
                                  morphology=morph, cosmos=cos, add_noise=False)

@@ -1,4 +1,4 @@
-"""Tests of hpcblend.inputs: npz blend readers, validation, expand_inputs."""
+"""Tests of hpcblend.io.blends: npz blend readers, validation, expand_inputs."""
 
 import os
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hpcblend.errors import BlendDataError, InputError, PsfError
-from hpcblend.inputs import (
+from hpcblend.io.blends import (
     MASK_PLANES,
     BlendData,
     expand_inputs,
@@ -16,7 +16,7 @@ from hpcblend.inputs import (
     read_blend,
     write_blend,
 )
-from hpcblend.synthetic import make_synthetic_blend
+from hpcblend.simulate.synthetic import make_synthetic_blend
 
 NO_DATA = 1 << MASK_PLANES["NO_DATA"]
 
@@ -272,7 +272,7 @@ def test_shape_mismatches(tmp_path, good_blend):
 
 def test_bad_peaks(tmp_path, good_blend):
     # peaks outside the image or footprint are flagged (kept as given), not errors
-    from hpcblend.inputs import PEAK_OUTSIDE_FOOTPRINT, PEAK_OUTSIDE_IMAGE
+    from hpcblend.io.blends import PEAK_OUTSIDE_FOOTPRINT, PEAK_OUTSIDE_IMAGE
 
     good_blend.peaks = np.array([[5, 5], [40, 3]], dtype=np.int64)
     blend = read_blend(_write(tmp_path, good_blend))

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from hpcblend.catalog import CatalogWriter
+from hpcblend.io.catalog import CatalogWriter
 from hpcblend.errors import CatalogError
-from hpcblend.models import pack_models, read_model, render_model_rgb
-from hpcblend.schema import MODEL_CHUNK, model_pixel_spec, model_spec
+from hpcblend.io.models import pack_models, read_model, render_model_rgb
+from hpcblend.io.schema import MODEL_CHUNK, model_pixel_spec, model_spec
 
 BANDS = ("g", "r", "i")
 

@@ -12,12 +12,12 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcblend.catalog import CatalogWriter, TableSpec
+from hpcblend.io.catalog import CatalogWriter, TableSpec
 from hpcblend.errors import CatalogError
-from hpcblend.flamegraph import (flamegraph_svg, format_stage_table, format_top_functions, merge_stacks,
+from hpcblend.analysis.flamegraph import (flamegraph_svg, format_stage_table, format_top_functions, merge_stacks,
                                  profile_main, select_profiles, slowest_rank, speedscope_document, stage_table,
                                  top_functions, write_speedscope)
-from hpcblend.profiling import (NullSampler, StackSampler, read_collapsed, read_profiles, write_collapsed,
+from hpcblend.diagnostics.sampler import (NullSampler, StackSampler, read_collapsed, read_profiles, write_collapsed,
                                 write_profiles)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,17 +12,17 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcblend.catalog import read_table
+from hpcblend.io.catalog import read_table
 from hpcblend.config import default_job
-from hpcblend.driver import run_job
-from hpcblend.inputs import write_blend
-from hpcblend.profiling import StackSampler, read_profiles, write_profiles
+from hpcblend.parallel.driver import run_job
+from hpcblend.io.blends import write_blend
+from hpcblend.diagnostics.sampler import StackSampler, read_profiles, write_profiles
 from hpcblend.report import (SECTION_IDS, fit_power_law, gallery_record, load_run, make_report, read_gallery,
                              records_from_inputs, report_main, run_numbers, scaling_mask, write_gallery)
 from hpcblend.report.figures import (fig_compare_runtime, fig_flags, fig_gallery_record, fig_rank_time,
                                      fig_runtime_scaling)
 from hpcblend.report.gallery import select_gallery_blends
-from hpcblend.synthetic import make_synthetic_blend, write_demo_blends
+from hpcblend.simulate.synthetic import make_synthetic_blend, write_demo_blends
 
 HEADINGS = ("Run overview", "1. How long does it take?", "2. What do failures look like?",
             "3. What fraction of blends raise exceptions?", "4. What fraction of blends are flagged?",
@@ -254,7 +254,7 @@ def test_report_full_with_compare_and_headless_render(tmp_path, catalogs):
 
 def test_gallery_collector_keeps_failed_flagged_and_slowest():
     from hpcblend.report import GalleryCollector
-    from hpcblend.schema import blend_spec
+    from hpcblend.io.schema import blend_spec
 
     rows = blend_spec().empty(12)
     rows["id"] = np.arange(1, 13)

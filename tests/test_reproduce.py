@@ -6,12 +6,12 @@ import shutil
 import numpy as np
 import pytest
 
-from hpcblend.catalog import read_table
+from hpcblend.io.catalog import read_table
 from hpcblend.config import job_from_dict
-from hpcblend.driver import run_job
-from hpcblend.inputs import write_blend
-from hpcblend.reproduce import reproduce_main, reproduce_unit, table_differences
-from hpcblend.synthetic import make_synthetic_blend
+from hpcblend.parallel.driver import run_job
+from hpcblend.io.blends import write_blend
+from hpcblend.analysis.reproduce import reproduce_main, reproduce_unit, table_differences
+from hpcblend.simulate.synthetic import make_synthetic_blend
 
 
 def _blend_run(tmp_path):
@@ -65,7 +65,7 @@ def test_unknown_unit_is_exit_2(tmp_path, capsys):
 
 
 def test_patch_unit_is_reproduced_identically(tmp_path_factory, capsys):
-    from hpcblend.simulate import simulate_tract
+    from hpcblend.simulate.tract import simulate_tract
 
     tmp = tmp_path_factory.mktemp("reproduce")
     tract = tmp / "tract"

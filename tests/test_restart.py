@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcblend.catalog import read_table
+from hpcblend.io.catalog import read_table
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRAPPER = os.path.join(ROOT, "bin", "hpcblend-mpirun")
@@ -139,7 +139,7 @@ def test_stop_signal_checkpoints_and_resume_finishes(tmp_path, shared_data):
 def test_unexpected_error_on_one_rank_ends_job_naming_rank_and_unit(tmp_path):
     """An error outside the per-blend isolation must abort all ranks (no hang) and say where."""
     inject = (
-        "import sys, hpcblend.pipeline as p\n"
+        "import sys, hpcblend.units.blends as p\n"
         "from mpi4py import MPI\n"
         "orig = p.process_unit\n"
         "def broken(unit, job, bands, rank=0, **kw):\n"

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcblend.catalog import read_table
+from hpcblend.io.catalog import read_table
 from hpcblend.config import job_from_dict
 
 VOLATILE = {"t_load", "t_init", "t_fit", "t_measure", "t_total", "rank"}
@@ -36,7 +36,7 @@ def _same_rows(a, b):
 def test_one_and_two_ranks_identical_rows(root_check):
     from mpi4py import MPI
 
-    from hpcblend.driver import run_job
+    from hpcblend.parallel.driver import run_job
 
     comm = MPI.COMM_WORLD
     tmp = comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None, root=0)
@@ -59,7 +59,7 @@ def test_one_and_two_ranks_identical_rows(root_check):
 
 
 def test_demo_run_single_rank(tmp_path):
-    from hpcblend.driver import run_job
+    from hpcblend.parallel.driver import run_job
 
     job = _job(str(tmp_path))
     out = run_job(job, progress=False)
@@ -79,8 +79,8 @@ def test_two_rank_profile_counts_match_time_and_name_the_deblender(shared_data, 
 
     from mpi4py import MPI
 
-    from hpcblend.driver import run_job
-    from hpcblend.profiling import read_profiles
+    from hpcblend.parallel.driver import run_job
+    from hpcblend.diagnostics.sampler import read_profiles
 
     comm = MPI.COMM_WORLD
     tmp = comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None, root=0)

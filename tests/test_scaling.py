@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from hpcblend.catalog import CatalogWriter
-from hpcblend.scaling import (POLICIES, ReplayParams, Workload, load_workload, params_for, replay, replicate,
+from hpcblend.io.catalog import CatalogWriter
+from hpcblend.analysis.scaling import (POLICIES, ReplayParams, Workload, load_workload, params_for, replay, replicate,
                               replication_factor, scaling_main, self_replay, simulate)
-from hpcblend.schema import blend_spec
+from hpcblend.io.schema import blend_spec
 
 #: no scheduling latency, no rounds but the (free) final one, no polling delay
 FREE = ReplayParams(sched_latency_s=0.0, sched_service_s=0.0, round_latency_s=0.0, round_log_latency_s=0.0,
@@ -205,7 +205,7 @@ def _catalog(path, n=40, ranks=2):
     rows["footprint_area"] = rng.integers(200, 5000, n)
     rows["t_total"] = 1e-5 * rows["footprint_area"] * rng.lognormal(0, 0.2, n)
     rows["rank"] = np.arange(n) % ranks
-    from hpcblend.profiling import write_profiles
+    from hpcblend.diagnostics.sampler import write_profiles
 
     with CatalogWriter(path, MPI.COMM_SELF, [spec], json_groups={"config": {"run": {"schedule": "cost",
                        "write_every_units": 64, "write_every_seconds": 30.0}}, "provenance": {"n_ranks": ranks}}) as w:

@@ -9,9 +9,9 @@ import pytest
 
 from hpcblend.cli import main
 from hpcblend.config import job_from_dict
-from hpcblend.driver import run_job
+from hpcblend.parallel.driver import run_job
 from hpcblend.errors import ConfigError
-from hpcblend.scorecard import judge, load_thresholds, scorecard_metrics
+from hpcblend.analysis.scorecard import judge, load_thresholds, scorecard_metrics
 
 
 def _run(tmp, files, name, **deblend):

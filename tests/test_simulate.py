@@ -1,4 +1,4 @@
-"""Tests of hpcblend.simulate: determinism, truth positions and fluxes, WCS, PSFs, COSMOS mode."""
+"""Tests of hpcblend.simulate.tract: determinism, truth positions and fluxes, WCS, PSFs, COSMOS mode."""
 
 import os
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from hpcblend.coadd import read_tract
+from hpcblend.io.coadd import read_tract
 from hpcblend.errors import ConfigError, InputError
-from hpcblend.simulate import (HSC_DEPTH, SimulatedTract, draw_psf_image, make_tract_wcs, read_truth,
+from hpcblend.simulate.tract import (HSC_DEPTH, SimulatedTract, draw_psf_image, make_tract_wcs, read_truth,
                                simulate_tract)
 
 BANDS = ("g", "r", "i")

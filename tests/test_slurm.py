@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcblend.catalog import read_table
+from hpcblend.io.catalog import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_SLURM = REPO / "slurm" / "local_slurm.sh"

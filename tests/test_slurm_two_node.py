@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcblend.catalog import read_json_group, read_table
+from hpcblend.io.catalog import read_json_group, read_table
 from test_slurm import (JOB_TIMEOUT, LOCAL_SLURM, REPO, Cluster, _direct_run, _sbin_path, assert_same_rows,
                         require_local_slurm)
 

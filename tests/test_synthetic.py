@@ -1,4 +1,4 @@
-"""Tests of hpcblend.synthetic: synthetic blends with known truth and the demo collection."""
+"""Tests of hpcblend.simulate.synthetic: synthetic blends with known truth and the demo collection."""
 
 import os
 import time
@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from hpcblend.inputs import read_blend, write_blend
-from hpcblend.synthetic import double_gaussian_psf, make_synthetic_blend, write_demo_blends
+from hpcblend.io.blends import read_blend, write_blend
+from hpcblend.simulate.synthetic import double_gaussian_psf, make_synthetic_blend, write_demo_blends
 
 
 def _assert_same(a, b):

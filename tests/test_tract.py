@@ -1,5 +1,5 @@
 """End-to-end tract runs (issue 4, "Tracts and patches"): a simulated 2x2-patch tract with overlap, checked
-against its truth catalog with :mod:`hpcblend.validate`.
+against its truth catalog with :mod:`hpcblend.analysis.validate`.
 
 The shared tract (module scope): 1000 x 1000 px (2.8' square, 0.168"/px), five HSC bands, 60 galaxies/arcmin²
 (+ 1 star/arcmin²), seed 3, cut into 2 x 2 patches of 500 px with 50 px overlap. Runs on it:
@@ -23,10 +23,10 @@ import tempfile
 import numpy as np
 import pytest
 
-from hpcblend.catalog import read_table
+from hpcblend.io.catalog import read_table
 from hpcblend.config import job_from_dict
 from hpcblend.errors import CatalogError, InputError
-from hpcblend.validate import format_report, match_positions, validate_tract
+from hpcblend.analysis.validate import format_report, match_positions, validate_tract
 
 SHAPE = (1000, 1000)
 INNER, OVERLAP = 500, 50
@@ -47,7 +47,7 @@ def _job(tract_dir, out, *, inner=INNER, overlap=OVERLAP, **sections):
 
 
 def _run(job, out=None):
-    from hpcblend.driver import run_job
+    from hpcblend.parallel.driver import run_job
 
     return run_job(job, output=out, progress=False)
 
@@ -59,7 +59,7 @@ def _run(job, out=None):
 
 @pytest.fixture(scope="module")
 def tract(tmp_path_factory):
-    from hpcblend.simulate import simulate_tract
+    from hpcblend.simulate.tract import simulate_tract
 
     d = tmp_path_factory.mktemp("tract") / "tract"
     simulate_tract(d, shape=SHAPE, bands=BANDS, density=DENSITY, star_density=1.0, seed=SEED)
@@ -204,7 +204,7 @@ def test_forced_photometry_every_child(default_run):
 
 
 def test_model_renders(default_run):
-    from hpcblend.models import read_model, render_model_rgb
+    from hpcblend.io.models import read_model, render_model_rgb
 
     out, _ = default_run
     src = read_table(str(out), "sources")
@@ -275,9 +275,9 @@ def _gauss_pixels(shape, y, x, sigma):
 
 
 def _write_star_tract(d, stars, shape=(400, 400), bands=("g", "r", "i"), seed=0, nan_box=None, psf_bands=None):
-    """Stars (y, x, flux) on a noisy tract written with :func:`hpcblend.coadd.write_tract`; returns the WCS."""
-    from hpcblend.coadd import write_tract
-    from hpcblend.simulate import make_tract_wcs
+    """Stars (y, x, flux) on a noisy tract written with :func:`hpcblend.io.coadd.write_tract`; returns the WCS."""
+    from hpcblend.io.coadd import write_tract
+    from hpcblend.simulate.tract import make_tract_wcs
 
     rng = np.random.default_rng(seed)
     img = np.zeros((len(bands),) + tuple(shape), np.float64)
@@ -351,8 +351,8 @@ _FEW_STARS = [(80.0, 80.0, 60.0), (90.0, 300.0, 60.0), (300.0, 90.0, 60.0), (310
 
 def _replace_band(d, band, shape=(400, 400), crval=(150.0, 2.0)):
     """Overwrite one band's coadd with a tract of another shape or WCS."""
-    from hpcblend.coadd import write_tract
-    from hpcblend.simulate import make_tract_wcs
+    from hpcblend.io.coadd import write_tract
+    from hpcblend.simulate.tract import make_tract_wcs
 
     other = d.parent / f"other_{band}"
     wcs, _ = make_tract_wcs(shape, crval[0], crval[1], 0.168)
@@ -365,7 +365,7 @@ def _replace_band(d, band, shape=(400, 400), crval=(150.0, 2.0)):
 @pytest.mark.parametrize("what", ["shape", "wcs"])
 def test_bad_band_error_at_planning(tmp_path, what):
     """A band of another shape or WCS stops the run before any patch, naming the file and the HDU."""
-    from hpcblend.driver import plan_units
+    from hpcblend.parallel.driver import plan_units
 
     d = tmp_path / "bad"
     _write_star_tract(d, _FEW_STARS)
@@ -401,7 +401,7 @@ def test_nan_region_fails_only_its_patch(tmp_path):
 
 
 def test_missing_psf_file(tmp_path):
-    from hpcblend.driver import plan_units
+    from hpcblend.parallel.driver import plan_units
 
     d = tmp_path / "nopsf"
     _write_star_tract(d, _FEW_STARS)
@@ -420,8 +420,8 @@ def test_missing_psf_file(tmp_path):
 def test_one_and_two_ranks_identical_tract_rows(root_check):
     from mpi4py import MPI
 
-    from hpcblend.driver import run_job
-    from hpcblend.simulate import simulate_tract
+    from hpcblend.parallel.driver import run_job
+    from hpcblend.simulate.tract import simulate_tract
 
     comm = MPI.COMM_WORLD
     tmp = comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None, root=0)
@@ -457,7 +457,7 @@ def test_report_text(default_run):
 def test_validate_cli(default_run, tmp_path, capsys):
     import json
 
-    from hpcblend.validate import validate_main
+    from hpcblend.analysis.validate import validate_main
 
     out, _ = default_run
     js = tmp_path / "v.json"

@@ -21,10 +21,10 @@ values) are in :mod:`hpcblend.report.figures`; the numbers in
 :mod:`hpcblend.report.data`.
 """
 
-from .build import SECTION_IDS, make_report, report_main
-from .data import RunData, compare_numbers, load_run, run_numbers, scaling_mask
-from .fit import binned_medians, fit_power_law
-from .gallery import (GALLERY_VERSION, GalleryCollector, gallery_ids, gallery_record, gallery_record_from_result, read_gallery,
+from hpcblend.report.build import SECTION_IDS, make_report, report_main
+from hpcblend.report.data import RunData, compare_numbers, load_run, run_numbers, scaling_mask
+from hpcblend.report.fit import binned_medians, fit_power_law
+from hpcblend.report.gallery import (GALLERY_VERSION, GalleryCollector, gallery_ids, gallery_record, gallery_record_from_result, read_gallery,
                       records_from_inputs, select_gallery_blends, write_gallery)
 
 __all__ = [

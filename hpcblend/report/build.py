@@ -39,10 +39,10 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from .data import RunData, compare_numbers, exception_mask, flag_columns, load_run, run_numbers
-from .figures import (fig_compare_flux, fig_compare_runtime, fig_flags, fig_gallery_record, fig_rank_time,
+from hpcblend.report.data import RunData, compare_numbers, exception_mask, flag_columns, load_run, run_numbers
+from hpcblend.report.figures import (fig_compare_flux, fig_compare_runtime, fig_flags, fig_gallery_record, fig_rank_time,
                       fig_runtime_hist, fig_runtime_scaling, figure_png)
-from .gallery import read_gallery
+from hpcblend.report.gallery import read_gallery
 
 __all__ = ["make_report", "report_main", "SECTION_IDS"]
 
@@ -337,8 +337,8 @@ def _scaling_section(nums: dict, run: RunData, figs: _Figures) -> str:
                         ("blends in the fit", _fmt(f["n"]), "")]))
     body.append(figs.img(fig_runtime_scaling(run.blends, f), "runtime_scaling", "runtime vs n_peaks and area"))
     b = run.blends
-    from .data import scaling_mask
-    from .fit import binned_medians
+    from hpcblend.report.data import scaling_mask
+    from hpcblend.report.fit import binned_medians
 
     sel = scaling_mask(b) if len(b) else np.zeros(0, dtype=bool)
     for col, label in (("n_peaks", "n_peaks"), ("footprint_area", "footprint area [px]")):
@@ -352,9 +352,9 @@ def _scaling_section(nums: dict, run: RunData, figs: _Figures) -> str:
 
 
 def _callstack_section(run: RunData, nums: dict, out_dir: str, figs: _Figures) -> str:
-    from hpcblend.flamegraph import (_profiles_for_speedscope, flamegraph_svg, merge_stacks, stage_table,
+    from hpcblend.analysis.flamegraph import (_profiles_for_speedscope, flamegraph_svg, merge_stacks, stage_table,
                                      top_functions, write_speedscope, _stage_names)
-    from hpcblend.profiling import write_collapsed
+    from hpcblend.diagnostics.sampler import write_collapsed
 
     body = []
     ss = nums["stage_sums_s"]
@@ -448,7 +448,7 @@ def _compare_section(a: RunData, b: RunData, na: dict, nb: dict, figs: _Figures)
 
 def _scorecard_section(path: str, baseline: Optional[str]) -> tuple:
     """The scorecard's table (``hpcblend scorecard``; the compared run as baseline) and its checks as dicts."""
-    from ..scorecard import judge, load_thresholds, scorecard_metrics
+    from hpcblend.analysis.scorecard import judge, load_thresholds, scorecard_metrics
 
     checks = judge(scorecard_metrics(path), load_thresholds(), scorecard_metrics(baseline) if baseline else None)
     header = ["metric", "value", "threshold", "status"] + (["baseline", "vs baseline"] if baseline else [])

@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..catalog import _attr_to_py
-from .fit import fit_power_law
+from hpcblend.io.catalog import _attr_to_py
+from hpcblend.report.fit import fit_power_law
 
 __all__ = ["RunData", "load_run", "run_numbers", "scaling_mask", "exception_mask", "flag_columns",
            "compare_numbers", "match_ids"]
@@ -36,7 +36,7 @@ class RunData:
     provenance, config : dict
         JSON groups (``{}`` when absent).
     profiles : list of dict
-        ``/profile`` (see :func:`hpcblend.profiling.read_profiles`); ``[]``
+        ``/profile`` (see :func:`hpcblend.diagnostics.sampler.read_profiles`); ``[]``
         when profiling was off.
     gallery_ids : list of int
         Blend ids with a ``/gallery`` record.
@@ -76,8 +76,8 @@ def load_run(path: str | os.PathLike) -> RunData:
     """
     import json
 
-    from hpcblend.catalog import open_catalog, read_table
-    from hpcblend.profiling import read_profiles
+    from hpcblend.io.catalog import open_catalog, read_table
+    from hpcblend.diagnostics.sampler import read_profiles
 
     path = os.fspath(path)
     with open_catalog(path) as f:

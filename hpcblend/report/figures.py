@@ -17,10 +17,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from hpcblend.profiling import OTHER_STAGE, STAGES
+from hpcblend.diagnostics.sampler import OTHER_STAGE, STAGES
 
-from .data import RunData, exception_mask, flag_columns, match_ids, scaling_mask
-from .fit import binned_medians
+from hpcblend.report.data import RunData, exception_mask, flag_columns, match_ids, scaling_mask
+from hpcblend.report.fit import binned_medians
 
 __all__ = [
     "new_figure",

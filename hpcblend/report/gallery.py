@@ -135,7 +135,7 @@ def gallery_record(blend_id: int, images: np.ndarray, model: Optional[np.ndarray
 def gallery_record_from_result(blend: Any, result: Any, config: Any, reason: str,
                                child_bad: Optional[np.ndarray] = None, info: Optional[Mapping] = None,
                                peak_box: int = 7) -> dict:
-    """A gallery record from a blend and its :class:`hpcblend.deblend.DeblendResult` (or None).
+    """A gallery record from a blend and its :class:`hpcblend.deblend.deblender.DeblendResult` (or None).
 
     The observed model is rebuilt from ``result.sed`` and ``result.morphs``
     (convolved with the blend's difference kernels), which costs about one
@@ -143,8 +143,8 @@ def gallery_record_from_result(blend: Any, result: Any, config: Any, reason: str
 
     Parameters
     ----------
-    blend : hpcblend.inputs.BlendData
-    result : hpcblend.deblend.DeblendResult or None
+    blend : hpcblend.io.blends.BlendData
+    result : hpcblend.deblend.deblender.DeblendResult or None
         None (or an unfitted result) when the deblender raised or skipped:
         the record then has no model and a ``peak_box``-sized box around each
         peak.
@@ -163,7 +163,7 @@ def gallery_record_from_result(blend: Any, result: Any, config: Any, reason: str
     dict
         See :func:`gallery_record`.
     """
-    from hpcblend.deblend import build_observation, convolve_sources
+    from hpcblend.deblend.deblender import build_observation, convolve_sources
 
     k = blend.n_peaks
     model = None
@@ -250,7 +250,7 @@ def write_gallery(path: str | os.PathLike, records: Iterable[Mapping[str, Any]],
     ValueError
         Unknown storage.
     """
-    from hpcblend.catalog import append_group
+    from hpcblend.io.catalog import append_group
 
     if storage not in ("float16", "float32"):
         raise ValueError(f"storage must be 'float16' or 'float32', got {storage!r}")
@@ -560,10 +560,10 @@ def records_from_inputs(catalog_path: str | os.PathLike, reasons: Mapping[int, s
     list of dict
         :func:`gallery_record` dicts (for :func:`write_gallery`).
     """
-    from hpcblend.catalog import read_json_group, read_table
+    from hpcblend.io.catalog import read_json_group, read_table
     from hpcblend.config import job_from_dict
-    from hpcblend.deblend import deblend_blend
-    from hpcblend.inputs import read_blend
+    from hpcblend.deblend.deblender import deblend_blend
+    from hpcblend.io.blends import read_blend
 
     blends = read_table(catalog_path, "blends")
     cfg = dict(read_json_group(catalog_path, "config"))

@@ -15,7 +15,7 @@ Ids (:func:`hpcblend.skymap.encode_id`): tract, patch and a running number —
 
 Failure policy: bad data become masked pixels or flagged rows, never a lost
 patch. Bad pixels of a coadd (non-finite image, variance not finite or <= 0,
-without ``NO_DATA``) are masked on reading (:func:`hpcblend.coadd.read_patch`)
+without ``NO_DATA``) are masked on reading (:func:`hpcblend.io.coadd.read_patch`)
 and counted in the patch row's ``n_bad_pixels``; the blends that touch them
 are deblended with those pixels at zero weight. A data error in one blend
 becomes a flagged row; a data error of the patch itself (unreadable file, a
@@ -32,12 +32,12 @@ import time
 
 import numpy as np
 
-from .config import JobConfig
-from .deblend import deblend_blend
-from .errors import is_programming_error
-from .inputs import DEFAULT_BAD_MASK_PLANES, mask_bits
-from .pipeline import fill_child_rows, fill_parent_row, flag_exception, offer_to_gallery
-from .schema import blend_spec, model_pixel_spec, model_spec, patch_spec, source_spec
+from hpcblend.config import JobConfig
+from hpcblend.deblend.deblender import deblend_blend
+from hpcblend.errors import is_programming_error
+from hpcblend.io.blends import DEFAULT_BAD_MASK_PLANES, mask_bits
+from hpcblend.units.blends import fill_child_rows, fill_parent_row, flag_exception, offer_to_gallery
+from hpcblend.io.schema import blend_spec, model_pixel_spec, model_spec, patch_spec, source_spec
 
 __all__ = ["process_patch", "patch_tables", "warm_up_tract"]
 
@@ -65,18 +65,18 @@ def warm_up_tract(bands=("g", "r", "i", "z", "y"), tract_dir=None) -> float:
     float
         Seconds taken.
     """
-    from .detect import detection_image, detect_footprints, footprint_to_blend
-    from .forced import forced_photometry
+    from hpcblend.detect import detection_image, detect_footprints, footprint_to_blend
+    from hpcblend.measure.forced import forced_photometry
 
     t0 = time.perf_counter()
     if tract_dir is not None:
-        from .coadd import read_box
-        from .skymap import Box
+        from hpcblend.io.coadd import read_box
+        from hpcblend.skymap import Box
 
-        from .errors import HpcblendError
+        from hpcblend.errors import HpcblendError
 
         try:
-            from .coadd import read_tract_shape
+            from hpcblend.io.coadd import read_tract_shape
 
             shape = read_tract_shape(tract_dir, bands=tuple(bands))
             read_box(tract_dir, Box((0, 0), (min(256, shape[0]), min(256, shape[1]))), bands=tuple(bands))
@@ -111,13 +111,13 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
 
     Parameters
     ----------
-    unit : hpcblend.driver.WorkUnit
+    unit : hpcblend.parallel.driver.WorkUnit
         ``unit.info["patch"]`` is the :class:`hpcblend.skymap.PatchInfo`,
         ``unit.path`` the tract directory.
     job : JobConfig
     bands : tuple of str
     rank : int
-    sampler : hpcblend.profiling.StackSampler, optional
+    sampler : hpcblend.diagnostics.sampler.StackSampler, optional
         Stage tags (load, detect, init, fit, measure) for the call-stack sampler.
     gallery : hpcblend.report.gallery.GalleryCollector, optional
         Offered every deblended blend (image records of failed, flagged, slow ones).
@@ -136,9 +136,9 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
         A programming error (:func:`hpcblend.errors.is_programming_error`)
         anywhere in the patch, never turned into a failed row.
     """
-    from .coadd import read_patch
-    from .detect import detection_image, detect_footprints, estimate_background
-    from .profiling import NullSampler
+    from hpcblend.io.coadd import read_patch
+    from hpcblend.detect import detection_image, detect_footprints, estimate_background
+    from hpcblend.diagnostics.sampler import NullSampler
 
     sampler = sampler or NullSampler()
 
@@ -217,8 +217,8 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
 def _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank, sampler,
                        gallery=None) -> dict:
     """Rows of one footprint (the children this patch owns)."""
-    from .detect import footprint_to_blend
-    from .skymap import encode_id
+    from hpcblend.detect import footprint_to_blend
+    from hpcblend.skymap import encode_id
 
     bspec = blend_spec()
     sspec = source_spec(bands, tract=True, radii=job.measure.aperture_radii)
@@ -305,7 +305,7 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
         offer_to_gallery(gallery, row, blend, result, job)
     mspec, pspec = model_spec(bands), model_pixel_spec()
     if job.measure.store_models and result is not None and result.morphs is not None:
-        from .models import pack_models
+        from hpcblend.io.models import pack_models
 
         comps = np.nonzero(owned[result.owner])[0]  # components of the children this patch owns
         number = (comps >= blend.n_peaks).astype(np.int64)  # 0: main (halo), 1: core
@@ -381,7 +381,7 @@ def _forced(blend, fp, models, src, patch, data, images, labels, job, bands) -> 
     Pixels of *other* footprints get zero weight (the child's model stands in
     for them), the blend's other children are subtracted by their models.
     """
-    from .forced import forced_photometry
+    from hpcblend.measure.forced import forced_photometry
 
     pad = job.measure.forced_pad
     h_out, w_out = images.shape[1:]

@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .catalog import read_bands, read_table
-from .errors import ConfigError
+from hpcblend.io.catalog import read_bands, read_table
+from hpcblend.errors import ConfigError
 
 __all__ = ["STAGES", "run_bench_tract", "format_tract_report", "write_tract_json"]
 
@@ -57,11 +57,11 @@ def run_bench_tract(job_path: Optional[str] = None, overrides: Sequence[str] = (
     """
     from mpi4py import MPI
 
-    from .config import default_job, load_job
-    from .deblend import warm_up
-    from .driver import run_job
-    from .patches import warm_up_tract
-    from .profiling import read_profiles
+    from hpcblend.config import default_job, load_job
+    from hpcblend.deblend.deblender import warm_up
+    from hpcblend.parallel.driver import run_job
+    from hpcblend.units.tract import warm_up_tract
+    from hpcblend.diagnostics.sampler import read_profiles
 
     overrides = tuple(overrides) + ("run.progress=false",)
     job = load_job(job_path, overrides) if job_path else default_job(overrides)

@@ -1,9 +1,9 @@
 """Collapsed call stacks → merged profiles, speedscope JSON, flame-graph SVG, text tables.
 
 Input everywhere is the collapsed-stack mapping ``{"root;frame;...;leaf": count}``
-(see :mod:`hpcblend.profiling`) or a list of per-rank profile dicts
-(:meth:`hpcblend.profiling.StackSampler.results`,
-:func:`hpcblend.profiling.read_profiles`). Nothing here runs an external
+(see :mod:`hpcblend.diagnostics.sampler`) or a list of per-rank profile dicts
+(:meth:`hpcblend.diagnostics.sampler.StackSampler.results`,
+:func:`hpcblend.diagnostics.sampler.read_profiles`). Nothing here runs an external
 program: the SVG is drawn from rectangles and text by this module.
 
 ``hpcblend profile CATALOG`` is :func:`profile_main`.
@@ -19,7 +19,7 @@ import zlib
 from typing import Any, Iterable, Mapping, Optional, Sequence
 from xml.sax.saxutils import escape
 
-from .profiling import OTHER_STAGE, STAGES
+from hpcblend.diagnostics.sampler import OTHER_STAGE, STAGES
 
 __all__ = [
     "busy_seconds",
@@ -162,7 +162,7 @@ def load_stacks(path: str | os.PathLike, rank: Optional[int] = None, slowest: bo
     stacks : dict of str -> int
         Merged (and selected) stacks.
     """
-    from .profiling import read_collapsed, read_profiles
+    from hpcblend.diagnostics.sampler import read_collapsed, read_profiles
 
     path = os.fspath(path)
     if path.endswith((".h5", ".hdf5", ".hdf")):
@@ -525,8 +525,8 @@ def profile_main(argv: Optional[Sequence[str]] = None) -> int:
         0 on success, 1 when the catalog has no profile, 2 on a usage or
         read error.
     """
-    from .errors import HpcblendError
-    from .profiling import write_collapsed
+    from hpcblend.errors import HpcblendError
+    from hpcblend.diagnostics.sampler import write_collapsed
 
     ap = argparse.ArgumentParser(prog="hpcblend profile",
                                  description="call-stack profile of a run: stage table, top frames, flame graph")

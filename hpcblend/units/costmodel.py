@@ -170,7 +170,7 @@ class CostModel:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "CostModel":
-        from .errors import ConfigError
+        from hpcblend.errors import ConfigError
 
         v = int(d.get("cost_model_version", COST_MODEL_VERSION))
         if v > COST_MODEL_VERSION:
@@ -207,7 +207,7 @@ class CostModel:
         hpcblend.errors.ConfigError
             The file is missing, not JSON, or lacks the model's keys.
         """
-        from .errors import ConfigError
+        from hpcblend.errors import ConfigError
 
         path = os.fspath(path)
         try:
@@ -353,7 +353,7 @@ def fit_arrays(t, features: Mapping[str, Sequence[float]], kind: str = "blend", 
 
 def _training_rows(path: str, kind: str):
     """(t, features) of one catalog: ``/blends`` rows that were fitted, or ``/patches`` rows that are ok."""
-    from .catalog import open_catalog, read_table
+    from hpcblend.io.catalog import open_catalog, read_table
 
     with open_catalog(path) as f:
         has_patches = "patches" in f
@@ -462,7 +462,7 @@ def costmodel_main(argv: Optional[Sequence[str]] = None) -> int:
 
     Returns the exit code (0 ok, 2 error).
     """
-    from .errors import HpcblendError
+    from hpcblend.errors import HpcblendError
 
     ap = argparse.ArgumentParser(prog="hpcblend costmodel", description="Fit or show a per-unit runtime model.")
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -33,14 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from .catalog import read_table
-from .errors import ConfigError, HpcblendError
+from hpcblend.io.catalog import read_table
+from hpcblend.errors import ConfigError, HpcblendError
 
 __all__ = ["Check", "scorecard_metrics", "load_thresholds", "judge", "format_scorecard", "scorecard_main",
            "DEFAULT_THRESHOLDS"]
 
 #: The thresholds used without ``--thresholds`` (the same as ``jobs/scorecard.yaml``).
-DEFAULT_THRESHOLDS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs",
+DEFAULT_THRESHOLDS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "jobs",
                                   "scorecard.yaml")
 
 _RULE_KEYS = {"max", "min", "baseline"}
@@ -104,7 +104,7 @@ def scorecard_metrics(path: str) -> dict:
 
 
 def _core_hours(path: str, t_total: np.ndarray) -> float:
-    from .profiling import read_profiles
+    from hpcblend.diagnostics.sampler import read_profiles
 
     profiles = read_profiles(path)
     if profiles:
@@ -133,7 +133,7 @@ def load_thresholds(path: str | None = None) -> dict:
         The file cannot be read, is not a mapping, or a rule has an unknown key or a non-number, named
         with the metric.
     """
-    from .config import _load_yaml, _yaml_error_message  # the job files' loader: no aliases or duplicate keys
+    from hpcblend.config import _load_yaml, _yaml_error_message  # the job files' loader: no aliases or duplicate keys
 
     path = path or DEFAULT_THRESHOLDS
     try:

@@ -11,7 +11,7 @@ the per-unit work outside ``t_total`` (``/profile`` busy stages minus the
 summed ``t_total``, per unit), the bytes each unit adds to the catalog, the
 measured cost of one write round, and the wall times.
 
-:func:`simulate` then plays the driver's protocol (:mod:`hpcblend.driver`) on
+:func:`simulate` then plays the driver's protocol (:mod:`hpcblend.parallel.driver`) on
 N simulated ranks with an event queue (``heapq``; O(U log N) for U units, plus
 O(N) per write round):
 
@@ -71,7 +71,7 @@ Defaults (when the catalog or a measurement does not say)
 :data:`DEFAULT_SCHED_LATENCY_S` (5 µs) — one passive-target ``Lock/
 Fetch_and_op/Unlock`` on rank 0's window across a cluster network (an
 assumption; 2–20 µs in practice). On one node it is ~1 µs: measure it with
-:func:`rma_latency_benchmark` (``mpirun -n 2 python -m hpcblend.scaling
+:func:`rma_latency_benchmark` (``mpirun -n 2 python -m hpcblend.analysis.scaling
 rma-bench``; the development VM gave 0.99 µs median with rank 0 computing,
 and 7 µs median / 38 µs p90 with 4 ranks on its 2 cores).
 :data:`DEFAULT_ROUND_LATENCY_S` (8 ms) — one write round with a few hundred
@@ -106,7 +106,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .config import RunConfig, write_round_units
+from hpcblend.config import RunConfig, write_round_units
 
 __all__ = ["POLICIES", "Workload", "ReplayParams", "ReplayResult", "load_workload", "replicate", "simulate",
            "replay", "replay_table", "rma_latency_benchmark", "scaling_main", "DEFAULT_SCHED_LATENCY_S",
@@ -184,13 +184,13 @@ class Workload:
         return len(self.cost)
 
     def predicted(self, model=None) -> np.ndarray:
-        """Per-unit predicted cost from a :class:`hpcblend.costmodel.CostModel` (default: the default model).
+        """Per-unit predicted cost from a :class:`hpcblend.units.costmodel.CostModel` (default: the default model).
 
         For blend units the rows' predictions are summed per unit. A patch
         workload without a model gets one fitted on its own patches
         (in-sample) — pass a model fitted on an earlier run to avoid that.
         """
-        from .costmodel import default_cost_model, fit_arrays
+        from hpcblend.units.costmodel import default_cost_model, fit_arrays
 
         if self.kind == "blend":
             model = model or default_cost_model()
@@ -242,8 +242,8 @@ def load_workload(path: str | os.PathLike, overhead: str = "rank") -> Workload:
     ``round_cost_s`` (write seconds per call on the rank that waited least);
     ``sum_cost_s``.
     """
-    from .catalog import open_catalog, read_json_group, read_table
-    from .profiling import read_profiles
+    from hpcblend.io.catalog import open_catalog, read_json_group, read_table
+    from hpcblend.diagnostics.sampler import read_profiles
 
     path = os.fspath(path)
     with open_catalog(path) as f:
@@ -286,7 +286,7 @@ def load_workload(path: str | os.PathLike, overhead: str = "rank") -> Workload:
         inv = inv.ravel()
         U = len(ukeys)
         cost = np.bincount(inv, weights=np.asarray(rows["t_total"], float), minlength=U)
-        from .costmodel import unit_features
+        from hpcblend.units.costmodel import unit_features
 
         rf = unit_features(rows, "blend")
         feats = {k: np.bincount(inv, weights=v, minlength=U) for k, v in rf.items()}
@@ -589,7 +589,7 @@ def simulate(wl: Workload, n_ranks: int, policy: str = "dynamic_cost", params: O
         One of :data:`POLICIES`.
     params : ReplayParams, optional
         Default: ``params_for(wl)``.
-    model : hpcblend.costmodel.CostModel, optional
+    model : hpcblend.units.costmodel.CostModel, optional
         Predictor for ``dynamic_cost`` (default model if None).
     order : ndarray, optional
         Explicit hand-out order (unit indices) instead of the policy's.
@@ -850,13 +850,13 @@ def scaling_main(argv: Optional[Sequence[str]] = None) -> int:
     """``hpcblend scaling replay CATALOG [--ranks 1 2 ... 4096] [--policy ...] [--json OUT] [--plot PNG]``,
     ``hpcblend scaling rma-bench`` (run under ``mpirun -n 2``) and ``hpcblend scaling study ...``
     (``profiling/scaling_study.py``, from a source checkout). Returns the exit code."""
-    from .errors import HpcblendError
+    from hpcblend.errors import HpcblendError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "study":  # everything after "study" belongs to profiling/scaling_study.py
         import runpy
 
-        script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiling",
+        script = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "profiling",
                               "scaling_study.py")
         if not os.path.exists(script):
             print(f"hpcblend scaling study: needs a source checkout ({script} not found)", file=sys.stderr)
@@ -893,7 +893,7 @@ def scaling_main(argv: Optional[Sequence[str]] = None) -> int:
                         json.dump(r, fh, indent=2)
             return 0
         wl = load_workload(args.catalog)
-        from .costmodel import load_cost_model
+        from hpcblend.units.costmodel import load_cost_model
 
         model = load_cost_model(args.cost_model) if args.cost_model else None
         P = _params_from_args(wl, args)

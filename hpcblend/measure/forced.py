@@ -42,8 +42,8 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import sep
 
-from .errors import BlendDataError, PsfError
-from .kernels.moments import MOMENTS_OK, adaptive_moments
+from hpcblend.errors import BlendDataError, PsfError
+from hpcblend.kernels.moments import MOMENTS_OK, adaptive_moments
 
 __all__ = [
     "FORCED_PSF_EDGE",

@@ -548,8 +548,8 @@ def write_profiles(path: str | os.PathLike, profiles: Sequence[Mapping[str, Any]
         If the file does not exist, is not an hpcblend catalog, two profiles
         name the same rank, or it cannot be written.
     """
-    from .catalog import append_group
-    from .errors import CatalogError
+    from hpcblend.io.catalog import append_group
+    from hpcblend.errors import CatalogError
 
     path = os.fspath(path)
     items = [(_profile_rank(p, i), p) for i, p in enumerate(profiles) if p is not None]
@@ -640,7 +640,7 @@ def read_profiles(path: str | os.PathLike) -> list:
     """
     import h5py
 
-    from .errors import CatalogError
+    from hpcblend.errors import CatalogError
 
     if isinstance(path, (h5py.File, h5py.Group)):
         return _read_profiles_file(path.file)
@@ -655,7 +655,7 @@ def read_profiles(path: str | os.PathLike) -> list:
 
 
 def _read_profiles_file(f: Any) -> list:
-    from .errors import CatalogError
+    from hpcblend.errors import CatalogError
 
     if "profile" not in f:
         return []

@@ -54,7 +54,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import BlendDataError, InputError, PsfError
+from hpcblend.errors import BlendDataError, InputError, PsfError
 
 __all__ = [
     "BlendData",

@@ -12,12 +12,12 @@ from collections import Counter
 
 import numpy as np
 
-from .config import JobConfig
-from .deblend import deblend_blend
-from .errors import BlendDataError, InputError, is_programming_error
-from .inputs import (PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_MERGED, PEAK_OUTSIDE_FOOTPRINT, _id_from_stem,
+from hpcblend.config import JobConfig
+from hpcblend.deblend.deblender import deblend_blend
+from hpcblend.errors import BlendDataError, InputError, is_programming_error
+from hpcblend.io.blends import (PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_MERGED, PEAK_OUTSIDE_FOOTPRINT, _id_from_stem,
                      peek_blend, read_blend)
-from .schema import blend_spec, source_spec
+from hpcblend.io.schema import blend_spec, source_spec
 
 __all__ = ["process_unit", "process_blend_file", "blend_file_ids", "unit_failed", "child_id", "flag_exception",
            "fill_parent_row", "fill_child_rows", "offer_to_gallery"]
@@ -31,7 +31,7 @@ def flag_exception(row, exc: BaseException) -> None:
 
 
 def fill_parent_row(row, result) -> None:
-    """Copy a :class:`hpcblend.deblend.DeblendResult`'s times (s), iterations, χ², flags and error into a
+    """Copy a :class:`hpcblend.deblend.deblender.DeblendResult`'s times (s), iterations, χ², flags and error into a
     ``/blends`` row (shape (1,))."""
     row["t_init"] = result.t_init
     row["t_fit"] = result.t_fit
@@ -50,8 +50,8 @@ def fill_child_rows(src, result, origin, bands) -> None:
 
     Parameters
     ----------
-    src : ndarray, shape (K,), dtype of :func:`hpcblend.schema.source_spec`
-    result : hpcblend.deblend.DeblendResult
+    src : ndarray, shape (K,), dtype of :func:`hpcblend.io.schema.source_spec`
+    result : hpcblend.deblend.deblender.DeblendResult
     origin : (int, int)
         (y0, x0) of the blend's pixel [0, 0] in the catalog's frame; centroids are shifted by it (pixels).
     bands : sequence of str
@@ -92,7 +92,7 @@ def fill_child_rows(src, result, origin, bands) -> None:
 
 def offer_to_gallery(gallery, row, blend, result, job) -> None:
     """Offer a finished blend to the failure gallery (a record is made only if it is kept)."""
-    from .report.gallery import gallery_record_from_result
+    from hpcblend.report.gallery import gallery_record_from_result
 
     gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, job.deblend, reason))
 
@@ -102,11 +102,11 @@ def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None, galle
 
     Parameters
     ----------
-    unit : hpcblend.driver.WorkUnit
+    unit : hpcblend.parallel.driver.WorkUnit
     job : JobConfig
     bands : tuple of str
     rank : int
-    sampler : hpcblend.profiling.StackSampler, optional
+    sampler : hpcblend.diagnostics.sampler.StackSampler, optional
         Stage tags (load, detect, init, fit, measure) for the call-stack sampler.
     gallery : hpcblend.report.gallery.GalleryCollector, optional
         Offered every blend, keeps image records of failed, flagged and slow ones.
@@ -116,7 +116,7 @@ def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None, galle
     dict of str -> ndarray
         Rows per catalog table (``"blends"``, ``"sources"``).
     """
-    from .profiling import NullSampler
+    from hpcblend.diagnostics.sampler import NullSampler
 
     sampler = sampler or NullSampler()
     if unit.kind == "blend":
@@ -124,7 +124,7 @@ def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None, galle
                                       parent_id=unit.info.get("blend_id"))
         return {"blends": row, "sources": src}
     if unit.kind == "patch":
-        from .patches import process_patch
+        from hpcblend.units.tract import process_patch
 
         return process_patch(unit, job, bands, rank, sampler=sampler, gallery=gallery)
     raise ValueError(f"unknown work unit kind {unit.kind!r}")
@@ -242,7 +242,7 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
         Catalog bands; a blend with another band count becomes a flagged row.
     rank : int
         MPI rank, recorded in the row.
-    sampler : hpcblend.profiling.StackSampler, optional
+    sampler : hpcblend.diagnostics.sampler.StackSampler, optional
         Stage tags for the call-stack sampler.
     gallery : hpcblend.report.gallery.GalleryCollector, optional
         Offered the finished blend (image records of failed, flagged, slow blends).
@@ -251,8 +251,8 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
 
     Returns
     -------
-    blend_rows : ndarray, shape (1,), dtype of :func:`hpcblend.schema.blend_spec`
-    source_rows : ndarray, shape (K,), dtype of :func:`hpcblend.schema.source_spec`
+    blend_rows : ndarray, shape (1,), dtype of :func:`hpcblend.io.schema.blend_spec`
+    source_rows : ndarray, shape (K,), dtype of :func:`hpcblend.io.schema.source_spec`
 
     Raises
     ------
@@ -272,7 +272,7 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
     t0 = time.perf_counter()
     peaks = None
     blend_read = None
-    from .profiling import NullSampler
+    from hpcblend.diagnostics.sampler import NullSampler
 
     sampler = sampler or NullSampler()
     try:

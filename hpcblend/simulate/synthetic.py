@@ -3,7 +3,7 @@
 For tests, benchmarks and the built-in demo job: :func:`make_synthetic_blend`
 draws a few galaxies with random positions, shapes and SEDs, convolved with a
 per-band double-Gaussian PSF, adds Gaussian noise, and returns the blend as
-:class:`~hpcblend.inputs.BlendData` together with the truth;
+:class:`~hpcblend.io.blends.BlendData` together with the truth;
 :func:`write_demo_blends` writes a small varied collection of them in the
 hsc_blends npz layout.
 
@@ -37,7 +37,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .inputs import BlendData, _atomic_write, _blend_arrays, _npz_bytes
+from hpcblend.io.blends import BlendData, _atomic_write, _blend_arrays, _npz_bytes
 
 __all__ = [
     "make_synthetic_blend",
@@ -420,7 +420,7 @@ def write_demo_blends(directory: Union[str, os.PathLike], n_blends: int = 8, see
     Blends follow :data:`DEMO_BLEND_SPECS` (cycled with new seeds beyond 8):
     1 to 6 sources, 30–80 px boxes, Gaussian and Sérsic profiles, and one
     blend (id 4) with two peaks 2 px apart. Files are in the hsc_blends layout
-    (:func:`~hpcblend.inputs.write_blend`) with deterministic bytes; a file
+    (:func:`~hpcblend.io.blends.write_blend`) with deterministic bytes; a file
     that already holds the same bytes is left untouched, so calling this again
     (or from several ranks) is harmless.
 

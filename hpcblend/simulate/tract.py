@@ -2,11 +2,11 @@
 
 :func:`simulate_tract` draws a multi-band coadd tract — galaxies (bulge + disk,
 or real COSMOS morphologies), stars, a per-band PSF and Gaussian sky noise — and
-writes it in the layout of :mod:`hpcblend.coadd` plus a truth catalog:
+writes it in the layout of :mod:`hpcblend.io.coadd` plus a truth catalog:
 
 ``<out_dir>/coadd_<band>.fits``
     IMAGE (float32 counts, celestial TAN WCS), VARIANCE (float32, the constant
-    sky variance), MASK (int32, all zero) — see :mod:`hpcblend.coadd`.
+    sky variance), MASK (int32, all zero) — see :mod:`hpcblend.io.coadd`.
 ``<out_dir>/psf_<band>.fits``
     HDU ``PSF``: the PSF image (float64, ``psf_size`` x ``psf_size``, odd,
     pixel-convolved, centred on the central pixel, sum 1).
@@ -75,9 +75,9 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from .coadd import TractPaths, write_tract
-from .errors import ConfigError, InputError
-from .inputs import MASK_PLANES
+from hpcblend.io.coadd import TractPaths, write_tract
+from hpcblend.errors import ConfigError, InputError
+from hpcblend.io.blends import MASK_PLANES
 
 __all__ = [
     "HSC_DEPTH",
@@ -125,7 +125,7 @@ class SimulatedTract:
         ``out_dir``.
     paths : TractPaths
         Coadd and PSF files (``coadd_<band>.fits``, ``psf_<band>.fits``);
-        pass to :func:`hpcblend.coadd.read_tract`.
+        pass to :func:`hpcblend.io.coadd.read_tract`.
     truth_path : str
         ``<out_dir>/truth.fits``.
     truth : astropy.table.Table

@@ -57,7 +57,7 @@ Validation done on reading (``read_tract`` and, on the patch's outer box only,
   renormalised to sum to exactly 1 (float64). PSFs of different sizes are
   zero-padded to the largest (both odd, so the centre stays the centre).
 
-Mask planes: hpcblend's planes and bits are :data:`hpcblend.inputs.MASK_PLANES`.
+Mask planes: hpcblend's planes and bits are :data:`hpcblend.io.blends.MASK_PLANES`.
 A file without ``MP_`` cards is taken to use them. A file whose dictionary
 differs is remapped on reading: planes named in ``MASK_PLANES`` get hpcblend's
 bit, other planes get the free bits above it (in the order of their file
@@ -90,9 +90,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from .errors import InputError, PsfError
-from .inputs import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, mask_bits
-from .skymap import Box, PatchInfo
+from hpcblend.errors import InputError, PsfError
+from hpcblend.io.blends import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, mask_bits
+from hpcblend.skymap import Box, PatchInfo
 
 __all__ = [
     "COADD_FORMAT_VERSION",
@@ -121,7 +121,7 @@ PSF_TOLERANCE: float = 1e-3
 
 _HDUS = ("IMAGE", "VARIANCE", "MASK")
 _WCS_TOL = dict(crval=1e-9, crpix=1e-6, cd_rtol=1e-9)
-#: The truth catalog a simulated tract carries next to its coadds (:data:`hpcblend.simulate.TRUTH_FILE`; its
+#: The truth catalog a simulated tract carries next to its coadds (:data:`hpcblend.simulate.tract.TRUTH_FILE`; its
 #: ``flux_<band>`` columns name the tract's bands). Not imported: simulate imports this module.
 _TRUTH_FILE = "truth.fits"
 #: Canonical band order used when bands are discovered from file names.
@@ -177,7 +177,7 @@ def tract_paths(directory: PathLike, bands: Optional[Sequence[str]] = None,
         other files say exists must have its coadd file: a ``psf_pattern``
         file of the band, a ``BANDS`` card in a coadd's primary header (see
         the module docstring), or a ``flux_<band>`` column in the
-        directory's ``truth.fits`` (:func:`hpcblend.simulate.simulate_tract`).
+        directory's ``truth.fits`` (:func:`hpcblend.simulate.tract.simulate_tract`).
         A band's coadd without its PSF file is reported by the readers
         (:class:`~hpcblend.errors.PsfError`, at planning through
         :func:`check_tract`).
@@ -334,7 +334,7 @@ class TractData:
     paths : TractPaths
         Files read.
     mask_planes : dict of str to int
-        Plane name -> bit number; equals :data:`hpcblend.inputs.MASK_PLANES`
+        Plane name -> bit number; equals :data:`hpcblend.io.blends.MASK_PLANES`
         plus any extra planes found in the files.
     box : Box
         Where the arrays sit in the tract frame: ``Box((0, 0), tract_shape)``
@@ -993,7 +993,7 @@ def write_tract(directory: PathLike, bands: Sequence[str], images: np.ndarray, v
         ``MAGZERO`` card (HSC coadds: 27).
     mask_planes : mapping of str to int, optional
         Plane -> bit, written as ``MP_<NAME>`` cards; default
-        :data:`hpcblend.inputs.MASK_PLANES`.
+        :data:`hpcblend.io.blends.MASK_PLANES`.
     pattern, psf_pattern : str
         File names with a ``{band}`` field.
     header : mapping, optional

@@ -31,11 +31,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .config import DeblendConfig
-from .deblend import build_observation, deblend_blend, warm_up
-from .errors import is_programming_error
-from .inputs import BlendData, expand_inputs, read_blend
-from .kernels.convolution import convolve_bands, correlate_bands
+from hpcblend.config import DeblendConfig
+from hpcblend.deblend.deblender import build_observation, deblend_blend, warm_up
+from hpcblend.errors import is_programming_error
+from hpcblend.io.blends import BlendData, expand_inputs, read_blend
+from hpcblend.kernels.convolution import convolve_bands, correlate_bands
 
 __all__ = ["REFERENCES", "REFERENCE_README", "ScarletLiteSettings", "ScarletLiteRunner", "load_scarlet_lite",
            "run_bench_deblend", "format_report", "write_json"]
@@ -122,7 +122,7 @@ def load_scarlet_lite():
 
 
 class ScarletLiteRunner:
-    """Deblend :class:`~hpcblend.inputs.BlendData` with scarlet_lite as the LSST pipeline does.
+    """Deblend :class:`~hpcblend.io.blends.BlendData` with scarlet_lite as the LSST pipeline does.
 
     Parameters
     ----------
@@ -158,7 +158,7 @@ class ScarletLiteRunner:
 
         Weights are ``1/variance``, zero at :attr:`bad_mask_planes`, at
         non-positive variance and outside the footprint
-        (:meth:`~hpcblend.inputs.BlendData.weights`, as hpcblend weights the
+        (:meth:`~hpcblend.io.blends.BlendData.weights`, as hpcblend weights the
         same blend). Images, variance, PSFs and peaks are the blend's own.
 
         Parameters
@@ -203,7 +203,7 @@ class ScarletLiteRunner:
         """hpcblend's χ²/pixel of a fitted scarlet_lite blend.
 
         ``Σ W (D*M − Y)² / N`` over the N (band, pixel) with ``W > 0``, float64
-        (:func:`hpcblend.measure.chi2_per_pixel`), with the observed-frame model
+        (:func:`hpcblend.measure.children.chi2_per_pixel`), with the observed-frame model
         ``D*M`` from ``Blend.get_model(convolve=True)``.
         """
         model = np.asarray(fitted.get_model(convolve=True).data, dtype=np.float64)
@@ -360,11 +360,11 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
                       note: Callable[[str], None] = print) -> dict:
     """Deblend every blend of ``paths`` on one core after a warm-up, optionally beside a reference.
 
-    Blends are read first (:func:`~hpcblend.inputs.read_blend`, not timed).
-    hpcblend's kernels are warmed by :func:`~hpcblend.deblend.warm_up`
+    Blends are read first (:func:`~hpcblend.io.blends.read_blend`, not timed).
+    hpcblend's kernels are warmed by :func:`~hpcblend.deblend.deblender.warm_up`
     (``cold_start_s``); with a reference, the smallest blend (n_peaks ×
     footprint area) then goes once through each deblender, not timed. Each
-    blend is then deblended by hpcblend (:func:`~hpcblend.deblend.deblend_blend`:
+    blend is then deblended by hpcblend (:func:`~hpcblend.deblend.deblender.deblend_blend`:
     init, fit, measure) and, with a reference, by scarlet_lite
     (:meth:`ScarletLiteRunner.deblend`: observation, initialisation, fit — the
     call the LSST pipeline times), one after the other, hpcblend first on even
@@ -373,7 +373,7 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
     Parameters
     ----------
     paths : sequence of str
-        Files, directories or glob patterns (:func:`~hpcblend.inputs.expand_inputs`).
+        Files, directories or glob patterns (:func:`~hpcblend.io.blends.expand_inputs`).
     reference : {"scarlet_lite"} or None
     config : DeblendConfig, optional
         hpcblend's settings (default: ``DeblendConfig()``).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels.measurement import measure_children_kernel
+from hpcblend.kernels.measurement import measure_children_kernel
 
 __all__ = ["ChildMeasurements", "measure_children", "measure_children_reference", "chi2_per_pixel"]
 

@@ -1,4 +1,4 @@
-"""Validate a tract run's catalog against the simulation truth (:func:`hpcblend.simulate.read_truth`).
+"""Validate a tract run's catalog against the simulation truth (:func:`hpcblend.simulate.tract.read_truth`).
 
 What is measured (:func:`validate_tract`)
 -----------------------------------------
@@ -124,7 +124,7 @@ def _psf_images(tract_dir: Optional[str], bands) -> dict:
     for b in bands:
         path = os.path.join(tract_dir, f"psf_{b}.fits") if tract_dir else ""
         if path and os.path.isfile(path):
-            from .coadd import _read_psf
+            from hpcblend.io.coadd import _read_psf
 
             out[b] = _read_psf(path, b, 1e-2)
     return out
@@ -188,7 +188,7 @@ def truth_snr(truth, tract_dir: Optional[str] = None, filter_sigma: float = 1.5)
     Parameters
     ----------
     truth : astropy.table.Table
-        From :func:`hpcblend.simulate.read_truth` (``meta`` holds ``SKYSIG_<B>``,
+        From :func:`hpcblend.simulate.tract.read_truth` (``meta`` holds ``SKYSIG_<B>``,
         ``FWHM_<B>``, ``PIXSCALE``).
     tract_dir : str, optional
         Directory of ``psf_<b>.fits`` (the PSF's effective area); Gaussian PSFs otherwise.
@@ -362,19 +362,19 @@ def _radius_labels(names, bands) -> list:
 
 
 def _read_catalog(path: str) -> dict:
-    from .catalog import open_catalog, read_table
+    from hpcblend.io.catalog import open_catalog, read_table
 
     with open_catalog(path) as f:
         tables = {name: read_table(f, name) for name in ("sources", "patches", "blends") if name in f}
         bands = [b for b in str(f.attrs.get("bands", "")).split(",") if b]
     if "sources" not in tables:
-        from .errors import CatalogError
+        from hpcblend.errors import CatalogError
 
         raise CatalogError(f"{path}: no /sources table")
     missing = [c for c in ("x", "y", "peak_x", "peak_y", "ra", "dec", "patch", "blendedness")
                if c not in tables["sources"].dtype.names]
     if missing:
-        from .errors import CatalogError
+        from hpcblend.errors import CatalogError
 
         raise CatalogError(f"{path}: /sources lacks {missing}: not the catalog of a tract run (input.kind: tract)")
     tables["bands"] = bands
@@ -382,7 +382,7 @@ def _read_catalog(path: str) -> dict:
 
 
 def _config_tract_dir(path: str) -> Optional[str]:
-    from .catalog import read_json_group
+    from hpcblend.io.catalog import read_json_group
 
     try:
         cfg = read_json_group(path, "config")
@@ -399,7 +399,7 @@ def _config_tract_dir(path: str) -> Optional[str]:
 class _PatchDetection:
     """Re-run the pipeline's detection (background, detection image, significance, segmentation) per patch.
 
-    Exactly the steps of :func:`hpcblend.patches.process_patch` before the
+    Exactly the steps of :func:`hpcblend.units.tract.process_patch` before the
     footprints, with the run's ``detect`` settings, on each patch's outer box;
     used to tell why a truth source was lost (below threshold in the data, or
     seen only by a patch that does not own it). Maps are cached (at most
@@ -407,8 +407,8 @@ class _PatchDetection:
     """
 
     def __init__(self, tract_dir: str, cfg: dict, bands, cache: int = 4):
-        from .coadd import read_tract_shape
-        from .skymap import make_patches
+        from hpcblend.io.coadd import read_tract_shape
+        from hpcblend.skymap import make_patches
 
         inp = cfg.get("input") or {}
         self.det = cfg.get("detect") or {}
@@ -426,8 +426,8 @@ class _PatchDetection:
 
     def _maps(self, flat: int):
         if flat not in self._cache:
-            from .coadd import read_patch
-            from .detect import _segment, detection_image, estimate_background, significance_image
+            from hpcblend.io.coadd import read_patch
+            from hpcblend.detect import _segment, detection_image, estimate_background, significance_image
 
             if len(self._cache) >= self._size:
                 self._cache.pop(next(iter(self._cache)))
@@ -527,13 +527,13 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
     report : str
         The same as text (:func:`format_report`).
     """
-    from .simulate import read_truth
+    from hpcblend.simulate.tract import read_truth
 
     tabs = _read_catalog(catalog)  # first: a missing or foreign catalog is the error to report
     if truth_dir is None:
         truth_dir = _config_tract_dir(catalog)
         if truth_dir is None:
-            from .errors import InputError
+            from hpcblend.errors import InputError
 
             raise InputError(f"{catalog}: no truth directory given and the catalog's /config has no input.tract_dir")
     truth_dir = os.fspath(truth_dir)
@@ -550,7 +550,7 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
     edge_margin = fwhm_px if edge_margin is None else float(edge_margin)
     run_cfg = {}
     try:
-        from .catalog import read_json_group
+        from hpcblend.io.catalog import read_json_group
 
         run_cfg = read_json_group(catalog, "config")
     except Exception:  # noqa: BLE001 - defaults below
@@ -636,7 +636,7 @@ def validate_tract(catalog: str, truth_dir: Optional[str] = None, *, radius: flo
     losses = []
     lost = np.nonzero(sample & (t2c < 0))[0]
     if pdet is not None:  # patch by patch, so that each patch's detection is re-run once
-        from .skymap import owner_index
+        from hpcblend.skymap import owner_index
 
         lost = lost[np.argsort(owner_index((ny, nx), pdet.patches[0].inner.shape, ty[lost], tx[lost]),
                                kind="stable")] if nx and ny else lost
@@ -950,7 +950,7 @@ def validate_main(argv: Optional[Sequence[str]] = None) -> int:
                     help="do not re-run the patches' detection to explain losses (faster; coarser reasons)")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target fails")
     args = ap.parse_args(argv)
-    from .errors import HpcblendError
+    from hpcblend.errors import HpcblendError
 
     try:
         res, _ = validate_tract(args.catalog, args.truth, radius=args.radius, snr_min=args.snr_min,

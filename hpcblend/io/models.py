@@ -3,7 +3,7 @@
 Each child's model at the model PSF is ``sed ⊗ morph`` on its box. The
 catalog stores one ``/models`` row per child (box, SED) and the morphology
 pixels, row-major, in ``/model_pixels`` rows of
-:data:`hpcblend.schema.MODEL_CHUNK` float32 values (the last row zero-padded).
+:data:`hpcblend.io.schema.MODEL_CHUNK` float32 values (the last row zero-padded).
 Both tables are sorted by child id when the run is finalised, so a child's
 model is found by binary search without reading the whole file.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import CatalogError
-from .schema import MODEL_CHUNK, model_pixel_spec, model_spec
+from hpcblend.errors import CatalogError
+from hpcblend.io.schema import MODEL_CHUNK, model_pixel_spec, model_spec
 
 __all__ = ["pack_models", "read_model", "render_model_rgb", "ChildModel"]
 
@@ -87,8 +87,8 @@ def pack_models(child_ids, parent_ids, sed, morphs, boxes, origin, bands, model_
 
     Returns
     -------
-    models : ndarray, dtype of :func:`hpcblend.schema.model_spec`
-    pixels : ndarray, dtype of :func:`hpcblend.schema.model_pixel_spec`
+    models : ndarray, dtype of :func:`hpcblend.io.schema.model_spec`
+    pixels : ndarray, dtype of :func:`hpcblend.io.schema.model_pixel_spec`
     """
     mspec, pspec = model_spec(bands), model_pixel_spec()
     k = len(child_ids)
@@ -130,7 +130,7 @@ def read_model(path, child_id: int) -> ChildModel:
     CatalogError
         The catalog has no stored models, or none for this id.
     """
-    from .catalog import open_catalog
+    from hpcblend.io.catalog import open_catalog
 
     with open_catalog(path) as f:
         if "models" not in f or "model_pixels" not in f:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import read_bands, read_json_group, read_table
-from .config import job_from_dict
-from .errors import HpcblendError, InputError
+from hpcblend.io.catalog import read_bands, read_json_group, read_table
+from hpcblend.config import job_from_dict
+from hpcblend.errors import HpcblendError, InputError
 
 __all__ = ["ReproduceReport", "reproduce_unit", "table_differences", "reproduce_main"]
 
@@ -105,7 +105,7 @@ def _recorded_job(catalog: str):
 
 
 def _find_unit(catalog: str, job, unit_id: int):
-    from .driver import plan_units
+    from hpcblend.parallel.driver import plan_units
 
     units = plan_units(job)
     if job.input.kind == "tract":
@@ -121,15 +121,15 @@ def _find_unit(catalog: str, job, unit_id: int):
 
 def _unit_files(job, unit) -> list:
     if unit.kind == "patch":
-        from .coadd import tract_paths
-        from .driver import tract_dir
+        from hpcblend.io.coadd import tract_paths
+        from hpcblend.parallel.driver import tract_dir
 
         return list(tract_paths(tract_dir(job), job.input.bands).files())
     return [unit.path]
 
 
 def _changed_inputs(prov: dict, files: list) -> list:
-    from .provenance import sha256_file
+    from hpcblend.diagnostics.provenance import sha256_file
 
     recorded = {os.path.abspath(e["path"]): e.get("sha256") for e in prov.get("input_files", [])}
     out = []
@@ -149,7 +149,7 @@ def _changed_inputs(prov: dict, files: list) -> list:
 
 
 def _changed_software(prov: dict) -> list:
-    from .provenance import software_versions
+    from hpcblend.diagnostics.provenance import software_versions
 
     recorded = prov.get("versions", {})
     now = software_versions()
@@ -202,7 +202,7 @@ def reproduce_unit(catalog: str, unit_id: int, allow_changes: bool = False) -> R
     hpcblend.errors.InputError
         No unit has that id, or the job's inputs cannot be planned.
     """
-    from .pipeline import process_unit
+    from hpcblend.units.blends import process_unit
 
     job = _recorded_job(catalog)
     prov = read_json_group(catalog, "provenance")

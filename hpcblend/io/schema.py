@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .catalog import TableSpec
+from hpcblend.io.catalog import TableSpec
 
 __all__ = ["blend_spec", "source_spec", "patch_spec", "model_spec", "model_pixel_spec", "MODEL_CHUNK",
            "PARENT_FLAG_COLUMNS", "CHILD_FLAG_COLUMNS"]
@@ -45,7 +45,7 @@ def source_spec(bands, tract: bool = False, radii=None) -> TableSpec:
     bands : sequence of str
     tract : bool
         Add the columns of tract runs: ``ra``, ``dec`` (deg), ``tract``,
-        ``patch``, and the forced photometry of :func:`hpcblend.forced.forced_columns`
+        ``patch``, and the forced photometry of :func:`hpcblend.measure.forced.forced_columns`
         (prefixed ``forced_`` where a name would clash).
     radii : sequence of float, optional
         Aperture radii (pixels) of the forced photometry.
@@ -69,7 +69,7 @@ def source_spec(bands, tract: bool = False, radii=None) -> TableSpec:
     cols += [(f, "?", "") for f in CHILD_FLAG_COLUMNS + ("flag_peak_duplicate", "flag_peak_merged",
                                                         "flag_peak_masked", "flag_peak_outside_footprint")]
     if tract:
-        from .forced import forced_columns
+        from hpcblend.measure.forced import forced_columns
 
         unit_map = {"count": "ct", "pixel": "pix", "pixel**2": "pix2", "": ""}
         for name, dt, unit in forced_columns(bands, radii or (3.0, 6.0, 12.0)):
@@ -86,7 +86,7 @@ def patch_spec() -> TableSpec:
 
     ``n_bad_pixels`` (int64): pixels of the patch's outer box masked on reading, summed over bands — image not
     finite, or variance not finite or <= 0, where the coadd's ``NO_DATA`` bit was clear
-    (:func:`hpcblend.coadd.read_patch` sets ``NO_DATA`` on them); 0 for a patch that failed on reading.
+    (:func:`hpcblend.io.coadd.read_patch` sets ``NO_DATA`` on them); 0 for a patch that failed on reading.
     """
     cols = [("id", "i8", ""), ("tract", "i4", ""), ("patch", "i4", ""), ("patch_y", "i4", ""), ("patch_x", "i4", ""),
             ("inner_bbox", ("i8", (4,)), "pix"), ("outer_bbox", ("i8", (4,)), "pix"),

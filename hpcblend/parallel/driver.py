@@ -30,7 +30,7 @@ CLI exits with code 3: "checkpointed, resume with --resume").
 Rank failure
 ------------
 A blend or patch that raises becomes a flagged row (see
-:mod:`hpcblend.pipeline`). An error outside that isolation on one rank is
+:mod:`hpcblend.units.blends`). An error outside that isolation on one rank is
 logged with the rank and the unit, and ``MPI.Abort`` ends the whole job with a
 non-zero exit instead of leaving the others waiting. Every rank keeps
 ``<output>.log/rank_<r>.inflight`` naming the unit it is working on, removed
@@ -55,12 +55,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import CatalogWriter
-from .config import JobConfig, job_to_dict, write_round_units
-from .errors import CatalogError, HpcblendError, InputError, is_programming_error
-from .inputs import expand_inputs, peek_blend
-from .provenance import collect_provenance
-from .schema import blend_spec, source_spec
+from hpcblend.io.catalog import CatalogWriter
+from hpcblend.config import JobConfig, job_to_dict, write_round_units
+from hpcblend.errors import CatalogError, HpcblendError, InputError, is_programming_error
+from hpcblend.io.blends import expand_inputs, peek_blend
+from hpcblend.diagnostics.provenance import collect_provenance
+from hpcblend.io.schema import blend_spec, source_spec
 
 __all__ = ["run_job", "plan_units", "WorkUnit", "RunInterrupted", "StopOnSignal", "inflight_units", "list_units",
            "node_name"]
@@ -110,7 +110,7 @@ class WorkUnit:
 def list_units(job: JobConfig) -> list:
     """Sorted input files of a blend-collection job (``kind: demo`` writes its synthetic blends first)."""
     if job.input.kind == "demo":
-        from .synthetic import write_demo_blends
+        from hpcblend.simulate.synthetic import write_demo_blends
 
         cache = job.input.cache_dir
         if not os.path.isabs(cache):
@@ -139,7 +139,7 @@ def _ensure_tract(job: JobConfig) -> str:
     d = tract_dir(job)
     sim = job.input.simulate
     if sim.enabled and not glob.glob(os.path.join(d, "coadd_*.fits")):
-        from .simulate import simulate_tract
+        from hpcblend.simulate.tract import simulate_tract
 
         cosmos = sim.cosmos_dir
         if cosmos and not os.path.isabs(cosmos):
@@ -166,8 +166,8 @@ def plan_units(job: JobConfig) -> list:
         No inputs match, or an input cannot be looked at.
     """
     if job.input.kind == "tract":
-        from .coadd import check_tract
-        from .skymap import make_patches
+        from hpcblend.io.coadd import check_tract
+        from hpcblend.skymap import make_patches
 
         d = _ensure_tract(job)
         shape = check_tract(d, job.input.bands)  # every band's headers, WCS and PSF, before any patch
@@ -181,7 +181,7 @@ def plan_units(job: JobConfig) -> list:
             units.append(WorkUnit(index=p.flat, key=f"tract {p.tract} patch {p.name}", path=d, cost=cost,
                                   kind="patch", info={"patch": p}))
         return units
-    from .pipeline import blend_file_ids
+    from hpcblend.units.blends import blend_file_ids
 
     model = _cost_model(job)
     paths = list_units(job)
@@ -199,7 +199,7 @@ def plan_units(job: JobConfig) -> list:
 
 def _cost_model(job: JobConfig):
     """The runtime model used to order units (``run.cost_model`` or the default)."""
-    from .costmodel import load_cost_model
+    from hpcblend.units.costmodel import load_cost_model
 
     path = job.run.cost_model
     if path and not os.path.isabs(path):
@@ -219,7 +219,7 @@ def _comm():
 def _tables(job: JobConfig, bands) -> list:
     """Catalog tables of a job kind."""
     if job.input.kind == "tract":
-        from .patches import patch_tables
+        from hpcblend.units.tract import patch_tables
 
         return patch_tables(bands, job.measure.aperture_radii)
     return [blend_spec(), source_spec(bands)]
@@ -228,7 +228,7 @@ def _tables(job: JobConfig, bands) -> list:
 def _input_files(job: JobConfig, units) -> list:
     """Files whose checksums go into the provenance."""
     if job.input.kind == "tract":
-        from .coadd import tract_paths
+        from hpcblend.io.coadd import tract_paths
 
         return list(tract_paths(tract_dir(job), job.input.bands).files()) if units else []
     return [u.path for u in units]
@@ -236,14 +236,14 @@ def _input_files(job: JobConfig, units) -> list:
 
 def _bands_of(job: JobConfig, units):
     if job.input.kind == "tract":
-        from .coadd import tract_paths
+        from hpcblend.io.coadd import tract_paths
 
         return tuple(tract_paths(tract_dir(job)).bands)
     return _bands_from_first(units)
 
 
 def _bands_from_first(units):
-    from .inputs import read_blend
+    from hpcblend.io.blends import read_blend
 
     for u in units:
         try:
@@ -646,11 +646,11 @@ def _run_planned(MPI, comm, job: JobConfig, out: str, units: list, resume: bool,
 
     t_warm = 0.0
     if job.run.warmup:
-        from .deblend import warm_up
+        from hpcblend.deblend.deblender import warm_up
 
         t_warm = warm_up()
         if job.input.kind == "tract":
-            from .patches import warm_up_tract
+            from hpcblend.units.tract import warm_up_tract
 
             t_warm += warm_up_tract(bands, units[0].path if units else None)
         log.info("rank %d: kernels ready in %.2f s (cold start)", rank, t_warm)
@@ -671,9 +671,9 @@ def _run_planned(MPI, comm, job: JobConfig, out: str, units: list, resume: bool,
         n_retry = len(writer.failed_units() & {units[i].key for i in todo})
         log.info("resume: %d of %d units already in the catalog, %d to go (%d failed before, retried)",
                  len(units) - len(todo), len(units), len(todo), n_retry)
-    from .profiling import StackSampler
+    from hpcblend.diagnostics.sampler import StackSampler
 
-    from .report.gallery import GalleryCollector
+    from hpcblend.report.gallery import GalleryCollector
 
     sampler = (StackSampler(job.profile.sample_hz, lines=job.profile.lines) if job.profile.sample_hz > 0
                else StackSampler(0.0))
@@ -741,7 +741,7 @@ def _report_fatal(out: str, rank: int, exc: BaseException) -> None:
 
 def _store_gallery(comm, out: str, gallery) -> None:
     """Gather the ranks' failure-gallery records to rank 0 and append them to the catalog (``/gallery``)."""
-    from .report.gallery import write_gallery
+    from hpcblend.report.gallery import write_gallery
 
     gathered = comm.gather(gallery.records(), root=0)
 
@@ -756,7 +756,7 @@ def _store_gallery(comm, out: str, gallery) -> None:
 
 def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
     """Gather every rank's stage times and stacks to rank 0 and append them to the catalog (``/profile``)."""
-    from .profiling import write_collapsed, write_profiles
+    from hpcblend.diagnostics.sampler import write_collapsed, write_profiles
 
     res = sampler.results(rank=comm.rank)
     if job.profile.write_collapsed and job.profile.sample_hz > 0:
@@ -767,7 +767,7 @@ def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
     gathered = comm.gather(res, root=0)
     _on_rank0(comm, lambda: write_profiles(out, gathered))
     if comm.rank == 0:
-        from .flamegraph import busy_seconds
+        from hpcblend.analysis.flamegraph import busy_seconds
 
         busy = {p["rank"]: busy_seconds(p) for p in gathered}  # the report's definition: all but wait/mpi
         wall = max(p["elapsed_s"] for p in gathered)
@@ -786,7 +786,7 @@ def _work_loop(MPI, comm, job, writer, units, todo, bands, specs, out, progress,
     all_done : bool
         Every unit of ``todo`` was processed and committed.
     """
-    from .pipeline import process_unit, unit_failed
+    from hpcblend.units.blends import process_unit, unit_failed
 
     rank, size = comm.rank, comm.size
     sched = _Schedule(MPI, comm)

@@ -1,12 +1,12 @@
 """Deblend one blend: observation, source initialisation, the fit, flags.
 
 Orchestrates the kernels of :mod:`hpcblend.kernels` for a single
-:class:`~hpcblend.inputs.BlendData` following scarlet (Melchior et al. 2018,
+:class:`~hpcblend.io.blends.BlendData` following scarlet (Melchior et al. 2018,
 Astronomy & Computing 24, 129) and scarlet_lite's split of concerns:
 :class:`Observation` (data, weights, PSF-difference kernels),
 initialisation (:func:`initialize_sources`), the compiled fit loop
 (:func:`hpcblend.kernels.fit.fit_blend`, one call per blend), and the child
-measurements (:mod:`hpcblend.measure`).
+measurements (:mod:`hpcblend.measure.children`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Optional
 import numpy as np
 import scipy.fft
 
-from .config import DeblendConfig
-from .errors import BlendDataError, NumericalFailure, PsfError
-from .inputs import PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_OUTSIDE_FOOTPRINT, PEAK_OUTSIDE_IMAGE, BlendData
-from .kernels import convolution, fit, initialization, psf
-from .measure import measure_children
+from hpcblend.config import DeblendConfig
+from hpcblend.errors import BlendDataError, NumericalFailure, PsfError
+from hpcblend.io.blends import PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_OUTSIDE_FOOTPRINT, PEAK_OUTSIDE_IMAGE, BlendData
+from hpcblend.kernels import convolution, fit, initialization, psf
+from hpcblend.measure.children import measure_children
 
 __all__ = ["Observation", "DeblendResult", "build_observation", "initialize_sources", "deblend_blend",
            "warm_up"]
@@ -92,14 +92,14 @@ class DeblendResult:
         more than ``e_rel`` above it or ``max_iter`` ended the fit
         (:func:`hpcblend.kernels.fit.fit_blend`).
     chi2_per_pixel : float
-        See :func:`hpcblend.measure.chi2_per_pixel`; NaN when not fitted.
+        See :func:`hpcblend.measure.children.chi2_per_pixel`; NaN when not fitted.
     t_init, t_fit, t_measure : float
         Wall times in seconds.
     flags : dict of str → bool (and one int)
         Parent flags (``flag_skipped_too_many_peaks``, ``flag_skipped_too_large``,
         ``flag_not_converged``, ``flag_failed``, ``flag_incomplete_data``,
         ``flag_bad_fit``), plus ``n_peaks_dropped`` (int, peaks not fitted);
-        :func:`hpcblend.pipeline.fill_parent_row` copies every entry into
+        :func:`hpcblend.units.blends.fill_parent_row` copies every entry into
         the ``/blends`` column of the same name.
     error_type, error_message : str
         Exception class and message of a numerical failure, else "".
@@ -116,15 +116,15 @@ class DeblendResult:
         the children's main components, in peak order.
     children : dict
         Child measurements per peak, (K,) or (K, B) (see
-        :func:`hpcblend.measure.measure_children`) plus ``alive`` (K,) bool;
+        :func:`hpcblend.measure.children.measure_children`) plus ``alive`` (K,) bool;
         empty when not fitted. Dropped peaks (see ``peak_flags``) have NaN
         fluxes, centroids and blendedness and ``alive`` False; a band
         without data (see ``bands_fitted``) has NaN ``flux_model``,
         ``flux`` and ``flux_err``.
     peak_flags : ndarray, shape (K,), int32
-        Status of each peak (:attr:`hpcblend.inputs.BlendData.peak_flags`,
-        plus :data:`hpcblend.inputs.PEAK_OUTSIDE_IMAGE` for any peak outside
-        the image); peaks with a :data:`hpcblend.inputs.PEAK_DROPPED` bit are
+        Status of each peak (:attr:`hpcblend.io.blends.BlendData.peak_flags`,
+        plus :data:`hpcblend.io.blends.PEAK_OUTSIDE_IMAGE` for any peak outside
+        the image); peaks with a :data:`hpcblend.io.blends.PEAK_DROPPED` bit are
         not fitted: their main component (index = peak index) is a
         placeholder with zero SED and morphology and an empty box at the
         peak (clipped to the image).
@@ -454,7 +454,7 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> Debl
     ----------
     blend : BlendData
     config : DeblendConfig
-    sampler : hpcblend.profiling.StackSampler, optional
+    sampler : hpcblend.diagnostics.sampler.StackSampler, optional
         Gets the stages ``init``, ``fit`` and ``measure`` (with the blend id)
         as they start; the caller's enclosing ``sampler.stage(...)`` restores
         its own stage afterwards.
@@ -466,7 +466,7 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> Debl
         unfitted with their skip flag; a numerical failure during the fit
         comes back with ``flag_failed``, ``error_type`` and ``error_message``
         set. Only the kept peaks (``blend.peak_flags`` without a
-        :data:`~hpcblend.inputs.PEAK_DROPPED` bit, and inside the image) are
+        :data:`~hpcblend.io.blends.PEAK_DROPPED` bit, and inside the image) are
         fitted, on the bands with at least one weighted pixel; the children,
         ``sed``, ``conv`` etc. still cover all K peaks and B bands (see
         :class:`DeblendResult`). ``flag_incomplete_data``: more than 10 % of

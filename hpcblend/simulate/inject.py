@@ -4,7 +4,7 @@
 [--separation-range 0.5 3.0] [--morphology cosmos|sersic] [--cosmos DIR]`` adds N fake galaxies
 to every input blend (the inputs are never modified) and writes, in ``OUT_DIR``, one new blend file
 per input (same name, so the parent id is kept; the hsc_blends npz layout of
-:func:`hpcblend.inputs.write_blend`) and the truth table ``truth/injections.npz`` (in a sub-folder, so
+:func:`hpcblend.io.blends.write_blend`) and the truth table ``truth/injections.npz`` (in a sub-folder, so
 ``hpcblend run JOB --input OUT_DIR`` reads only the blend files).
 
 ``hpcblend inject metrics CATALOG TRUTH [--band i]`` matches the injections to the catalog's children
@@ -64,9 +64,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .catalog import read_table
-from .errors import HpcblendError, InputError
-from .inputs import PEAK_DROPPED, BlendData, _atomic_write, _npz_bytes, expand_inputs, read_blend, write_blend
+from hpcblend.io.catalog import read_table
+from hpcblend.errors import HpcblendError, InputError
+from hpcblend.io.blends import PEAK_DROPPED, BlendData, _atomic_write, _npz_bytes, expand_inputs, read_blend, write_blend
 
 __all__ = [
     "PIXEL_SCALE",
@@ -243,7 +243,7 @@ def inject_blend(blend: BlendData, rng: np.random.Generator, n: int, *, mag_rang
     Parameters
     ----------
     blend : BlendData
-        A blend from :func:`hpcblend.inputs.read_blend` (images, variance (B, H, W) in counts /
+        A blend from :func:`hpcblend.io.blends.read_blend` (images, variance (B, H, W) in counts /
         counts², psfs (B, Ph, Pw) summing to 1, peaks (K, 2) (y, x)).
     rng : numpy.random.Generator
         Source of every random choice (position, magnitude, morphology, noise).
@@ -355,7 +355,7 @@ def inject_blends(inputs, out_dir: str, *, seed: int = 0, per_blend: int = 2, ma
     Parameters
     ----------
     inputs : str or list of str
-        Files, directories or glob patterns (:func:`hpcblend.inputs.expand_inputs`).
+        Files, directories or glob patterns (:func:`hpcblend.io.blends.expand_inputs`).
     out_dir : str
         Output directory (created); gets ``<same name>.npz`` per input and :data:`TRUTH_FILE`.
         Input files are only read.
