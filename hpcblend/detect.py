@@ -48,7 +48,7 @@ from scipy.signal import fftconvolve
 
 from hpcblend.errors import BlendDataError, HpcblendError
 from hpcblend.io.blends import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, BlendData, mask_bits
-from hpcblend.skymap import Box
+from hpcblend.geometry import Box
 
 __all__ = [
     "Box",
@@ -88,7 +88,7 @@ class Footprint:
     label : int
         Label of the footprint in the (grown) segmentation, 1-based, in raster
         order of its first pixel.
-    bbox : hpcblend.skymap.Box
+    bbox : hpcblend.geometry.Box
         Bounding box in the patch-outer frame (pixels): ``origin`` (y0, x0),
         ``shape`` (h, w).
     mask : ndarray, shape bbox.shape (h, w), bool

@@ -11,7 +11,8 @@ from hpcblend.io.coadd import (TractData, TractPaths, read_patch, read_tract, re
                             write_tract)
 from hpcblend.errors import InputError, PsfError
 from hpcblend.io.blends import MASK_PLANES
-from hpcblend.skymap import Box, make_patches
+from hpcblend.geometry import Box
+from hpcblend.skymap import make_patches
 
 BANDS = ("g", "r", "i")
 SHAPE = (60, 80)
@@ -340,7 +341,7 @@ def test_read_patch_memory_is_outer_box_sized(tmp_path):
 def test_read_box_matches_astropy_and_scaled_hdus(tract_dir):
     """The row reads give astropy's pixels (native byte order); scaled HDUs fall back to sections."""
     from hpcblend.io.coadd import read_box
-    from hpcblend.skymap import Box
+    from hpcblend.geometry import Box
 
     box = Box((7, 11), (40, 52))
     data = read_box(tract_dir, box)

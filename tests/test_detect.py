@@ -337,7 +337,7 @@ def test_significance_image_matches_direct_matched_filter():
 
 
 def test_footprint_bbox_is_the_skymap_box():
-    from hpcblend.skymap import Box
+    from hpcblend.geometry import Box
 
     images, variance, mask = _field((50, 50), [(20, 30, _flux_for_snr(30), PSF_SIGMA)], seed=13)
     (f,) = _detect(images, variance, mask)

@@ -28,7 +28,8 @@ from hpcblend.io.catalog import read_table
 from hpcblend.config import job_from_dict
 from hpcblend.errors import InputError, NumericalFailure
 from hpcblend.io.blends import MASK_PLANES
-from hpcblend.skymap import Box, make_patches
+from hpcblend.geometry import Box
+from hpcblend.skymap import make_patches
 
 SHAPE = (600, 600)
 BANDS = ("g", "r", "i")

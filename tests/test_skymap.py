@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from hpcblend.errors import ConfigError, HpcblendError, InputError
-from hpcblend.skymap import (MAX_PATCH, MAX_RUNNING, MAX_TRACT, Box, PatchInfo, decode_id, encode_id,
+from hpcblend.geometry import Box
+from hpcblend.skymap import (MAX_PATCH, MAX_RUNNING, MAX_TRACT, PatchInfo, decode_id, encode_id,
                              make_patches, owner_index, owning_patch, patch_grid_shape, pixel_index)
 
 

@@ -92,7 +92,8 @@ from astropy.wcs import WCS, FITSFixedWarning
 
 from hpcblend.errors import InputError, PsfError
 from hpcblend.io.blends import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, mask_bits
-from hpcblend.skymap import Box, PatchInfo
+from hpcblend.geometry import Box
+from hpcblend.skymap import PatchInfo
 
 __all__ = [
     "COADD_FORMAT_VERSION",

@@ -71,7 +71,7 @@ def warm_up_tract(bands=("g", "r", "i", "z", "y"), tract_dir=None) -> float:
     t0 = time.perf_counter()
     if tract_dir is not None:
         from hpcblend.io.coadd import read_box
-        from hpcblend.skymap import Box
+        from hpcblend.geometry import Box
 
         from hpcblend.errors import HpcblendError
 
