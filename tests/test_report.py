@@ -17,8 +17,10 @@ from hpcblend.config import default_job
 from hpcblend.parallel.driver import run_job
 from hpcblend.io.blends import write_blend
 from hpcblend.diagnostics.sampler import StackSampler, read_profiles, write_profiles
-from hpcblend.report import (SECTION_IDS, fit_power_law, gallery_record, load_run, make_report, read_gallery,
-                             records_from_inputs, report_main, run_numbers, scaling_mask, write_gallery)
+from hpcblend.diagnostics.gallery import gallery_record
+from hpcblend.io.gallery import read_gallery, write_gallery
+from hpcblend.report import (SECTION_IDS, fit_power_law, load_run, make_report, records_from_inputs, report_main,
+                             run_numbers, scaling_mask)
 from hpcblend.report.figures import (fig_compare_runtime, fig_flags, fig_gallery_record, fig_rank_time,
                                      fig_runtime_scaling)
 from hpcblend.report.gallery import select_gallery_blends
@@ -253,7 +255,7 @@ def test_report_full_with_compare_and_headless_render(tmp_path, catalogs):
 
 
 def test_gallery_collector_keeps_failed_flagged_and_slowest():
-    from hpcblend.report import GalleryCollector
+    from hpcblend.diagnostics.gallery import GalleryCollector
     from hpcblend.io.schema import blend_spec
 
     rows = blend_spec().empty(12)

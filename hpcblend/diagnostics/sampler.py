@@ -65,6 +65,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from hpcblend.io.json_values import json_default
+
 __all__ = [
     "STAGES",
     "OTHER_STAGE",
@@ -602,13 +604,9 @@ def _write_one(g: Any, rank: int, p: Mapping[str, Any]) -> None:
     g.attrs["rank"] = np.int64(rank)
     g.attrs["host"] = str(meta.get("host") or "")
     g.attrs["lines"] = str(meta.get("lines") or "none")
-    g.attrs["json"] = json.dumps(meta, sort_keys=True, default=_json_default)
+    g.attrs["json"] = json.dumps(meta, sort_keys=True, default=json_default)
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
 def _stage_order(name: str) -> tuple:

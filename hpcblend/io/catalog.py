@@ -68,6 +68,8 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
+from hpcblend.io.json_values import json_default
+
 from hpcblend.errors import CatalogError, SchemaVersionError
 
 __all__ = [
@@ -147,16 +149,6 @@ def _check_name(kind: str, name: str) -> None:
         )
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
 def _flatten_scalars(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -604,7 +596,7 @@ class CatalogWriter:
         groups = {}
         for name, content in json_groups.items():
             try:
-                text = json.dumps(content, sort_keys=True, default=_json_default)
+                text = json.dumps(content, sort_keys=True, default=json_default)
             except (TypeError, ValueError) as exc:
                 raise CatalogError(f"{self.path}: json group {name!r} is not JSON-serialisable: {exc}") from exc
             groups[name] = (text, _flatten_scalars(json.loads(text)))

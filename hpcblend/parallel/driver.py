@@ -673,7 +673,7 @@ def _run_planned(MPI, comm, job: JobConfig, out: str, units: list, resume: bool,
                  len(units) - len(todo), len(units), len(todo), n_retry)
     from hpcblend.diagnostics.sampler import StackSampler
 
-    from hpcblend.report.gallery import GalleryCollector
+    from hpcblend.diagnostics.gallery import GalleryCollector
 
     sampler = (StackSampler(job.profile.sample_hz, lines=job.profile.lines) if job.profile.sample_hz > 0
                else StackSampler(0.0))
@@ -741,7 +741,7 @@ def _report_fatal(out: str, rank: int, exc: BaseException) -> None:
 
 def _store_gallery(comm, out: str, gallery) -> None:
     """Gather the ranks' failure-gallery records to rank 0 and append them to the catalog (``/gallery``)."""
-    from hpcblend.report.gallery import write_gallery
+    from hpcblend.io.gallery import write_gallery
 
     gathered = comm.gather(gallery.records(), root=0)
 

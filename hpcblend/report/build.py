@@ -39,10 +39,12 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from hpcblend.io.json_values import json_default
+
 from hpcblend.report.data import RunData, compare_numbers, exception_mask, flag_columns, load_run, run_numbers
 from hpcblend.report.figures import (fig_compare_flux, fig_compare_runtime, fig_flags, fig_gallery_record, fig_rank_time,
                       fig_runtime_hist, fig_runtime_scaling, figure_png)
-from hpcblend.report.gallery import read_gallery
+from hpcblend.io.gallery import read_gallery
 
 __all__ = ["make_report", "report_main", "SECTION_IDS"]
 
@@ -464,12 +466,6 @@ def _scorecard_section(path: str, baseline: Optional[str]) -> tuple:
     return verdict + _table(header, rows), [c.__dict__ | {"failed": c.failed} for c in checks]
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 def make_report(catalog_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -540,7 +536,7 @@ def make_report(catalog_path: str | os.PathLike, out_dir: str | os.PathLike,
     with open(index, "w", encoding="utf-8") as fh:
         fh.write("\n".join(page))
     with open(os.path.join(out_dir, "summary.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=1, default=_json_default)
+        json.dump(summary, fh, indent=1, default=json_default)
     return index
 
 

@@ -92,7 +92,7 @@ def fill_child_rows(src, result, origin, bands) -> None:
 
 def offer_to_gallery(gallery, row, blend, result, job) -> None:
     """Offer a finished blend to the failure gallery (a record is made only if it is kept)."""
-    from hpcblend.report.gallery import gallery_record_from_result
+    from hpcblend.diagnostics.gallery import gallery_record_from_result
 
     gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, job.deblend, reason))
 
@@ -108,7 +108,7 @@ def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None, galle
     rank : int
     sampler : hpcblend.diagnostics.sampler.StackSampler, optional
         Stage tags (load, detect, init, fit, measure) for the call-stack sampler.
-    gallery : hpcblend.report.gallery.GalleryCollector, optional
+    gallery : hpcblend.diagnostics.gallery.GalleryCollector, optional
         Offered every blend, keeps image records of failed, flagged and slow ones.
 
     Returns
@@ -244,7 +244,7 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
         MPI rank, recorded in the row.
     sampler : hpcblend.diagnostics.sampler.StackSampler, optional
         Stage tags for the call-stack sampler.
-    gallery : hpcblend.report.gallery.GalleryCollector, optional
+    gallery : hpcblend.diagnostics.gallery.GalleryCollector, optional
         Offered the finished blend (image records of failed, flagged, slow blends).
     parent_id : int, optional
         The parent's id (:func:`blend_file_ids`); default: from the file alone.

@@ -119,7 +119,7 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
     rank : int
     sampler : hpcblend.diagnostics.sampler.StackSampler, optional
         Stage tags (load, detect, init, fit, measure) for the call-stack sampler.
-    gallery : hpcblend.report.gallery.GalleryCollector, optional
+    gallery : hpcblend.diagnostics.gallery.GalleryCollector, optional
         Offered every deblended blend (image records of failed, flagged, slow ones).
 
     Returns
