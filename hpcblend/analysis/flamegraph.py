@@ -19,10 +19,9 @@ import zlib
 from typing import Any, Iterable, Mapping, Optional, Sequence
 from xml.sax.saxutils import escape
 
-from hpcblend.diagnostics.sampler import OTHER_STAGE, STAGES
+from hpcblend.diagnostics.stages import IDLE_STAGES, OTHER_STAGE, STAGES, busy_seconds
 
 __all__ = [
-    "busy_seconds",
     "slowest_rank",
     "select_profiles",
     "merge_stacks",
@@ -40,26 +39,7 @@ __all__ = [
 
 SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
-#: Stages that are not work: waiting for a unit, and MPI communication/collectives.
-IDLE_STAGES: tuple = ("wait", "mpi")
-
-
 # --------------------------------------------------------------------------- selecting and merging
-
-
-def busy_seconds(profile: Mapping[str, Any]) -> float:
-    """Seconds a rank spent in stages other than ``wait`` and ``mpi`` (from its stage timers).
-
-    Parameters
-    ----------
-    profile : dict
-        One rank's profile.
-
-    Returns
-    -------
-    float
-    """
-    return float(sum(v for k, v in (profile.get("stage_seconds") or {}).items() if k not in IDLE_STAGES))
 
 
 def slowest_rank(profiles: Sequence[Mapping[str, Any]]) -> int:

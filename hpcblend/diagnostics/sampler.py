@@ -65,11 +65,10 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from hpcblend.diagnostics.stages import OTHER_STAGE, STAGES
 from hpcblend.io.json_values import json_default
 
 __all__ = [
-    "STAGES",
-    "OTHER_STAGE",
     "PROFILE_VERSION",
     "StackSampler",
     "NullSampler",
@@ -79,12 +78,6 @@ __all__ = [
     "write_collapsed",
     "read_collapsed",
 ]
-
-#: The standard stage names (any name without ``;``, spaces or newlines is accepted).
-STAGES: tuple = ("load", "detect", "init", "fit", "measure", "write", "wait", "mpi")
-
-#: Stage of time (and samples) outside any declared stage.
-OTHER_STAGE: str = "other"
 
 #: Version of the ``/profile`` layout written by :func:`write_profiles`.
 PROFILE_VERSION: int = 1

@@ -767,7 +767,7 @@ def _store_profiles(comm, job: JobConfig, out: str, sampler) -> None:
     gathered = comm.gather(res, root=0)
     _on_rank0(comm, lambda: write_profiles(out, gathered))
     if comm.rank == 0:
-        from hpcblend.analysis.flamegraph import busy_seconds
+        from hpcblend.diagnostics.stages import busy_seconds
 
         busy = {p["rank"]: busy_seconds(p) for p in gathered}  # the report's definition: all but wait/mpi
         wall = max(p["elapsed_s"] for p in gathered)

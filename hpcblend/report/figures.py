@@ -17,7 +17,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from hpcblend.diagnostics.sampler import OTHER_STAGE, STAGES
+from hpcblend.diagnostics.stages import OTHER_STAGE, STAGES
 
 from hpcblend.report.data import RunData, exception_mask, flag_columns, match_ids, scaling_mask
 from hpcblend.report.fit import binned_medians
