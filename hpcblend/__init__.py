@@ -12,7 +12,7 @@ cheap and leaves the thread settings of ``NUMBA_NUM_THREADS``/``OPENBLAS_NUM_THR
 """
 
 __all__ = ["__version__", "load_job", "run", "read_catalog", "deblend_one"]
-__version__ = "0.1.0"
+from hpcblend.version import __version__
 
 
 def load_job(path=None, overrides=()):

@@ -1,4 +1,10 @@
-"""Command line: ``hpcblend run | summary | bench deblend``."""
+"""Command line: every ``hpcblend`` subcommand and its parser (``run``, ``summary``, ``simulate``, ``model``,
+``bench deblend|tract``, and the pass-through subcommands with parsers of their own: ``report``, ``profile``,
+``validate``, ``costmodel``, ``scorecard``, ``reproduce``, ``scaling``, ``inject``).
+
+Subcommands import what they need when they run (function-level imports): the thread settings and
+Numba's cache directory must be set before numpy and Numba load, and ``hpcblend --help`` stays fast.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from hpcblend.errors import HpcblendError  # noqa: E402
+from hpcblend.io.blends import DEFAULT_BANDS  # noqa: E402
 
 __all__ = ["main", "summarize"]
 
@@ -68,7 +75,7 @@ def _numba_environment(job) -> None:
         d = job.run.numba_cache_dir
         if not os.path.isabs(d):
             d = os.path.join(job.base_dir, d)
-        from hpcblend.parallel.driver import node_name  # Slurm's node name where it differs from the host's (imports no Numba)
+        from hpcblend.parallel.markers import node_name  # Slurm's node name, else the host's (imports no Numba)
 
         os.environ["NUMBA_CACHE_DIR"] = os.path.join(d, node_name())
 
@@ -76,7 +83,7 @@ def _numba_environment(job) -> None:
 def cmd_run(args) -> int:
     from hpcblend.config import default_job, load_job, apply_overrides, job_from_dict, job_to_dict
 
-    from hpcblend.parallel.driver import StopOnSignal  # imports no Numba: the cache directory is still free to set
+    from hpcblend.parallel.signals import StopOnSignal  # imports no Numba: the cache directory is still free to set
 
     stop = StopOnSignal().__enter__()  # from now on SIGTERM/SIGUSR1 ask for a checkpoint, never kill
     try:
@@ -90,12 +97,12 @@ def cmd_run(args) -> int:
             job = job_from_dict(data, source="--input", base_dir=os.getcwd())
         _numba_environment(job)
         _setup_logging(job.run.log_level)
-        from hpcblend.parallel.driver import RunInterrupted, run_job
+        from hpcblend.parallel.driver import run_job
 
         out = run_job(job, output=os.path.abspath(args.output) if args.output else None, resume=args.resume,
                       stop_signal=stop, retry_failed=not args.no_retry_failed)
     except HpcblendError as exc:
-        if type(exc).__name__ == "RunInterrupted":
+        if type(exc).__name__ == "RunInterrupted":  # by name: an earlier step may fail before the driver loads
             _stderr_line(f"hpcblend: {exc}")
             return 3
         _stderr_line(f"hpcblend: error: {exc}")
@@ -218,7 +225,7 @@ _PASSTHROUGH = {
                 "merged call-stack profiles: hpcblend profile CATALOG [--rank R|--slowest] [--svg F] [--speedscope F]"),
     "validate": ("hpcblend.analysis.validate", "validate_main",
                  "match a tract run's catalog to the simulation truth: hpcblend validate CATALOG --truth DIR"),
-    "costmodel": ("hpcblend.units.costmodel", "costmodel_main",
+    "costmodel": ("hpcblend.analysis.costfit", "costmodel_main",
                   "runtime model per unit from earlier runs: hpcblend costmodel fit RUN.h5 ... --out model.json"),
     "scorecard": ("hpcblend.analysis.scorecard", "scorecard_main",
                   "PASS/FAIL table of a run's metrics: hpcblend scorecard RUN.h5 [--baseline OLD.h5] [--thresholds F]"),
@@ -226,7 +233,7 @@ _PASSTHROUGH = {
                   "re-run one unit from a catalog's recorded config and inputs: hpcblend reproduce CATALOG UNIT_ID"),
     "scaling": ("hpcblend.analysis.scaling", "scaling_main",
                 "replay simulator and scaling study: hpcblend scaling replay CATALOG --ranks 1 2 ... 4096"),
-    "inject": ("hpcblend.simulate.inject", "inject_main",
+    "inject": ("hpcblend.analysis.injection", "inject_main",
                "source injection into blend files and metrics vs the truth: hpcblend inject blends|metrics ..."),
 }
 
@@ -259,7 +266,7 @@ def main(argv=None) -> int:
     sm = sub.add_parser("simulate", help="simulate a multi-band tract with known truth (GalSim)")
     sm.add_argument("out_dir")
     sm.add_argument("--shape", type=int, nargs=2, default=(2000, 2000), metavar=("H", "W"))
-    sm.add_argument("--bands", nargs="+", default=["g", "r", "i", "z", "y"])
+    sm.add_argument("--bands", nargs="+", default=list(DEFAULT_BANDS))
     sm.add_argument("--density", type=float, default=10.0, help="galaxies per arcmin^2")
     sm.add_argument("--star-density", type=float, default=1.0, help="stars per arcmin^2")
     sm.add_argument("--seed", type=int, default=0)

@@ -17,31 +17,20 @@ Example job file::
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
-import typing
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-import yaml
-
 from hpcblend.errors import ConfigError
+from hpcblend.io.blends import DEFAULT_BANDS
+from hpcblend.io.masks import MASK_PLANES
+from hpcblend.io.yaml_files import (apply_overrides, dataclass_to_mapping, mapping_to_dataclass, quote_value,
+                                    read_yaml_file)
 
 __all__ = [
-    "InputConfig",
-    "SimulateConfig",
-    "DetectConfig",
-    "MeasureConfig",
-    "ProfileConfig",
-    "DeblendConfig",
-    "OutputConfig",
-    "RunConfig",
-    "JobConfig",
-    "load_job",
-    "job_from_dict",
-    "apply_overrides",
-    "job_to_dict",
-    "default_job",
+    "InputConfig", "SimulateConfig", "DetectConfig", "MeasureConfig", "ProfileConfig", "DeblendConfig",
+    "OutputConfig", "RunConfig", "JobConfig", "INPUT_KINDS", "write_round_units",
+    "load_job", "job_from_dict", "apply_overrides", "job_to_dict", "default_job",
 ]
 
 
@@ -52,36 +41,33 @@ class InputConfig:
     Attributes
     ----------
     kind : str
-        ``"blends"``: a collection of pre-cut npz blends (one work unit each);
-        ``"demo"``: synthetic blends written on the fly into ``cache_dir``
-        (needs no external data); ``"tract"``: a multi-band coadd tract (one
-        FITS file per band, :mod:`hpcblend.io.coadd`) cut into patches (one work
-        unit each) that are detected, deblended and measured.
+        ``"blends"``: a collection of pre-cut npz blends (one work unit each); ``"demo"``: synthetic blends
+        written on the fly into ``cache_dir`` (needs no external data); ``"tract"``: a multi-band coadd tract
+        (one FITS file per band, :mod:`hpcblend.io.coadd`) cut into patches (one work unit each) that are
+        detected, deblended and measured.
     paths : tuple of str
-        Files, directories or globs of npz blends; relative paths are taken
-        from the job file's directory (or the current directory for
-        ``--input`` and the built-in job).
+        Files, directories or globs of npz blends; relative paths are taken from the job file's directory (or
+        the current directory for ``--input`` and the built-in job).
     bands : tuple of str or None
-        Band names expected in every blend (e.g. ``[g, r, i, z, y]``); a blend
-        with another band count becomes a flagged row. None: taken from the
-        first readable blend.
+        Band names expected in every blend (e.g. ``[g, r, i, z, y]``); a blend with another band count becomes a
+        flagged row. None: taken from the first readable blend.
     cache_dir : str
         Where ``kind: demo`` writes its synthetic blends.
     n_demo_blends : int
         Number of synthetic blends for ``kind: demo``.
     tract_dir : str
-        ``kind: tract``: directory holding ``coadd_<band>.fits`` and
-        ``psf_<band>.fits`` (relative to the job file's directory).
+        ``kind: tract``: directory holding ``coadd_<band>.fits`` and ``psf_<band>.fits`` (relative to the job
+        file's directory).
     tract : int
         Tract number, encoded in every id.
     patch_inner_size : int
         Side of a patch's inner box in pixels (HSC: 4000).
     patch_overlap : int
-        Border added around each inner box to make the outer box, pixels
-        (HSC: 100). A source belongs to the patch whose inner box holds its peak.
+        Border added around each inner box to make the outer box, pixels (HSC: 100). A source belongs to the
+        patch whose inner box holds its peak.
     simulate : SimulateConfig
-        ``kind: tract``: simulate the tract into ``tract_dir`` first when it
-        has no coadds (the built-in job does this).
+        ``kind: tract``: simulate the tract into ``tract_dir`` first when it has no coadds (the built-in job
+        does this).
     """
 
     kind: str = "blends"
@@ -115,15 +101,15 @@ class SimulateConfig:
     psf : str
         ``"moffat"`` or ``"kolmogorov"``.
     cosmos_dir : str
-        RealGalaxyCatalog directory for real HST COSMOS morphologies (e.g.
-        ``../shared/data/cosmos``); empty: parametric bulge + disk galaxies.
+        RealGalaxyCatalog directory for real HST COSMOS morphologies (e.g. ``../shared/data/cosmos``); empty:
+        parametric bulge + disk galaxies.
     galaxy_mag_range : tuple of float
         i-band AB magnitudes of galaxies.
     """
 
     enabled: bool = False
     shape: Tuple[int, ...] = (2000, 2000)
-    bands: Tuple[str, ...] = ("g", "r", "i", "z", "y")
+    bands: Tuple[str, ...] = DEFAULT_BANDS
     density: float = 10.0
     star_density: float = 1.0
     seed: int = 0
@@ -139,24 +125,21 @@ class DetectConfig:
     Attributes
     ----------
     subtract_background : bool
-        Estimate and subtract a smooth background per band (sep). Off by
-        default: coadds come background-subtracted, and a second, local
-        (128 px) subtraction in a dense field eats galaxy wings (on the
-        simulated tract it biased isolated-source fluxes by about -4 %).
+        Estimate and subtract a smooth background per band (sep). Off by default: coadds come
+        background-subtracted, and a second, local (128 px) subtraction in a dense field eats galaxy wings (on
+        the simulated tract it biased isolated-source fluxes by about -4 %).
     background_box : int
         Background mesh size, pixels.
     method : str
-        Detection image: ``"weighted"`` (inverse-variance weighted mean of the
-        bands) or ``"chi2"``.
+        Detection image: ``"weighted"`` (inverse-variance weighted mean of the bands) or ``"chi2"``.
     threshold : float
         Footprint threshold in σ of the matched-filtered detection image.
     min_area : int
         Minimum footprint area, pixels.
     grow : int
-        Footprints are grown by this many pixels (touching ones merge). The
-        flux-conserving fluxes sum over the footprint, so it must hold the
-        wings: with 2 px, isolated galaxies lost about 4 % of their flux on
-        the simulated tract; 6 px brings the median error to 2-4 %.
+        Footprints are grown by this many pixels (touching ones merge). The flux-conserving fluxes sum over the
+        footprint, so it must hold the wings: with 2 px, isolated galaxies lost about 4 % of their flux on the
+        simulated tract; 6 px brings the median error to 2-4 %.
     min_peak_separation : float
         Pixels between kept peaks.
     min_prominence : float
@@ -164,8 +147,8 @@ class DetectConfig:
     pad : int
         Pixels of data kept around each footprint's box in its blend cut-out.
     fit_isolated : bool
-        Fit single-peak footprints with the deblender too (otherwise they are
-        measured directly on the data: the child is the whole footprint).
+        Fit single-peak footprints with the deblender too (otherwise they are measured directly on the data: the
+        child is the whole footprint).
     """
 
     subtract_background: bool = False
@@ -189,12 +172,10 @@ class MeasureConfig:
     aperture_radii : tuple of float
         Circular aperture radii in pixels.
     forced_pad : int
-        Extra pixels of data around each blend's box for forced photometry,
-        so the largest aperture fits.
+        Extra pixels of data around each blend's box for forced photometry, so the largest aperture fits.
     store_models : bool
-        Store every child's deblended model (SED and morphology box) in the
-        catalog (``/models``, ``/model_pixels``), renderable by
-        ``hpcblend model``.
+        Store every child's deblended model (SED and morphology box) in the catalog (``/models``,
+        ``/model_pixels``), renderable by ``hpcblend model``.
     """
 
     aperture_radii: Tuple[float, ...] = (3.0, 6.0, 12.0)
@@ -211,11 +192,10 @@ class DeblendConfig:
     model_psf_sigma : float
         σ of the circular Gaussian model PSF, pixels (scarlet: 0.8).
     psf_regularization : float
-        Tikhonov λ of the Fourier-space difference-kernel solution, relative
-        to the model PSF's peak power.
+        Tikhonov λ of the Fourier-space difference-kernel solution, relative to the model PSF's peak power.
     kernel_tolerance : float
-        Difference-kernel pixels below this fraction of the kernel's peak
-        outside the central square are dropped (sets the FFT padding).
+        Difference-kernel pixels below this fraction of the kernel's peak outside the central square are dropped
+        (sets the FFT padding).
     optimizer : str
         ``"adaprox"`` (proximal AMSGrad, scarlet's default) or ``"fista"``.
     e_rel : float
@@ -223,56 +203,47 @@ class DeblendConfig:
     min_iter, max_iter : int
         Iteration bounds.
     bg_thresh : float
-        Morphologies are thresholded at ``bg_thresh × σ`` of each source's
-        optimal band combination (0 disables).
+        Morphologies are thresholded at ``bg_thresh × σ`` of each source's optimal band combination (0
+        disables).
     monotonic, symmetric : bool
-        Morphology constraints. ``symmetric`` is point symmetry about the
-        peak *pixel* (the Euclidean projection, Melchior et al. 2018,
-        Sect. 2.3), without scarlet's sub-pixel centring: a bright source
-        whose centre is off its pixel's centre cannot be fitted
-        (hsc_cosmos_35: χ²/px 34.7 with it, 1.27 without), so it is off by
-        default, as in scarlet_lite.
+        Morphology constraints. ``symmetric`` is point symmetry about the peak *pixel* (the Euclidean
+        projection, Melchior et al. 2018, Sect. 2.3), without scarlet's sub-pixel centring: a bright source
+        whose centre is off its pixel's centre cannot be fitted (hsc_cosmos_35: χ²/px 34.7 with it, 1.27
+        without), so it is off by default, as in scarlet_lite.
     max_components : int
-        1, or 2: a bright source (peak S/N ≥ ``multi_component_snr`` in the
-        detection image) is modelled as a compact core plus a halo, each with
-        its own SED (scarlet_lite's two-component sources for bright objects,
-        e.g. bulge and disk); its child is their sum.
+        1, or 2: a bright source (peak S/N ≥ ``multi_component_snr`` in the detection image) is modelled as a
+        compact core plus a halo, each with its own SED (scarlet_lite's two-component sources for bright
+        objects, e.g. bulge and disk); its child is their sum.
     multi_component_snr : float
-        Detection-image S/N at the peak above which a source gets two
-        components. 500 (measured): hsc_cosmos_35's two bright galaxies
-        (S/N 1512 and 568) get a core, which takes its chi2/pixel from 1.34 to
-        1.27; lower thresholds gave no better chi2 there but more cost on the
-        164 HSC blends and more flux swapping between close single-profile
-        sources in the synthetic tests.
+        Detection-image S/N at the peak above which a source gets two components. 500 (measured):
+        hsc_cosmos_35's two bright galaxies (S/N 1512 and 568) get a core, which takes its chi2/pixel from 1.34
+        to 1.27; lower thresholds gave no better chi2 there but more cost on the 164 HSC blends and more flux
+        swapping between close single-profile sources in the synthetic tests.
     core_fraction : float
-        The core starts as the source's initial morphology where it is above
-        this fraction of its peak.
+        The core starts as the source's initial morphology where it is above this fraction of its peak.
     init_symmetric : bool
         Symmetrise the initial morphologies (scarlet does).
     init_deconvolve : float
-        Tikhonov λ of the deconvolution of the detection image by the
-        band-weighted difference kernel before the morphologies are cut from it
-        (model frame vs observed frame); 0 disables.
+        Tikhonov λ of the deconvolution of the detection image by the band-weighted difference kernel before the
+        morphologies are cut from it (model frame vs observed frame); 0 disables.
     sed_step_factor : float
         Adaprox SED step ``max(sed_step_factor · mean(a_k), σ_b)``.
     morph_step : float
         Adaprox morphology step (peak-normalised units).
     step_scale : float
         FISTA step as a fraction of 1/L, L the Gershgorin row-sum bound of the Hessian (per pixel for
-        morphologies, per band for SEDs). The bound is usually loose, so steps of 2/L descend: on the 164
-        HSC blends 2.0 took 23 % fewer iterations than 1.0 and gave a lower median chi2. For a bright,
-        extended source under near-uniform (sky-only) weights it is tight and 2/L overshoots; the fit's
-        divergence guard then returns to the best state and halves the step (``kernels.fit``).
+        morphologies, per band for SEDs). The bound is usually loose, so steps of 2/L descend: on the 164 HSC
+        blends 2.0 took 23 % fewer iterations than 1.0 and gave a lower median chi2. For a bright, extended
+        source under near-uniform (sky-only) weights it is tight and 2/L overshoots; the fit's divergence guard
+        then returns to the best state and halves the step (``kernels.fit``).
     box_margin : int
         Zero pixels kept around each source's support so its box can grow.
     sed_ridge : float
         Relative Tikhonov term of the initial SED least squares.
     max_chi2_per_pixel : float
-        χ²/pixel of the final model above which a fitted blend gets
-        ``flag_bad_fit`` (also when χ² is not finite). A good fit is ~1 (the
-        164 HSC blends: 0.9–2.0); 1e3 means the model misses the data by ~30σ
-        per pixel on average: a diverged fit, or data no non-negative model
-        can describe.
+        χ²/pixel of the final model above which a fitted blend gets ``flag_bad_fit`` (also when χ² is not
+        finite). A good fit is ~1 (the 164 HSC blends: 0.9–2.0); 1e3 means the model misses the data by ~30σ per
+        pixel on average: a diverged fit, or data no non-negative model can describe.
     bad_mask_planes : tuple of str
         Mask planes whose pixels get zero weight.
     max_n_peaks : int
@@ -280,8 +251,7 @@ class DeblendConfig:
     max_footprint_area : int
         Blends with a larger footprint (pixels) are skipped (``flag_skipped_too_large``).
     max_area_times_peaks : float
-        Blends with ``footprint_area × n_peaks`` above this are skipped
-        (``flag_skipped_too_large``).
+        Blends with ``footprint_area × n_peaks`` above this are skipped (``flag_skipped_too_large``).
     """
 
     model_psf_sigma: float = 0.8
@@ -320,11 +290,9 @@ class OutputConfig:
     path : str
         The run's HDF5 catalog (relative to the current directory).
     overwrite : bool
-        Replace an existing catalog (otherwise an existing file is an error,
-        unless resuming).
+        Replace an existing catalog (otherwise an existing file is an error, unless resuming).
     writer : str
-        ``"auto"`` (parallel ``mpio`` under MPI when h5py has it, else serial),
-        ``"mpio"`` or ``"serial"``.
+        ``"auto"`` (parallel ``mpio`` under MPI when h5py has it, else serial), ``"mpio"`` or ``"serial"``.
     """
 
     path: str = "output/catalog.h5"
@@ -339,36 +307,31 @@ class RunConfig:
     Attributes
     ----------
     write_every_units : int
-        A collective write round starts when this many units finished since
-        the last round … (0: ``max(64, 8 × ranks)`` — a fixed small number
-        would make many ranks move in lockstep, every round waiting for the
-        slowest unit in flight)
+        A collective write round starts when this many units finished since the last round … (0:
+        ``max(64, 8 × ranks)`` — a fixed small number would make many ranks move in lockstep, every round
+        waiting for the slowest unit in flight)
     write_every_seconds : float
         … or this many seconds after the previous round.
     schedule : str
-        ``"cost"``: largest expected cost first (the cost model's
-        prediction); ``"file"``: input order.
+        ``"cost"``: largest expected cost first (the cost model's prediction); ``"file"``: input order.
     cost_model : str
         JSON file of a runtime model fitted on earlier runs
-        (``hpcblend costmodel fit RUN.h5 ... --out model.json``); empty: the
-        documented default (:func:`hpcblend.units.costmodel.load_cost_model`),
-        ``t ≈ c · n_peaks^a · area^b`` fitted on the 164 HSC blends. Patches
-        are ordered by a patch model when one is given, else by area.
+        (``hpcblend costmodel fit RUN.h5 ... --out model.json``); empty: the documented default
+        (:func:`hpcblend.units.costmodel.load_cost_model`), ``t ≈ c · n_peaks^a · area^b`` fitted on the 164
+        HSC blends. Patches are ordered by a patch model when one is given, else by area.
     numba_threads : int
-        Numba threads per rank (``NUMBA_NUM_THREADS``); 0: keep the
-        environment's value (the launchers set 1 per rank, Slurm scripts
-        ``SLURM_CPUS_PER_TASK``).
+        Numba threads per rank (``NUMBA_NUM_THREADS``); 0: keep the environment's value (the launchers set 1 per
+        rank, Slurm scripts ``SLURM_CPUS_PER_TASK``).
     progress : bool
         Progress bar on rank 0.
     log_level : str
         ``DEBUG``, ``INFO``, ``WARNING`` or ``ERROR``.
     warmup : bool
-        Compile/load the Numba kernels on every rank before timing blends, so
-        per-blend times are steady-state (the cold start is logged apart).
+        Compile/load the Numba kernels on every rank before timing blends, so per-blend times are steady-state
+        (the cold start is logged apart).
     numba_cache_dir : str
-        Where compiled kernels are cached (``NUMBA_CACHE_DIR``), one
-        sub-directory per host; empty: Numba's default (beside the installed
-        package — set this for read-only or shared installs).
+        Where compiled kernels are cached (``NUMBA_CACHE_DIR``), one sub-directory per host; empty: Numba's
+        default (beside the installed package — set this for read-only or shared installs).
     """
 
     write_every_units: int = 0
@@ -406,16 +369,14 @@ class ProfileConfig:
     Attributes
     ----------
     sample_hz : float
-        Call-stack samples per second of each rank's working thread
-        (0: sampler off; stage timers still run).
+        Call-stack samples per second of each rank's working thread (0: sampler off; stage timers still run).
     lines : str
-        Line numbers in frame labels: ``"none"``, ``"leaf"`` (innermost frame)
-        or ``"all"``.
+        Line numbers in frame labels: ``"none"``, ``"leaf"`` (innermost frame) or ``"all"``.
     write_collapsed : bool
         Also write each rank's collapsed stacks to ``<catalog>.log/rank_<r>.collapsed``.
     gallery_flagged : int
-        Per rank, at most this many failed or flagged blends get an image
-        record in ``/gallery`` (for the report's failure gallery).
+        Per rank, at most this many failed or flagged blends get an image record in ``/gallery`` (for the
+        report's failure gallery).
     gallery_slowest : int
         Per rank, the slowest this-many blends get an image record.
     """
@@ -438,8 +399,7 @@ class JobConfig:
     input, detect, deblend, measure, output, run, profile : sections
         See their classes.
     base_dir : str
-        Directory relative input paths are resolved against (the job file's
-        directory); not a YAML key.
+        Directory relative input paths are resolved against (the job file's directory); not a YAML key.
     """
 
     name: str = "hpcblend"
@@ -453,8 +413,11 @@ class JobConfig:
     base_dir: str = field(default=".", metadata={"yaml": False})
 
 
+#: Values of ``input.kind``: one per work source in :data:`hpcblend.units.source.SOURCES` (a test checks).
+INPUT_KINDS = ("blends", "demo", "tract")
+
 _CHOICES = {
-    ("input", "kind"): ("blends", "demo", "tract"),
+    ("input", "kind"): INPUT_KINDS,
     ("detect", "method"): ("weighted", "chi2"),
     ("profile", "lines"): ("none", "leaf", "all"),
     ("deblend", "optimizer"): ("adaprox", "fista"),
@@ -471,227 +434,37 @@ _POSITIVE = {
     ("deblend", "multi_component_snr"), ("deblend", "core_fraction"),
     ("detect", "background_box"), ("detect", "threshold"), ("detect", "min_area"),
 }
-_NON_NEGATIVE = {("run", "numba_threads"), ("run", "write_every_units"), ("profile", "sample_hz"), ("profile", "gallery_flagged"), ("profile", "gallery_slowest"),
+_NON_NEGATIVE = {("run", "numba_threads"), ("run", "write_every_units"), ("profile", "sample_hz"),
+                 ("profile", "gallery_flagged"), ("profile", "gallery_slowest"),
                  ("input", "patch_overlap"), ("input", "tract"), ("detect", "grow"), ("detect", "pad"),
                  ("detect", "min_peak_separation"), ("detect", "min_prominence"), ("measure", "forced_pad"),
                  ("deblend", "min_iter"), ("deblend", "bg_thresh"), ("deblend", "box_margin"),
                  ("deblend", "sed_ridge"), ("deblend", "init_deconvolve"), ("deblend", "psf_regularization")}
 
 
-_QUOTE_LIMIT = 200
-
-
-def _shorten(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, with the full length said when cut."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text)} characters)"
-
-
-def _quote(value, limit: int = _QUOTE_LIMIT) -> str:
-    """``repr(value)`` for an error message, cut to ``limit`` characters.
-
-    Every ConfigError that quotes a user value goes through this, so a huge
-    value (a 10 MB string, a long list) can never flood stderr or the log:
-    longer reprs end with ``... (N characters)``, N the string's length (or
-    the repr's, for other values).
-    """
-    if isinstance(value, str):
-        text = repr(value[: limit + 1])
-        if len(value) <= limit and len(text) <= limit:
-            return text
-        return f"{text[:limit]}... ({len(value)} characters)"
-    try:
-        text = repr(value)
-    except ValueError:  # an int beyond sys.get_int_max_str_digits()
-        text = f"<{type(value).__name__}>"
-    return _shorten(text, limit)
-
-
-class _JobYAMLError(yaml.YAMLError):
-    """YAML that job files refuse (alias, anchor, duplicate or non-string key, tag, ...).
-
-    ``message`` is one line; ``mark`` (a ``yaml.Mark`` or None) says where.
-    ``kind`` is ``"alias"`` for an alias (which, anchors being refused, is
-    always an undefined one), else ``"refused"``.
-    """
-
-    def __init__(self, message: str, mark=None, kind: str = "refused"):
-        super().__init__(message)
-        self.message = message
-        self.mark = mark
-        self.kind = kind
-
-    def located(self) -> str:
-        """``line N: message`` (the message alone without a mark)."""
-        return f"line {self.mark.line + 1}: {self.message}" if self.mark is not None else self.message
-
-
-_NO_ALIASES = "YAML aliases/anchors are not allowed in job files"
-
-
-class _JobLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` for job files and ``--set`` values.
-
-    Refuses, while composing and constructing (so nothing is ever expanded):
-    anchors and aliases (a "billion laughs" alias bomb), merge keys (``<<``),
-    duplicate keys in any mapping, non-string keys, tags without a safe
-    constructor (``!!python/object/...``) and scalars that cannot be
-    converted (an integer beyond Python's digit limit, an impossible date).
-    Every refusal is a :class:`_JobYAMLError` with the position.
-    """
-
-    def compose_node(self, parent, index):
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent):
-            raise _JobYAMLError(f"{_NO_ALIASES} (alias {_quote('*' + str(event.anchor), 60)}, "
-                                f"column {event.start_mark.column + 1})", event.start_mark, kind="alias")
-        if getattr(event, "anchor", None) is not None:
-            raise _JobYAMLError(f"{_NO_ALIASES} (anchor {_quote('&' + str(event.anchor), 60)}, "
-                                f"column {event.start_mark.column + 1})", event.start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_object(self, node, deep=False):
-        try:
-            return super().construct_object(node, deep=deep)
-        except (ValueError, OverflowError) as exc:
-            raise _JobYAMLError(f"cannot read value: {_shorten(str(exc), 120)}", node.start_mark) from None
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            first = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    raise _JobYAMLError("YAML merge keys ('<<') are not allowed in job files", key_node.start_mark)
-                key = self.construct_object(key_node, deep=True)
-                if not isinstance(key, str):
-                    raise _JobYAMLError(f"key {_quote(key, 60)} is not a string (quote it)", key_node.start_mark)
-                if key in first:
-                    raise _JobYAMLError(f"duplicate key {_quote(key, 60)} (first at line {first[key].line + 1})",
-                                        key_node.start_mark)
-                first[key] = key_node.start_mark
-        return super().construct_mapping(node, deep=deep)
-
-    def _refuse_tag(self, node):
-        tag = str(node.tag)
-        if tag.startswith("tag:yaml.org,2002:"):
-            tag = "!!" + tag[len("tag:yaml.org,2002:"):]
-        raise _JobYAMLError(f"YAML tag {_quote(tag, 80)} is not allowed in job files", node.start_mark)
-
-
-_JobLoader.add_constructor(None, _JobLoader._refuse_tag)
-
-
-def _load_yaml(stream):
-    """Parse one YAML document with :class:`_JobLoader` (raises ``yaml.YAMLError``)."""
-    loader = _JobLoader(stream)
-    try:
-        return loader.get_single_data()
-    except RecursionError:
-        raise _JobYAMLError("YAML nested too deeply") from None
-    finally:
-        loader.dispose()
-
-
-def _yaml_error_message(exc: yaml.YAMLError) -> str:
-    """One bounded line for a YAML error: ``line N: ...``."""
-    if isinstance(exc, _JobYAMLError):
-        return exc.located()
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None)
-    if mark is not None and problem:
-        context = getattr(exc, "context", None)
-        text = f"line {mark.line + 1}: not valid YAML: {context + ': ' if context else ''}{problem}"
-    else:
-        text = f"not valid YAML: {exc}"
-    return _shorten(" ".join(text.split()), 300)
-
-
-def _expect_mapping(data, prefix: str, source: str) -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: key '{prefix or '<top>'}': expected a mapping, got {_quote(data)}")
-
-
-def _convert(value, tp, where: str, source: str):
-    """Convert a YAML value to the annotated type, or raise ConfigError naming the key."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        inner = [a for a in args if a is not type(None)][0]
-        return _convert(value, inner, where, source)
-    if origin in (tuple, Tuple):
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: key '{where}': expected a list, got {_quote(value)}")
-        return tuple(_convert(v, args[0], f"{where}[{i}]", source) for i, v in enumerate(value))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: key '{where}': expected true or false, got {_quote(value)}")
-    if tp is int:
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or (isinstance(value, float) and not value.is_integer())):  # also inf and nan
-            raise ConfigError(f"{source}: key '{where}': expected an integer, got {_quote(value)}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: key '{where}': expected a number, got {_quote(value)}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{source}: key '{where}': expected a string, got {_quote(value)}")
-        return str(value)
-    raise ConfigError(f"{source}: key '{where}': unsupported type {tp}")
-
-
-def _build(cls, data, prefix: str, source: str):
-    if data is None:
-        data = {}
-    _expect_mapping(data, prefix, source)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("yaml", True)}
-    kwargs = {}
-    for key, value in data.items():
-        where = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1) if len(str(key)) <= 100 else []
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
-            raise ConfigError(f"{source}: unknown key {_quote(where)}{hint}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, where, source)
-        else:
-            kwargs[key] = _convert(value, tp, where, source)
-    return cls(**kwargs)
-
-
 def _validate(job: JobConfig, source: str) -> JobConfig:
     for (section, key), choices in _CHOICES.items():
         value = getattr(getattr(job, section), key)
         if value not in choices:
-            raise ConfigError(f"{source}: key '{section}.{key}': {_quote(value)} is not one of {list(choices)}")
+            raise ConfigError(f"{source}: key '{section}.{key}': {quote_value(value)} is not one of {list(choices)}")
     for section, key in _POSITIVE:
         value = getattr(getattr(job, section), key)
         if not value > 0:
-            raise ConfigError(f"{source}: key '{section}.{key}': must be > 0, got {_quote(value)}")
+            raise ConfigError(f"{source}: key '{section}.{key}': must be > 0, got {quote_value(value)}")
     for section, key in _NON_NEGATIVE:
         value = getattr(getattr(job, section), key)
         if value < 0:
-            raise ConfigError(f"{source}: key '{section}.{key}': must be >= 0, got {_quote(value)}")
+            raise ConfigError(f"{source}: key '{section}.{key}': must be >= 0, got {quote_value(value)}")
     d = job.deblend
     if d.max_components not in (1, 2):
-        raise ConfigError(f"{source}: key 'deblend.max_components': must be 1 or 2, got {_quote(d.max_components)}")
+        raise ConfigError(f"{source}: key 'deblend.max_components': must be 1 or 2, "
+                          f"got {quote_value(d.max_components)}")
     if d.min_iter > d.max_iter:
-        raise ConfigError(f"{source}: key 'deblend.min_iter': {_quote(d.min_iter)} exceeds "
-                          f"deblend.max_iter = {_quote(d.max_iter)}")
-    from hpcblend.io.blends import MASK_PLANES  # local: inputs imports nothing from config
-
+        raise ConfigError(f"{source}: key 'deblend.min_iter': {quote_value(d.min_iter)} exceeds "
+                          f"deblend.max_iter = {quote_value(d.max_iter)}")
     for plane in d.bad_mask_planes:
         if plane.upper() not in MASK_PLANES:
-            raise ConfigError(f"{source}: key 'deblend.bad_mask_planes': unknown mask plane {_quote(plane)} "
+            raise ConfigError(f"{source}: key 'deblend.bad_mask_planes': unknown mask plane {quote_value(plane)} "
                               f"(known: {', '.join(MASK_PLANES)})")
     if job.input.kind == "blends" and not job.input.paths:
         raise ConfigError(f"{source}: key 'input.paths': no input given (a file, directory or glob of npz blends)")
@@ -699,13 +472,14 @@ def _validate(job: JobConfig, source: str) -> JobConfig:
         raise ConfigError(f"{source}: key 'input.tract_dir': no tract directory given")
     sim = job.input.simulate
     if len(sim.shape) != 2 or min(sim.shape) <= 0:
-        raise ConfigError(f"{source}: key 'input.simulate.shape': expected [H, W] > 0, got {_quote(list(sim.shape))}")
+        raise ConfigError(f"{source}: key 'input.simulate.shape': expected [H, W] > 0, "
+                          f"got {quote_value(list(sim.shape))}")
     if sim.psf not in ("moffat", "kolmogorov"):
-        raise ConfigError(f"{source}: key 'input.simulate.psf': {_quote(sim.psf)} "
+        raise ConfigError(f"{source}: key 'input.simulate.psf': {quote_value(sim.psf)} "
                           f"is not one of ['moffat', 'kolmogorov']")
     if not job.measure.aperture_radii or min(job.measure.aperture_radii) <= 0:
         raise ConfigError(f"{source}: key 'measure.aperture_radii': expected positive radii, "
-                          f"got {_quote(list(job.measure.aperture_radii))}")
+                          f"got {quote_value(list(job.measure.aperture_radii))}")
     if not job.output.path:
         raise ConfigError(f"{source}: key 'output.path': empty")
     return job
@@ -734,7 +508,7 @@ def job_from_dict(data: dict, source: str = "<job>", base_dir: str = ".") -> Job
         invalid value. The message names ``source`` and the key, and quotes
         at most about 200 characters of the value.
     """
-    job = _build(JobConfig, data, "", source)
+    job = mapping_to_dataclass(JobConfig, data, source)
     job = dataclasses.replace(job, base_dir=os.path.abspath(base_dir))
     return _validate(job, source)
 
@@ -742,11 +516,10 @@ def job_from_dict(data: dict, source: str = "<job>", base_dir: str = ".") -> Job
 def load_job(path: str, overrides: Tuple[str, ...] = ()) -> JobConfig:
     """Read a YAML job file (safe YAML only), apply ``section.key=value`` overrides, validate.
 
-    The file is parsed by a ``yaml.SafeLoader`` that also refuses anchors and
-    aliases, merge keys, duplicate keys in any mapping, non-string keys and
-    tags without a safe constructor (``!!python/...``), so nothing in it is
-    ever expanded or executed. Every error is one line naming the file (and
-    the line, or the key), quoting at most about 200 characters of any value.
+    The file is parsed by :func:`hpcblend.io.yaml_files.load_yaml`, a
+    ``yaml.SafeLoader`` that also refuses anchors and aliases, merge keys,
+    duplicate or non-string keys and unsafe tags (``!!python/...``). Every
+    error is one line naming the file (and the line, or the key).
 
     Parameters
     ----------
@@ -767,87 +540,14 @@ def load_job(path: str, overrides: Tuple[str, ...] = ()) -> JobConfig:
         refused tag (``path: line N: ...``); its top level is not a mapping;
         an override is invalid; or the job fails validation.
     """
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = _load_yaml(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: job file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read job file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {_yaml_error_message(exc)}") from None
+    data = read_yaml_file(path, what="job file")
     data = apply_overrides(data, overrides, source=path)
     return job_from_dict(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
-def apply_overrides(data: dict, overrides, source: str = "--set") -> dict:
-    """Apply ``section.key=value`` strings (values parsed as YAML) to a job mapping (copied).
-
-    Values are parsed by the job-file loader (see :func:`load_job`): a value
-    with an anchor, a duplicate or non-string key or a refused tag is an
-    error; a value that is not YAML at all, including a bare alias such as
-    ``input.paths=*.npz`` (never expanded), is kept as the raw string.
-
-    Parameters
-    ----------
-    data : dict or None
-        The parsed job (None: empty).
-    overrides : iterable of str
-    source : str
-        Names ``data`` in error messages.
-
-    Returns
-    -------
-    dict
-
-    Raises
-    ------
-    ConfigError
-        ``data`` is not a mapping; an override without ``=``, with an empty
-        key, or with a refused YAML value.
-    """
-    import copy
-
-    data = {} if data is None else data
-    _expect_mapping(data, "", source)
-    out = copy.deepcopy(data)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {_quote(item)}: expected section.key=value")
-        key, raw = item.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ConfigError(f"--set {_quote(item)}: empty key")
-        try:
-            value = _load_yaml(raw)
-        except _JobYAMLError as exc:
-            if exc.kind != "alias":  # an alias here is an undefined one: not YAML, kept as text as before
-                raise ConfigError(f"--set {_quote(item)}: {exc.message}") from None
-            value = raw
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = value
-    return out
-
-
 def job_to_dict(job: JobConfig) -> dict:
     """The job as a plain mapping (tuples as lists), for the catalog's ``/config`` and for YAML."""
-
-    def conv(v):
-        if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, tuple):
-            return [conv(x) for x in v]
-        return v
-
-    return conv(job)
+    return dataclass_to_mapping(job)
 
 
 DEFAULT_JOB = {

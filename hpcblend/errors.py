@@ -9,6 +9,7 @@ __all__ = [
     "HpcblendError",
     "ConfigError",
     "InputError",
+    "InputVersionError",
     "PsfError",
     "BlendDataError",
     "DeblendError",
@@ -30,6 +31,10 @@ class ConfigError(HpcblendError):
 
 class InputError(HpcblendError):
     """An input file cannot be read or is malformed (missing key, wrong shape, truncated)."""
+
+
+class InputVersionError(InputError):
+    """An input file records a format version that this hpcblend does not read (too old or too new)."""
 
 
 class BlendDataError(InputError):

@@ -1,1 +1,14 @@
-"""Numba kernels of hpcblend (installed as ``hpcblend.kernels``)."""
+"""Numba kernels of hpcblend (installed as ``hpcblend.kernels``): arrays in, arrays out.
+
+PSF-difference kernels and FFT grids (:mod:`~hpcblend.kernels.psf`), FFT convolutions
+(:mod:`~hpcblend.kernels.convolution`), proximal operators on morphologies
+(:mod:`~hpcblend.kernels.operators`), initial morphologies and SEDs
+(:mod:`~hpcblend.kernels.initialization`), the fit loop (:mod:`~hpcblend.kernels.fit`, its
+per-source steps in :mod:`~hpcblend.kernels.fit_steps`), child measurements
+(:mod:`~hpcblend.kernels.measurement`) and adaptive moments (:mod:`~hpcblend.kernels.moments`).
+Kernels take plain ints, floats and arrays (boxes as ``(y0, y1, x0, x1)`` arrays) and import
+nothing of hpcblend; every compiled kernel has a plain NumPy reference it is tested against
+(``tests/test_kernels.py`` and the tests of its callers).
+"""
+
+__all__ = ["convolution", "fit", "fit_steps", "initialization", "measurement", "moments", "operators", "psf"]

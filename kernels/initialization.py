@@ -17,7 +17,19 @@ from numba import njit
 
 from .operators import monotonic_rings, scale_nonzero_box
 
-__all__ = ["init_morphology", "fit_seds", "nonnegative_least_squares"]
+__all__ = ["COMPACT_HALF_SIZE", "COMPACT_SIGMA2", "NNLS_MAX_SWEEPS", "NNLS_TOL", "init_morphology", "fit_seds",
+           "nonnegative_least_squares"]
+
+#: A source whose peak is below the threshold starts as a Gaussian in a (2·this + 1)² box (pixels) ...
+COMPACT_HALF_SIZE = 2
+#: ... of variance 0.64 px² (σ = 0.8 px, the default model PSF's: a point source in the model frame).
+COMPACT_SIGMA2 = 0.64
+#: The initial SEDs' non-negative least squares stops after this many Gauss–Seidel sweeps at most
+#: (a few tens are typical; the cap only bounds pathological, near-singular systems) ...
+NNLS_MAX_SWEEPS = 500
+#: ... or when no coordinate changes by more than this fraction of the largest (far below the
+#: accuracy the fit needs from a starting point).
+NNLS_TOL = 1e-6
 
 
 @njit(nogil=True, cache=True)
@@ -30,7 +42,7 @@ def init_morphology(detect, cy, cx, threshold, symmetric, margin, out):
     weighted radial monotonicity (:func:`prox_monotonic`); normalise so the
     peak pixel is 1. If the peak itself is below ``threshold`` the source
     starts compact: a pixel-sampled Gaussian of σ = 0.8 px (the model PSF) in
-    a 5 × 5 box.
+    a 5 × 5 box (``COMPACT_SIGMA2``, ``COMPACT_HALF_SIZE``).
 
     Parameters
     ----------
@@ -56,11 +68,12 @@ def init_morphology(detect, cy, cx, threshold, symmetric, margin, out):
     h, w = detect.shape
     peak = detect[cy, cx]
     if not peak > threshold:
-        for y in range(max(cy - 2, 0), min(cy + 3, h)):
-            for x in range(max(cx - 2, 0), min(cx + 3, w)):
+        r = COMPACT_HALF_SIZE
+        for y in range(max(cy - r, 0), min(cy + r + 1, h)):
+            for x in range(max(cx - r, 0), min(cx + r + 1, w)):
                 d2 = (y - cy) ** 2 + (x - cx) ** 2
-                out[y, x] = math.exp(-0.5 * d2 / 0.64)
-        return max(cy - 2, 0), min(cy + 3, h), max(cx - 2, 0), min(cx + 3, w)
+                out[y, x] = math.exp(-0.5 * d2 / COMPACT_SIGMA2)
+        return max(cy - r, 0), min(cy + r + 1, h), max(cx - r, 0), min(cx + r + 1, w)
     # one pass in Chebyshev rings outward from the peak, stopping at the first ring left
     # empty (monotonic_rings); the rest of ``out`` stays zero
     out[cy, cx] = peak
@@ -174,7 +187,7 @@ def fit_seds(images, weights, conv_morphs, support, ridge):
         mean_diag /= nk
         for k in range(nk):
             a[k, k] += ridge * mean_diag
-        x = nonnegative_least_squares(a, rhs, 500, 1e-6)
+        x = nonnegative_least_squares(a, rhs, NNLS_MAX_SWEEPS, NNLS_TOL)
         for k in range(nk):
             sed[k, b] = x[k]
     return sed

@@ -71,12 +71,32 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
     nk, nb = sed.shape
     h = images.shape[1]
     w = images.shape[2]
+    grown = _grown_boxes(boxes, radius, h, w)
+    total = _observed_model(sed, conv, grown, h, w)
+    chi2, n_weighted = _chi2(total, images, weights)
+    flux_model, cy, cx = _model_flux_centroids(sed, morphs, boxes, owner, n_children)
+    flux, flux_err, blendedness = _redistribute(images, variance, weights, footprint, sed, conv, grown, owner,
+                                                n_children, total)
+    return flux_model, flux, flux_err, cy, cx, blendedness, chi2, n_weighted
+
+
+@njit(nogil=True, cache=True)
+def _grown_boxes(boxes, radius, h, w):
+    """Boxes (K, 4) (y0, y1, x0, x1) grown by ``radius`` and clipped to the (h, w) frame: where ``D_b * S_k`` lives."""
+    nk = boxes.shape[0]
     grown = np.empty((nk, 4), dtype=np.int64)
     for k in range(nk):
         grown[k, 0] = max(boxes[k, 0] - radius, 0)
         grown[k, 1] = min(boxes[k, 1] + radius, h)
         grown[k, 2] = max(boxes[k, 2] - radius, 0)
         grown[k, 3] = min(boxes[k, 3] + radius, w)
+    return grown
+
+
+@njit(nogil=True, cache=True)
+def _observed_model(sed, conv, grown, h, w):
+    """The blend's observed-frame model ``M_b = Σ_k a_kb (D_b * S_k)``, (B, H, W) float64."""
+    nk, nb = sed.shape
     total = np.zeros((nb, h, w))
     for k in range(nk):
         for b in range(nb):
@@ -86,6 +106,13 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
             for y in range(grown[k, 0], grown[k, 1]):
                 for x in range(grown[k, 2], grown[k, 3]):
                     total[b, y, x] += a * conv[k, b, y, x]
+    return total
+
+
+@njit(nogil=True, cache=True)
+def _chi2(total, images, weights):
+    """``Σ W (M − Y)²`` over the weighted (band, pixel), and their number."""
+    nb, h, w = images.shape
     chi2 = 0.0
     n_weighted = 0
     for b in range(nb):
@@ -96,18 +123,16 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
                     d = total[b, y, x] - images[b, y, x]
                     chi2 += wt * d * d
                     n_weighted += 1
-    parent = np.zeros((h, w))
-    for b in range(nb):
-        for y in range(h):
-            for x in range(w):
-                parent[y, x] += total[b, y, x]
-    nc = n_children
+    return chi2, n_weighted
+
+
+@njit(nogil=True, cache=True)
+def _model_flux_centroids(sed, morphs, boxes, owner, nc):
+    """Per child: model flux ``a_kb Σ S_k`` (N, B) and the centroid (cy, cx) (N,) of its band-summed model light."""
+    nk, nb = sed.shape
     flux_model = np.zeros((nc, nb))
-    flux = np.zeros((nc, nb))
-    flux_err = np.zeros((nc, nb))
     cy = np.full(nc, np.nan)
     cx = np.full(nc, np.nan)
-    blendedness = np.full(nc, np.nan)
     mass_w = np.zeros(nc)
     sy = np.zeros(nc)
     sx = np.zeros(nc)
@@ -131,6 +156,22 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
         if mass_w[o] > 0.0:
             cy[o] = sy[o] / mass_w[o]
             cx[o] = sx[o] / mass_w[o]
+    return flux_model, cy, cx
+
+
+@njit(nogil=True, cache=True)
+def _redistribute(images, variance, weights, footprint, sed, conv, grown, owner, nc, total):
+    """Per child: flux-conserving flux and its error (N, B), and blendedness (N,) (see :func:`measure_children_kernel`)."""
+    nk, nb = sed.shape
+    h, w = footprint.shape
+    parent = np.zeros((h, w))
+    for b in range(nb):
+        for y in range(h):
+            for x in range(w):
+                parent[y, x] += total[b, y, x]
+    flux = np.zeros((nc, nb))
+    flux_err = np.zeros((nc, nb))
+    blendedness = np.full(nc, np.nan)
     child_model = np.zeros((nb, h, w))
     for o in range(nc):
         # union of the grown boxes of this child's components
@@ -177,4 +218,4 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
             blendedness[o] = 1.0 - num / den
         for b in range(nb):
             flux_err[o, b] = math.sqrt(flux_err[o, b])
-    return flux_model, flux, flux_err, cy, cx, blendedness, chi2, n_weighted
+    return flux, flux_err, blendedness

@@ -15,12 +15,13 @@ import argparse
 import os
 import sys
 
+from hpcblend.analysis.flamegraph import (format_top_functions, load_stacks, merge_stacks, seconds_per_sample,
+                                          select_profiles)
+from hpcblend.analysis.flamegraph_svg import write_flamegraph_svg
+
 
 def main(argv=None) -> int:
-    """Parse arguments, draw, write; returns the exit code."""
-    from hpcblend.analysis.flamegraph import format_top_functions, load_stacks, merge_stacks, select_profiles
-    from hpcblend.analysis.flamegraph import write_flamegraph_svg
-
+    """Parse arguments, draw (:mod:`hpcblend.analysis.flamegraph`), write; returns the exit code."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("input", help="collapsed text file or catalog (.h5)")
     ap.add_argument("-o", "--output", required=True, help="SVG to write")
@@ -42,8 +43,7 @@ def main(argv=None) -> int:
         chosen = select_profiles(profiles, rank=args.rank, slowest=args.slowest)
         if args.by_rank:
             stacks = merge_stacks(chosen, prefix_rank=True)
-        rates = {float(p.get("rate_hz") or 0) for p in chosen}
-        sps = 1.0 / rates.pop() if len(rates) == 1 and 0 not in rates else None
+        sps = seconds_per_sample(chosen)
     write_flamegraph_svg(args.output, stacks, title=args.title or os.path.basename(args.input), width=args.width,
                          seconds_per_sample=sps)
     print(f"{sum(stacks.values())} samples -> {args.output}", file=sys.stderr)

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hpcblend.analysis.flamegraph import format_stage_table, merge_inputs, seconds_per_sample, write_speedscope
+from hpcblend.io.profiles import write_collapsed
+
 
 def main(argv=None) -> int:
-    """Parse arguments, merge, write; returns the exit code."""
-    from hpcblend.analysis.flamegraph import format_stage_table, merge_stacks, select_profiles, write_speedscope
-    from hpcblend.diagnostics.sampler import read_collapsed, read_profiles, write_collapsed
-
+    """Parse arguments, merge (:func:`hpcblend.analysis.flamegraph.merge_inputs`), write; returns the exit code."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("inputs", nargs="+", help="catalogs (.h5) and/or collapsed text files")
     g = ap.add_mutually_exclusive_group()
@@ -35,24 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("--speedscope", metavar="F", help="also write speedscope JSON")
     ap.add_argument("--stages", action="store_true", help="print the per-rank stage table to stderr")
     args = ap.parse_args(argv)
-
-    stacks: dict = {}
-    profiles_all: list = []
     try:
-        for path in args.inputs:
-            if path.endswith((".h5", ".hdf5", ".hdf")):
-                profiles = read_profiles(path)
-                if not profiles:
-                    print(f"{path}: no /profile (profiling was off)", file=sys.stderr)
-                    continue
-                chosen = select_profiles(profiles, rank=args.rank, slowest=args.slowest)
-                profiles_all += chosen
-                part = merge_stacks(chosen, prefix_rank=args.by_rank)
-            else:
-                if args.rank is not None or args.slowest or args.by_rank:
-                    print(f"{path}: --rank/--slowest/--by-rank apply to catalogs only; taken whole", file=sys.stderr)
-                part = read_collapsed(path)
-            stacks = merge_stacks([stacks, part])
+        stacks, profiles_all = merge_inputs(args.inputs, rank=args.rank, slowest=args.slowest, by_rank=args.by_rank,
+                                            note=lambda line: print(line, file=sys.stderr))
     except (OSError, ValueError) as exc:
         print(f"merge_profiles: error: {exc}", file=sys.stderr)
         return 2
@@ -68,9 +53,8 @@ def main(argv=None) -> int:
         for line in sorted(stacks):
             sys.stdout.write(f"{line} {stacks[line]}\n")
     if args.speedscope:
-        rates = {float(p.get("rate_hz") or 0) for p in profiles_all}
-        sps = 1.0 / rates.pop() if len(rates) == 1 and 0 not in rates else None
-        write_speedscope(args.speedscope, {"merged": stacks}, sps, name="hpcblend merged profile")
+        write_speedscope(args.speedscope, {"merged": stacks}, seconds_per_sample(profiles_all),
+                         name="hpcblend merged profile")
         print(f"speedscope -> {args.speedscope}", file=sys.stderr)
     return 0
 

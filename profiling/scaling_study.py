@@ -64,9 +64,10 @@ if REPO not in sys.path:
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-
 import hpcblend.analysis.scaling as sc  # noqa: E402
+from hpcblend.analysis.costfit import fit_cost_model  # noqa: E402
+from hpcblend.config import default_job  # noqa: E402
+from hpcblend.simulate.sources import SimulatedTractSource  # noqa: E402
 
 PY = os.path.join(REPO, ".venv", "bin", "python")
 HPCBLEND = os.path.join(REPO, ".venv", "bin", "hpcblend")
@@ -192,13 +193,12 @@ def _copy_hsc(out_dir: str, n_copies: int) -> str:
 
 
 def _ensure_tract(path: str, shape) -> None:
-    from hpcblend.config import default_job
-    from hpcblend.parallel.driver import _ensure_tract as ensure
-
+    """Simulate the built-in job's tract at ``shape`` into ``path`` unless it is there (what a run's planning does)."""
     if glob.glob(os.path.join(path, "coadd_*.fits")):
         return
     t = time.perf_counter()
-    ensure(default_job((f"input.tract_dir={path}", f"input.simulate.shape=[{shape[0]},{shape[1]}]")))
+    job = default_job((f"input.tract_dir={path}", f"input.simulate.shape=[{shape[0]},{shape[1]}]"))
+    SimulatedTractSource(job).prepare()
     log(f"  simulated tract {path} {shape[0]}x{shape[1]} in {time.perf_counter() - t:.1f} s")
 
 
@@ -453,65 +453,9 @@ def main(argv=None) -> int:
         datasets.append(("tract", None, (f"input.patch_inner_size={a.patch_size}",)))
     texts = []
     for key, job, sets in datasets:
-        log(f"[{key}] strong scaling")
-        configs = [((n, "cost"), f"{key}_n{n}_cost", n, job, sets + ("run.schedule=cost",), None) for n in a.ranks]
-        if not a.quick and 2 in a.ranks:
-            configs.append(((2, "file"), f"{key}_n2_file", 2, job, sets + ("run.schedule=file",), None))
-        runs = run_series(configs, out, a.reuse, a.repeat)
-        # cost model for dynamic_cost: fitted on another run of the same input (the 2-rank run), not in-sample
-        from hpcblend.units.costmodel import fit_cost_model
-
-        other = runs.get((2, "cost")) or runs[(1, "cost")]
-        model = fit_cost_model(other["catalog"])
-        results.setdefault("cost_models", {})[key] = model.to_dict()
-        t = strong_table(runs, rma, cores, model=model)
-        results["strong"][key] = t
-        texts.append(fmt_strong(f"\n[{key}] strong scaling, measured vs modelled (loop wall; model knows "
-                                f"{cores} cores)", t))
-        wl1 = runs[(1, "cost")]["_wl"]
-        meas_pol = [dict(schedule=s, **{k: runs[(2, s)][k] for k in ("loop_wall_s", "idle_fraction", "max_mean_busy")})
-                    for s in ("cost", "file") if (2, s) in runs]
-        mod_pol = policy_table(wl1, rma, cores, 2, model=model)
-        results["policies"][key] = {"measured_2": meas_pol, "modelled_2": mod_pol}
-        texts.append(fmt_policies(f"\n[{key}] policies at 2 ranks (model from 1-rank costs)", meas_pol, mod_pol))
-        proj = {"Wrun": projection(wl1, a.model_ranks, a.min_units_per_rank, model=model),
-                "W8N": projection(wl1, a.model_ranks, a.min_units_per_rank, model=model, per_rank_w=8)}
-        results["projection"][key] = proj
-        nmax = max(a.model_ranks)
-        texts.append(fmt_projection(f"\n[{key}] modelled at {nmax} ranks, the run's write-round setting (default max(64, 8N) units)",
-                                    proj["Wrun"], nmax))
-        texts.append(fmt_projection(f"\n[{key}] modelled at {nmax} ranks, rounds every 8 units per rank",
-                                    proj["W8N"], nmax))
-        sens = sensitivity(wl1, nmax, a.min_units_per_rank, model=model)
-        results.setdefault("sensitivity", {})[key] = sens
-        texts.append(fmt_sensitivity(f"\n[{key}] dynamic_cost at {nmax} ranks (rounds every 8 units per rank): "
-                                     f"one assumption at a time", sens))
-        log(f"[{key}] done")
-
+        texts += _strong_study(key, job, sets, a, out, rma, cores, results)
     if not (a.quick or a.skip_weak):
-        if not a.skip_hsc:
-            log("[hsc] weak scaling (N copies of the 164 blends on N ranks)")
-            base = _copy_hsc(out, max(a.ranks))
-            configs = [(n, f"hsc_weak_n{n}", n, HSC_JOB, ("run.schedule=cost",),
-                        os.path.join(base, f"copy[0-{n - 1}]", "*.npz")) for n in a.ranks]
-            runs = run_series(configs, out, a.reuse, a.repeat)
-            t = weak_table(runs, rma, cores)
-            results["weak"]["hsc"] = t
-            texts.append(fmt_weak("\n[hsc] weak scaling: N×164 blends on N ranks (model: 1-rank units replicated N×)", t))
-        if not a.skip_tract:
-            log("[tract] weak scaling (1000 x 1000·N px tract, 500 px patches, on N ranks)")
-            configs = []
-            for n in a.ranks:
-                d = os.path.join(out, "tracts", f"w{n}")
-                _ensure_tract(d, (1000, 1000 * n))
-                configs.append((n, f"tract_weak_n{n}", n, None, (
-                    f"input.tract_dir={d}", f"input.simulate.shape=[1000,{1000 * n}]", "input.patch_inner_size=500",
-                    "run.schedule=cost"), None))
-            runs = run_series(configs, out, a.reuse, a.repeat)
-            t = weak_table(runs, rma, cores)
-            results["weak"]["tract"] = t
-            texts.append(fmt_weak("\n[tract] weak scaling: 4·N patches on N ranks (model: 1-rank units replicated N×)",
-                                  t))
+        texts += _weak_study(a, out, rma, cores, results)
 
     print("\n".join(texts))
     if not a.no_plots:
@@ -525,6 +469,74 @@ def main(argv=None) -> int:
         json.dump(results, fh, indent=1, default=float)
     log(f"written: {path}")
     return 0
+
+
+
+def _strong_study(key: str, job, sets: tuple, a, out: str, rma: dict, cores: int, results: dict) -> list:
+    """Strong scaling of one data set, the policies at 2 ranks, the projection and its sensitivity; the text blocks."""
+    texts = []
+    log(f"[{key}] strong scaling")
+    configs = [((n, "cost"), f"{key}_n{n}_cost", n, job, sets + ("run.schedule=cost",), None) for n in a.ranks]
+    if not a.quick and 2 in a.ranks:
+        configs.append(((2, "file"), f"{key}_n2_file", 2, job, sets + ("run.schedule=file",), None))
+    runs = run_series(configs, out, a.reuse, a.repeat)
+    # cost model for dynamic_cost: fitted on another run of the same input (the 2-rank run), not in-sample
+    other = runs.get((2, "cost")) or runs[(1, "cost")]
+    model = fit_cost_model(other["catalog"])
+    results.setdefault("cost_models", {})[key] = model.to_dict()
+    t = strong_table(runs, rma, cores, model=model)
+    results["strong"][key] = t
+    texts.append(fmt_strong(f"\n[{key}] strong scaling, measured vs modelled (loop wall; model knows "
+                            f"{cores} cores)", t))
+    wl1 = runs[(1, "cost")]["_wl"]
+    meas_pol = [dict(schedule=s, **{k: runs[(2, s)][k] for k in ("loop_wall_s", "idle_fraction", "max_mean_busy")})
+                for s in ("cost", "file") if (2, s) in runs]
+    mod_pol = policy_table(wl1, rma, cores, 2, model=model)
+    results["policies"][key] = {"measured_2": meas_pol, "modelled_2": mod_pol}
+    texts.append(fmt_policies(f"\n[{key}] policies at 2 ranks (model from 1-rank costs)", meas_pol, mod_pol))
+    proj = {"Wrun": projection(wl1, a.model_ranks, a.min_units_per_rank, model=model),
+            "W8N": projection(wl1, a.model_ranks, a.min_units_per_rank, model=model, per_rank_w=8)}
+    results["projection"][key] = proj
+    nmax = max(a.model_ranks)
+    texts.append(fmt_projection(f"\n[{key}] modelled at {nmax} ranks, the run's write-round setting "
+                                f"(default max(64, 8N) units)", proj["Wrun"], nmax))
+    texts.append(fmt_projection(f"\n[{key}] modelled at {nmax} ranks, rounds every 8 units per rank",
+                                proj["W8N"], nmax))
+    sens = sensitivity(wl1, nmax, a.min_units_per_rank, model=model)
+    results.setdefault("sensitivity", {})[key] = sens
+    texts.append(fmt_sensitivity(f"\n[{key}] dynamic_cost at {nmax} ranks (rounds every 8 units per rank): "
+                                 f"one assumption at a time", sens))
+    log(f"[{key}] done")
+    return texts
+
+
+def _weak_study(a, out: str, rma: dict, cores: int, results: dict) -> list:
+    """Weak scaling: N copies of the HSC blends, tracts of 1000 × 1000·N px, on N ranks; the text blocks."""
+    texts = []
+    if not a.skip_hsc:
+        log("[hsc] weak scaling (N copies of the 164 blends on N ranks)")
+        base = _copy_hsc(out, max(a.ranks))
+        configs = [(n, f"hsc_weak_n{n}", n, HSC_JOB, ("run.schedule=cost",),
+                    os.path.join(base, f"copy[0-{n - 1}]", "*.npz")) for n in a.ranks]
+        runs = run_series(configs, out, a.reuse, a.repeat)
+        t = weak_table(runs, rma, cores)
+        results["weak"]["hsc"] = t
+        texts.append(fmt_weak("\n[hsc] weak scaling: N×164 blends on N ranks (model: 1-rank units replicated N×)", t))
+    if not a.skip_tract:
+        log("[tract] weak scaling (1000 x 1000·N px tract, 500 px patches, on N ranks)")
+        configs = []
+        for n in a.ranks:
+            d = os.path.join(out, "tracts", f"w{n}")
+            _ensure_tract(d, (1000, 1000 * n))
+            configs.append((n, f"tract_weak_n{n}", n, None, (
+                f"input.tract_dir={d}", f"input.simulate.shape=[1000,{1000 * n}]", "input.patch_inner_size=500",
+                "run.schedule=cost"), None))
+        runs = run_series(configs, out, a.reuse, a.repeat)
+        t = weak_table(runs, rma, cores)
+        results["weak"]["tract"] = t
+        texts.append(fmt_weak("\n[tract] weak scaling: 4·N patches on N ranks (model: 1-rank units replicated N×)",
+                              t))
+    return texts
 
 
 if __name__ == "__main__":

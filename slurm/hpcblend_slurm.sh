@@ -226,7 +226,7 @@ _hb_lost_units() {
     local line
     python - "$HB_CATALOG" 2>/dev/null <<'PY' | while IFS= read -r line; do hb_log "$line"; done
 import sys
-from hpcblend.parallel.driver import inflight_units
+from hpcblend.parallel.markers import inflight_units
 for r, rec in sorted(inflight_units(sys.argv[1]).items()):
     if rec.get("unit"):
         node = rec.get("node") or rec.get("host")

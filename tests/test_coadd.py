@@ -10,7 +10,7 @@ from astropy.wcs import WCS
 from hpcblend.io.coadd import (TractData, TractPaths, read_patch, read_tract, read_tract_shape, tract_paths,
                             write_tract)
 from hpcblend.errors import InputError, PsfError
-from hpcblend.io.blends import MASK_PLANES
+from hpcblend.io.masks import MASK_PLANES
 from hpcblend.geometry import Box
 from hpcblend.skymap import make_patches
 

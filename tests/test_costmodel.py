@@ -9,8 +9,8 @@ import pytest
 from mpi4py import MPI
 
 from hpcblend.io.catalog import CatalogWriter
-from hpcblend.units.costmodel import (CostModel, costmodel_main, default_cost_model, fit_arrays, fit_cost_model,
-                                load_cost_model, spearman)
+from hpcblend.analysis.costfit import costmodel_main, fit_arrays, fit_cost_model, spearman
+from hpcblend.units.costmodel import CostModel, default_cost_model, load_cost_model
 from hpcblend.errors import ConfigError
 from hpcblend.io.schema import blend_spec, patch_spec
 

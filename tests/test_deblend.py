@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hpcblend.config import DeblendConfig
-from hpcblend.deblend.deblender import build_observation, deblend_blend
+from hpcblend.deblend import build_observation, deblend_blend
 from hpcblend.errors import BlendDataError, PsfError
 from hpcblend.io.blends import BlendData, read_blend
 from hpcblend.simulate.synthetic import make_synthetic_blend

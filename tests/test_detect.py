@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from hpcblend import detect
+from hpcblend.detect import footprints
 from hpcblend.errors import BlendDataError
-from hpcblend.io.blends import MASK_PLANES, BlendData
+from hpcblend.io.blends import BlendData
+from hpcblend.io.masks import MASK_PLANES
 
 BANDS = ("g", "r", "i", "z", "y")
 NOISE = np.array([1.0, 1.2, 1.5, 2.0, 3.0])  # per-band noise sigma (counts)
@@ -313,7 +315,7 @@ def test_grid_prominence_equals_exact_per_candidate_test():
         for i, ((y, x), v) in enumerate(zip(cand, vals)):
             lab, _ = ndi.label(mask & (s >= v - h), structure=np.ones((3, 3)))
             exact[i] = not np.any(s[lab == lab[y, x]] > v)
-        got = detect._prominent(cand, vals, s, mask, h)
+        got = footprints._prominent(cand, vals, s, mask, h)
         exact[0] = True
         assert np.array_equal(got, exact), h
         assert 1 < got.sum() < len(cand) or h == 3.0
@@ -341,7 +343,7 @@ def test_footprint_bbox_is_the_skymap_box():
 
     images, variance, mask = _field((50, 50), [(20, 30, _flux_for_snr(30), PSF_SIGMA)], seed=13)
     (f,) = _detect(images, variance, mask)
-    assert isinstance(f.bbox, Box) and detect.Box is Box
+    assert isinstance(f.bbox, Box)
     assert f.mask.shape == f.bbox.shape
     assert f.bbox.contains(20, 30)
     assert np.array_equal(f.full_mask((50, 50))[f.bbox.slices], f.mask)

@@ -18,8 +18,8 @@ from hpcblend.config import DeblendConfig, job_from_dict
 from hpcblend.deblend.deblender import deblend_blend
 from hpcblend.parallel.driver import run_job
 from hpcblend.errors import BlendDataError, InputError
+from hpcblend.io.masks import MASK_PLANES
 from hpcblend.io.blends import (
-    MASK_PLANES,
     PEAK_DROPPED,
     PEAK_DUPLICATE,
     PEAK_MASKED,
@@ -30,7 +30,7 @@ from hpcblend.io.blends import (
     read_blend,
     write_blend,
 )
-from hpcblend.units.blends import fill_child_rows
+from hpcblend.units.rows import fill_child_rows
 from hpcblend.io.schema import blend_spec, source_spec
 from hpcblend.simulate.synthetic import make_synthetic_blend
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hpcblend.config import _quote, apply_overrides, default_job, job_from_dict, load_job
+from hpcblend.config import apply_overrides, default_job, job_from_dict, load_job
 from hpcblend.errors import ConfigError
+from hpcblend.io.yaml_files import quote_value
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,12 +109,12 @@ def test_long_value_in_a_job_file_is_cut(tmp_path):
 
 
 def test_quote_truncates_with_length_and_keeps_short_reprs():
-    assert _quote("deblend") == "'deblend'"
-    assert _quote([1, 2.5, None]) == "[1, 2.5, None]"
-    long = _quote("a" * 5000)
+    assert quote_value("deblend") == "'deblend'"
+    assert quote_value([1, 2.5, None]) == "[1, 2.5, None]"
+    long = quote_value("a" * 5000)
     assert long.startswith("'aaa") and long.endswith("... (5000 characters)") and len(long) < 230
-    assert _quote("é" * 10, limit=5) == "'éééé... (10 characters)"
-    assert _quote(10 ** 5000).startswith("<int")  # repr beyond Python's digit limit does not raise
+    assert quote_value("é" * 10, limit=5) == "'éééé... (10 characters)"
+    assert quote_value(10 ** 5000).startswith("<int")  # repr beyond Python's digit limit does not raise
 
 
 def test_set_override_with_anchor_or_duplicate_or_tag_is_refused():
@@ -201,3 +202,23 @@ def test_valid_jobs_still_load(tmp_path):
         assert load_job(str(REPO / "jobs" / name)).name
     job = default_job(("deblend.max_iter=9",))
     assert job.name == "demo-tract" and job.deblend.max_iter == 9 and job.input.kind == "tract"
+
+
+def test_every_input_kind_has_a_work_source():
+    """``input.kind`` accepts exactly the kinds the work-source registry can run."""
+    from hpcblend.config import INPUT_KINDS
+    from hpcblend.units.source import SOURCES
+
+    assert set(INPUT_KINDS) == set(SOURCES)
+
+
+def test_other_yaml_files_use_the_same_strict_reader(tmp_path):
+    """:func:`read_yaml_file` names the file's role; the strict loader applies to every YAML file read."""
+    from hpcblend.io.yaml_files import read_yaml_file
+
+    with pytest.raises(ConfigError, match=r"t\.yaml: thresholds file not found$"):
+        read_yaml_file(str(tmp_path / "t.yaml"), what="thresholds file")
+    path = _write(tmp_path, "a: &x 1\nb: *x\n", name="t.yaml")
+    with pytest.raises(ConfigError, match=r"t\.yaml: line 1: YAML aliases/anchors are not allowed"):
+        read_yaml_file(str(path), what="thresholds file")
+    assert read_yaml_file(str(_write(tmp_path, "a: 1\n", name="ok.yaml"))) == {"a": 1}

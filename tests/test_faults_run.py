@@ -20,10 +20,13 @@ import pytest
 
 from hpcblend.io.catalog import CatalogWriter, TableSpec, read_table, verify_catalog
 from hpcblend.config import job_from_dict
-from hpcblend.parallel.driver import StopOnSignal, inflight_units, run_job
+from hpcblend.parallel.driver import run_job
+from hpcblend.parallel.markers import inflight_units
+from hpcblend.parallel.signals import StopOnSignal
 from hpcblend.errors import BlendDataError, CatalogError, InputError
 from hpcblend.io.blends import write_blend
-from hpcblend.units.blends import MAX_CHILD_PEAKS, blend_file_ids, child_id
+from hpcblend.units.blends import blend_file_ids
+from hpcblend.units.rows import MAX_CHILD_PEAKS, child_id
 from hpcblend.simulate.synthetic import make_synthetic_blend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,11 +116,11 @@ def test_second_run_on_the_same_catalog_is_refused_on_every_rank(tmp_path, share
                    + "run:\n  progress: false\n")
     out = tmp_path / "shared.h5"
     slow = ("import sys, time, hpcblend.units.blends as p\n"
-            "orig = p.process_unit\n"
+            "orig = p.BlendsSource.process\n"
             "def slow(*a, **kw):\n"
             "    time.sleep(0.4)  # the first run holds the catalog for >= 8 s\n"
             "    return orig(*a, **kw)\n"
-            "p.process_unit = slow\n"
+            "p.BlendsSource.process = slow\n"
             "from hpcblend.cli import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
     first = subprocess.Popen(["mpirun", "--oversubscribe", "-q", "-n", "2", sys.executable, "-c", slow, "run",

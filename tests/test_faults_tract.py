@@ -27,7 +27,7 @@ from astropy.wcs import WCS
 from hpcblend.io.catalog import read_table
 from hpcblend.config import job_from_dict
 from hpcblend.errors import InputError, NumericalFailure
-from hpcblend.io.blends import MASK_PLANES
+from hpcblend.io.masks import MASK_PLANES
 from hpcblend.geometry import Box
 from hpcblend.skymap import make_patches
 
@@ -269,7 +269,7 @@ def test_read_masks_every_kind_of_bad_pixel(tmp_path):
 
 
 def test_missing_coadd_is_an_error_at_planning(tract, tmp_path):
-    from hpcblend.parallel.driver import plan_units
+    from hpcblend.units.source import plan_units
 
     d = _copy(tract, tmp_path)
     os.remove(d / "coadd_i.fits")
@@ -383,17 +383,17 @@ def test_programming_error_in_an_isolated_source_propagates(tract, tmp_path, mon
 
     def broken(*args, **kwargs):
         raise AttributeError("no such attribute")
-    monkeypatch.setattr(hpcblend.units.tract, "_measure_isolated", broken)
+    monkeypatch.setattr(hpcblend.units.tract, "measure_isolated", broken)
     with pytest.raises(AttributeError, match="no such attribute"):
         _run(_job(tract, tmp_path / "attrerror.h5"))
 
 
 def test_programming_error_in_a_patch_propagates(tract, tmp_path, monkeypatch):
-    import hpcblend.io.coadd
+    import hpcblend.units.tract
 
     def broken(*args, **kwargs):
         raise NameError("name 'pixels' is not defined")
-    monkeypatch.setattr(hpcblend.io.coadd, "read_patch", broken)
+    monkeypatch.setattr(hpcblend.units.tract, "read_patch", broken)
     with pytest.raises(NameError, match="pixels"):
         _run(_job(tract, tmp_path / "nameerror.h5"))
 

@@ -22,9 +22,9 @@ import pytest
 import scipy.fft
 
 from hpcblend.config import DeblendConfig
-from hpcblend.deblend.deblender import build_observation, deblend_blend, initialize_sources
+from hpcblend.deblend import build_observation, deblend_blend, initialize_sources
 from hpcblend.io.blends import BlendData, read_blend
-from hpcblend.kernels import fit
+from hpcblend.kernels import fit, fit_steps
 from hpcblend.simulate.synthetic import _grow, make_synthetic_blend
 
 NEIGHBOURS = ((28.2, 27.9), (28.0, 34.1), (33.1, 24.3))  # bright galaxy first; neighbours 6.1 and 6.2 px away
@@ -102,7 +102,7 @@ def test_real_blend_not_converged_right_after_a_rise(shared_data):
 
 # ------------------------------------------------- fit_blend vs a plain NumPy/Python reference
 
-BLOCK = fit.SUPPORT_BLOCK
+BLOCK = fit_steps.SUPPORT_BLOCK
 
 
 def _cap(out, y, x, cy, cx, y0, y1, x0, x1):
@@ -261,6 +261,101 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
     return np.array(losses), sed, morph, boxes, alive, converged, n_back
 
 
+def _prox_and_resize(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, margin, state):
+    """The constraints of source k (monotonic, not symmetric) as :func:`fit_steps.prox_source` applies them;
+    ``state`` arrays (K, H, W) are zeroed outside the new box. Returns False when the source died."""
+    nk, h, w = morph.shape
+    y0, y1, x0, x1 = boxes[k]
+    sed[k] = np.maximum(sed[k], 0.0)
+    cy, cx = peaks[k]
+    s = float(np.sum((sed[k] / noise_rms) ** 2))
+    thr = (bg_thresh / math.sqrt(s) if s > 0 else np.inf) if bg_thresh > 0 else 0.0
+    mk = morph[k]
+    _prox_morph(mk, thr, cy, cx, y0, y1, x0, x1)
+    norm = float(mk[cy, cx])
+    if not norm > 0:
+        alive[k] = False
+        mk[y0:y1, x0:x1] = 0
+        sed[k] = 0
+        return False
+    box = mk[y0:y1, x0:x1]
+    pos = box > 0
+    box[pos] = (box[pos].astype(np.float64) * (1.0 / norm)).astype(np.float32)
+    sed[k] *= norm
+    ys, xs = np.nonzero(pos)
+    ny0, ny1 = max(min(ys.min() + y0, cy) - margin, 0), min(max(ys.max() + y0 + 1, cy + 1) + margin, h)
+    nx0, nx1 = max(min(xs.min() + x0, cx) - margin, 0), min(max(xs.max() + x0 + 1, cx + 1) + margin, w)
+    outside = np.ones((h, w), bool)
+    outside[ny0:ny1, nx0:nx1] = False
+    for arr in state:
+        arr[k][outside] = 0.0
+    boxes[k] = (ny0, ny1, nx0, nx1)
+    return True
+
+
+def adaprox_reference(images, weights, transfer, hp, wp, peaks, sed, morph, boxes, noise_rms, max_iter, min_iter,
+                      e_rel, bg_thresh, margin, sed_step_factor, morph_step):
+    """Adaprox (proximal AMSGrad) of :func:`hpcblend.kernels.fit.fit_blend` (monotonic, not symmetric), NumPy.
+
+    As the kernel does, the second moment of the morphologies starts at the initial morphologies
+    (the array FISTA keeps its previous iterate in). Returns (loss history, sed, morph, boxes, alive, converged).
+    """
+    sed, morph, boxes = sed.copy(), morph.copy(), boxes.copy()
+    nk, nb = sed.shape
+    h, w = images.shape[1:]
+    alive = np.ones(nk, bool)
+    m1, m2, m3 = np.zeros_like(morph), morph.copy(), np.zeros_like(morph)
+    s1, s2, s3 = np.zeros((nk, nb)), np.zeros((nk, nb)), np.zeros((nk, nb))
+    beta1, beta2, eps = fit_steps.ADAPROX_BETA1, fit_steps.ADAPROX_BETA2, fit_steps.ADAPROX_EPS
+    best_loss, best = np.inf, None
+    prev_loss, rose, evaluated = np.inf, False, False
+    losses, converged = [], False
+    for it in range(max_iter):
+        model = np.zeros((nb, h, w), np.float32)
+        for k in np.flatnonzero(alive):
+            y0, y1, x0, x1 = boxes[k]
+            model[:, y0:y1, x0:x1] += (sed[k][:, None, None] * morph[k, y0:y1, x0:x1]).astype(np.float32)
+        d = _convolve(model, transfer, hp, wp) - images
+        res = (weights * d).astype(np.float32)
+        loss = float(0.5 * np.sum(res.astype(np.float64) * d))
+        losses.append(loss)
+        evaluated = True
+        if not math.isfinite(loss):
+            break
+        if it >= min_iter and not rose and abs(prev_loss - loss) < e_rel * abs(loss):
+            converged = True
+            break
+        rose = loss > prev_loss
+        if loss <= best_loss:
+            best_loss, best = loss, (sed.copy(), morph.copy(), boxes.copy(), alive.copy())
+        grad = _convolve(res, transfer, hp, wp, adjoint=True).astype(np.float32)
+        prev_loss = loss
+        evaluated = False
+        bc1, bc2 = 1.0 - beta1 ** (it + 1), 1.0 - beta2 ** (it + 1)
+        for k in np.flatnonzero(alive):
+            y0, y1, x0, x1 = boxes[k]
+            v = morph[k, y0:y1, x0:x1]
+            g = grad[:, y0:y1, x0:x1].astype(np.float64)
+            grad_sed = (g * v).sum(axis=(1, 2))
+            gm = np.tensordot(sed[k], g, axes=1)  # ∂L/∂S_k on the box
+            a1 = beta1 * m1[k, y0:y1, x0:x1] + (1 - beta1) * gm
+            a2 = beta2 * m2[k, y0:y1, x0:x1] + (1 - beta2) * gm * gm
+            a3 = np.maximum(m3[k, y0:y1, x0:x1], a2)
+            m1[k, y0:y1, x0:x1], m2[k, y0:y1, x0:x1], m3[k, y0:y1, x0:x1] = a1, a2, a3
+            upd = np.where(a3 > 0, morph_step * (a1 / bc1) / (np.sqrt(np.where(a3 > 0, a3, 1) / bc2) + eps), 0.0)
+            morph[k, y0:y1, x0:x1] = (v - upd).astype(np.float32)
+            b1 = beta1 * s1[k] + (1 - beta1) * grad_sed
+            b2 = beta2 * s2[k] + (1 - beta2) * grad_sed ** 2
+            b3 = np.maximum(s3[k], b2)
+            s1[k], s2[k], s3[k] = b1, b2, b3
+            sed_step = np.maximum(sed_step_factor * sed[k].mean(), noise_rms)
+            sed[k] = np.where(b3 > 0, sed[k] - sed_step * (b1 / bc1) / (np.sqrt(b3 / bc2) + eps), sed[k])
+            _prox_and_resize(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, margin, (m1, m2, m3))
+    if math.isfinite(losses[-1]) and (not evaluated or losses[-1] > (1 + e_rel) * best_loss):
+        sed, morph, boxes, alive = best
+    return np.array(losses), sed, morph, boxes, alive, converged
+
+
 def _small_bright_blend(seed, flux, sizes):
     """Two sources, three bands, 36x36 px: fast enough for the Python reference."""
     blend, _ = bright_blend(seed, flux, sizes, "exponential", centers=((18.2, 17.9), (18.0, 24.1)), shape=(36, 36),
@@ -288,9 +383,11 @@ def test_fit_blend_matches_reference(case):
     args = (obs.images, obs.weights, obs.curvature, obs.transfer, *obs.fft_shape, peaks)
     s, m, b = sed.copy(), morph.copy(), boxes.copy()
     history = np.zeros(max_iter)
-    n_iter, converged, status, alive = fit.fit_blend(
-        *args, s, m, b, obs.noise_rms, fit.OPT_FISTA, max_iter, config.min_iter, config.e_rel, config.bg_thresh,
-        True, False, 0.0, 0.0, config.box_margin, obs.kernel_radius, step_scale, history)
+    settings = fit.FitSettings(optimizer=fit.OPT_FISTA, max_iter=max_iter, min_iter=config.min_iter,
+                               e_rel=config.e_rel, bg_thresh=config.bg_thresh, monotonic=True, symmetric=False,
+                               sed_step_factor=0.0, morph_step=0.0, margin=config.box_margin, step_scale=step_scale)
+    n_iter, converged, status, alive = fit.fit_blend(*args, s, m, b, obs.noise_rms, obs.kernel_radius, settings,
+                                                     history)
     ref_hist, ref_sed, ref_morph, ref_boxes, ref_alive, ref_converged, n_back = fit_blend_reference(
         *args, sed, morph, boxes, obs.noise_rms, max_iter, config.min_iter, config.e_rel, config.bg_thresh,
         config.box_margin, obs.kernel_radius, step_scale)
@@ -305,7 +402,7 @@ def test_fit_blend_matches_reference(case):
 
 
 def test_snapshot_restore_match_reference():
-    """_restore(_snapshot(state)) is the state; the FISTA previous iterate becomes it; morphologies are
+    """restore(snapshot(state)) is the state; the FISTA previous iterate becomes it; morphologies are
     zero outside the restored boxes."""
     rng = np.random.default_rng(3)
     nk, nb, h, w = 3, 2, 20, 24
@@ -324,7 +421,7 @@ def test_snapshot_restore_match_reference():
     kept = (sed.copy(), morph.copy(), boxes.copy(), alive.copy())
     sed_keep, morph_keep = np.zeros_like(sed), np.full_like(morph, np.nan)  # untouched pixels must not matter
     boxes_keep, alive_keep = np.zeros_like(boxes), np.zeros_like(alive)
-    fit._snapshot(sed, morph, boxes, alive, sed_keep, morph_keep, boxes_keep, alive_keep)
+    fit_steps.snapshot(sed, morph, boxes, alive, sed_keep, morph_keep, boxes_keep, alive_keep)
     # move on: other values, other boxes (grown, shrunk), a dead source revived, one killed
     sed2, morph2 = state()
     boxes2 = np.array([[1, 12, 2, 14], [7, 12, 8, 12], [0, 6, 0, 6]], dtype=np.int64)
@@ -337,10 +434,42 @@ def test_snapshot_restore_match_reference():
     for k in range(nk):
         y0, y1, x0, x1 = boxes2[k]
         morph_prev[k, y0:y1, x0:x1] = 5.0
-    fit._restore(sed2, morph2, boxes2, alive2, sed_keep, morph_keep, boxes_keep, alive_keep, sed_prev, morph_prev)
+    fit_steps.restore(sed2, morph2, boxes2, alive2, sed_keep, morph_keep, boxes_keep, alive_keep, sed_prev, morph_prev)
     np.testing.assert_array_equal(sed2, kept[0])
     np.testing.assert_array_equal(boxes2, kept[2])
     np.testing.assert_array_equal(alive2, kept[3])
     np.testing.assert_array_equal(morph2, kept[1])
     np.testing.assert_array_equal(sed_prev, kept[0])
     np.testing.assert_array_equal(morph_prev, kept[1])
+
+
+@pytest.mark.parametrize("kind,max_iter", [("three", 40), ("bright", 25)])
+def test_fit_blend_adaprox_matches_reference(kind, max_iter):
+    if kind == "bright":
+        blend = _small_bright_blend(0, 3e4, (3.0, 4.0))
+    else:
+        blend, _ = make_synthetic_blend(3, n_sources=3, shape=(41, 41), flux_range=(2e4, 5e4), min_separation=8.0)
+    config = DeblendConfig(optimizer="adaprox")
+    obs = build_observation(blend, config)
+    peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
+    sed, morph, boxes = initialize_sources(obs, peaks, config)
+    s, m, b = sed.copy(), morph.copy(), boxes.copy()
+    history = np.zeros(max_iter)
+    settings = fit.FitSettings(optimizer=fit.OPT_ADAPROX, max_iter=max_iter, min_iter=config.min_iter,
+                               e_rel=config.e_rel, bg_thresh=config.bg_thresh, monotonic=True, symmetric=False,
+                               sed_step_factor=config.sed_step_factor, morph_step=config.morph_step,
+                               margin=config.box_margin, step_scale=config.step_scale)
+    n_iter, converged, status, alive = fit.fit_blend(obs.images, obs.weights, obs.curvature, obs.transfer,
+                                                     *obs.fft_shape, peaks, s, m, b, obs.noise_rms,
+                                                     obs.kernel_radius, settings, history)
+    ref_hist, ref_sed, ref_morph, ref_boxes, ref_alive, ref_converged = adaprox_reference(
+        obs.images, obs.weights, obs.transfer, *obs.fft_shape, peaks, sed, morph, boxes, obs.noise_rms, max_iter,
+        config.min_iter, config.e_rel, config.bg_thresh, config.box_margin, config.sed_step_factor, config.morph_step)
+    assert status == fit.STATUS_OK
+    assert n_iter == len(ref_hist) and converged == ref_converged
+    assert ref_hist[-1] < ref_hist[0]  # the fit went somewhere
+    np.testing.assert_allclose(history[:n_iter], ref_hist, rtol=1e-4)
+    np.testing.assert_array_equal(b, ref_boxes)
+    np.testing.assert_array_equal(alive, ref_alive)
+    np.testing.assert_allclose(s, ref_sed, rtol=1e-4, atol=1e-4 * np.abs(ref_sed).max())
+    np.testing.assert_allclose(m, ref_morph, atol=1e-4)

@@ -9,8 +9,8 @@ import pytest
 
 from hpcblend.config import job_from_dict
 from hpcblend.parallel.driver import run_job
-from hpcblend.simulate.inject import (PIXEL_SCALE, TRUTH_FILE, inject_blend, inject_blends, inject_main, injection_metrics,
-                             mag_to_flux, read_truth)
+from hpcblend.analysis.injection import inject_main, injection_metrics
+from hpcblend.simulate.inject import PIXEL_SCALE, TRUTH_FILE, inject_blend, inject_blends, mag_to_flux, read_truth
 from hpcblend.io.blends import BlendData, read_blend
 
 HERE = os.path.dirname(os.path.abspath(__file__))

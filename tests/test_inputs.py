@@ -8,14 +8,13 @@ import pytest
 
 from hpcblend.errors import BlendDataError, InputError, PsfError
 from hpcblend.io.blends import (
-    MASK_PLANES,
     BlendData,
     expand_inputs,
-    mask_bits,
     peek_blend,
     read_blend,
     write_blend,
 )
+from hpcblend.io.masks import MASK_PLANES, mask_bits
 from hpcblend.simulate.synthetic import make_synthetic_blend
 
 NO_DATA = 1 << MASK_PLANES["NO_DATA"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from hpcblend.kernels import convolution, fit, operators, psf
+from hpcblend.kernels import convolution, fit, fit_steps, initialization, operators, psf
 
 # ---------------------------------------------------------------- PSF kernels
 
@@ -364,8 +364,6 @@ def _init_morphology_py(detect, cy, cx, threshold, symmetric, margin):
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_init_morphology_matches_reference(symmetric):
-    from hpcblend.kernels import initialization
-
     rng = np.random.default_rng(4)
     yy, xx = np.indices((40, 37))
     detect = (5 * np.exp(-((yy - 15) ** 2 + (xx - 12) ** 2) / 18.0) + 3 * np.exp(-((yy - 27) ** 2 + (xx - 25) ** 2) / 8.0)
@@ -400,3 +398,77 @@ def test_convolve_box_matches_frame_convolution(box):
     for b in range(2):
         ref = fftconvolve(morph.astype(np.float64), kernels[b], mode="same")
         np.testing.assert_allclose(out[b, gy0:gy1, gx0:gx1], ref[gy0:gy1, gx0:gx1], atol=2e-6 * ref.max())
+
+
+# ---------------------------------------------------------------- curvature bound, SEDs, boxes
+
+
+def test_curvature_bound_matches_numpy():
+    """c_b = ||D_b||₁ (|D_b|ᵀ * W_b): the correlation of the weights with |D_b|, clipped at 0."""
+    rng = np.random.default_rng(8)
+    nb, h, w, r = 3, 30, 27, 4
+    kernels = rng.normal(0.0, 1.0, (nb, 2 * r + 1, 2 * r + 1))
+    kernels[:, r, r] += 5.0
+    kernels /= kernels.sum(axis=(1, 2), keepdims=True)
+    weights = rng.random((nb, h, w)).astype(np.float32)
+    weights[:, :4, :] = 0.0
+    hp, wp = psf.fft_shape_for((h, w), r)
+    abs_k = np.abs(kernels)
+    got = fit_steps.curvature_bound(weights, psf.kernel_transfer_function(abs_k, (hp, wp)), abs_k.sum(axis=(1, 2)),
+                                    hp, wp)
+    for b in range(nb):
+        ref = abs_k[b].sum() * fftconvolve(weights[b].astype(np.float64), abs_k[b][::-1, ::-1], mode="same")
+        np.testing.assert_allclose(got[b], np.maximum(ref, 0.0), rtol=1e-5, atol=1e-6 * ref.max())
+
+
+def test_fit_seds_matches_nnls():
+    """Per band: min Σ W (Y − Σ_k a_k C_k)² + ridge·mean(diag)·|a|², a ≥ 0, against scipy's NNLS."""
+    from scipy.optimize import nnls
+
+    rng = np.random.default_rng(12)
+    nk, nb, h, w = 3, 2, 24, 26
+    yy, xx = np.indices((h, w))
+    conv = np.zeros((nk, nb, h, w), np.float32)
+    support = np.array([[2, 16, 3, 15], [6, 22, 9, 24], [0, 12, 14, 26]], dtype=np.int64)
+    for k, (cy, cx) in enumerate(((9, 9), (14, 16), (6, 20))):
+        for b in range(nb):
+            g = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (2.0 + b) ** 2))
+            y0, y1, x0, x1 = support[k]
+            conv[k, b, y0:y1, x0:x1] = g[y0:y1, x0:x1]
+    # band 1: source 2 has a negative unconstrained amplitude, so the constraint is active
+    truth = np.array([[50.0, 30.0], [20.0, 40.0], [10.0, -15.0]])
+    images = (np.einsum("kb,kbhw->bhw", truth, conv) + rng.normal(0, 0.5, (nb, h, w))).astype(np.float32)
+    weights = rng.uniform(1.0, 4.0, (nb, h, w)).astype(np.float32)
+    ridge = 1e-6
+    got = initialization.fit_seds(images, weights, conv, support, ridge)
+    for b in range(nb):
+        c = conv[:, b].reshape(nk, -1).astype(np.float64)
+        wt = weights[b].ravel().astype(np.float64)
+        a = (c * wt) @ c.T
+        a += ridge * np.trace(a) / nk * np.eye(nk)
+        rhs = (c * wt) @ images[b].ravel().astype(np.float64)
+        chol = np.linalg.cholesky(a)
+        ref, _ = nnls(chol.T, np.linalg.solve(chol, rhs))
+        np.testing.assert_allclose(got[:, b], ref, rtol=1e-4, atol=1e-4 * ref.max())
+    assert got[2, 1] == 0.0
+
+
+@pytest.mark.parametrize("factor", [1.0, 0.25])
+def test_scale_nonzero_box_matches_numpy(factor):
+    rng = np.random.default_rng(2)
+    img = np.where(rng.random((20, 23)) < 0.1, rng.random((20, 23)), 0.0).astype(np.float32)
+    img[3, 4] = -1.0  # negative pixels are neither scaled nor in the box
+    cy, cx, box = 12, 9, (2, 18, 1, 21)
+    ref = img.copy()
+    y0, y1, x0, x1 = box
+    sub = ref[y0:y1, x0:x1]
+    sub[sub > 0] *= np.float32(factor)
+    ys, xs = np.nonzero(img[y0:y1, x0:x1] > 0)
+    ref_box = (min(ys.min() + y0, cy), max(ys.max() + y0 + 1, cy + 1), min(xs.min() + x0, cx),
+               max(xs.max() + x0 + 1, cx + 1))
+    out = img.copy()
+    got = operators.scale_nonzero_box(out, factor, cy, cx, *box)
+    assert tuple(got) == ref_box
+    np.testing.assert_array_equal(out, ref)
+    if factor == 1.0:
+        assert tuple(operators.nonzero_box(img, cy, cx, *box)) == ref_box

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hpcblend.config import DeblendConfig
-from hpcblend.deblend.deblender import build_observation, convolve_sources, initialize_sources
+from hpcblend.deblend import build_observation, convolve_sources, initialize_sources
 from hpcblend.measure.children import chi2_per_pixel, measure_children, measure_children_reference
 from hpcblend.simulate.synthetic import make_synthetic_blend
 

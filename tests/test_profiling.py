@@ -14,11 +14,12 @@ import pytest
 
 from hpcblend.io.catalog import CatalogWriter, TableSpec
 from hpcblend.errors import CatalogError
-from hpcblend.analysis.flamegraph import (flamegraph_svg, format_stage_table, format_top_functions, merge_stacks,
-                                 profile_main, select_profiles, slowest_rank, speedscope_document, stage_table,
-                                 top_functions, write_speedscope)
-from hpcblend.diagnostics.sampler import (NullSampler, StackSampler, read_collapsed, read_profiles, write_collapsed,
-                                write_profiles)
+from hpcblend.analysis.flamegraph import (format_stage_table, format_top_functions, merge_stacks, profile_main,
+                                          select_profiles, slowest_rank, speedscope_document, stage_table,
+                                          top_functions, write_speedscope)
+from hpcblend.analysis.flamegraph_svg import flamegraph_svg
+from hpcblend.diagnostics.sampler import NullSampler, StackSampler
+from hpcblend.io.profiles import read_collapsed, read_profiles, write_collapsed, write_profiles
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

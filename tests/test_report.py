@@ -16,14 +16,14 @@ from hpcblend.io.catalog import read_table
 from hpcblend.config import default_job
 from hpcblend.parallel.driver import run_job
 from hpcblend.io.blends import write_blend
-from hpcblend.diagnostics.sampler import StackSampler, read_profiles, write_profiles
+from hpcblend.diagnostics.sampler import StackSampler
+from hpcblend.io.profiles import read_profiles, write_profiles
 from hpcblend.diagnostics.gallery import gallery_record
 from hpcblend.io.gallery import read_gallery, write_gallery
-from hpcblend.report import (SECTION_IDS, fit_power_law, load_run, make_report, records_from_inputs, report_main,
-                             run_numbers, scaling_mask)
+from hpcblend.report import (SECTION_IDS, fit_power_law, load_run, make_report, report_main, run_numbers,
+                             scaling_mask, select_gallery_blends)
 from hpcblend.report.figures import (fig_compare_runtime, fig_flags, fig_gallery_record, fig_rank_time,
                                      fig_runtime_scaling)
-from hpcblend.report.gallery import select_gallery_blends
 from hpcblend.simulate.synthetic import make_synthetic_blend, write_demo_blends
 
 HEADINGS = ("Run overview", "1. How long does it take?", "2. What do failures look like?",
@@ -66,7 +66,11 @@ def test_power_law_degenerate_inputs():
 
 @pytest.fixture(scope="module")
 def catalogs(tmp_path_factory):
-    """A demo run (6 synthetic blends + 1 that fails), a bare copy, and a copy with /gallery and /profile."""
+    """A demo run (6 synthetic blends + 1 that fails), a bare copy, and a copy with /gallery and /profile.
+
+    The full copy keeps the /gallery the run wrote itself (records made during the run, with models) and gets
+    a hand-made record of the failed blend (which has no pixels in the run: its file fails to read).
+    """
     d = tmp_path_factory.mktemp("report")
     inp = d / "in"
     write_demo_blends(str(inp), n_blends=6)
@@ -87,19 +91,20 @@ def catalogs(tmp_path_factory):
             if name in f:
                 del f[name]
     full = d / "full.h5"
-    shutil.copy(bare, full)
+    shutil.copy(out, full)
+    with h5py.File(full, "a") as f:
+        if "profile" in f:
+            del f["profile"]
     # profiles: the real one (rank 0) and a made-up rank 1 that waited half of the time
     p1 = dict(sampler.results(rank=1), stage_seconds={"fit": 0.5, "wait": 0.4, "mpi": 0.1})
     write_profiles(full, [sampler.results(rank=0), p1])
-    # gallery: re-deblended from the inputs, and a hand-made record of the failed blend (no model)
-    blends = read_table(full, "blends")
-    reasons = select_gallery_blends(blends, n_failed=5, n_flagged=5, n_slowest=3)
-    recs = records_from_inputs(full, reasons)
+    # gallery: the run's own records, and a hand-made record of the failed blend (no model)
     raw = np.load(inp / "7.npz")
-    recs.append(gallery_record(7, np.nan_to_num(raw["images"]), None, [[5, 5, 9, 9], [20, 20, 9, 9]], [True, True],
-                               "grizy", "failed", info={"error": "made by the test"}))
-    write_gallery(full, recs)
-    return {"dir": d, "run": str(out), "bare": str(bare), "full": str(full), "n_records": len(recs)}
+    rec7 = gallery_record(7, np.nan_to_num(raw["images"]), None, [[5, 5, 9, 9], [20, 20, 9, 9]], [True, True],
+                          "grizy", "failed", info={"error": "made by the test"})
+    write_gallery(full, [rec7])
+    return {"dir": d, "run": str(out), "bare": str(bare), "full": str(full),
+            "n_records": len(read_gallery(str(out))) + 1}
 
 
 def test_catalog_fixture_has_a_failure(catalogs):
@@ -114,25 +119,41 @@ def test_catalog_fixture_has_a_failure(catalogs):
     assert nums["core_hours"] == pytest.approx(nums["wall_s"] / 3600)
 
 
-def test_gallery_round_trip(tmp_path, catalogs):
+def test_run_writes_its_gallery(catalogs):
+    """Records are made during the run: the fitted blends' records carry the observed-frame model."""
+    run_recs = read_gallery(catalogs["run"])
+    assert run_recs and all(r["model"] is not None for r in run_recs)
+    b = read_table(catalogs["run"], "blends")
+    rows = {int(i): k for k, i in enumerate(b["id"])}
+    for r in run_recs:
+        row = b[rows[r["blend_id"]]]
+        assert "slowest" in r["reason"] and r["images"].shape == r["model"].shape
+        assert r["child_boxes"].shape == (int(row["n_peaks"]), 4) and r["info"]["iterations"] == row["iterations"]
+        # the residual of a converged fit is noise-like: much smaller than the data
+        assert np.abs(r["residual"]).max() < np.abs(r["images"]).max()
     recs = read_gallery(catalogs["full"])
     assert len(recs) == catalogs["n_records"]
     by = {r["blend_id"]: r for r in recs}
     assert by[7]["model"] is None and by[7]["child_bad"].all() and by[7]["reason"] == "failed"
-    fitted = [r for r in recs if r["model"] is not None]
-    assert fitted
-    r = fitted[0]
-    assert r["images"].shape == r["model"].shape and r["images"].dtype == np.float32
-    assert r["child_boxes"].shape == (len(r["child_bad"]), 4)
+
+
+def test_gallery_round_trip(tmp_path, catalogs):
+    blend, truth = make_synthetic_blend(seed=3, n_sources=3, blend_id=3)
+    boxes = [[int(y) - 4, int(x) - 4, 9, 9] for y, x in blend.peaks]
+    orig = gallery_record(3, blend.images, truth["noiseless"], boxes, [False, True, False], blend.bands, "x",
+                          footprint=blend.footprint, info={"chi2_per_pixel": 1.0})
+    path = tmp_path / "c.h5"
+    shutil.copy(catalogs["bare"], path)
     # float16 storage keeps about three significant digits of each array
-    orig = records_from_inputs(catalogs["run"], {r["blend_id"]: "x"})[0]
+    write_gallery(path, [orig])
+    (r,) = read_gallery(path)
     scale = np.abs(orig["images"]).max()
     assert np.abs(r["images"] - orig["images"]).max() < 1e-3 * scale
     res = orig["images"] - orig["model"]
     assert np.abs(r["residual"] - res).max() < 1e-3 * np.abs(res).max()
+    np.testing.assert_array_equal(r["child_bad"], [False, True, False])
+    np.testing.assert_array_equal(r["footprint"], blend.footprint)
     # float32 storage is exact; a second record of the same blend merges the reasons
-    path = tmp_path / "c.h5"
-    shutil.copy(catalogs["bare"], path)
     write_gallery(path, [orig], storage="float32")
     write_gallery(path, [dict(orig, reason="slowest")], storage="float32")
     (back,) = read_gallery(path)
@@ -142,6 +163,20 @@ def test_gallery_round_trip(tmp_path, catalogs):
     with pytest.raises(ValueError):
         gallery_record(1, np.zeros((3, 4, 4)), np.zeros((3, 4, 5)), [[0, 0, 1, 1]], [False], "gri", "x")
     assert read_gallery(catalogs["bare"]) == []
+
+
+def test_select_gallery_blends(catalogs):
+    b = read_table(catalogs["full"], "blends")
+    chosen = select_gallery_blends(b, 2)
+    assert chosen[0] == (7, "failed")  # the failed blend first
+    assert [g for _, g in chosen].count("slowest") == 2 and len({i for i, _ in chosen}) == len(chosen)
+    slow = [i for i, g in chosen if g == "slowest"]
+    t = {int(i): float(v) for i, v in zip(b["id"], b["t_total"]) if int(i) != 7}
+    assert slow == sorted(t, key=lambda i: -t[i])[:2]
+    # only blends with a stored record are chosen
+    have = [r["blend_id"] for r in read_gallery(catalogs["full"])]
+    assert {i for i, _ in select_gallery_blends(b, 10, have)} == set(have)
+    assert select_gallery_blends(b, 10, []) == []
 
 
 # --------------------------------------------------------------------------- figures hold the data

@@ -80,7 +80,7 @@ def test_two_rank_profile_counts_match_time_and_name_the_deblender(shared_data, 
     from mpi4py import MPI
 
     from hpcblend.parallel.driver import run_job
-    from hpcblend.diagnostics.sampler import read_profiles
+    from hpcblend.io.profiles import read_profiles
 
     comm = MPI.COMM_WORLD
     tmp = comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None, root=0)
@@ -104,6 +104,6 @@ def test_two_rank_profile_counts_match_time_and_name_the_deblender(shared_data, 
             # the fit loop is one compiled call, so its samples share one stack line: the hottest
             stacks = p["stacks"]
             hottest = max(stacks, key=stacks.get)
-            assert "deblend.py:deblend_blend" in hottest and "profiling.py" not in hottest, hottest
+            assert "deblender.py:deblend_blend" in hottest and "sampler.py" not in hottest, hottest
 
     root_check(comm, check)

@@ -205,7 +205,7 @@ def _catalog(path, n=40, ranks=2):
     rows["footprint_area"] = rng.integers(200, 5000, n)
     rows["t_total"] = 1e-5 * rows["footprint_area"] * rng.lognormal(0, 0.2, n)
     rows["rank"] = np.arange(n) % ranks
-    from hpcblend.diagnostics.sampler import write_profiles
+    from hpcblend.io.profiles import write_profiles
 
     with CatalogWriter(path, MPI.COMM_SELF, [spec], json_groups={"config": {"run": {"schedule": "cost",
                        "write_every_units": 64, "write_every_seconds": 30.0}}, "provenance": {"n_ranks": ranks}}) as w:

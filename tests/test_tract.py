@@ -26,7 +26,9 @@ import pytest
 from hpcblend.io.catalog import read_table
 from hpcblend.config import job_from_dict
 from hpcblend.errors import CatalogError, InputError
-from hpcblend.analysis.validate import format_report, match_positions, validate_tract
+from hpcblend.analysis.validate import validate_tract
+from hpcblend.analysis.validate_match import match_positions
+from hpcblend.analysis.validate_report import format_report
 
 SHAPE = (1000, 1000)
 INNER, OVERLAP = 500, 50
@@ -365,7 +367,7 @@ def _replace_band(d, band, shape=(400, 400), crval=(150.0, 2.0)):
 @pytest.mark.parametrize("what", ["shape", "wcs"])
 def test_bad_band_error_at_planning(tmp_path, what):
     """A band of another shape or WCS stops the run before any patch, naming the file and the HDU."""
-    from hpcblend.parallel.driver import plan_units
+    from hpcblend.units.source import plan_units
 
     d = tmp_path / "bad"
     _write_star_tract(d, _FEW_STARS)
@@ -401,7 +403,7 @@ def test_nan_region_fails_only_its_patch(tmp_path):
 
 
 def test_missing_psf_file(tmp_path):
-    from hpcblend.parallel.driver import plan_units
+    from hpcblend.units.source import plan_units
 
     d = tmp_path / "nopsf"
     _write_star_tract(d, _FEW_STARS)

@@ -32,9 +32,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from hpcblend.config import DeblendConfig
-from hpcblend.deblend.deblender import build_observation, deblend_blend, warm_up
+from hpcblend.deblend import build_observation, deblend_blend, warm_up
 from hpcblend.errors import is_programming_error
 from hpcblend.io.blends import BlendData, expand_inputs, read_blend
+from hpcblend.io.json_values import json_default
 from hpcblend.kernels.convolution import convolve_bands, correlate_bands
 
 __all__ = ["REFERENCES", "REFERENCE_README", "ScarletLiteSettings", "ScarletLiteRunner", "load_scarlet_lite",
@@ -496,12 +497,5 @@ def format_report(report: dict, top: int = 10) -> list:
 
 def write_json(report: dict, path: str) -> None:
     """Write a :func:`run_bench_deblend` report as JSON (NaN as ``NaN``, numpy scalars as numbers)."""
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
     with open(path, "w") as fh:
-        json.dump(report, fh, indent=1, default=default)
+        json.dump(report, fh, indent=1, default=json_default)

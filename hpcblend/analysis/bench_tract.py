@@ -11,19 +11,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from typing import Optional, Sequence
 
 import numpy as np
 
-from hpcblend.io.catalog import read_bands, read_table
+from hpcblend.config import default_job, load_job
+from hpcblend.deblend import warm_up
+from hpcblend.diagnostics.stages import IDLE_STAGES
+from hpcblend.diagnostics.stages import STAGES as ALL_STAGES
 from hpcblend.errors import ConfigError
+from hpcblend.io.catalog import read_bands, read_table
+from hpcblend.io.json_values import json_default
+from hpcblend.io.profiles import read_profiles
+from hpcblend.parallel.driver import run_job
+from hpcblend.units.tract import warm_up_tract
 
 __all__ = ["STAGES", "run_bench_tract", "format_tract_report", "write_tract_json"]
 
-#: The stages of a tract run, in data-flow order (``wait`` and ``other`` are not busy time).
-STAGES = ("load", "detect", "init", "fit", "measure", "write")
+#: The working stages of a tract run, in data-flow order (:data:`hpcblend.diagnostics.stages.STAGES` without the
+#: idle ``wait`` and ``mpi``; ``other`` is not counted either): their sum is the benchmark's busy time.
+STAGES = tuple(s for s in ALL_STAGES if s not in IDLE_STAGES)
 
 
 def run_bench_tract(job_path: Optional[str] = None, overrides: Sequence[str] = (),
@@ -55,13 +65,7 @@ def run_bench_tract(job_path: Optional[str] = None, overrides: Sequence[str] = (
     hpcblend.errors.ConfigError
         The job is not a tract job, or is invalid.
     """
-    from mpi4py import MPI
-
-    from hpcblend.config import default_job, load_job
-    from hpcblend.deblend.deblender import warm_up
-    from hpcblend.parallel.driver import run_job
-    from hpcblend.units.tract import warm_up_tract
-    from hpcblend.diagnostics.sampler import read_profiles
+    from mpi4py import MPI  # here, not at the top: importing mpi4py initialises MPI, which a plain import must not
 
     overrides = tuple(overrides) + ("run.progress=false",)
     job = load_job(job_path, overrides) if job_path else default_job(overrides)
@@ -86,8 +90,6 @@ def run_bench_tract(job_path: Optional[str] = None, overrides: Sequence[str] = (
         with_bands = len(read_bands(out))
     finally:
         if tmp is not None:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     stages = {s: float(profile["stage_seconds"].get(s, 0.0)) for s in STAGES}
     busy = sum(stages.values())
@@ -127,4 +129,4 @@ def format_tract_report(r: dict) -> str:
 def write_tract_json(report: dict, path: str) -> None:
     """Write :func:`run_bench_tract`'s report as JSON."""
     with open(path, "w") as fh:
-        json.dump(report, fh, indent=1)
+        json.dump(report, fh, indent=1, default=json_default)

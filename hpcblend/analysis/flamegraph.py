@@ -1,10 +1,10 @@
-"""Collapsed call stacks → merged profiles, speedscope JSON, flame-graph SVG, text tables.
+"""Collapsed call stacks → merged profiles, speedscope JSON, text tables; the ``hpcblend profile`` command.
 
 Input everywhere is the collapsed-stack mapping ``{"root;frame;...;leaf": count}``
 (see :mod:`hpcblend.diagnostics.sampler`) or a list of per-rank profile dicts
 (:meth:`hpcblend.diagnostics.sampler.StackSampler.results`,
-:func:`hpcblend.diagnostics.sampler.read_profiles`). Nothing here runs an external
-program: the SVG is drawn from rectangles and text by this module.
+:func:`hpcblend.io.profiles.read_profiles`). Nothing here runs an external
+program: the flame-graph SVG is drawn by :mod:`hpcblend.analysis.flamegraph_svg`.
 
 ``hpcblend profile CATALOG`` is :func:`profile_main`.
 """
@@ -15,11 +15,12 @@ import argparse
 import json
 import os
 import sys
-import zlib
-from typing import Any, Iterable, Mapping, Optional, Sequence
-from xml.sax.saxutils import escape
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from hpcblend.analysis.flamegraph_svg import write_flamegraph_svg
 from hpcblend.diagnostics.stages import IDLE_STAGES, OTHER_STAGE, STAGES, busy_seconds
+from hpcblend.errors import HpcblendError
+from hpcblend.io.profiles import read_collapsed, read_profiles, write_collapsed
 
 __all__ = [
     "slowest_rank",
@@ -27,13 +28,15 @@ __all__ = [
     "merge_stacks",
     "speedscope_document",
     "write_speedscope",
-    "flamegraph_svg",
-    "write_flamegraph_svg",
+    "speedscope_profile_sets",
     "top_functions",
     "format_top_functions",
+    "stage_names",
     "stage_table",
     "format_stage_table",
     "load_stacks",
+    "merge_inputs",
+    "seconds_per_sample",
     "profile_main",
 ]
 
@@ -142,8 +145,6 @@ def load_stacks(path: str | os.PathLike, rank: Optional[int] = None, slowest: bo
     stacks : dict of str -> int
         Merged (and selected) stacks.
     """
-    from hpcblend.diagnostics.sampler import read_collapsed, read_profiles
-
     path = os.fspath(path)
     if path.endswith((".h5", ".hdf5", ".hdf")):
         profiles = read_profiles(path)
@@ -151,6 +152,54 @@ def load_stacks(path: str | os.PathLike, rank: Optional[int] = None, slowest: bo
     if rank is not None or slowest:
         raise ValueError(f"{path}: --rank/--slowest need a catalog, not a collapsed text file")
     return [], read_collapsed(path)
+
+
+def merge_inputs(paths: Sequence[str | os.PathLike], rank: Optional[int] = None, slowest: bool = False,
+                 by_rank: bool = False, note: Callable[[str], None] = print) -> tuple:
+    """Merge catalogs' profiles and collapsed text files into one stack set (counts of a stack add up).
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Catalogs (``.h5``/``.hdf5``/``.hdf``, their ``/profile``) and/or collapsed-stack text files.
+    rank, slowest
+        Of each catalog, only this rank / only its busiest rank (:func:`select_profiles`).
+    by_rank : bool
+        Prefix every catalog stack with a ``rank:<r>`` root frame.
+    note : callable
+        Receives a line for a catalog without ``/profile`` (left out) and for a text file given with
+        ``rank``/``slowest``/``by_rank`` (taken whole).
+
+    Returns
+    -------
+    stacks : dict of str -> int
+    profiles : list of dict
+        The catalogs' selected profiles.
+    """
+    stacks: dict = {}
+    profiles_all: list = []
+    for path in paths:
+        path = os.fspath(path)
+        if path.endswith((".h5", ".hdf5", ".hdf")):
+            profiles = read_profiles(path)
+            if not profiles:
+                note(f"{path}: no /profile (profiling was off)")
+                continue
+            chosen = select_profiles(profiles, rank=rank, slowest=slowest)
+            profiles_all += chosen
+            part = merge_stacks(chosen, prefix_rank=by_rank)
+        else:
+            if rank is not None or slowest or by_rank:
+                note(f"{path}: --rank/--slowest/--by-rank apply to catalogs only; taken whole")
+            part = read_collapsed(path)
+        stacks = merge_stacks([stacks, part])
+    return stacks, profiles_all
+
+
+def seconds_per_sample(profiles: Sequence[Mapping[str, Any]]) -> Optional[float]:
+    """``1 / rate_hz`` when every profile sampled at one non-zero rate, else None (counts stay counts)."""
+    rates = {float(p.get("rate_hz") or 0) for p in profiles}
+    return 1.0 / rates.pop() if len(rates) == 1 and 0 not in rates else None
 
 
 # --------------------------------------------------------------------------- speedscope
@@ -232,146 +281,27 @@ def write_speedscope(path: str | os.PathLike, profiles: Mapping[str, Mapping[str
     return path
 
 
-def _profiles_for_speedscope(profiles: Sequence[Mapping[str, Any]], stacks: Mapping[str, int]) -> tuple:
-    """("merged" + one per rank) stack sets and seconds per sample (when every rank used one rate)."""
-    sets = {"merged": dict(stacks)}
-    for i, p in enumerate(profiles):
-        sets[f"rank {_rank_of(p, i)}"] = dict(p.get("stacks") or {})
-    rates = {float(p.get("rate_hz") or 0) for p in profiles}
-    sps = 1.0 / rates.pop() if len(rates) == 1 and 0 not in rates else None
-    return sets, sps
-
-
-# --------------------------------------------------------------------------- flame graph SVG
-
-
-def _tree(stacks: Mapping[str, int]) -> dict:
-    root = {"n": 0, "children": {}}
-    for line, n in stacks.items():
-        n = int(n)
-        if n <= 0:
-            continue
-        root["n"] += n
-        node = root
-        for label in line.split(";"):
-            node = node["children"].setdefault(label, {"n": 0, "children": {}})
-            node["n"] += n
-    return root
-
-
-def _depth(node: dict) -> int:
-    return 1 + max((_depth(c) for c in node["children"].values()), default=0)
-
-
-def _color(label: str) -> str:
-    """Deterministic colour: stages blue-grey, rank roots green, idle stages grey, code warm (flamegraph.pl 'hot')."""
-    h = zlib.crc32(label.encode("utf-8"))
-    v1, v2, v3 = (h & 0xFF) / 255.0, ((h >> 8) & 0xFF) / 255.0, ((h >> 16) & 0xFF) / 255.0
-    if label.startswith("stage:"):
-        if label[6:] in IDLE_STAGES or label[6:] == OTHER_STAGE:
-            g = int(170 + 40 * v1)
-            return f"rgb({g},{g},{g})"
-        return f"rgb({int(90 + 40 * v1)},{int(140 + 40 * v2)},{int(200 + 40 * v3)})"
-    if label.startswith("rank:"):
-        return f"rgb({int(100 + 40 * v1)},{int(190 + 40 * v2)},{int(110 + 40 * v3)})"
-    return f"rgb({int(205 + 50 * v3)},{int(230 * v1)},{int(55 * v2)})"
-
-
-def _short(label: str) -> str:
-    """Text shown in a box: the function name of ``file:function:line`` labels."""
-    parts = label.split(":")
-    if len(parts) == 3 and parts[2].split("@")[0].isdigit():
-        line = parts[2].split("@")
-        return f"{parts[1]}@{line[1]}" if len(line) > 1 else parts[1]
-    return label
-
-
-def flamegraph_svg(stacks: Mapping[str, int], title: str = "Flame graph", width: int = 1200,
-                   frame_height: int = 16, font_size: float = 11.0, min_width_px: float = 0.3,
-                   seconds_per_sample: Optional[float] = None) -> str:
-    """Draw a flame graph (root at the bottom) as a standalone SVG document.
+def speedscope_profile_sets(profiles: Sequence[Mapping[str, Any]], stacks: Mapping[str, int]) -> tuple:
+    """Stack sets for :func:`write_speedscope`: ``"merged"`` plus one per rank.
 
     Parameters
     ----------
+    profiles : sequence of dict
+        Per-rank profiles (``stacks``, ``rank``, ``rate_hz``).
     stacks : dict of str -> int
-        Collapsed stacks, root first.
-    title : str
-    width : int
-        Image width in px.
-    frame_height : int
-        Height of one stack level in px.
-    font_size : float
-    min_width_px : float
-        Frames narrower than this are left out (with their children).
-    seconds_per_sample : float, optional
-        Adds seconds to the hover text.
+        The merged stacks.
 
     Returns
     -------
-    str
-        SVG text: a ``<rect>`` per frame with width ∝ samples, a ``<text>``
-        label where it fits, and a ``<title>`` (hover: full frame name,
-        samples, percent). Siblings are ordered alphabetically (as
-        ``flamegraph.pl``), so merged graphs are stable.
+    sets : dict of str -> dict
+        Name -> collapsed stacks.
+    seconds_per_sample : float or None
+        ``1 / rate_hz`` when every rank sampled at one rate, else None.
     """
-    root = _tree(stacks)
-    total = root["n"]
-    pad, top = 10, 40
-    depth = _depth(root) if total else 1  # includes the "all" root
-    height = top + depth * frame_height + 2 * pad
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="Verdana, DejaVu Sans, sans-serif" font-size="{font_size}">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="#fdfdf6"/>',
-        f'<text x="{width / 2:.1f}" y="22" text-anchor="middle" font-size="{font_size + 5}">{escape(title)}</text>',
-    ]
-    if not total:
-        out.append(f'<text x="{width / 2:.1f}" y="{top + frame_height}" text-anchor="middle">no samples</text>')
-        out.append("</svg>")
-        return "\n".join(out)
-    scale = (width - 2 * pad) / total
-    char_w = 0.59 * font_size
-
-    def describe(label: str, n: int) -> str:
-        pct = 100.0 * n / total
-        s = f"{label} ({n} samples, {pct:.2f}%"
-        if seconds_per_sample:
-            s += f", {n * seconds_per_sample:.3f} s"
-        return s + ")"
-
-    def draw(label: str, node: dict, x: float, level: int) -> None:
-        w = node["n"] * scale
-        if w < min_width_px:
-            return
-        y = height - pad - (level + 1) * frame_height
-        fill = "rgb(230,230,230)" if label == "all" else _color(label)
-        out.append(f'<g><title>{escape(describe(label, node["n"]))}</title>'
-                   f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{frame_height - 1}" fill="{fill}" '
-                   f'rx="2" ry="2"/>')
-        text = _short(label)
-        room = int((w - 6) / char_w)
-        if room >= 3:
-            if len(text) > room:
-                text = text[: room - 2] + ".."
-            out.append(f'<text x="{x + 3:.2f}" y="{y + frame_height - 4.5:.1f}">{escape(text)}</text>')
-        out.append("</g>")
-        cx = x
-        for child in sorted(node["children"]):
-            c = node["children"][child]
-            draw(child, c, cx, level + 1)
-            cx += c["n"] * scale
-
-    draw("all", root, float(pad), 0)
-    out.append("</svg>")
-    return "\n".join(out)
-
-
-def write_flamegraph_svg(path: str | os.PathLike, stacks: Mapping[str, int], **kwargs: Any) -> str:
-    """Write :func:`flamegraph_svg` to ``path``; returns the path."""
-    path = os.fspath(path)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(flamegraph_svg(stacks, **kwargs))
-    return path
+    sets = {"merged": dict(stacks)}
+    for i, p in enumerate(profiles):
+        sets[f"rank {_rank_of(p, i)}"] = dict(p.get("stacks") or {})
+    return sets, seconds_per_sample(profiles)
 
 
 # --------------------------------------------------------------------------- tables
@@ -427,7 +357,8 @@ def format_top_functions(stacks: Mapping[str, int], n: int = 20) -> str:
     return "\n".join(lines)
 
 
-def _stage_names(profiles: Sequence[Mapping[str, Any]]) -> list:
+def stage_names(profiles: Sequence[Mapping[str, Any]]) -> list:
+    """Stages present in any profile (timers or samples): the standard ones in their order, then others sorted."""
     seen = set()
     for p in profiles:
         seen.update((p.get("stage_seconds") or {}).keys())
@@ -469,7 +400,7 @@ def stage_table(profiles: Sequence[Mapping[str, Any]]) -> list:
 def format_stage_table(profiles: Sequence[Mapping[str, Any]]) -> str:
     """Text table: one row per rank, seconds per stage (incl. ``wait`` idle and ``mpi``), busy %."""
     rows = stage_table(profiles)
-    names = _stage_names(profiles)
+    names = stage_names(profiles)
     head = f"{'rank':>4} " + " ".join(f"{n:>9}" for n in names) + f" {'elapsed':>9} {'busy%':>6} {'samples':>8}"
     lines = ["seconds per stage per rank (stage timers; wait = waiting for work, mpi = communication)", head]
     for r in rows:
@@ -505,9 +436,6 @@ def profile_main(argv: Optional[Sequence[str]] = None) -> int:
         0 on success, 1 when the catalog has no profile, 2 on a usage or
         read error.
     """
-    from hpcblend.errors import HpcblendError
-    from hpcblend.diagnostics.sampler import write_collapsed
-
     ap = argparse.ArgumentParser(prog="hpcblend profile",
                                  description="call-stack profile of a run: stage table, top frames, flame graph")
     ap.add_argument("catalog", help="run catalog (.h5) with /profile, or a collapsed-stack text file")
@@ -539,15 +467,14 @@ def profile_main(argv: Optional[Sequence[str]] = None) -> int:
               f"{min(rates):.1f}-{max(rates):.1f} Hz, sampler CPU {100 * max(ov):.2f}% of elapsed (max over ranks)")
         print()
     print(format_top_functions(stacks, args.top))
-    rates = {float(p.get("rate_hz") or 0) for p in selected}
-    sps = 1.0 / rates.pop() if len(rates) == 1 and 0 not in rates else None
+    sps = seconds_per_sample(selected)
     if args.svg:
         chosen = merge_stacks(selected, prefix_rank=True) if (args.by_rank and selected) else stacks
         write_flamegraph_svg(args.svg, chosen, title=f"hpcblend: {os.path.basename(args.catalog)}",
                              seconds_per_sample=sps)
         print(f"flame graph: {args.svg}")
     if args.speedscope:
-        sets, sps2 = _profiles_for_speedscope(selected, stacks)
+        sets, sps2 = speedscope_profile_sets(selected, stacks)
         write_speedscope(args.speedscope, sets, sps2, name=os.path.basename(args.catalog))
         print(f"speedscope: {args.speedscope}")
     if args.collapsed:

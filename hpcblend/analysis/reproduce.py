@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hpcblend.io.catalog import read_bands, read_json_group, read_table
 from hpcblend.config import job_from_dict
+from hpcblend.diagnostics.provenance import sha256_file, software_versions
 from hpcblend.errors import HpcblendError, InputError
+from hpcblend.io.catalog import read_bands, read_json_group, read_table
+from hpcblend.units.source import make_source
 
 __all__ = ["ReproduceReport", "reproduce_unit", "table_differences", "reproduce_main"]
 
@@ -104,33 +106,17 @@ def _recorded_job(catalog: str):
     return job_from_dict(config, source=f"{catalog}:/config", base_dir=base_dir)
 
 
-def _find_unit(catalog: str, job, unit_id: int):
-    from hpcblend.parallel.driver import plan_units
-
-    units = plan_units(job)
-    if job.input.kind == "tract":
-        match = [u for u in units if u.index + 1 == unit_id]
-        what = "/patches.id"
-    else:
-        match = [u for u in units if u.info.get("blend_id") == unit_id]
-        what = "/blends.id (a blend file's parent id)"
+def _find_unit(catalog: str, source, unit_id: int):
+    """The unit of the job (planned again by its work source) that the catalog knows by ``unit_id``."""
+    source.prepare()
+    units = source.plan()
+    match = [u for u in units if source.unit_id(u) == unit_id]
     if not match:
-        raise InputError(f"{catalog}: no unit with {what} {unit_id} among the job's {len(units)} units")
+        raise InputError(f"{catalog}: no unit with {source.unit_id_name} {unit_id} among the job's {len(units)} units")
     return match[0]
 
 
-def _unit_files(job, unit) -> list:
-    if unit.kind == "patch":
-        from hpcblend.io.coadd import tract_paths
-        from hpcblend.parallel.driver import tract_dir
-
-        return list(tract_paths(tract_dir(job), job.input.bands).files())
-    return [unit.path]
-
-
 def _changed_inputs(prov: dict, files: list) -> list:
-    from hpcblend.diagnostics.provenance import sha256_file
-
     recorded = {os.path.abspath(e["path"]): e.get("sha256") for e in prov.get("input_files", [])}
     out = []
     for path in files:
@@ -149,8 +135,6 @@ def _changed_inputs(prov: dict, files: list) -> list:
 
 
 def _changed_software(prov: dict) -> list:
-    from hpcblend.diagnostics.provenance import software_versions
-
     recorded = prov.get("versions", {})
     now = software_versions()
     return [f"{name}: {recorded.get(name, 'not recorded')} -> {now[name]}" for name in now
@@ -201,17 +185,18 @@ def reproduce_unit(catalog: str, unit_id: int, allow_changes: bool = False) -> R
         The catalog cannot be read or lacks ``/config`` or ``/provenance``.
     hpcblend.errors.InputError
         No unit has that id, or the job's inputs cannot be planned.
+    hpcblend.errors.ConfigError
+        The recorded ``input.kind`` has no work source.
     """
-    from hpcblend.units.blends import process_unit
-
     job = _recorded_job(catalog)
+    source = make_source(job)
     prov = read_json_group(catalog, "provenance")
-    unit = _find_unit(catalog, job, int(unit_id))
-    report = ReproduceReport(unit=unit.key, changed_inputs=_changed_inputs(prov, _unit_files(job, unit)),
+    unit = _find_unit(catalog, source, int(unit_id))
+    report = ReproduceReport(unit=unit.key, changed_inputs=_changed_inputs(prov, source.input_files([unit])),
                              changed_software=_changed_software(prov))
     if (report.changed_inputs or report.changed_software) and not allow_changes:
         return report
-    made = process_unit(unit, job, read_bands(catalog), rank=0)
+    made = source.process(unit, read_bands(catalog), rank=0)
     recorded = _recorded_rows(catalog, unit, made)
     report.differences = {name: table_differences(recorded[name], made[name]) for name in recorded}
     report.rerun = True

@@ -33,8 +33,10 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
-from hpcblend.io.catalog import read_table
 from hpcblend.errors import ConfigError, HpcblendError
+from hpcblend.io.catalog import read_table
+from hpcblend.io.profiles import read_profiles
+from hpcblend.io.yaml_files import load_yaml, yaml_error_message
 
 __all__ = ["Check", "scorecard_metrics", "load_thresholds", "judge", "format_scorecard", "scorecard_main",
            "DEFAULT_THRESHOLDS"]
@@ -104,8 +106,6 @@ def scorecard_metrics(path: str) -> dict:
 
 
 def _core_hours(path: str, t_total: np.ndarray) -> float:
-    from hpcblend.diagnostics.sampler import read_profiles
-
     profiles = read_profiles(path)
     if profiles:
         wall = max(float(p["elapsed_s"]) for p in profiles)
@@ -133,8 +133,6 @@ def load_thresholds(path: str | None = None) -> dict:
         The file cannot be read, is not a mapping, or a rule has an unknown key or a non-number, named
         with the metric.
     """
-    from hpcblend.config import _load_yaml, _yaml_error_message  # the job files' loader: no aliases or duplicate keys
-
     path = path or DEFAULT_THRESHOLDS
     try:
         with open(path, encoding="utf-8") as fh:
@@ -142,9 +140,9 @@ def load_thresholds(path: str | None = None) -> dict:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the thresholds file: {exc.strerror}") from None
     try:
-        data = _load_yaml(text) or {}
+        data = load_yaml(text) or {}  # the job files' strict loader: no aliases or duplicate keys
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: {_yaml_error_message(exc)}") from None
+        raise ConfigError(f"{path}: {yaml_error_message(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of metric name to rule")
     default = data.pop("default_baseline", {"rel": 0.1, "abs": 0.0})

@@ -17,8 +17,6 @@ import numpy as np
 
 from hpcblend.io.json_values import json_default
 
-from hpcblend.deblend.deblender import build_observation, convolve_sources
-
 __all__ = ["gallery_record", "gallery_record_from_result", "GalleryCollector"]
 
 
@@ -98,23 +96,23 @@ def gallery_record(blend_id: int, images: np.ndarray, model: Optional[np.ndarray
             "bands": bands, "reason": str(reason), "noise_rms": noise_rms, "footprint": footprint, "info": info}
 
 
-def gallery_record_from_result(blend: Any, result: Any, config: Any, reason: str,
+def gallery_record_from_result(blend: Any, result: Any, reason: str,
                                child_bad: Optional[np.ndarray] = None, info: Optional[Mapping] = None,
                                peak_box: int = 7) -> dict:
-    """A gallery record from a blend and its :class:`hpcblend.deblend.deblender.DeblendResult` (or None).
+    """A gallery record from a blend and its :class:`hpcblend.deblend.result.DeblendResult` (or None).
 
-    The observed model is rebuilt from ``result.sed`` and ``result.morphs``
-    (convolved with the blend's difference kernels), which costs about one
-    iteration of the fit; call it only for the blends you keep.
+    The observed-frame model is the one the deblender computed
+    (:attr:`DeblendResult.model_observed <hpcblend.deblend.result.DeblendResult.model_observed>`,
+    a sum over components; nothing is convolved again), and the display noise
+    its ``noise_rms``.
 
     Parameters
     ----------
     blend : hpcblend.io.blends.BlendData
-    result : hpcblend.deblend.deblender.DeblendResult or None
+    result : hpcblend.deblend.result.DeblendResult or None
         None (or an unfitted result) when the deblender raised or skipped:
         the record then has no model and a ``peak_box``-sized box around each
         peak.
-    config : hpcblend.config.DeblendConfig
     reason : str
     child_bad : ndarray, shape (K,), bool, optional
         Default: every child when the blend failed or has no fit, else the
@@ -134,14 +132,9 @@ def gallery_record_from_result(blend: Any, result: Any, config: Any, reason: str
     noise = None
     fitted = result is not None and getattr(result, "sed", None) is not None and result.morphs is not None
     if fitted:
-        try:
-            obs = build_observation(blend, config)
-            conv = convolve_sources(result.morphs, obs)
-            model = (conv * np.asarray(result.sed, dtype=np.float32)[:, :, None, None]).sum(axis=0)
-            noise = obs.noise_rms
-            if not np.all(np.isfinite(model)):
-                model = None
-        except Exception:  # noqa: BLE001 - a gallery record must never fail the run
+        model = result.model_observed
+        noise = result.noise_rms
+        if model is not None and not np.all(np.isfinite(model)):
             model = None
     if fitted and result.boxes is not None:
         b = np.asarray(result.boxes, dtype=np.int64)  # (y0, y1, x0, x1), per component
@@ -188,8 +181,8 @@ class GalleryCollector:
     """Keeps, on one rank, the gallery records of failed, flagged and slowest blends (bounded memory).
 
     Offer every finished blend's ``/blends`` row with a callable that makes
-    its record; the callable runs only for blends that are kept (making a
-    record rebuilds the model, about one fit iteration).
+    its record; the callable runs only for blends that are kept (a record
+    copies the blend's images and model).
 
     Parameters
     ----------
@@ -203,7 +196,7 @@ class GalleryCollector:
     Examples
     --------
     >>> gallery = GalleryCollector(max_failed=50, max_flagged=50, n_slowest=5)  # doctest: +SKIP
-    >>> gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, cfg, reason))  # doctest: +SKIP
+    >>> gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, reason))  # doctest: +SKIP
     >>> records = comm.gather(gallery.records(), root=0)  # doctest: +SKIP
     """
 

@@ -1,4 +1,4 @@
-"""Provenance of a run: software versions, MPI layout, hosts and input-file hashes.
+"""Provenance of a run: software versions, file-format versions, MPI layout, hosts and input-file hashes.
 
 The result of :func:`collect_provenance` is a JSON-serialisable dict, meant to
 be stored in the catalog as ``json_groups={"provenance": ...}``.
@@ -15,6 +15,12 @@ from collections import Counter
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any, Sequence
+
+from hpcblend.io.versions import format_versions
+from hpcblend.version import __version__
+
+#: The installed hpcblend package's directory (whose git commit the provenance records).
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 __all__ = ["collect_provenance", "sha256_file", "software_versions"]
 
@@ -110,15 +116,13 @@ def software_versions() -> dict:
     import h5py
     import numpy as np
 
-    import hpcblend
-
     try:
         mpi_library = MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0].strip()
     except Exception as exc:  # noqa: BLE001
         mpi_library = f"unknown ({type(exc).__name__})"
     return {
-        "hpcblend": str(hpcblend.__version__),
-        "hpcblend_source": _source_revision(os.path.dirname(os.path.abspath(hpcblend.__file__))),
+        "hpcblend": str(__version__),
+        "hpcblend_source": _source_revision(_PACKAGE_DIR),
         "python": platform.python_version(),
         "numpy": str(np.__version__),
         "numba": _module_version("numba", "numba"),
@@ -149,6 +153,8 @@ def collect_provenance(comm: Any, input_files: Sequence[str | os.PathLike]) -> d
 
             {"versions": {"hpcblend", "python", "numpy", "numba", "scipy",
                           "mpi4py", "h5py", "hdf5", "mpi_library"},
+             "formats": {format key: version written, see
+                         hpcblend.io.versions.format_versions},
              "h5py_mpi": bool, "mpi_standard": "4.0",
              "n_ranks": int, "hosts": [sorted unique host names],
              "ranks_per_host": {host: n_ranks},
@@ -184,6 +190,7 @@ def collect_provenance(comm: Any, input_files: Sequence[str | os.PathLike]) -> d
     versions = comm.bcast(software_versions() if rank == 0 else None, root=0)
     return {
         "versions": versions,
+        "formats": format_versions(),
         "h5py_mpi": bool(h5py.get_config().mpi),
         "mpi_standard": f"{major}.{minor}",
         "n_ranks": int(size),

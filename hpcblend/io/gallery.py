@@ -8,7 +8,7 @@ failed, flagged and slow blends (:func:`gallery_record` or
 catalog with :func:`write_gallery`; the report reads them with
 :func:`read_gallery`.
 
-HDF5 layout (``GALLERY_VERSION`` 1)::
+HDF5 layout (``GALLERY_VERSION`` 1, :mod:`hpcblend.io.versions`)::
 
     /gallery                  group, attrs: gallery_version, n_records
     /gallery/<id>             group, attrs: blend_id (i8), bands (comma-
@@ -35,18 +35,17 @@ import json
 import os
 from typing import Any, Iterable, Mapping, Optional
 
+import h5py
 import numpy as np
 
+from hpcblend.errors import CatalogError
+from hpcblend.io.catalog_read import append_group
 from hpcblend.io.json_values import json_default
+from hpcblend.io.versions import GALLERY_VERSION, check_version
 
 __all__ = ["GALLERY_VERSION", "write_gallery", "read_gallery", "gallery_ids"]
 
-#: Version of the ``/gallery`` layout.
-GALLERY_VERSION: int = 1
-
 _F16_RANGE = 1024.0  # float16 arrays are scaled so that max |x| = this
-
-
 
 
 def _encode_f16(arr: np.ndarray) -> tuple:
@@ -82,8 +81,6 @@ def write_gallery(path: str | os.PathLike, records: Iterable[Mapping[str, Any]],
     ValueError
         Unknown storage.
     """
-    from hpcblend.io.catalog import append_group
-
     if storage not in ("float16", "float32"):
         raise ValueError(f"storage must be 'float16' or 'float32', got {storage!r}")
     written = []
@@ -130,8 +127,6 @@ def write_gallery(path: str | os.PathLike, records: Iterable[Mapping[str, Any]],
 
 def gallery_ids(path_or_file: Any) -> list:
     """Blend ids that have a gallery record (``[]`` when there is no ``/gallery``)."""
-    import h5py
-
     if isinstance(path_or_file, (h5py.File, h5py.Group)):
         f = path_or_file.file
         return sorted(int(k) for k in f["gallery"]) if "gallery" in f else []
@@ -164,12 +159,10 @@ def read_gallery(path_or_file: Any, ids: Optional[Iterable[int]] = None) -> list
     Raises
     ------
     hpcblend.errors.CatalogError
-        If ``/gallery`` is of a newer version, or the file cannot be read.
+        If ``/gallery`` is of a version this hpcblend does not read
+        (:class:`~hpcblend.errors.SchemaVersionError`, naming the version), or
+        the file cannot be read.
     """
-    import h5py
-
-    from hpcblend.errors import CatalogError
-
     if not isinstance(path_or_file, (h5py.File, h5py.Group)):
         path = os.fspath(path_or_file)
         if not os.path.exists(path):
@@ -183,10 +176,7 @@ def read_gallery(path_or_file: Any, ids: Optional[Iterable[int]] = None) -> list
     if "gallery" not in f:
         return []
     grp = f["gallery"]
-    version = int(grp.attrs.get("gallery_version", 0))
-    if version > GALLERY_VERSION:
-        raise CatalogError(f"{f.filename}: /gallery has gallery_version {version}; this hpcblend reads "
-                           f"<= {GALLERY_VERSION} (upgrade hpcblend)")
+    check_version("gallery", grp.attrs.get("gallery_version"), f.filename, "/gallery")
     names = [str(int(i)) for i in ids] if ids is not None else sorted(grp, key=int)
     out = []
     for name in names:

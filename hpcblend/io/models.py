@@ -1,11 +1,17 @@
 """Deblended models in the catalog ("deblendedModel"): pack each child's SED and morphology box, read and render.
 
 Each child's model at the model PSF is ``sed ⊗ morph`` on its box. The
-catalog stores one ``/models`` row per child (box, SED) and the morphology
-pixels, row-major, in ``/model_pixels`` rows of
+catalog stores one ``/models`` row per component of a child (box, SED) and the
+morphology pixels, row-major, in ``/model_pixels`` rows of
 :data:`hpcblend.io.schema.MODEL_CHUNK` float32 values (the last row zero-padded).
 Both tables are sorted by child id when the run is finalised, so a child's
 model is found by binary search without reading the whole file.
+
+Versions (:data:`hpcblend.io.versions.FORMATS` ``["models"]``): the tables
+carry the attribute ``format_version``; a table without it is of version 1 if
+it lacks the ``component`` column (one row per child, before two-component
+sources), else 2. Version-1 rows are migrated on reading
+(:func:`migrate_models`); a newer version is refused with a message naming it.
 """
 
 from __future__ import annotations
@@ -13,9 +19,17 @@ from __future__ import annotations
 import numpy as np
 
 from hpcblend.errors import CatalogError
+from hpcblend.io.catalog_read import open_catalog
 from hpcblend.io.schema import MODEL_CHUNK, model_pixel_spec, model_spec
+from hpcblend.io.tables import TABLE_VERSION_ATTR
+from hpcblend.io.versions import MODELS_VERSION, check_version
 
-__all__ = ["pack_models", "read_model", "render_model_rgb", "ChildModel"]
+__all__ = ["pack_models", "read_model", "render_model_rgb", "ChildModel", "MODELS_V2_COLUMNS", "models_version",
+           "migrate_models"]
+
+#: Columns /models gained in version 2, with the value a version-1 row gets: its child's one
+#: component (0), whose pixels start at the child's first chunk (0).
+MODELS_V2_COLUMNS: dict = {"component": 0, "chunk0": 0}
 
 
 class ChildModel:
@@ -115,6 +129,64 @@ def pack_models(child_ids, parent_ids, sed, morphs, boxes, origin, bands, model_
     return rows, pixels
 
 
+def models_version(dset, path: str) -> int:
+    """The format version of a ``/models`` (or ``/model_pixels``) dataset, checked against the registry.
+
+    Parameters
+    ----------
+    dset : h5py.Dataset
+        The table.
+    path : str
+        The catalog, for messages.
+
+    Returns
+    -------
+    int
+        Its ``format_version`` attribute; without one, 1 for a ``/models`` table lacking the ``component``
+        column, else 2 (tables written before the attribute).
+
+    Raises
+    ------
+    SchemaVersionError
+        The version is newer (or older) than this hpcblend reads: the message names the file, the
+        table and the version.
+    """
+    version = dset.attrs.get(TABLE_VERSION_ATTR)
+    if version is None:
+        names = dset.dtype.names or ()
+        version = 1 if dset.name.lstrip("/") == "models" and "component" not in names else MODELS_VERSION
+    return check_version("models", version, path, dset.name)
+
+
+def migrate_models(rows: np.ndarray, version: int) -> np.ndarray:
+    """``/models`` rows of ``version`` as rows of the current layout.
+
+    Parameters
+    ----------
+    rows : ndarray, shape (n,)
+        Rows as stored.
+    version : int
+        Their format version (:func:`models_version`).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        ``rows`` itself for the current version; for version 1 the same rows with the columns
+        of :data:`MODELS_V2_COLUMNS` added (``component`` 0, ``chunk0`` 0: a version-1 row is
+        its child's only component, and its pixels are the child's chunks from 0).
+    """
+    if version == MODELS_VERSION:
+        return rows
+    sed_shape = rows.dtype.fields["sed"][0].shape
+    out = model_spec([""] * (sed_shape[0] if sed_shape else 1)).empty(len(rows))
+    for name in out.dtype.names:
+        if name in MODELS_V2_COLUMNS:
+            out[name] = MODELS_V2_COLUMNS[name]
+        else:
+            out[name] = rows[name]
+    return out
+
+
 def _rows_with_id(dset, child_id: int) -> np.ndarray:
     """Rows of a finalised (id-sorted) table with this id, by binary search on the ``id`` column."""
     ids = dset.fields("id")[:]
@@ -129,14 +201,17 @@ def read_model(path, child_id: int) -> ChildModel:
     ------
     CatalogError
         The catalog has no stored models, or none for this id.
+    SchemaVersionError
+        ``/models`` or ``/model_pixels`` is of a version this hpcblend does not
+        read (version-1 ``/models`` is migrated: :func:`migrate_models`).
     """
-    from hpcblend.io.catalog import open_catalog
-
     with open_catalog(path) as f:
         if "models" not in f or "model_pixels" not in f:
             raise CatalogError(f"{path}: no stored models (/models, /model_pixels); run with measure.store_models")
+        version = models_version(f["models"], str(path))
+        models_version(f["model_pixels"], str(path))
         bands = tuple(str(f.attrs.get("bands", "")).split(","))
-        rows = _rows_with_id(f["models"], child_id)
+        rows = migrate_models(_rows_with_id(f["models"], child_id), version)
         if len(rows) == 0:
             raise CatalogError(f"{path}: no model for id {child_id}")
         pix = _rows_with_id(f["model_pixels"], child_id)

@@ -42,6 +42,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import sep
 
+from hpcblend.io.schema import DEFAULT_APERTURE_RADII, forced_columns, radius_label
 from hpcblend.errors import BlendDataError, PsfError
 from hpcblend.kernels.moments import MOMENTS_OK, adaptive_moments
 
@@ -53,7 +54,6 @@ __all__ = [
     "FORCED_AP_MASKED",
     "FORCED_SHAPE_FAILED",
     "FORCED_OFF_IMAGE",
-    "DEFAULT_RADII",
     "radius_label",
     "forced_columns",
     "shift_image",
@@ -76,53 +76,20 @@ FORCED_SHAPE_FAILED = 32
 #: The position lies outside the image: every measurement is NaN.
 FORCED_OFF_IMAGE = 64
 
-#: Default aperture radii (pixels).
-DEFAULT_RADII: Tuple[float, ...] = (3.0, 6.0, 12.0)
+#: PSF pixels above this fraction of its peak are its core: the ``FORCED_PSF_EDGE`` and
+#: ``FORCED_PSF_MASKED`` flags look at them only (the wings carry little of the fit's weight).
+PSF_CORE_FRACTION = 1e-2
+#: Zero pixels around the PSF image before its Fourier sub-pixel shift (less wrap-around).
+PSF_SHIFT_PAD = 2
+#: σ (pixels) the adaptive moments of the PSF start from: about the HSC coadd PSF.
+PSF_MOMENTS_SIGMA0 = 1.5
+#: σ (pixels) the children's adaptive moments start from when the PSF's moments fail.
+SHAPE_SIGMA0_FALLBACK = 2.0
 
 ModelSource = Union[np.ndarray, Callable[[int], np.ndarray]]
 
 
-def radius_label(radius: float) -> str:
-    """Column-name form of an aperture radius: ``3.0 -> "3"``, ``4.5 -> "4p5"``."""
-    r = float(radius)
-    if r == int(r):
-        return str(int(r))
-    return repr(r).replace(".", "p")
-
-
-def forced_columns(bands: Sequence[str], radii: Sequence[float] = DEFAULT_RADII) -> List[Tuple[str, np.dtype, str]]:
-    """The output columns of :func:`forced_photometry`: ``(name, dtype, unit)``.
-
-    Columns, in order: ``y``, ``x`` (pixels, the positions measured at);
-    per band ``b``: ``psf_flux_<b>``, ``psf_flux_err_<b>`` (counts),
-    ``psf_flux_flag_<b>`` (bits ``FORCED_PSF_*``); per radius label ``r``
-    (:func:`radius_label`) and band: ``ap_flux_<r>_<b>``,
-    ``ap_flux_err_<r>_<b>`` (counts), ``ap_flux_flag_<r>_<b>`` (bits
-    ``FORCED_AP_*``); then ``shape_xx``, ``shape_yy``, ``shape_xy``
-    (pixels²), ``shape_x``, ``shape_y`` (pixels), ``shape_flux`` (counts),
-    ``shape_n_iter``, ``shape_flag`` (``MOMENTS_*`` bits of
-    :mod:`hpcblend.kernels.moments`), ``psf_shape_xx``, ``psf_shape_yy``,
-    ``psf_shape_xy`` (pixels²), and ``flags`` (OR of all ``FORCED_*`` bits).
-    """
-    f8, i4 = np.dtype(np.float64), np.dtype(np.int32)
-    cols = [("y", f8, "pixel"), ("x", f8, "pixel")]
-    for b in bands:
-        cols += [(f"psf_flux_{b}", f8, "count"), (f"psf_flux_err_{b}", f8, "count"),
-                 (f"psf_flux_flag_{b}", i4, "")]
-    for r in radii:
-        lab = radius_label(r)
-        for b in bands:
-            cols += [(f"ap_flux_{lab}_{b}", f8, "count"), (f"ap_flux_err_{lab}_{b}", f8, "count"),
-                     (f"ap_flux_flag_{lab}_{b}", i4, "")]
-    cols += [("shape_xx", f8, "pixel**2"), ("shape_yy", f8, "pixel**2"), ("shape_xy", f8, "pixel**2"),
-             ("shape_x", f8, "pixel"), ("shape_y", f8, "pixel"), ("shape_flux", f8, "count"),
-             ("shape_n_iter", i4, ""), ("shape_flag", i4, ""),
-             ("psf_shape_xx", f8, "pixel**2"), ("psf_shape_yy", f8, "pixel**2"),
-             ("psf_shape_xy", f8, "pixel**2"), ("flags", i4, "")]
-    return cols
-
-
-def shift_image(image: np.ndarray, dy: float, dx: float, pad: int = 2) -> np.ndarray:
+def shift_image(image: np.ndarray, dy: float, dx: float, pad: int = PSF_SHIFT_PAD) -> np.ndarray:
     """Shift an odd-sized image by a sub-pixel offset with the Fourier shift theorem.
 
     Parameters
@@ -179,8 +146,7 @@ def psf_flux(image: np.ndarray, weights: np.ndarray, variance: np.ndarray, psf: 
     """
     h, w = image.shape
     iy, ix = _round_half_up(y), _round_half_up(x)
-    pad = 2
-    p = shift_image(psf, y - iy, x - ix, pad=pad)
+    p = shift_image(psf, y - iy, x - ix, pad=PSF_SHIFT_PAD)
     ry, rx = p.shape[0] // 2, p.shape[1] // 2
     y0, x0 = iy - ry, ix - rx
     ya, yb = max(y0, 0), min(y0 + p.shape[0], h)
@@ -188,7 +154,7 @@ def psf_flux(image: np.ndarray, weights: np.ndarray, variance: np.ndarray, psf: 
     flag = 0
     if ya >= yb or xa >= xb:
         return float("nan"), float("nan"), FORCED_PSF_NO_DATA | FORCED_PSF_EDGE
-    core = np.abs(p) > 1e-2 * np.abs(p).max()
+    core = np.abs(p) > PSF_CORE_FRACTION * np.abs(p).max()
     inside = np.zeros(p.shape, dtype=bool)
     inside[ya - y0:yb - y0, xa - x0:xb - x0] = True
     if (core & ~inside).any():
@@ -238,7 +204,7 @@ def _check_inputs(images, variance, weights, positions, psfs, bands):
 
 
 def forced_photometry(images, variance, positions, psfs, bands: Sequence[str], models: ModelSource,
-                      weights=None, radii: Sequence[float] = DEFAULT_RADII,
+                      weights=None, radii: Sequence[float] = DEFAULT_APERTURE_RADII,
                       shape_band: Optional[Union[int, str]] = None) -> np.ndarray:
     """PSF, aperture and shape measurements of every child in every band.
 
@@ -298,17 +264,56 @@ def forced_photometry(images, variance, positions, psfs, bands: Sequence[str], m
     radii = tuple(float(r) for r in radii)
     if any(not r > 0 for r in radii):
         raise ValueError(f"forced_photometry: aperture radii must be > 0 px, got {radii}")
+    sb = _shape_band_index(shape_band, bands)
+    data, var, wts, good = _weighted_pixels(images, variance, weights)
+    model = _model_source(models, nk, (nb, h, w))
+    total = np.zeros((nb, h, w))
+    for k in range(nk):
+        total += model(k)
+    out = _empty_table(bands, radii, nk)
+    psf_moments = _psf_moments(psfs, sb)
+    out["psf_shape_xx"], out["psf_shape_yy"], out["psf_shape_xy"] = psf_moments[:3]
+    sigma = np.sqrt(var)
+    data_or_model = np.where(good, data, total)  # the model stands in for missing data
+    ratio_den = np.where(total > 0, total, 1.0)
+    for k in range(nk):
+        y, x = float(positions[k, 0]), float(positions[k, 1])
+        out["y"][k], out["x"][k] = y, x
+        if not (-0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5):
+            out["flags"][k] = FORCED_OFF_IMAGE
+            continue
+        mk = model(k)
+        # Y - Σ_{j≠k} m_j at good pixels; the child's own model where data are missing
+        resid = np.where(good, data - total + mk, mk)
+        flags = 0
+        for b, band in enumerate(bands):
+            flags |= _measure_band(out, k, band, resid[b], wts[b], var[b], sigma[b], good[b], psfs[b], y, x, radii)
+        # heavy footprint: flux-conserving share of the data (model where data are missing)
+        heavy = np.where(total > 0, data_or_model * mk / ratio_den, 0.0)
+        flags |= _measure_shape(out, k, heavy.sum(axis=0) if sb is None else heavy[sb], y, x, psf_moments[3])
+        out["flags"][k] = flags
+    return out
+
+
+def _shape_band_index(shape_band: Optional[Union[int, str]], bands: Tuple[str, ...]) -> Optional[int]:
+    """Index of the band that gives the shape (None: the sum over bands); ValueError when unknown."""
     if shape_band is None:
-        sb = None
-    elif isinstance(shape_band, str):
+        return None
+    if isinstance(shape_band, str):
         if shape_band not in bands:
             raise ValueError(f"forced_photometry: shape_band {shape_band!r} not in bands {bands}")
-        sb = bands.index(shape_band)
-    else:
-        sb = int(shape_band)
-        if not 0 <= sb < nb:
-            raise ValueError(f"forced_photometry: shape_band index {shape_band} out of range for {nb} bands")
+        return bands.index(shape_band)
+    sb = int(shape_band)
+    if not 0 <= sb < len(bands):
+        raise ValueError(f"forced_photometry: shape_band index {shape_band} out of range for {len(bands)} bands")
+    return sb
 
+
+def _weighted_pixels(images: np.ndarray, variance: np.ndarray, weights: Optional[np.ndarray]):
+    """Data, variance and weights (B, H, W) float64, zero where a pixel has no weight, and the weighted pixels (bool).
+
+    Weights default to ``1/variance`` where image and variance are finite and the variance > 0.
+    """
     data = np.asarray(images, dtype=np.float64)
     var = np.asarray(variance, dtype=np.float64)
     if weights is None:
@@ -318,89 +323,86 @@ def forced_photometry(images, variance, positions, psfs, bands: Sequence[str], m
     else:
         wts = np.where(np.isfinite(weights), np.asarray(weights, dtype=np.float64), 0.0)
         good = wts > 0
-    data = np.where(good, data, 0.0)
-    var = np.where(good, var, 0.0)
-    sigma = np.sqrt(var)
+    return np.where(good, data, 0.0), np.where(good, var, 0.0), wts, good
 
+
+def _model_source(models: ModelSource, nk: int, shape: Tuple[int, int, int]) -> Callable[[int], np.ndarray]:
+    """``model(k)``: child k's model (B, H, W) float64, from an array (K, B, H, W) or a callable; shapes checked."""
     if callable(models):
         get_model = models
     else:
         marr = np.asarray(models)
-        if marr.shape != (nk, nb, h, w):
+        if marr.shape != (nk,) + shape:
             raise BlendDataError(f"forced_photometry: models shape {marr.shape}, expected (K, B, H, W) = "
-                                 f"{(nk, nb, h, w)}")
-        get_model = lambda k: marr[k]  # noqa: E731
+                                 f"{(nk,) + shape}")
+        get_model = marr.__getitem__
 
-    def _model(k: int) -> np.ndarray:
+    def model(k: int) -> np.ndarray:
         m = np.asarray(get_model(k), dtype=np.float64)
-        if m.shape != (nb, h, w):
-            raise BlendDataError(f"forced_photometry: model of child {k} has shape {m.shape}, expected {(nb, h, w)}")
+        if m.shape != shape:
+            raise BlendDataError(f"forced_photometry: model of child {k} has shape {m.shape}, expected {shape}")
         return m
 
-    total = np.zeros((nb, h, w))
-    for k in range(nk):
-        total += _model(k)
+    return model
 
-    # PSF moments (for the starting weight and the psf_shape columns)
-    psf_for_shape = psfs.mean(axis=0) if sb is None else psfs[sb]
-    pc = (psf_for_shape.shape[0] // 2, psf_for_shape.shape[1] // 2)
-    pxx, pyy, pxy, _, _, _, _, pflag = adaptive_moments(np.ascontiguousarray(psf_for_shape),
-                                                        float(pc[0]), float(pc[1]), 1.5)
-    sigma0 = math.sqrt(0.5 * (pxx + pyy)) if pflag == MOMENTS_OK else 2.0
-    if pflag != MOMENTS_OK:
-        pxx = pyy = pxy = float("nan")
 
+def _empty_table(bands: Tuple[str, ...], radii: Tuple[float, ...], nk: int) -> np.ndarray:
+    """The output rows (K,) of :func:`forced_columns`: NaN in every float column, 0 in the others."""
     cols = forced_columns(bands, radii)
     out = np.zeros(nk, dtype=[(n, d) for n, d, _ in cols])
     for n, d, _ in cols:
         if d.kind == "f":
             out[n] = np.nan
-    out["psf_shape_xx"], out["psf_shape_yy"], out["psf_shape_xy"] = pxx, pyy, pxy
-    ratio_den = np.where(total > 0, total, 1.0)
-    data_or_model = np.where(good, data, total)  # the model stands in for missing data
-    labels = [radius_label(r) for r in radii]
-    rr = np.asarray(radii, dtype=np.float64)
-
-    for k in range(nk):
-        y, x = float(positions[k, 0]), float(positions[k, 1])
-        out["y"][k], out["x"][k] = y, x
-        if not (-0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5):
-            out["flags"][k] = FORCED_OFF_IMAGE
-            continue
-        mk = _model(k)
-        # Y - Σ_{j≠k} m_j at good pixels; the child's own model where data are missing
-        resid = np.where(good, data - total + mk, mk)
-        flags = 0
-        for b, band in enumerate(bands):
-            f, e, fl = psf_flux(resid[b], wts[b], var[b], psfs[b], y, x)
-            out[f"psf_flux_{band}"][k], out[f"psf_flux_err_{band}"][k] = f, e
-            out[f"psf_flux_flag_{band}"][k] = fl
-            flags |= fl
-            rb = np.ascontiguousarray(resid[b])
-            ys = np.full(len(rr), y)
-            xs = np.full(len(rr), x)
-            s, se, sflag = sep.sum_circle(rb, xs, ys, rr, err=np.ascontiguousarray(sigma[b]), subpix=0)
-            bad_b = np.ascontiguousarray((~good[b]).astype(np.float64))
-            nbad, _, _ = sep.sum_circle(bad_b, xs, ys, rr, subpix=0)
-            for i, lab in enumerate(labels):
-                af = 0
-                if sflag[i] & sep.APER_TRUNC:
-                    af |= FORCED_AP_TRUNCATED
-                if nbad[i] > 0:
-                    af |= FORCED_AP_MASKED
-                out[f"ap_flux_{lab}_{band}"][k] = s[i]
-                out[f"ap_flux_err_{lab}_{band}"][k] = se[i]
-                out[f"ap_flux_flag_{lab}_{band}"][k] = af
-                flags |= af
-        # heavy footprint: flux-conserving share of the data (model where data are missing)
-        heavy = np.where(total > 0, data_or_model * mk / ratio_den, 0.0)
-        himg = heavy.sum(axis=0) if sb is None else heavy[sb]
-        mxx, myy, mxy, mx, my, mflux, n_iter, mflag = adaptive_moments(np.ascontiguousarray(himg), y, x,
-                                                                       sigma0)
-        out["shape_xx"][k], out["shape_yy"][k], out["shape_xy"][k] = mxx, myy, mxy
-        out["shape_x"][k], out["shape_y"][k], out["shape_flux"][k] = mx, my, mflux
-        out["shape_n_iter"][k], out["shape_flag"][k] = n_iter, mflag
-        if mflag != MOMENTS_OK:
-            flags |= FORCED_SHAPE_FAILED
-        out["flags"][k] = flags
     return out
+
+
+def _psf_moments(psfs: np.ndarray, sb: Optional[int]) -> Tuple[float, float, float, float]:
+    """Adaptive moments ``xx``, ``yy``, ``xy`` (pixels², NaN when they fail) of the shape PSF (band ``sb``,
+    or the mean PSF), and the σ (pixels) the children's moments start from."""
+    psf_for_shape = psfs.mean(axis=0) if sb is None else psfs[sb]
+    pc = (psf_for_shape.shape[0] // 2, psf_for_shape.shape[1] // 2)
+    pxx, pyy, pxy, _, _, _, _, pflag = adaptive_moments(np.ascontiguousarray(psf_for_shape),
+                                                        float(pc[0]), float(pc[1]), PSF_MOMENTS_SIGMA0)
+    sigma0 = math.sqrt(0.5 * (pxx + pyy)) if pflag == MOMENTS_OK else SHAPE_SIGMA0_FALLBACK
+    if pflag != MOMENTS_OK:
+        pxx = pyy = pxy = float("nan")
+    return pxx, pyy, pxy, sigma0
+
+
+def _measure_band(out: np.ndarray, k: int, band: str, resid: np.ndarray, wts: np.ndarray, var: np.ndarray,
+                  sigma: np.ndarray, good: np.ndarray, psf: np.ndarray, y: float, x: float,
+                  radii: Tuple[float, ...]) -> int:
+    """PSF and aperture fluxes of child k in one band on its residual image (H, W), into row k of ``out``.
+
+    Returns the ``FORCED_PSF_*`` and ``FORCED_AP_*`` bits set.
+    """
+    f, e, fl = psf_flux(resid, wts, var, psf, y, x)
+    out[f"psf_flux_{band}"][k], out[f"psf_flux_err_{band}"][k] = f, e
+    out[f"psf_flux_flag_{band}"][k] = fl
+    flags = fl
+    rr = np.asarray(radii, dtype=np.float64)
+    ys = np.full(len(rr), y)
+    xs = np.full(len(rr), x)
+    s, se, sflag = sep.sum_circle(np.ascontiguousarray(resid), xs, ys, rr, err=np.ascontiguousarray(sigma), subpix=0)
+    nbad, _, _ = sep.sum_circle(np.ascontiguousarray((~good).astype(np.float64)), xs, ys, rr, subpix=0)
+    for i, r in enumerate(radii):
+        lab = radius_label(r)
+        af = 0
+        if sflag[i] & sep.APER_TRUNC:
+            af |= FORCED_AP_TRUNCATED
+        if nbad[i] > 0:
+            af |= FORCED_AP_MASKED
+        out[f"ap_flux_{lab}_{band}"][k] = s[i]
+        out[f"ap_flux_err_{lab}_{band}"][k] = se[i]
+        out[f"ap_flux_flag_{lab}_{band}"][k] = af
+        flags |= af
+    return flags
+
+
+def _measure_shape(out: np.ndarray, k: int, image: np.ndarray, y: float, x: float, sigma0: float) -> int:
+    """Adaptive moments of child k's heavy footprint ``image`` (H, W) into row k of ``out``; FORCED_SHAPE_FAILED or 0."""
+    mxx, myy, mxy, mx, my, mflux, n_iter, mflag = adaptive_moments(np.ascontiguousarray(image), y, x, sigma0)
+    out["shape_xx"][k], out["shape_yy"][k], out["shape_xy"][k] = mxx, myy, mxy
+    out["shape_x"][k], out["shape_y"][k], out["shape_flux"][k] = mx, my, mflux
+    out["shape_n_iter"][k], out["shape_flag"][k] = n_iter, mflag
+    return FORCED_SHAPE_FAILED if mflag != MOMENTS_OK else 0

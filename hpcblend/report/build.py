@@ -39,12 +39,19 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from hpcblend.io.json_values import json_default
-
-from hpcblend.report.data import RunData, compare_numbers, exception_mask, flag_columns, load_run, run_numbers
-from hpcblend.report.figures import (fig_compare_flux, fig_compare_runtime, fig_flags, fig_gallery_record, fig_rank_time,
-                      fig_runtime_hist, fig_runtime_scaling, figure_png)
+from hpcblend.analysis.flamegraph import (merge_stacks, speedscope_profile_sets, stage_names, stage_table,
+                                          top_functions, write_speedscope)
+from hpcblend.analysis.flamegraph_svg import flamegraph_svg
+from hpcblend.analysis.scorecard import judge, load_thresholds, scorecard_metrics
+from hpcblend.errors import HpcblendError
 from hpcblend.io.gallery import read_gallery
+from hpcblend.io.json_values import json_default
+from hpcblend.io.profiles import write_collapsed
+from hpcblend.report.data import RunData, compare_numbers, exception_mask, load_run, run_numbers, scaling_mask
+from hpcblend.report.fit import binned_medians
+from hpcblend.report.figures import (fig_compare_flux, fig_compare_runtime, fig_flags, fig_gallery_record,
+                                     fig_rank_time, fig_runtime_hist, fig_runtime_scaling, figure_png)
+from hpcblend.report.gallery import GALLERY_GROUPS, select_gallery_blends
 
 __all__ = ["make_report", "report_main", "SECTION_IDS"]
 
@@ -201,45 +208,6 @@ def _time_section(run: RunData, nums: dict, figs: _Figures) -> str:
     return "\n".join(body)
 
 
-def _gallery_selection(run: RunData, n: int) -> list:
-    """``(blend_id, group)`` for the gallery: worst failed, flagged (highest χ²/px), slowest — with records."""
-    b = run.blends
-    have = set(run.gallery_ids)
-    if not len(b) or not have:
-        return []
-    idx_with = np.array([i for i in range(len(b)) if int(b["id"][i]) in have], dtype=int)
-    if not len(idx_with):
-        return []
-    sub = b[idx_with]
-    failed = exception_mask(sub) | sub["flag_failed"]
-    flagged = np.zeros(len(sub), dtype=bool)
-    for c in flag_columns(sub):
-        flagged |= sub[c]
-    flagged &= ~failed
-    chosen: list = []
-    seen: set = set()
-
-    def take(mask: np.ndarray, key: np.ndarray, group: str) -> None:
-        cand = np.where(mask)[0]
-        cand = cand[np.argsort(-key[cand], kind="stable")]
-        k = 0
-        for i in cand:
-            bid = int(sub["id"][i])
-            if bid in seen:
-                continue
-            chosen.append((bid, group))
-            seen.add(bid)
-            k += 1
-            if k >= n:
-                break
-
-    chi = np.nan_to_num(sub["chi2_per_pixel"], nan=np.inf)
-    take(failed, sub["t_total"], "failed")
-    take(flagged, chi, "flagged")
-    take(np.ones(len(sub), dtype=bool), sub["t_total"], "slowest")
-    return chosen
-
-
 def _failures_section(run: RunData, figs: _Figures, n: int) -> str:
     b = run.blends
     body = []
@@ -249,7 +217,7 @@ def _failures_section(run: RunData, figs: _Figures, n: int) -> str:
                     "during the run, so no failure images can be shown (the tables below still list the "
                     "failed and flagged blends).</p>")
     else:
-        chosen = _gallery_selection(run, n)
+        chosen = select_gallery_blends(run.blends, n, run.gallery_ids)
         if not chosen:
             body.append(f'<p class="note"><code>/gallery</code> holds {len(run.gallery_ids)} record(s), none of '
                         "a blend in <code>/blends</code>.</p>")
@@ -262,7 +230,7 @@ def _failures_section(run: RunData, figs: _Figures, n: int) -> str:
                         "<span class=\"bad\">red</span>: failed or flagged child); middle: the model in the "
                         "observed frame on the same stretch; right: residual in σ.</p>")
             body.append('<div class="gallery">')
-            for group in ("failed", "flagged", "slowest"):
+            for group in GALLERY_GROUPS:
                 ids = [i for i, g in chosen if g == group and i in records]
                 if not ids:
                     continue
@@ -339,9 +307,6 @@ def _scaling_section(nums: dict, run: RunData, figs: _Figures) -> str:
                         ("blends in the fit", _fmt(f["n"]), "")]))
     body.append(figs.img(fig_runtime_scaling(run.blends, f), "runtime_scaling", "runtime vs n_peaks and area"))
     b = run.blends
-    from hpcblend.report.data import scaling_mask
-    from hpcblend.report.fit import binned_medians
-
     sel = scaling_mask(b) if len(b) else np.zeros(0, dtype=bool)
     for col, label in (("n_peaks", "n_peaks"), ("footprint_area", "footprint area [px]")):
         cx, med, cnt = binned_medians(b[col][sel], b["t_total"][sel], n_bins=8, min_count=1)
@@ -354,10 +319,6 @@ def _scaling_section(nums: dict, run: RunData, figs: _Figures) -> str:
 
 
 def _callstack_section(run: RunData, nums: dict, out_dir: str, figs: _Figures) -> str:
-    from hpcblend.analysis.flamegraph import (_profiles_for_speedscope, flamegraph_svg, merge_stacks, stage_table,
-                                     top_functions, write_speedscope, _stage_names)
-    from hpcblend.diagnostics.sampler import write_collapsed
-
     body = []
     ss = nums["stage_sums_s"]
     tot = sum(ss.values())
@@ -379,7 +340,7 @@ def _callstack_section(run: RunData, nums: dict, out_dir: str, figs: _Figures) -
     rates = {float(p.get("rate_hz") or 0) for p in profiles}
     sps = 1.0 / next(iter(rates)) if len(rates) == 1 and 0 not in rates else None
     rows = stage_table(profiles)
-    names = _stage_names(profiles)
+    names = stage_names(profiles)
     busy = sum(r["busy_s"] for r in rows)
     el = sum(r["elapsed_s"] for r in rows)
     top = top_functions(stacks, 1)
@@ -410,7 +371,7 @@ def _callstack_section(run: RunData, nums: dict, out_dir: str, figs: _Figures) -
     with open(os.path.join(out_dir, "flamegraph.svg"), "w", encoding="utf-8") as fh:
         fh.write(svg)
     write_collapsed(os.path.join(out_dir, "profile.collapsed"), stacks)
-    sets, sps2 = _profiles_for_speedscope(profiles, stacks)
+    sets, sps2 = speedscope_profile_sets(profiles, stacks)
     write_speedscope(os.path.join(out_dir, "profile.speedscope.json"), sets, sps2, name=os.path.basename(run.path))
     body.append(f'<div class="flame">{svg}</div>')
     body.append('<p class="note">Width ∝ samples; hover a frame for its name and share. Root frames are the stages. '
@@ -450,8 +411,6 @@ def _compare_section(a: RunData, b: RunData, na: dict, nb: dict, figs: _Figures)
 
 def _scorecard_section(path: str, baseline: Optional[str]) -> tuple:
     """The scorecard's table (``hpcblend scorecard``; the compared run as baseline) and its checks as dicts."""
-    from hpcblend.analysis.scorecard import judge, load_thresholds, scorecard_metrics
-
     checks = judge(scorecard_metrics(path), load_thresholds(), scorecard_metrics(baseline) if baseline else None)
     header = ["metric", "value", "threshold", "status"] + (["baseline", "vs baseline"] if baseline else [])
     rows = []
@@ -553,8 +512,6 @@ def report_main(argv: Optional[Sequence[str]] = None) -> int:
     int
         0 on success, 2 when a catalog cannot be read.
     """
-    from hpcblend.errors import HpcblendError
-
     ap = argparse.ArgumentParser(prog="hpcblend report",
                                  description="HTML report of a run catalog: time, failures, exceptions, flags, "
                                              "runtime scaling, call-stack profile")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -9,7 +10,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from hpcblend.io.catalog import _attr_to_py
+from hpcblend.io.catalog import open_catalog, read_table
+from hpcblend.io.profiles import read_profiles
+from hpcblend.io.tables import attr_value as _attr_to_py
 from hpcblend.report.fit import fit_power_law
 
 __all__ = ["RunData", "load_run", "run_numbers", "scaling_mask", "exception_mask", "flag_columns",
@@ -36,7 +39,7 @@ class RunData:
     provenance, config : dict
         JSON groups (``{}`` when absent).
     profiles : list of dict
-        ``/profile`` (see :func:`hpcblend.diagnostics.sampler.read_profiles`); ``[]``
+        ``/profile`` (see :func:`hpcblend.io.profiles.read_profiles`); ``[]``
         when profiling was off.
     gallery_ids : list of int
         Blend ids with a ``/gallery`` record.
@@ -74,11 +77,6 @@ def load_run(path: str | os.PathLike) -> RunData:
     hpcblend.errors.CatalogError, hpcblend.errors.SchemaVersionError
         Not a readable catalog of this schema, or no ``/blends``.
     """
-    import json
-
-    from hpcblend.io.catalog import open_catalog, read_table
-    from hpcblend.diagnostics.sampler import read_profiles
-
     path = os.fspath(path)
     with open_catalog(path) as f:
         blends = read_table(f, "blends")

@@ -12,13 +12,13 @@ import textwrap
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+from astropy.visualization import make_lupton_rgb
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from hpcblend.diagnostics.stages import OTHER_STAGE, STAGES
-
 from hpcblend.report.data import RunData, exception_mask, flag_columns, match_ids, scaling_mask
 from hpcblend.report.fit import binned_medians
 
@@ -271,8 +271,6 @@ def lupton_rgb(images: np.ndarray, bands: Sequence[str], noise_rms: Optional[np.
     -------
     ndarray, shape (H, W, 3), uint8
     """
-    from astropy.visualization import make_lupton_rgb
-
     ir, ig, ib = _rgb_bands(bands)
     noise = _noise(images, noise_rms)
     if stretch is None:

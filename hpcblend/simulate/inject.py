@@ -1,4 +1,4 @@
-"""Source injection into real blend files, and metrics against the injected truth (issue 16).
+"""Source injection into real blend files, with a truth table (issue 16).
 
 ``hpcblend inject blends IN_DIR_OR_GLOB OUT_DIR [--seed S] [--per-blend N] [--mag-range 21 25]
 [--separation-range 0.5 3.0] [--morphology cosmos|sersic] [--cosmos DIR]`` adds N fake galaxies
@@ -7,9 +7,9 @@ per input (same name, so the parent id is kept; the hsc_blends npz layout of
 :func:`hpcblend.io.blends.write_blend`) and the truth table ``truth/injections.npz`` (in a sub-folder, so
 ``hpcblend run JOB --input OUT_DIR`` reads only the blend files).
 
-``hpcblend inject metrics CATALOG TRUTH [--band i]`` matches the injections to the catalog's children
-by (parent, peak index) and prints completeness, flux and centroid errors per magnitude,
-separation and blendedness bin, beside the *perfect-deblender yardstick*.
+``hpcblend inject metrics CATALOG TRUTH [--band i]`` (:mod:`hpcblend.analysis.injection`, which also
+parses both commands) matches the injections to the catalog's children and prints completeness, flux
+and centroid errors beside the *perfect-deblender yardstick* defined below.
 
 Conventions and choices (documented here once)
 ----------------------------------------------
@@ -54,19 +54,20 @@ Conventions and choices (documented here once)
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import zlib
 from dataclasses import replace
-from typing import Optional, Sequence
+from typing import Optional
 
+import galsim
 import numpy as np
 
-from hpcblend.io.catalog import read_table
-from hpcblend.errors import HpcblendError, InputError
-from hpcblend.io.blends import PEAK_DROPPED, BlendData, _atomic_write, _npz_bytes, expand_inputs, read_blend, write_blend
+from hpcblend.errors import InputError
+from hpcblend.io.blends import PEAK_DROPPED, BlendData, expand_inputs, read_blend, write_blend
+from hpcblend.io.npz import atomic_write, npz_bytes
+from hpcblend.simulate.cosmos import load_cosmos_catalog
 
 __all__ = [
     "PIXEL_SCALE",
@@ -79,9 +80,6 @@ __all__ = [
     "inject_blend",
     "inject_blends",
     "read_truth",
-    "injection_metrics",
-    "format_metrics",
-    "inject_main",
 ]
 
 #: HSC pixel scale, arcsec per pixel.
@@ -96,8 +94,6 @@ APERTURE_RADIUS_ARCSEC: float = 1.5
 TRUTH_FILE: str = os.path.join("truth", "injections.npz")
 
 _SERSIC_COLOUR = {"g": 1.0, "r": 0.45, "i": 0.0, "z": -0.2, "y": -0.3}
-_COSMOS_CATALOG = "real_galaxy_catalog_26_extension_example.fits"
-_COSMOS_FITS = "real_galaxy_catalog_26_extension_example_fits.fits"
 _MAX_TRIES = 100
 
 
@@ -130,24 +126,15 @@ def load_cosmos_sample(cosmos_dir: str):
     -------
     (galsim.RealGalaxyCatalog, dict)
         The catalog and ``{band: ndarray (N,)}`` of ``HSC_<b> - HSC_i`` (mag), in the
-        catalog's row order (matched by ``IDENT``).
-    """
-    import galsim
-    from astropy.io import fits
+        catalog's row order (matched by ``IDENT``); 0 where a magnitude is missing.
 
-    cat = os.path.join(cosmos_dir, _COSMOS_CATALOG)
-    fit = os.path.join(cosmos_dir, _COSMOS_FITS)
-    for p in (cat, fit):
-        if not os.path.isfile(p):
-            raise InputError(f"{p}: COSMOS catalog file not found (--cosmos {cosmos_dir})")
-    rgc = galsim.RealGalaxyCatalog(_COSMOS_CATALOG, dir=cosmos_dir)
-    with fits.open(cat) as h:
-        ident = np.asarray(h[1].data["IDENT"]).astype(np.int64)
-    with fits.open(fit) as h:
-        fd = h[1].data
-        row = {int(i): k for k, i in enumerate(np.asarray(fd["IDENT"]))}
-        idx = np.array([row[int(i)] for i in ident])
-        mags = {b: np.asarray(fd[f"HSC_{b}"], dtype=np.float64)[idx] for b in "grizy"}
+    Raises
+    ------
+    InputError
+        See :func:`hpcblend.simulate.cosmos.load_cosmos_catalog`.
+    """
+    rgc, fit = load_cosmos_catalog(cosmos_dir)
+    mags = {b: np.asarray(fit[f"HSC_{b}"], dtype=np.float64) for b in "grizy"}
     colours = {b: mags[b] - mags["i"] for b in mags}
     for b in colours:  # a missing magnitude gives no colour
         colours[b] = np.where(np.isfinite(colours[b]) & (np.abs(colours[b]) < 5), colours[b], 0.0)
@@ -160,8 +147,6 @@ def _ref_band(bands) -> int:
 
 def _galaxy(rng, morphology: str, cosmos, bands):
     """(unit-flux GalSim profile, colour (B,) mag relative to the reference band, cosmos index)."""
-    import galsim
-
     if morphology == "cosmos":
         rgc, colours = cosmos
         k = int(rng.integers(rgc.nobjects))
@@ -180,16 +165,12 @@ def _galaxy(rng, morphology: str, cosmos, bands):
 
 def _psf_objects(psfs: np.ndarray) -> list:
     """One :class:`galsim.InterpolatedImage` (flux 1, 0.168″ pixels) per band PSF image (B, Ph, Pw)."""
-    import galsim
-
     return [galsim.InterpolatedImage(galsim.ImageD(np.ascontiguousarray(p, dtype=np.float64), scale=PIXEL_SCALE))
             for p in psfs]
 
 
 def _draw(profile, psf, shape, y: float, x: float) -> np.ndarray:
     """Draw ``profile`` (None: the PSF alone) convolved with ``psf`` at (y, x) on an (H, W) grid, float64."""
-    import galsim
-
     obj = psf if profile is None else galsim.Convolve(profile, psf)
     img = galsim.ImageD(shape[1], shape[0], scale=PIXEL_SCALE)
     obj.drawImage(image=img, method="no_pixel", center=galsim.PositionD(x + 1.0, y + 1.0))
@@ -425,11 +406,11 @@ def inject_blends(inputs, out_dir: str, *, seed: int = 0, per_blend: int = 2, ma
             "zero_point": ZERO_POINT, "pixel_scale": PIXEL_SCALE, "gain": DEFAULT_GAIN,
             "aperture_radius_arcsec": APERTURE_RADIUS_ARCSEC, "n_inputs": len(paths), "n_injected": len(rows)}
     truth = os.path.join(out_dir, TRUTH_FILE)
-    payload = _npz_bytes({"table": table,
+    payload = npz_bytes({"table": table,
                           "stamps": np.concatenate(stamps) if stamps else np.zeros(0, np.float32),
                           "bands": np.asarray(bands or (), dtype=np.str_),
                           "meta": np.asarray(json.dumps(meta, sort_keys=True))})
-    _atomic_write(truth, payload)
+    atomic_write(truth, payload)
     return truth
 
 
@@ -443,213 +424,3 @@ def read_truth(path: str):
     """
     with np.load(path, allow_pickle=False) as d:
         return d["table"], d["stamps"], tuple(str(b) for b in d["bands"]), json.loads(str(d["meta"]))
-
-
-# -----------------------------------------------------------------------------
-# metrics
-# -----------------------------------------------------------------------------
-
-_ESTIMATORS = (("model", "flux_model_{b}"), ("conserving", "flux_{b}"), ("yard_ap", None), ("yard_psf", None),
-               ("yard_sum", None))
-
-
-def _match(catalog: str, table: np.ndarray):
-    """Catalog /sources row index per injection (-1: none) and whether it was deblended."""
-    blends = read_table(catalog, "blends")
-    src = read_table(catalog, "sources")
-    bid = {os.path.basename(r["source_file"].decode() if isinstance(r["source_file"], bytes)
-                            else str(r["source_file"])): int(r["id"]) for r in blends}
-    bad_parent = {int(r["id"]) for r in blends
-                  if r["flag_failed"] or r["flag_skipped_too_many_peaks"] or r["flag_skipped_too_large"]}
-    key = {(int(p), int(k)): i for i, (p, k) in enumerate(zip(src["parent_id"], src["peak_index"]))}
-    idx = np.full(len(table), -1, dtype=np.int64)
-    ok = np.zeros(len(table), dtype=bool)
-    drop = [c for c in src.dtype.names if c.startswith("flag_peak_") and c != "flag_peak_merged"]
-    drop += [c for c in ("flag_parent_failed", "flag_parent_skipped", "flag_model_zero") if c in src.dtype.names]
-    for t, r in enumerate(table):
-        pid = bid.get(str(r["blend_file"]))
-        i = key.get((pid, int(r["peak_index"]))) if pid is not None else None
-        if i is None:
-            continue
-        idx[t] = i
-        ok[t] = pid not in bad_parent and not any(bool(src[c][i]) for c in drop)
-    return src, idx, ok
-
-
-def _stats(rel: np.ndarray) -> tuple:
-    rel = rel[np.isfinite(rel)]
-    if rel.size == 0:
-        return (np.nan, np.nan, np.nan)
-    a = np.abs(rel)
-    return float(np.median(rel)), float(np.median(a)), float(np.percentile(a, 90))
-
-
-def injection_metrics(catalog: str, truth: str, band: str = "i", mag_edges=None, sep_edges=None,
-                      blend_edges=None) -> dict:
-    """Completeness, flux and centroid errors of the injected sources, with the yardstick.
-
-    Parameters
-    ----------
-    catalog : str
-        HDF5 catalog of a run over the injected files (``/blends``, ``/sources``).
-    truth : str
-        :data:`TRUTH_FILE` of :func:`inject_blends`.
-    band : str
-        Band of the flux tables.
-    mag_edges, sep_edges, blend_edges : sequence of float, optional
-        Bin edges in the reference-band magnitude, the separation (arcsec) and the catalog's
-        ``blendedness`` (default 1-mag bins over the range, (0.5, 1, 1.5, 2, 3+) ″,
-        (0, 0.02, 0.1, 0.3, 1)).
-
-    Returns
-    -------
-    dict
-        ``n``, ``n_found`` and ``completeness`` overall; ``by_mag``, ``by_sep``, ``by_blendedness``:
-        lists of rows ``{"bin", "n", "found", "completeness", "<est>": (bias, med|Δf/f|, p90|Δf/f|),
-        "centroid_<est>": median distance (px) to the true light centroid, "centroid0_<est>": the same to
-        the profile's nominal centre}`` for est in model,
-        conserving (the deblender's ``flux_model_<b>`` and ``flux_<b>``), yard_ap, yard_psf, yard_sum (the yardstick) with
-        Δf/f = (f − f_true)/f_true and f_true the injected noiseless flux in the image; ``noise_floor``
-        the median aperture sky-noise σ/f_true; and ``per_band``: (bias, med, p90) per band and estimator.
-        Completeness counts a source as found when its peak's child row exists, its parent was
-        deblended (not failed/skipped) and the peak was fitted (no flag_peak_*, not model-zero).
-    """
-    table, _, bands, _ = read_truth(truth)
-    src, idx, ok = _match(catalog, table)
-    n = len(table)
-
-    def values(est, b, sel):
-        f_true = table[f"flux_{b}"][sel]
-        if est in ("model", "conserving"):
-            col = ("flux_model_{b}" if est == "model" else "flux_{b}").format(b=b)
-            f = np.where(ok[sel], src[col][np.clip(idx[sel], 0, None)] if len(src) else np.nan, np.nan)
-        else:
-            f = table[f"yard_{est[5:]}_flux_{b}"][sel]
-        return (f - f_true) / f_true
-
-    def centroid(est, sel, suffix="_centroid"):
-        ty, tx = table["y" + suffix][sel], table["x" + suffix][sel]
-        if est in ("model", "conserving"):
-            ii = np.clip(idx[sel], 0, None)
-            dy = np.where(ok[sel], src["y"][ii] - ty, np.nan)
-            dx = np.where(ok[sel], src["x"][ii] - tx, np.nan)
-        else:
-            dy, dx = table["yard_y"][sel] - ty, table["yard_x"][sel] - tx
-        e = np.hypot(dy, dx)
-        e = e[np.isfinite(e)]
-        return float(np.median(e)) if e.size else np.nan
-
-    def rows_for(quantity, edges, label):
-        out = []
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            sel = np.flatnonzero((quantity >= lo) & (quantity < hi))
-            r = {"bin": f"{label} {lo:g}-{hi:g}", "n": int(len(sel)), "found": int(ok[sel].sum()),
-                 "completeness": float(ok[sel].mean()) if len(sel) else np.nan}
-            for est, _ in _ESTIMATORS:
-                r[est] = _stats(values(est, band, sel))
-                r[f"centroid_{est}"] = centroid(est, sel)
-                r[f"centroid0_{est}"] = centroid(est, sel, "")
-            r["noise_floor"] = float(np.median(table[f"yard_ap_sigma_{band}"][sel] / table[f"flux_{band}"][sel])) \
-                if len(sel) else np.nan
-            out.append(r)
-        return out
-
-    mag = table["mag"]
-    if mag_edges is None:
-        mag_edges = np.arange(np.floor(mag.min()), np.ceil(mag.max()) + 1e-9, 1.0) if n else [0, 1]
-    sep_edges = sep_edges or (0.5, 1.0, 1.5, 2.0, np.inf)
-    blend_edges = blend_edges or (0.0, 0.02, 0.1, 0.3, 1.0 + 1e-9)
-    blendedness = np.where(ok, src["blendedness"][np.clip(idx, 0, None)] if len(src) else np.nan, np.nan)
-    allsel = np.arange(n)
-    return {
-        "band": band, "n": n, "n_found": int(ok.sum()), "completeness": float(ok.mean()) if n else np.nan,
-        "by_mag": rows_for(mag, list(mag_edges), "mag"),
-        "by_sep": rows_for(table["separation"], list(sep_edges), "sep\""),
-        "by_blendedness": rows_for(blendedness, list(blend_edges), "blnd"),
-        "all": rows_for(np.zeros(n), [0.0, 1.0], "all")[0],
-        "per_band": {b: {est: _stats(values(est, b, allsel)) for est, _ in _ESTIMATORS} for b in bands},
-    }
-
-
-def _fmt(v, spec="+.3f"):
-    return format(v, spec) if np.isfinite(v) else "nan"
-
-
-def format_metrics(m: dict) -> str:
-    """Plain-text tables of :func:`injection_metrics` output (one block per binning)."""
-    lines = [f"injected {m['n']}, found and deblended {m['n_found']} "
-             f"(completeness {100 * m['completeness']:.1f} %); flux errors in band {m['band']}: "
-             f"d = (f - f_true)/f_true; 'excess' = med|d| minus the yardstick's (aperture) med|d|",
-             "estimators: model = flux_model, conserving = flux (deblender); yard_ap / yard_psf = perfect-deblender "
-             "yardstick (aperture / PSF-weighted photometry of the injected source alone); yard_sum = that source's "
-             "pixels summed over the image (its own noise only)"]
-    head = (f"{'bin':<18}{'N':>5}{'found':>6}{'compl':>7}  {'estimator':<11}{'bias':>8}{'med|d|':>8}"
-            f"{'p90|d|':>8}{'excess':>8}{'cen':>6}{'cen0':>6}{'noise':>7}")
-    for key, title in (("by_mag", "by magnitude (i)"), ("by_sep", "by separation from the nearest real peak"),
-                       ("by_blendedness", "by the catalog's blendedness"), ("all", "all")):
-        rows = m[key] if isinstance(m[key], list) else [m[key]]
-        lines += ["", title, head]
-        for r in rows:
-            for j, (est, _) in enumerate(_ESTIMATORS):
-                bias, med, p90 = r[est]
-                first = j == 0
-                lines.append(
-                    (f"{r['bin']:<18}{r['n']:>5}{r['found']:>6}"
-                     f"{(format(100 * r['completeness'], '.1f') + '%') if np.isfinite(r['completeness']) else 'nan':>7}"
-                     if first else " " * 36)
-                    + f"  {est:<11}{_fmt(bias):>8}{_fmt(med, '.3f'):>8}{_fmt(p90, '.3f'):>8}"
-                    f"{_fmt(med - r['yard_ap'][1]):>8}{_fmt(r['centroid_' + est], '.2f'):>6}"
-                    f"{_fmt(r['centroid0_' + est], '.2f'):>6}"
-                    + (f"{_fmt(r['noise_floor'], '.3f'):>7}" if first else ""))
-    lines += ["", "all sources, per band: bias / med|d| / p90|d|",
-              f"{'band':<6}" + "".join(f"{est:>26}" for est, _ in _ESTIMATORS)]
-    for b, per in m["per_band"].items():
-        cells = (" / ".join(_fmt(v, f) for v, f in zip(per[est], ("+.3f", ".3f", ".3f"))) for est, _ in _ESTIMATORS)
-        lines.append(f"{b:<6}" + "".join(f"{c:>26}" for c in cells))
-    lines.append("noise = median aperture sky-noise sigma / f_true (the floor any measurement carries); "
-                 "cen / cen0 = median centroid error (px) vs the true light centroid / vs the drawn profile's centre")
-    return "\n".join(lines)
-
-
-# -----------------------------------------------------------------------------
-# CLI
-# -----------------------------------------------------------------------------
-
-def inject_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``hpcblend inject blends ...`` and ``hpcblend inject metrics ...`` (see the module docstring)."""
-    p = argparse.ArgumentParser(prog="hpcblend inject", description="source injection into blend files")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("blends", help="inject fake galaxies into blend files; writes new files and a truth table")
-    b.add_argument("inputs", help="blend files: a directory or glob pattern (quote it)")
-    b.add_argument("out_dir")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--per-blend", type=int, default=2, metavar="N")
-    b.add_argument("--mag-range", type=float, nargs=2, default=(21.0, 25.0), metavar=("BRIGHT", "FAINT"))
-    b.add_argument("--separation-range", type=float, nargs=2, default=(0.5, 3.0), metavar=("MIN", "MAX"),
-                   help="arcsec from a real peak")
-    b.add_argument("--morphology", choices=("cosmos", "sersic"), default="cosmos")
-    b.add_argument("--cosmos", metavar="DIR", help="GalSim COSMOS sample directory (for --morphology cosmos)")
-    b.add_argument("--no-noise", action="store_true", help="add the noiseless sources (for checks)")
-    mt = sub.add_parser("metrics", help="completeness and flux errors of the injections in a run's catalog")
-    mt.add_argument("catalog")
-    mt.add_argument("truth", help=f"the {TRUTH_FILE} of the injection")
-    mt.add_argument("--band", default="i")
-    mt.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
-    args = p.parse_args(argv)
-    try:
-        if args.cmd == "blends":
-            truth = inject_blends(args.inputs, args.out_dir, seed=args.seed, per_blend=args.per_blend,
-                                  mag_range=tuple(args.mag_range), sep_range=tuple(args.separation_range),
-                                  morphology=args.morphology, cosmos_dir=args.cosmos, add_noise=not args.no_noise)
-            table = read_truth(truth)[0]
-            print(f"injected {len(table)} sources into {len(set(table['blend_file']))} blend files; truth: {truth}")
-            return 0
-        m = injection_metrics(args.catalog, args.truth, band=args.band)
-        print(format_metrics(m))
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(m, fh, indent=1, default=float)
-        return 0
-    except (HpcblendError, OSError, KeyError) as exc:
-        print(f"hpcblend: error: {exc}", file=sys.stderr)
-        return 2

@@ -37,7 +37,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from hpcblend.io.blends import BlendData, _atomic_write, _blend_arrays, _npz_bytes
+from hpcblend.io.blends import DEFAULT_BANDS
+from hpcblend.io.blends import BlendData, blend_arrays
+from hpcblend.io.npz import atomic_write, npz_bytes
 
 __all__ = [
     "make_synthetic_blend",
@@ -50,6 +52,8 @@ _FLUX_IN_IMAGE_MIN = 0.995
 _SIGMA_PER_HLR = 1.0 / math.sqrt(2.0 * math.log(2.0))  # Gaussian sigma / half-light radius
 _SERSIC_B = {1.0: 1.678346990016661, 4.0: 7.669249443855356}
 _TAPER_START, _TAPER_END = 3.75, 5.0  # Sérsic taper, in half-light radii
+#: Sérsic indices a profile name draws from (0.5 stands for the Gaussian).
+_PROFILE_INDICES = {"gaussian": (0.5,), "sersic": (1.0, 4.0), "exponential": (1.0,), "devaucouleurs": (4.0,)}
 
 
 def _sersic_b(n: float) -> float:
@@ -206,11 +210,92 @@ def _place_sources(rng: np.random.Generator, offsets: np.ndarray, margins: np.nd
                      f"apart and {edge_margin} px from the edges of a {h}x{w} image")
 
 
+def _check_arguments(n_bands, psf_sigma, noise_sigma, shape, psf_size, oversample, psf_wing_fraction,
+                     psf_wing_scale, min_separation, flux_range, sizes, centers, n_sources, profile) -> tuple:
+    """``(psf_sigma (B,), noise (B,), (h, w), centers (K, 2) or None, K, profile)`` checked; ValueError otherwise."""
+    if n_bands == 0:
+        raise ValueError("make_synthetic_blend: need at least one band")
+    psf_sig = _as_per_band(psf_sigma, n_bands, "psf_sigma")
+    noise = _as_per_band(noise_sigma, n_bands, "noise_sigma")
+    h, w = (int(v) for v in shape)
+    if psf_size <= 0 or psf_size % 2 == 0:
+        raise ValueError(f"make_synthetic_blend: psf_size must be odd, got {psf_size}")
+    if oversample < 5 or oversample % 2 == 0:
+        raise ValueError(f"make_synthetic_blend: oversample must be odd and >= 5, got {oversample}")
+    if not 0.0 <= psf_wing_fraction < 1.0 or psf_wing_scale <= 0:
+        raise ValueError("make_synthetic_blend: need 0 <= psf_wing_fraction < 1 and psf_wing_scale > 0")
+    if min_separation < 1.5:
+        raise ValueError(f"make_synthetic_blend: min_separation must be >= 1.5 px, got {min_separation}")
+    if not (0 < flux_range[0] <= flux_range[1]) or not (0 < sizes[0] <= sizes[1]):
+        raise ValueError("make_synthetic_blend: flux_range and sizes need 0 < lo <= hi")
+    if centers is not None:
+        centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
+        n_sources = len(centers)
+    if n_sources < 1:
+        raise ValueError(f"make_synthetic_blend: n_sources must be >= 1, got {n_sources}")
+    profile = profile.lower()
+    if profile not in _PROFILE_INDICES:
+        raise ValueError(f"make_synthetic_blend: unknown profile {profile!r}; one of {sorted(_PROFILE_INDICES)}")
+    return psf_sig, noise, (h, w), centers, n_sources, profile
+
+
+def _draw_source_parameters(rng: np.random.Generator, k: int, n_bands: int, flux_range, sizes,
+                            indices: tuple) -> dict:
+    """The K sources' parameters, drawn in a fixed order (the result is a pure function of the generator state).
+
+    Returns ``total_flux`` (K,) log-uniform, ``sed`` (K, B) rows summing to 1, ``r_half``, ``q``, ``theta``,
+    ``sersic_n`` (K,) and ``offsets`` (K, 2) sub-pixel offsets in [-0.5, 0.5).
+    """
+    total_flux = np.exp(rng.uniform(np.log(flux_range[0]), np.log(flux_range[1]), k))
+    sed = rng.uniform(0.1, 1.0, (k, n_bands))
+    sed /= sed.sum(axis=1, keepdims=True)
+    r_half = rng.uniform(sizes[0], sizes[1], k)
+    q = rng.uniform(0.4, 1.0, k)
+    theta = rng.uniform(0.0, np.pi, k)
+    sersic_n = rng.choice(np.array(indices), k)
+    offsets = rng.uniform(-0.5, 0.5, (k, 2))
+    return {"total_flux": total_flux, "sed": sed, "r_half": r_half, "q": q, "theta": theta, "sersic_n": sersic_n,
+            "offsets": offsets}
+
+
+def _peak_pixels(pos: np.ndarray, shape: tuple) -> np.ndarray:
+    """True centres (K, 2) rounded half-up to peak pixels (int64); ValueError if one is outside or two coincide."""
+    h, w = shape
+    peaks = np.floor(pos + 0.5).astype(np.int64)
+    if np.any(peaks < 0) or np.any(peaks[:, 0] >= h) or np.any(peaks[:, 1] >= w):
+        raise ValueError("make_synthetic_blend: a centre lies outside the image")
+    if len({tuple(p) for p in peaks.tolist()}) != len(peaks):
+        raise ValueError("make_synthetic_blend: two sources round to the same peak pixel")
+    return peaks
+
+
+def _source_models(stamps: list, int_centres: np.ndarray, flux: np.ndarray, shape: tuple) -> np.ndarray:
+    """Per-source noiseless images (K, B, H, W) float64: each unit stamp times its band fluxes, clipped at the edges."""
+    h, w = shape
+    models = np.zeros((len(stamps), flux.shape[1], h, w))
+    for i, st in enumerate(stamps):
+        half = st.shape[1] // 2
+        cy, cx = (int(v) for v in int_centres[i])
+        y0, x0 = cy - half, cx - half
+        ys, xs = max(0, y0), max(0, x0)
+        ye, xe = min(h, y0 + st.shape[1]), min(w, x0 + st.shape[2])
+        if ye > ys and xe > xs:
+            models[i, :, ys:ye, xs:xe] = st[:, ys - y0:ye - y0, xs - x0:xe - x0] * flux[i][:, None, None]
+    return models
+
+
+def _detection_footprint(noiseless: np.ndarray, noise: np.ndarray, peaks: np.ndarray) -> np.ndarray:
+    """Pixels where the band-summed noiseless image exceeds 0.5 sqrt(sum sigma^2), plus the peaks, grown by 2 px."""
+    detection = noiseless.sum(axis=0) > 0.5 * math.sqrt(float(np.sum(noise ** 2)))
+    detection[peaks[:, 0], peaks[:, 1]] = True
+    return _grow(detection, 2)
+
+
 def make_synthetic_blend(
     seed: int,
     n_sources: int = 3,
     shape: Sequence[int] = (41, 41),
-    bands: Sequence[str] = ("g", "r", "i", "z", "y"),
+    bands: Sequence[str] = DEFAULT_BANDS,
     psf_sigma: Union[float, Sequence[float]] = (1.7, 1.6, 1.5, 1.5, 1.6),
     psf_size: int = 41,
     noise_sigma: Union[float, Sequence[float]] = 1.0,
@@ -294,80 +379,30 @@ def make_synthetic_blend(
     rng = np.random.default_rng(seed)
     bands = tuple(str(b) for b in bands)
     n_bands = len(bands)
-    if n_bands == 0:
-        raise ValueError("make_synthetic_blend: need at least one band")
-    psf_sig = _as_per_band(psf_sigma, n_bands, "psf_sigma")
-    noise = _as_per_band(noise_sigma, n_bands, "noise_sigma")
-    h, w = (int(v) for v in shape)
-    if psf_size <= 0 or psf_size % 2 == 0:
-        raise ValueError(f"make_synthetic_blend: psf_size must be odd, got {psf_size}")
-    if oversample < 5 or oversample % 2 == 0:
-        raise ValueError(f"make_synthetic_blend: oversample must be odd and >= 5, got {oversample}")
-    if not 0.0 <= psf_wing_fraction < 1.0 or psf_wing_scale <= 0:
-        raise ValueError("make_synthetic_blend: need 0 <= psf_wing_fraction < 1 and psf_wing_scale > 0")
-    if min_separation < 1.5:
-        raise ValueError(f"make_synthetic_blend: min_separation must be >= 1.5 px, got {min_separation}")
-    if not (0 < flux_range[0] <= flux_range[1]) or not (0 < sizes[0] <= sizes[1]):
-        raise ValueError("make_synthetic_blend: flux_range and sizes need 0 < lo <= hi")
-    if centers is not None:
-        centers = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
-        n_sources = len(centers)
-    if n_sources < 1:
-        raise ValueError(f"make_synthetic_blend: n_sources must be >= 1, got {n_sources}")
-    profile = profile.lower()
-    choices = {"gaussian": (0.5,), "sersic": (1.0, 4.0), "exponential": (1.0,), "devaucouleurs": (4.0,)}
-    if profile not in choices:
-        raise ValueError(f"make_synthetic_blend: unknown profile {profile!r}; one of {sorted(choices)}")
-
-    # -- source parameters (drawn in a fixed order for determinism) ------------
-    k = n_sources
-    total_flux = np.exp(rng.uniform(np.log(flux_range[0]), np.log(flux_range[1]), k))
-    sed = rng.uniform(0.1, 1.0, (k, n_bands))
-    sed /= sed.sum(axis=1, keepdims=True)
-    r_half = rng.uniform(sizes[0], sizes[1], k)
-    q = rng.uniform(0.4, 1.0, k)
-    theta = rng.uniform(0.0, np.pi, k)
-    sersic_n = rng.choice(np.array(choices[profile]), k)
-    offsets = rng.uniform(-0.5, 0.5, (k, 2))
+    psf_sig, noise, (h, w), centers, k, profile = _check_arguments(
+        n_bands, psf_sigma, noise_sigma, shape, psf_size, oversample, psf_wing_fraction, psf_wing_scale,
+        min_separation, flux_range, sizes, centers, n_sources, profile)
+    p = _draw_source_parameters(rng, k, n_bands, flux_range, sizes, _PROFILE_INDICES[profile])
+    offsets = p["offsets"]
     if centers is not None:
         int_centres = np.floor(centers + 0.5).astype(np.int64)
         offsets = centers - int_centres
-
-    stamps = [_render_source(tuple(offsets[i]), float(sersic_n[i]), float(r_half[i]), float(q[i]),
-                             float(theta[i]), psf_sig, psf_wing_fraction, psf_wing_scale, oversample)
+    stamps = [_render_source(tuple(offsets[i]), float(p["sersic_n"][i]), float(p["r_half"][i]), float(p["q"][i]),
+                             float(p["theta"][i]), psf_sig, psf_wing_fraction, psf_wing_scale, oversample)
               for i in range(k)]
-
     if centers is None:
         margins = np.array([_required_margin(st.sum(axis=0), 1.0 - _FLUX_IN_IMAGE_MIN) + 1
                             for st in stamps], dtype=np.int64)
         margins = np.maximum(margins, int(math.ceil(edge_margin)))
         int_centres = _place_sources(rng, offsets, margins, (h, w), min_separation, edge_margin)
     pos = int_centres + offsets
-    peaks = np.floor(pos + 0.5).astype(np.int64)
-    if np.any(peaks < 0) or np.any(peaks[:, 0] >= h) or np.any(peaks[:, 1] >= w):
-        raise ValueError("make_synthetic_blend: a centre lies outside the image")
-    if len({tuple(p) for p in peaks.tolist()}) != k:
-        raise ValueError("make_synthetic_blend: two sources round to the same peak pixel")
+    peaks = _peak_pixels(pos, (h, w))
 
-    # -- draw ------------------------------------------------------------------------
-    flux = total_flux[:, None] * sed
-    models = np.zeros((k, n_bands, h, w))
-    for i, st in enumerate(stamps):
-        half = st.shape[1] // 2
-        cy, cx = (int(v) for v in int_centres[i])
-        y0, x0 = cy - half, cx - half
-        ys, xs = max(0, y0), max(0, x0)
-        ye, xe = min(h, y0 + st.shape[1]), min(w, x0 + st.shape[2])
-        if ye > ys and xe > xs:
-            models[i, :, ys:ye, xs:xe] = st[:, ys - y0:ye - y0, xs - x0:xe - x0] * flux[i][:, None, None]
+    flux = p["total_flux"][:, None] * p["sed"]
+    models = _source_models(stamps, int_centres, flux, (h, w))
     noiseless = models.sum(axis=0)
     images = (noiseless + rng.standard_normal((n_bands, h, w)) * noise[:, None, None]).astype(np.float32)
     variance = np.broadcast_to((noise ** 2).astype(np.float32)[:, None, None], (n_bands, h, w)).copy()
-
-    detection = noiseless.sum(axis=0) > 0.5 * math.sqrt(float(np.sum(noise ** 2)))
-    detection[peaks[:, 0], peaks[:, 1]] = True
-    footprint = _grow(detection, 2)
-
     psfs = np.stack([double_gaussian_psf(psf_size, float(sg), psf_wing_fraction, psf_wing_scale)
                      for sg in psf_sig])
     blend = BlendData(
@@ -377,7 +412,7 @@ def make_synthetic_blend(
         images=images,
         variance=variance,
         mask=np.zeros((n_bands, h, w), dtype=np.int32),
-        footprint=footprint,
+        footprint=_detection_footprint(noiseless, noise, peaks),
         psfs=psfs,
         peaks=peaks,
         origin=(0, 0),
@@ -388,14 +423,14 @@ def make_synthetic_blend(
         "y": pos[:, 0].copy(),
         "flux": flux,
         "flux_in_image": models.sum(axis=(2, 3)),
-        "sed": sed,
-        "total_flux": total_flux,
+        "sed": p["sed"],
+        "total_flux": p["total_flux"],
         "noiseless": noiseless,
         "models": models,
-        "r_half": r_half,
-        "q": q,
-        "theta": theta,
-        "sersic_n": sersic_n.astype(np.float64),
+        "r_half": p["r_half"],
+        "q": p["q"],
+        "theta": p["theta"],
+        "sersic_n": p["sersic_n"].astype(np.float64),
         "noise_sigma": noise,
     }
     return blend, truth
@@ -440,13 +475,13 @@ def write_demo_blends(directory: Union[str, os.PathLike], n_blends: int = 8, see
             seed=int(seed) * 100003 + blend_id, n_sources=n_src, shape=shape, profile=profile,
             sizes=sizes, blend_id=blend_id, centers=centres,
             min_separation=2.0 if centres is not None else 6.0, source=path)
-        payload = _npz_bytes(_blend_arrays(blend))
+        payload = npz_bytes(blend_arrays(blend))
         try:
             with open(path, "rb") as fh:
                 same = fh.read() == payload
         except OSError:
             same = False
         if not same:
-            _atomic_write(path, payload)
+            atomic_write(path, payload)
         paths.append(path)
     return paths

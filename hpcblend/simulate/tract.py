@@ -52,7 +52,9 @@ HSC coadds: ``zero_point = 27``):
 Every object is drawn into its own postage stamp (GalSim FFT of the convolved
 profile, the tract's WCS evaluated locally at the object) and added into the
 tract; no full-tract FFT is made. For a seed the output is deterministic (the
-same bytes on a given platform and library versions).
+same bytes on a given platform and library versions). The source catalog's
+numbers and the stamps are drawn by :mod:`hpcblend.simulate.tract_catalog`,
+the COSMOS sample read by :mod:`hpcblend.simulate.cosmos`.
 
 References
 ----------
@@ -70,22 +72,24 @@ import time
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
+import galsim
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from hpcblend.io.coadd import TractPaths, write_tract
+from hpcblend.io.blends import DEFAULT_BANDS
 from hpcblend.errors import ConfigError, InputError
-from hpcblend.io.blends import MASK_PLANES
+from hpcblend.io.masks import MASK_PLANES
+from hpcblend.io.coadd import TractPaths, write_tract
+from hpcblend.io.truth import TRUTH_FILE, read_truth, write_truth
+from hpcblend.simulate.cosmos import load_cosmos_catalog
+from hpcblend.simulate.tract_catalog import BULGE_COLORS, TractCatalog, counts_of_mag, draw_catalog, draw_sources
 
 __all__ = [
     "HSC_DEPTH",
     "HSC_PSF_FWHM",
-    "BULGE_COLORS",
-    "DISK_COLORS",
     "TRUTH_FILE",
-    "COSMOS_CATALOG",
     "SimulatedTract",
     "make_tract_wcs",
     "draw_psf_image",
@@ -97,22 +101,6 @@ __all__ = [
 HSC_DEPTH: dict = {"g": 26.5, "r": 26.1, "i": 25.9, "z": 25.1, "y": 24.4}
 #: Default PSF FWHM per band (arcsec), HSC-SSP Wide medians (Aihara et al. 2018).
 HSC_PSF_FWHM: dict = {"g": 0.77, "r": 0.76, "i": 0.62, "z": 0.68, "y": 0.68}
-#: Bulge colours: magnitude offset of each band relative to i (red, early-type-like).
-BULGE_COLORS: dict = {"u": 3.0, "g": 1.55, "r": 0.55, "i": 0.0, "z": -0.35, "y": -0.55}
-#: Disk colours: magnitude offset of each band relative to i (blue, star-forming-like).
-DISK_COLORS: dict = {"u": 1.2, "g": 0.6, "r": 0.25, "i": 0.0, "z": -0.1, "y": -0.15}
-#: Name of the truth catalog written into ``out_dir``.
-TRUTH_FILE: str = "truth.fits"
-#: COSMOS catalog file names inside ``cosmos_dir``.
-COSMOS_CATALOG: str = "real_galaxy_catalog_26_extension_example.fits"
-COSMOS_FITS_CATALOG: str = "real_galaxy_catalog_26_extension_example_fits.fits"
-#: COSMOS HST pixel scale (arcsec), for the catalog's ``flux_radius``.
-COSMOS_PIXEL_SCALE: float = 0.03
-
-#: Stars: (band - i) = slope x (g - i) (u: 1 + 2 (g - i)); a crude linear stellar locus.
-_STAR_COLOR_SLOPES = {"g": 1.0, "r": 0.4, "i": 0.0, "z": -0.2, "y": -0.3}
-_BULGE_TRUNC = 10.0  # bulge truncation radius in half-light radii
-_MAX_STAMP_RADIUS = 160
 
 
 @dataclass
@@ -188,18 +176,6 @@ def _per_band(value, bands: Tuple[str, ...], name: str, default: Optional[Mappin
     return out
 
 
-def _counts(mag, zero_point: float):
-    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - zero_point))
-
-
-def _power_law_mags(rng: np.random.Generator, n: int, lo: float, hi: float, slope: float) -> np.ndarray:
-    """``n`` magnitudes on [lo, hi) with dN/dm ∝ 10**(slope m) (inverse-CDF sampling)."""
-    u = rng.uniform(0.0, 1.0, n)
-    if slope == 0:
-        return lo + (hi - lo) * u
-    a, b = 10.0 ** (slope * lo), 10.0 ** (slope * hi)
-    return np.log10(a + u * (b - a)) / slope
-
 
 def make_tract_wcs(shape: Tuple[int, int], ra: float, dec: float, pixel_scale: float) -> Tuple[WCS, fits.Header]:
     """A TAN WCS centred on the tract, north up, east left.
@@ -235,9 +211,8 @@ def make_tract_wcs(shape: Tuple[int, int], ra: float, dec: float, pixel_scale: f
     return WCS(hdr), hdr
 
 
-def _psf_profile(kind: str, fwhm: float, beta: float):
-    import galsim
 
+def _psf_profile(kind: str, fwhm: float, beta: float):
     if kind == "moffat":
         return galsim.Moffat(beta=beta, fwhm=fwhm)
     return galsim.Kolmogorov(fwhm=fwhm)
@@ -264,76 +239,128 @@ def draw_psf_image(psf, size: int, wcs) -> np.ndarray:
     return arr / arr.sum()
 
 
-def _stamp_bounds(x: float, y: float, radius: int):
-    """GalSim (1-based) bounds of a (2r+1)^2 stamp centred on the pixel holding 0-based (x, y)."""
-    import galsim
 
-    ix, iy = int(math.floor(x + 0.5)), int(math.floor(y + 0.5))
-    return galsim.BoundsI(ix - radius + 1, ix + radius + 1, iy - radius + 1, iy + radius + 1)
+# -----------------------------------------------------------------------------
+# the steps of simulate_tract
+# -----------------------------------------------------------------------------
 
 
-def _add_stamp(image: np.ndarray, stamp) -> None:
-    """Add a GalSim stamp (1-based bounds) into a 0-based (H, W) array, clipping at the edges."""
-    b = stamp.bounds
-    h, w = image.shape
-    x0, x1 = max(b.xmin - 1, 0), min(b.xmax, w)  # 0-based, half-open
-    y0, y1 = max(b.ymin - 1, 0), min(b.ymax, h)
-    if x1 <= x0 or y1 <= y0:
-        return
-    sx0, sy0 = x0 - (b.xmin - 1), y0 - (b.ymin - 1)
-    image[y0:y1, x0:x1] += stamp.array[sy0:sy0 + (y1 - y0), sx0:sx0 + (x1 - x0)]
-
-
-def _composite_hlr(hb: np.ndarray, hd: np.ndarray, bt: np.ndarray) -> np.ndarray:
-    """Half-light radius of circular de Vaucouleurs (hlr hb) + exponential (hlr hd) with bulge fraction bt."""
-    from scipy.special import gammainc
-
-    def enclosed(r):
-        xb = 7.669249 * np.power(np.maximum(r / hb, 0.0), 0.25)
-        fb = np.where(r >= _BULGE_TRUNC * hb, 1.0, gammainc(8.0, xb) / gammainc(8.0, 7.669249 * _BULGE_TRUNC ** 0.25))
-        xd = 1.678347 * r / hd
-        fd = 1.0 - (1.0 + xd) * np.exp(-xd)
-        return bt * fb + (1.0 - bt) * fd
-
-    lo = np.zeros_like(hd)
-    hi = np.maximum(hb * _BULGE_TRUNC, hd * 10.0)
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        below = enclosed(mid) < 0.5
-        lo = np.where(below, mid, lo)
-        hi = np.where(below, hi, mid)
-    return 0.5 * (lo + hi)
-
-
-def _star_offsets(g_minus_i: np.ndarray, band: str) -> np.ndarray:
-    """Magnitude offset (band - i) of stars along a crude linear stellar locus."""
-    if band == "u":
-        return 1.0 + 2.0 * g_minus_i
-    return _STAR_COLOR_SLOPES[band] * g_minus_i
-
-
-def _load_cosmos(cosmos_dir: str):
-    import galsim
-
-    cat_path = os.path.join(cosmos_dir, COSMOS_CATALOG)
-    fit_path = os.path.join(cosmos_dir, COSMOS_FITS_CATALOG)
-    for p in (cat_path, fit_path):
-        if not os.path.isfile(p):
-            raise InputError(f"{p}: COSMOS catalog file not found (cosmos_dir={cosmos_dir})")
+def _check_arguments(shape, bands, psf, psf_size, pixel_scale, moffat_beta, density, star_density, margin,
+                     cosmos_fraction, galaxy_mag_range, star_mag_range, dec) -> tuple:
+    """``(h, w, bands, psf)`` checked and normalised; a :class:`ConfigError` naming the argument otherwise."""
     try:
-        rgc = galsim.RealGalaxyCatalog(COSMOS_CATALOG, dir=cosmos_dir)
-        with fits.open(cat_path) as hdul:
-            idents = np.asarray(hdul[1].data["IDENT"])
-        with fits.open(fit_path) as hdul:
-            fit = Table(hdul[1].data)
-    except (OSError, KeyError, ValueError) as exc:
-        raise InputError(f"{cat_path}: cannot read the COSMOS catalog: {exc}") from None
-    row_of = {int(i): k for k, i in enumerate(np.asarray(fit["IDENT"]))}
-    missing = [int(i) for i in idents if int(i) not in row_of]
-    if missing:
-        raise InputError(f"{fit_path}: IDENT {missing[:5]} of {cat_path} not found")
-    fit = fit[[row_of[int(i)] for i in idents]]
-    return rgc, fit
+        h, w = (int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise ConfigError(f"shape: expected (H, W), got {shape!r}") from None
+    if h < 1 or w < 1 or tuple(shape) != (h, w):
+        raise ConfigError(f"shape: expected two positive integers (H, W), got {shape!r}")
+    bands = tuple(str(b) for b in bands)
+    if not bands or len(set(bands)) != len(bands):
+        raise ConfigError(f"bands: expected distinct band names, got {bands!r}")
+    unknown = [b for b in bands if b not in BULGE_COLORS]
+    if unknown:
+        raise ConfigError(f"bands: no galaxy colours for {unknown}; known: {tuple(BULGE_COLORS)}")
+    psf = str(psf).lower()
+    if psf not in ("moffat", "kolmogorov"):
+        raise ConfigError(f"psf: expected 'moffat' or 'kolmogorov', got {psf!r}")
+    if not (isinstance(psf_size, (int, np.integer)) and psf_size >= 3 and psf_size % 2 == 1):
+        raise ConfigError(f"psf_size: expected an odd integer >= 3, got {psf_size!r}")
+    for name, value in (("pixel_scale", pixel_scale), ("moffat_beta", moffat_beta)):
+        if not (np.isfinite(value) and value > 0):
+            raise ConfigError(f"{name}: expected a positive number, got {value!r}")
+    if psf == "moffat" and moffat_beta <= 1.1:
+        raise ConfigError(f"moffat_beta: expected > 1.1, got {moffat_beta!r}")
+    for name, value in (("density", density), ("star_density", star_density), ("margin", margin)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name}: expected a non-negative number, got {value!r}")
+    if not 0.0 <= cosmos_fraction <= 1.0:
+        raise ConfigError(f"cosmos_fraction: expected a number in [0, 1], got {cosmos_fraction!r}")
+    for name, rng_ in (("galaxy_mag_range", galaxy_mag_range), ("star_mag_range", star_mag_range)):
+        if len(rng_) != 2 or not rng_[0] < rng_[1]:
+            raise ConfigError(f"{name}: expected (bright, faint) with bright < faint, got {rng_!r}")
+    if 2 * margin >= min(h, w):
+        raise ConfigError(f"margin: {margin} leaves no room in a {h}x{w} tract")
+    if not (-90.0 < dec < 90.0):
+        raise ConfigError(f"dec: expected a declination in (-90, 90) deg, got {dec!r}")
+    return h, w, bands, psf
+
+
+def _band_settings(bands, psf_fwhm, sky_sigma, depth) -> tuple:
+    """``(fwhm, sigma, depths)`` per band: sigma None when it comes from the depths (after the PSFs are drawn)."""
+    fwhm = _per_band(psf_fwhm, bands, "psf_fwhm", HSC_PSF_FWHM)
+    if min(fwhm.values()) <= 0:
+        raise ConfigError(f"psf_fwhm: expected positive values, got {fwhm}")
+    if sky_sigma is not None:
+        sigma = _per_band(sky_sigma, bands, "sky_sigma")
+        if min(sigma.values()) <= 0:
+            raise ConfigError(f"sky_sigma: expected positive values, got {sigma}")
+        return fwhm, sigma, None
+    return fwhm, None, _per_band(depth, bands, "depth", HSC_DEPTH)
+
+
+def _open_cosmos(cosmos_dir):
+    """The COSMOS sample of ``cosmos_dir`` (:func:`load_cosmos_catalog`), or None without one."""
+    if cosmos_dir is None:
+        return None
+    cosmos_dir = os.fspath(cosmos_dir)
+    if not os.path.isdir(cosmos_dir):
+        raise InputError(f"{cosmos_dir}: COSMOS directory not found")
+    return load_cosmos_catalog(cosmos_dir)
+
+
+def _tract_psfs(bands, psf: str, fwhm: dict, moffat_beta: float, psf_size: int, gs_wcs, shape) -> tuple:
+    """Each band's PSF profile and its image (B, psf_size, psf_size) drawn with the WCS at the tract centre."""
+    h, w = shape
+    centre_wcs = gs_wcs.local(galsim.PositionD((w + 1) / 2.0, (h + 1) / 2.0))
+    psf_profiles = {b: _psf_profile(psf, fwhm[b], moffat_beta) for b in bands}
+    psf_images = np.stack([draw_psf_image(psf_profiles[b], psf_size, centre_wcs) for b in bands])
+    return psf_profiles, psf_images
+
+
+def _sigma_from_depth(depths: dict, psf_images: np.ndarray, bands, zero_point: float) -> dict:
+    """Sky sigma per band from the 5-sigma point-source depth: ``F5 / (5 sqrt(n_eff))``, ``n_eff = 1/sum(P^2)``."""
+    sigma = {}
+    for k, b in enumerate(bands):
+        n_eff = 1.0 / float(np.sum(psf_images[k] ** 2))
+        sigma[b] = float(counts_of_mag(depths[b], zero_point) / (5.0 * math.sqrt(n_eff)))
+    return sigma
+
+
+def _add_noise(images: np.ndarray, bands, sigma: dict, noise_seq: np.random.SeedSequence, noise: bool) -> np.ndarray:
+    """Add Gaussian sky noise to ``images`` (in place; one child seed per band) and return the variance planes."""
+    h, w = images.shape[1:]
+    variance = np.empty_like(images)
+    for m, (b, seq) in enumerate(zip(bands, noise_seq.spawn(len(bands)))):
+        if noise:
+            images[m] += np.random.default_rng(seq).standard_normal((h, w), dtype=np.float32) * np.float32(sigma[b])
+        variance[m] = np.float32(sigma[b] ** 2)
+    return variance
+
+
+def _truth_table(cat: TractCatalog, wcs: WCS, bands, zero_point: float) -> Table:
+    """The truth catalog (columns in the module docstring, with units) of a drawn catalog."""
+    ra_t, dec_t = wcs.pixel_to_world_values(cat.xs, cat.ys)
+    truth = Table()
+    truth["id"] = np.arange(1, cat.n + 1, dtype=np.int64)
+    truth["x"] = cat.xs
+    truth["y"] = cat.ys
+    truth["ra"] = np.asarray(ra_t, dtype=np.float64)
+    truth["dec"] = np.asarray(dec_t, dtype=np.float64)
+    truth["type"] = cat.kinds
+    for b in bands:
+        truth[f"flux_{b}"] = cat.flux[b]
+    for b in bands:
+        with np.errstate(divide="ignore"):
+            truth[f"mag_{b}"] = zero_point - 2.5 * np.log10(cat.flux[b])
+    truth["hlr"] = cat.hlr
+    truth["bulge_fraction"] = cat.bulge_fraction
+    truth["cosmos_index"] = cat.cosmos_index
+    units = {"x": "pix", "y": "pix", "ra": "deg", "dec": "deg", "hlr": "arcsec"}
+    units.update({f"flux_{b}": "count" for b in bands})
+    units.update({f"mag_{b}": "mag" for b in bands})
+    for col, unit in units.items():
+        truth[col].unit = unit
+    return truth
 
 
 # -----------------------------------------------------------------------------
@@ -342,7 +369,7 @@ def _load_cosmos(cosmos_dir: str):
 
 
 def simulate_tract(out_dir: Union[str, os.PathLike], shape: Tuple[int, int] = (2000, 2000),
-                   bands: Sequence[str] = ("g", "r", "i", "z", "y"), *, pixel_scale: float = 0.168,
+                   bands: Sequence[str] = DEFAULT_BANDS, *, pixel_scale: float = 0.168,
                    density: float = 10.0, star_density: float = 1.0,
                    depth=None, sky_sigma=None, psf: str = "moffat", psf_fwhm=None,
                    moffat_beta: float = 3.5, psf_size: int = 41, seed: int = 0,
@@ -426,213 +453,39 @@ def simulate_tract(out_dir: Union[str, os.PathLike], shape: Tuple[int, int] = (2
     InputError
         ``cosmos_dir`` lacks the COSMOS catalog files.
     """
-    import galsim
-
     t_start = time.perf_counter()
-    # -- validate --------------------------------------------------------------------
-    try:
-        h, w = (int(n) for n in shape)
-    except (TypeError, ValueError):
-        raise ConfigError(f"shape: expected (H, W), got {shape!r}") from None
-    if h < 1 or w < 1 or tuple(shape) != (h, w):
-        raise ConfigError(f"shape: expected two positive integers (H, W), got {shape!r}")
-    bands = tuple(str(b) for b in bands)
-    if not bands or len(set(bands)) != len(bands):
-        raise ConfigError(f"bands: expected distinct band names, got {bands!r}")
-    unknown = [b for b in bands if b not in BULGE_COLORS]
-    if unknown:
-        raise ConfigError(f"bands: no galaxy colours for {unknown}; known: {tuple(BULGE_COLORS)}")
-    psf = str(psf).lower()
-    if psf not in ("moffat", "kolmogorov"):
-        raise ConfigError(f"psf: expected 'moffat' or 'kolmogorov', got {psf!r}")
-    if not (isinstance(psf_size, (int, np.integer)) and psf_size >= 3 and psf_size % 2 == 1):
-        raise ConfigError(f"psf_size: expected an odd integer >= 3, got {psf_size!r}")
-    for name, value in (("pixel_scale", pixel_scale), ("moffat_beta", moffat_beta)):
-        if not (np.isfinite(value) and value > 0):
-            raise ConfigError(f"{name}: expected a positive number, got {value!r}")
-    if psf == "moffat" and moffat_beta <= 1.1:
-        raise ConfigError(f"moffat_beta: expected > 1.1, got {moffat_beta!r}")
-    for name, value in (("density", density), ("star_density", star_density), ("margin", margin)):
-        if not (np.isfinite(value) and value >= 0):
-            raise ConfigError(f"{name}: expected a non-negative number, got {value!r}")
-    if not 0.0 <= cosmos_fraction <= 1.0:
-        raise ConfigError(f"cosmos_fraction: expected a number in [0, 1], got {cosmos_fraction!r}")
-    for name, rng_ in (("galaxy_mag_range", galaxy_mag_range), ("star_mag_range", star_mag_range)):
-        if len(rng_) != 2 or not rng_[0] < rng_[1]:
-            raise ConfigError(f"{name}: expected (bright, faint) with bright < faint, got {rng_!r}")
-    if 2 * margin >= min(h, w):
-        raise ConfigError(f"margin: {margin} leaves no room in a {h}x{w} tract")
-    if not (-90.0 < dec < 90.0):
-        raise ConfigError(f"dec: expected a declination in (-90, 90) deg, got {dec!r}")
-    fwhm = _per_band(psf_fwhm, bands, "psf_fwhm", HSC_PSF_FWHM)
-    if min(fwhm.values()) <= 0:
-        raise ConfigError(f"psf_fwhm: expected positive values, got {fwhm}")
-    if sky_sigma is not None:
-        sigma = _per_band(sky_sigma, bands, "sky_sigma")
-        if min(sigma.values()) <= 0:
-            raise ConfigError(f"sky_sigma: expected positive values, got {sigma}")
-        depths = None
-    else:
-        depths = _per_band(depth, bands, "depth", HSC_DEPTH)
-        sigma = None
-    cosmos = None
-    if cosmos_dir is not None:
-        cosmos_dir = os.fspath(cosmos_dir)
-        if not os.path.isdir(cosmos_dir):
-            raise InputError(f"{cosmos_dir}: COSMOS directory not found")
-        cosmos = _load_cosmos(cosmos_dir)
+    h, w, bands, psf = _check_arguments(shape, bands, psf, psf_size, pixel_scale, moffat_beta, density, star_density,
+                                        margin, cosmos_fraction, galaxy_mag_range, star_mag_range, dec)
+    fwhm, sigma, depths = _band_settings(bands, psf_fwhm, sky_sigma, depth)
+    cosmos = _open_cosmos(cosmos_dir)
 
-    # -- WCS and PSFs ----------------------------------------------------------------------
     wcs, wcs_header = make_tract_wcs((h, w), ra, dec, pixel_scale)
     gs_wcs = galsim.GSFitsWCS(header=wcs_header)
-    centre_wcs = gs_wcs.local(galsim.PositionD((w + 1) / 2.0, (h + 1) / 2.0))
-    psf_profiles = {b: _psf_profile(psf, fwhm[b], moffat_beta) for b in bands}
-    psf_images = np.stack([draw_psf_image(psf_profiles[b], psf_size, centre_wcs) for b in bands])
+    psf_profiles, psf_images = _tract_psfs(bands, psf, fwhm, moffat_beta, psf_size, gs_wcs, (h, w))
     if sigma is None:
-        sigma = {}
-        for k, b in enumerate(bands):
-            n_eff = 1.0 / float(np.sum(psf_images[k] ** 2))
-            sigma[b] = float(_counts(depths[b], zero_point) / (5.0 * math.sqrt(n_eff)))
+        sigma = _sigma_from_depth(depths, psf_images, bands, zero_point)
 
-    # -- catalog -------------------------------------------------------------------------------
-    ss = np.random.SeedSequence(int(seed))
-    cat_seq, noise_seq = ss.spawn(2)
-    rng = np.random.default_rng(cat_seq)
-    area_arcmin2 = h * w * (pixel_scale / 60.0) ** 2
-    n_gal = int(rng.poisson(density * area_arcmin2))
-    n_star = int(rng.poisson(star_density * area_arcmin2))
-    n_cosmos = int(rng.binomial(n_gal, cosmos_fraction)) if cosmos is not None else 0
-    n_param = n_gal - n_cosmos
-    n = n_param + n_cosmos + n_star
-    xs = rng.uniform(margin - 0.5, w - 0.5 - margin, n)
-    ys = rng.uniform(margin - 0.5, h - 0.5 - margin, n)
-    kinds = np.array(["galaxy"] * n_param + ["cosmos"] * n_cosmos + ["star"] * n_star, dtype="U6")
-    flux = {b: np.zeros(n) for b in bands}
-    hlr = np.zeros(n)
-    bulge_fraction = np.full(n, np.nan)
-    cosmos_index = np.full(n, -1, dtype=np.int64)
-
-    # parametric galaxies
-    sl = slice(0, n_param)
-    mag_i = _power_law_mags(rng, n_param, galaxy_mag_range[0], galaxy_mag_range[1], galaxy_mag_slope)
-    bt = rng.beta(1.0, 2.5, n_param)
-    hd = np.clip(0.7 * 10.0 ** (-0.1 * (mag_i - 22.0)) * np.exp(rng.normal(0.0, 0.35, n_param)), 0.1, 4.0)
-    hb = hd * rng.uniform(0.3, 0.6, n_param)
-    g_abs = np.clip(rng.rayleigh(0.25, n_param), 0.0, 0.7)
-    beta = rng.uniform(0.0, np.pi, n_param)
-    f_i = _counts(mag_i, zero_point)
-    fb = {b: bt * f_i * 10.0 ** (-0.4 * (BULGE_COLORS[b] + rng.normal(0, 0.05, n_param))) for b in bands}
-    fd = {b: (1 - bt) * f_i * 10.0 ** (-0.4 * (DISK_COLORS[b] + rng.normal(0, 0.05, n_param))) for b in bands}
-    for b in bands:
-        flux[b][sl] = fb[b] + fd[b]
-    hlr[sl] = _composite_hlr(hb, hd, bt)
-    bulge_fraction[sl] = bt
-
-    # COSMOS galaxies
-    sl_c = slice(n_param, n_param + n_cosmos)
-    if n_cosmos:
-        rgc, fit = cosmos
-        idx = rng.integers(0, rgc.nobjects, n_cosmos)
-        rot = rng.uniform(0.0, 360.0, n_cosmos)
-        cosmos_index[sl_c] = idx
-        for b in bands:
-            col = f"HSC_{b}"
-            if col not in fit.colnames:
-                raise ConfigError(f"bands: the COSMOS catalog has no {col} magnitudes")
-            flux[b][sl_c] = _counts(np.asarray(fit[col], dtype=np.float64)[idx], zero_point)
-        hlr[sl_c] = np.asarray(fit["flux_radius"], dtype=np.float64)[idx] * COSMOS_PIXEL_SCALE
-
-    # stars
-    sl_s = slice(n_param + n_cosmos, n)
-    mag_s = _power_law_mags(rng, n_star, star_mag_range[0], star_mag_range[1], star_mag_slope)
-    gmi = rng.uniform(0.3, 2.8, n_star)
-    for b in bands:
-        flux[b][sl_s] = _counts(mag_s + _star_offsets(gmi, b), zero_point)
-
-    # -- draw ------------------------------------------------------------------------------------
+    cat_seq, noise_seq = np.random.SeedSequence(int(seed)).spawn(2)
+    cat = draw_catalog(np.random.default_rng(cat_seq), (h, w), bands, pixel_scale=pixel_scale, density=density,
+                       star_density=star_density, cosmos=cosmos, cosmos_fraction=cosmos_fraction, margin=margin,
+                       zero_point=zero_point, galaxy_mag_range=galaxy_mag_range, galaxy_mag_slope=galaxy_mag_slope,
+                       star_mag_range=star_mag_range, star_mag_slope=star_mag_slope)
     images = np.zeros((len(bands), h, w), dtype=np.float32)
-    psf_radius = {b: int(math.ceil(4.0 * fwhm[b] / pixel_scale)) for b in bands}
-    for k in range(n):
-        x, y = float(xs[k]), float(ys[k])
-        centre = galsim.PositionD(x + 1.0, y + 1.0)
-        kind = kinds[k]
-        if kind == "galaxy":
-            j = k
-            stretch = math.sqrt((1 + g_abs[j]) / (1 - g_abs[j]))
-            shear_d = galsim.Shear(g=float(g_abs[j]), beta=float(beta[j]) * galsim.radians)
-            shear_b = galsim.Shear(g=float(g_abs[j]) / 2, beta=float(beta[j]) * galsim.radians)
-            bulge = galsim.Sersic(4, half_light_radius=float(hb[j]), trunc=_BULGE_TRUNC * float(hb[j]),
-                                  flux_untruncated=False).shear(shear_b)
-            disk = galsim.Exponential(half_light_radius=float(hd[j])).shear(shear_d)
-            extent = max(_BULGE_TRUNC * hb[j], 5.0 * hd[j]) * stretch / pixel_scale
-            for m, b in enumerate(bands):
-                gal = galsim.Add([bulge.withFlux(float(fb[b][j])), disk.withFlux(float(fd[b][j]))])
-                radius = int(min(_MAX_STAMP_RADIUS, math.ceil(extent) + psf_radius[b]))
-                stamp = galsim.ImageF(_stamp_bounds(x, y, radius), wcs=gs_wcs)
-                galsim.Convolve(gal, psf_profiles[b]).drawImage(image=stamp, center=centre)
-                _add_stamp(images[m], stamp)
-        elif kind == "cosmos":
-            j = k - n_param
-            i_cat = int(cosmos_index[k])
-            real = galsim.RealGalaxy(rgc, index=i_cat, flux=1.0).rotate(float(rot[j]) * galsim.degrees)
-            extent = 6.0 * max(hlr[k], 0.1) / pixel_scale
-            for m, b in enumerate(bands):
-                radius = int(min(_MAX_STAMP_RADIUS, math.ceil(extent) + psf_radius[b]))
-                stamp = galsim.ImageF(_stamp_bounds(x, y, radius), wcs=gs_wcs)
-                galsim.Convolve(real.withFlux(float(flux[b][k])), psf_profiles[b]).drawImage(
-                    image=stamp, center=centre)
-                _add_stamp(images[m], stamp)
-        else:
-            for m, b in enumerate(bands):
-                # brighter stars get bigger stamps so their wings are not cut visibly
-                bright = max(0.0, math.log10(max(flux[b][k], 1.0) / (50.0 * sigma[b])))
-                radius = int(min(_MAX_STAMP_RADIUS, math.ceil(psf_radius[b] * (1.5 + bright))))
-                stamp = galsim.ImageF(_stamp_bounds(x, y, radius), wcs=gs_wcs)
-                psf_profiles[b].withFlux(float(flux[b][k])).drawImage(image=stamp, center=centre)
-                _add_stamp(images[m], stamp)
-
-    # -- noise, variance, mask ------------------------------------------------------------------------
-    variance = np.empty_like(images)
-    for m, (b, seq) in enumerate(zip(bands, noise_seq.spawn(len(bands)))):
-        if noise:
-            images[m] += np.random.default_rng(seq).standard_normal((h, w), dtype=np.float32) * np.float32(sigma[b])
-        variance[m] = np.float32(sigma[b] ** 2)
+    draw_sources(images, cat, bands, psf_profiles, gs_wcs, fwhm, sigma, pixel_scale, cosmos)
+    variance = _add_noise(images, bands, sigma, noise_seq, noise)
     mask = np.zeros(images.shape, dtype=np.int32)
 
-    # -- write ------------------------------------------------------------------------------------------
     out_dir = os.fspath(out_dir)
     params = {"SIMSEED": (int(seed), "simulation seed"), "PIXSCALE": (float(pixel_scale), "arcsec/pixel"),
               "PSFKIND": (psf, "PSF profile")}
     paths = write_tract(out_dir, bands, images, variance, mask, wcs, psf_images, tract=tract,
                         zero_point=zero_point, mask_planes=MASK_PLANES, header=params, overwrite=overwrite)
-
-    ra_t, dec_t = wcs.pixel_to_world_values(xs, ys)
-    truth = Table()
-    truth["id"] = np.arange(1, n + 1, dtype=np.int64)
-    truth["x"] = xs
-    truth["y"] = ys
-    truth["ra"] = np.asarray(ra_t, dtype=np.float64)
-    truth["dec"] = np.asarray(dec_t, dtype=np.float64)
-    truth["type"] = kinds
-    for b in bands:
-        truth[f"flux_{b}"] = flux[b]
-    for b in bands:
-        with np.errstate(divide="ignore"):
-            truth[f"mag_{b}"] = zero_point - 2.5 * np.log10(flux[b])
-    truth["hlr"] = hlr
-    truth["bulge_fraction"] = bulge_fraction
-    truth["cosmos_index"] = cosmos_index
-    units = {"x": "pix", "y": "pix", "ra": "deg", "dec": "deg", "hlr": "arcsec"}
-    units.update({f"flux_{b}": "count" for b in bands})
-    units.update({f"mag_{b}": "mag" for b in bands})
-    for col, unit in units.items():
-        truth[col].unit = unit
-
+    truth = _truth_table(cat, wcs, bands, zero_point)
     truth_path = os.path.join(out_dir, TRUTH_FILE)
-    _write_truth(truth_path, truth, {
+    write_truth(truth_path, truth, {
         "TRACT": int(tract), "SEED": int(seed), "NX": w, "NY": h, "PIXSCALE": float(pixel_scale),
         "RA0": float(ra), "DEC0": float(dec), "PSFKIND": psf, "MAGZERO": float(zero_point),
-        "NGAL": n_param, "NCOSMOS": n_cosmos, "NSTAR": n_star, "DENSITY": float(density),
+        "NGAL": cat.n_param, "NCOSMOS": cat.n_cosmos, "NSTAR": cat.n_star, "DENSITY": float(density),
         "STARDENS": float(star_density), "NOISE": bool(noise),
         **{f"FWHM_{b.upper()}": fwhm[b] for b in bands},
         **{f"SKYSIG_{b.upper()}": sigma[b] for b in bands},
@@ -641,56 +494,3 @@ def simulate_tract(out_dir: Union[str, os.PathLike], shape: Tuple[int, int] = (2
     return SimulatedTract(directory=out_dir, paths=paths, truth_path=truth_path, truth=truth, wcs=wcs,
                           sky_sigma=dict(sigma), psf_fwhm=dict(fwhm), shape=(h, w),
                           elapsed=time.perf_counter() - t_start)
-
-
-def _write_truth(path: str, truth: Table, header: Mapping, overwrite: bool) -> None:
-    if os.path.exists(path) and not overwrite:
-        raise InputError(f"{path}: file exists (overwrite=False)")
-    primary = fits.PrimaryHDU()
-    for key, value in header.items():
-        primary.header[key] = value
-    table_hdu = fits.table_to_hdu(truth)
-    table_hdu.name = "TRUTH"
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        fits.HDUList([primary, table_hdu]).writeto(tmp, overwrite=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def read_truth(path: Union[str, os.PathLike]) -> Table:
-    """Read a truth catalog written by :func:`simulate_tract`.
-
-    Parameters
-    ----------
-    path : str or path
-        ``truth.fits``, or the simulation's directory.
-
-    Returns
-    -------
-    astropy.table.Table
-        Columns as in the module docstring, with units; ``meta`` holds the
-        primary header's simulation parameters.
-
-    Raises
-    ------
-    InputError
-        File or ``TRUTH`` HDU missing or unreadable.
-    """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, TRUTH_FILE)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: truth catalog not found")
-    try:
-        with fits.open(path) as hdul:
-            table = Table.read(hdul["TRUTH"])
-            meta = {k: v for k, v in hdul[0].header.items() if k not in ("SIMPLE", "BITPIX", "NAXIS", "EXTEND")}
-    except KeyError:
-        raise InputError(f"{path}: HDU 'TRUTH' missing") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read truth catalog: {exc}") from None
-    table.meta.update(meta)
-    return table

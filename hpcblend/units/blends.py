@@ -1,184 +1,119 @@
-"""One work unit (a blend file) → catalog rows, with failure isolation.
+"""Work units from a collection of npz blend files: :class:`BlendsSource` (``input.kind: blends``).
 
-A blend that raises becomes a flagged row (``flag_failed``, exception class
-and message); the run goes on.
+One unit per file, expected cost the cost model's prediction from the file's peaks and footprint
+area (read cheaply, without the pixels). A unit reads, deblends and measures its blend into one
+``/blends`` row and one ``/sources`` row per peak; a blend that raises a data error becomes a
+flagged row (``flag_failed``, exception class and message) and the run goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
 
 import numpy as np
 
+from hpcblend.io.blends import DEFAULT_BANDS
 from hpcblend.config import JobConfig
-from hpcblend.deblend.deblender import deblend_blend
+from hpcblend.deblend.deblender import deblend_blend, warm_up
+from hpcblend.diagnostics.sampler import NullSampler
 from hpcblend.errors import BlendDataError, InputError, is_programming_error
-from hpcblend.io.blends import (PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_MERGED, PEAK_OUTSIDE_FOOTPRINT, _id_from_stem,
-                     peek_blend, read_blend)
-from hpcblend.io.schema import blend_spec, source_spec
+from hpcblend.io.blends import expand_inputs, id_from_stem, peek_blend, read_blend
+from hpcblend.io.schema import SOURCE_FILE_BYTES, blend_spec, fixed_width_bytes, source_spec
+from hpcblend.units.costmodel import unit_cost
+from hpcblend.units.rows import (MAX_CHILD_PEAKS, child_id, fill_child_rows, fill_parent_row, flag_exception,
+                                 nan_child_measurements, offer_to_gallery)
+from hpcblend.units.source import WorkSource, WorkUnit
 
-__all__ = ["process_unit", "process_blend_file", "blend_file_ids", "unit_failed", "child_id", "flag_exception",
-           "fill_parent_row", "fill_child_rows", "offer_to_gallery"]
+__all__ = ["BlendsSource", "process_blend_file", "blend_file_ids"]
 
-
-def flag_exception(row, exc: BaseException) -> None:
-    """Mark a ``/blends`` row (shape (1,)) failed with the exception's class and message (truncated to the columns)."""
-    row["flag_failed"] = True
-    row["error_type"] = type(exc).__name__.encode()[:64]
-    row["error_message"] = str(exc).encode("utf-8", "replace")[:256]
+#: Bands of a run whose job lists none and whose blend files cannot be read.
 
 
-def fill_parent_row(row, result) -> None:
-    """Copy a :class:`hpcblend.deblend.deblender.DeblendResult`'s times (s), iterations, χ², flags and error into a
-    ``/blends`` row (shape (1,))."""
-    row["t_init"] = result.t_init
-    row["t_fit"] = result.t_fit
-    row["t_measure"] = result.t_measure
-    row["iterations"] = result.iterations
-    row["converged"] = result.converged
-    row["chi2_per_pixel"] = result.chi2_per_pixel
-    for f, v in result.flags.items():
-        row[f] = v
-    row["error_type"] = result.error_type.encode()[:64]
-    row["error_message"] = result.error_message.encode("utf-8", "replace")[:256]
-
-
-def fill_child_rows(src, result, origin, bands) -> None:
-    """Copy a result's child measurements into ``/sources`` rows (one per peak, peak order).
+class BlendsSource(WorkSource):
+    """npz blend files (``input.paths``: files, directories or globs), one work unit each.
 
     Parameters
     ----------
-    src : ndarray, shape (K,), dtype of :func:`hpcblend.io.schema.source_spec`
-    result : hpcblend.deblend.deblender.DeblendResult
-    origin : (int, int)
-        (y0, x0) of the blend's pixel [0, 0] in the catalog's frame; centroids are shifted by it (pixels).
-    bands : sequence of str
-
-    Notes
-    -----
-    Without children (skipped or failed blends) the fluxes, centroids and
-    blendedness become NaN and ``flag_parent_skipped`` / ``flag_parent_failed``
-    say why. The ``flag_peak_*`` columns come from ``result.peak_flags``
-    (peaks the deblender did not fit; their measurements are NaN, and
-    ``flag_model_zero`` is left False for them) either way.
-    """
-    pf = getattr(result, "peak_flags", None)
-    pf = np.zeros(len(src), dtype=np.int32) if pf is None or len(pf) != len(src) else np.asarray(pf)
-    if "flag_peak_duplicate" in src.dtype.names:
-        src["flag_peak_duplicate"] = (pf & PEAK_DUPLICATE) != 0
-        src["flag_peak_merged"] = (pf & PEAK_MERGED) != 0
-        src["flag_peak_masked"] = (pf & PEAK_MASKED) != 0
-        src["flag_peak_outside_footprint"] = (pf & PEAK_OUTSIDE_FOOTPRINT) != 0
-    ch = result.children
-    if ch:
-        src["x"] = ch["x"] + origin[1]
-        src["y"] = ch["y"] + origin[0]
-        for i, b in enumerate(bands):
-            src[f"flux_model_{b}"] = ch["flux_model"][:, i]
-            src[f"flux_{b}"] = ch["flux"][:, i]
-            src[f"flux_err_{b}"] = ch["flux_err"][:, i]
-        src["blendedness"] = ch["blendedness"]
-        src["flag_model_zero"] = ~ch["alive"] & ((pf & PEAK_DROPPED) == 0)
-        return
-    for n in src.dtype.names:
-        if n.startswith("flux") or n in ("x", "y", "blendedness"):
-            src[n] = np.nan
-    skipped = result.flags.get("flag_skipped_too_many_peaks") or result.flags.get("flag_skipped_too_large")
-    src["flag_parent_skipped"] = bool(skipped)
-    src["flag_parent_failed"] = bool(result.flags.get("flag_failed"))
-
-
-def offer_to_gallery(gallery, row, blend, result, job) -> None:
-    """Offer a finished blend to the failure gallery (a record is made only if it is kept)."""
-    from hpcblend.diagnostics.gallery import gallery_record_from_result
-
-    gallery.offer(row[0], lambda reason: gallery_record_from_result(blend, result, job.deblend, reason))
-
-
-def process_unit(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gallery=None) -> dict:
-    """Process one work unit into catalog rows.
-
-    Parameters
-    ----------
-    unit : hpcblend.parallel.driver.WorkUnit
     job : JobConfig
-    bands : tuple of str
-    rank : int
-    sampler : hpcblend.diagnostics.sampler.StackSampler, optional
-        Stage tags (load, detect, init, fit, measure) for the call-stack sampler.
-    gallery : hpcblend.diagnostics.gallery.GalleryCollector, optional
-        Offered every blend, keeps image records of failed, flagged and slow ones.
-
-    Returns
-    -------
-    dict of str -> ndarray
-        Rows per catalog table (``"blends"``, ``"sources"``).
     """
-    from hpcblend.diagnostics.sampler import NullSampler
 
-    sampler = sampler or NullSampler()
-    if unit.kind == "blend":
-        row, src = process_blend_file(unit.path, unit.index, job, bands, rank, sampler=sampler, gallery=gallery,
+    unit_id_name = "/blends.id (a blend file's parent id)"
+
+    def input_paths(self) -> list:
+        """The job's input files, sorted (their position is the unit index).
+
+        Raises
+        ------
+        InputError
+            No file matches.
+        """
+        return expand_inputs(list(self.job.input.paths), base_dir=self.job.base_dir)
+
+    def plan(self) -> list:
+        """One unit per file: key the path relative to the job, cost :func:`~hpcblend.units.costmodel.unit_cost`.
+
+        ``info`` holds the file's peek (``n_peaks``, ``footprint_area``, ...) and its ``blend_id``
+        (:func:`blend_file_ids`).
+        """
+        model = self.cost_model()
+        paths = self.input_paths()
+        keys = [_unit_key(p, self.job.base_dir) for p in paths]
+        units = []
+        for i, (p, key, blend_id) in enumerate(zip(paths, keys, blend_file_ids(paths, keys))):
+            info = peek_blend(p)
+            info["blend_id"] = blend_id
+            cost = unit_cost(model, "blend", n_peaks=info.get("n_peaks"), area=info.get("footprint_area"))
+            units.append(WorkUnit(index=i, key=key, path=p, cost=cost, info=info))
+        return units
+
+    def catalog_bands(self, units) -> tuple:
+        """The bands of the first readable blend file (:data:`DEFAULT_BANDS` if none is)."""
+        for u in units:
+            try:
+                return tuple(read_blend(u.path, blend_id=u.info.get("blend_id", u.index + 1)).bands)
+            except Exception as exc:  # noqa: BLE001 - a bad first file must not decide the run
+                if is_programming_error(exc):
+                    raise
+                continue
+        return DEFAULT_BANDS
+
+    def tables(self, bands) -> list:
+        """``/blends`` and ``/sources``."""
+        return [blend_spec(), source_spec(bands)]
+
+    def input_files(self, units) -> list:
+        """The blend files."""
+        return [u.path for u in units]
+
+    def warm_up(self, bands, units) -> float:
+        """The deblender's kernels (:func:`hpcblend.deblend.deblender.warm_up`)."""
+        return warm_up()
+
+    def process(self, unit: WorkUnit, bands, rank: int = 0, sampler=None, gallery=None) -> dict:
+        """``{"blends": row, "sources": rows}`` of one blend file (:func:`process_blend_file`)."""
+        row, src = process_blend_file(unit.path, unit.index, self.job, bands, rank, sampler=sampler, gallery=gallery,
                                       parent_id=unit.info.get("blend_id"))
         return {"blends": row, "sources": src}
-    if unit.kind == "patch":
-        from hpcblend.units.tract import process_patch
 
-        return process_patch(unit, job, bands, rank, sampler=sampler, gallery=gallery)
-    raise ValueError(f"unknown work unit kind {unit.kind!r}")
+    def unit_failed(self, rows: dict) -> bool:
+        """The ``/blends`` row has ``flag_failed`` (unreadable, bad data, or a deblender error)."""
+        blends = rows.get("blends")
+        return blends is not None and len(blends) > 0 and bool(np.all(blends["flag_failed"]))
 
-
-#: Bits of a blend-file child id that hold the peak index + 1 (see :func:`child_id`).
-CHILD_PEAK_BITS = 16
-#: Most peaks a blend file may have for its children to get ids.
-MAX_CHILD_PEAKS = (1 << CHILD_PEAK_BITS) - 2
+    def unit_id(self, unit: WorkUnit) -> int:
+        """The blend's parent id (``/blends.id``)."""
+        return unit.info["blend_id"]
 
 
-def unit_failed(tables: dict) -> bool:
-    """Whether a unit's rows say the unit failed as a whole (``--resume`` retries such units).
-
-    A patch failed when its ``/patches`` row has ``status = failed``; a blend
-    file failed when its ``/blends`` row has ``flag_failed`` (unreadable,
-    bad data, or a deblender error).
-
-    Parameters
-    ----------
-    tables : dict of str -> ndarray
-        The unit's rows per table (:func:`process_unit`).
-
-    Returns
-    -------
-    bool
-    """
-    patches = tables.get("patches")
-    if patches is not None:
-        return bool(len(patches)) and bool(np.any(patches["status"] == b"failed"))
-    blends = tables.get("blends")
-    return blends is not None and len(blends) > 0 and bool(np.all(blends["flag_failed"]))
-
-
-def child_id(unit_index: int, peak_index: int) -> int:
-    """Child id of a blend-file run: ``(unit_index + 1) << 16 | (peak_index + 1)``.
-
-    ``unit_index`` is the unit's position in the sorted input list, so ids do
-    not depend on which rank ran the unit.
-
-    Raises
-    ------
-    BlendDataError
-        ``peak_index + 1`` does not fit 16 bits (more than
-        :data:`MAX_CHILD_PEAKS` peaks), or ``unit_index + 1`` does not fit 46
-        bits: the id would collide with another child's.
-    """
-    unit_index, peak_index = int(unit_index), int(peak_index)
-    if not 0 <= peak_index <= MAX_CHILD_PEAKS:
-        raise BlendDataError(f"peak index {peak_index} does not fit the {CHILD_PEAK_BITS} bits of a child id "
-                             f"(at most {MAX_CHILD_PEAKS + 1} peaks per blend file)")
-    if not 0 <= unit_index < (1 << 46) - 1:
-        raise BlendDataError(f"unit index {unit_index} does not fit the 46 bits of a child id")
-    return ((unit_index + 1) << CHILD_PEAK_BITS) | (peak_index + 1)
+def _unit_key(path: str, base_dir: str) -> str:
+    """Ledger key of a blend file: its path relative to the job's base directory."""
+    try:
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(base_dir))
+    except ValueError:  # different drive (Windows) – keep the absolute path
+        return os.path.abspath(path)
 
 
 def blend_file_ids(paths, keys) -> list:
@@ -210,7 +145,7 @@ def blend_file_ids(paths, keys) -> list:
         Two files would get the same id (a hash collision, or an integer stem
         equal to another file's derived id): the message names both files.
     """
-    natural = [_id_from_stem(p) for p in paths]
+    natural = [id_from_stem(p) for p in paths]
     count = Counter(n for n in natural if n is not None)
     ids = []
     for p, key, n in zip(paths, keys, natural):
@@ -266,14 +201,12 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
         parent_id = blend_file_ids([path], [path])[0]
     row = np.zeros(1, dtype=bspec.dtype)
     row["chi2_per_pixel"] = np.nan
-    row["source_file"] = path.encode()[-256:]
+    row["source_file"] = fixed_width_bytes(path, SOURCE_FILE_BYTES, keep="tail")
     row["rank"] = rank
     row["id"] = parent_id
     t0 = time.perf_counter()
     peaks = None
     blend_read = None
-    from hpcblend.diagnostics.sampler import NullSampler
-
     sampler = sampler or NullSampler()
     try:
         with sampler.stage("load", parent_id):
@@ -305,9 +238,7 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
             peaks = peaks[:0]  # no child ids to give: the parent row says why
         src = np.zeros(len(peaks), dtype=sspec.dtype)
         _fill_ids(src, parent_id, unit_index, peaks)
-        for n in src.dtype.names:
-            if n.startswith("flux") or n in ("x", "y", "blendedness"):
-                src[n] = np.nan
+        nan_child_measurements(src)
         src["flag_parent_failed"] = True
         if gallery is not None and blend_read is not None:
             offer_to_gallery(gallery, row, blend_read, None, job)
@@ -323,6 +254,7 @@ def process_blend_file(path: str, unit_index: int, job: JobConfig, bands, rank: 
 
 
 def _fill_ids(src, parent_id, unit_index, peaks):
+    """Ids, parent id and peaks (y, x) of a blend file's ``/sources`` rows (peak order)."""
     src["parent_id"] = parent_id
     for k in range(len(src)):
         src["id"][k] = child_id(unit_index, k)

@@ -1,4 +1,8 @@
-"""One patch of a tract → catalog rows: load, detect, deblend, measure, forced photometry, models.
+"""Work units from a coadd tract cut into patches: :class:`TractSource` (``input.kind: tract``); one patch → rows.
+
+A patch is loaded, detected, deblended and measured (the measurements beyond the deblender's own are
+:mod:`hpcblend.measure.patch`); this module decides which footprints and which children a patch
+writes and makes their rows.
 
 Ownership (no source written twice, none lost at a patch edge): every
 footprint is detected on the patch's *outer* box; a child is written by the
@@ -28,20 +32,91 @@ propagates and stops the job.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 
+from hpcblend.io.blends import DEFAULT_BANDS
 from hpcblend.config import JobConfig
-from hpcblend.deblend.deblender import deblend_blend
-from hpcblend.errors import is_programming_error
-from hpcblend.io.blends import DEFAULT_BAD_MASK_PLANES, mask_bits
-from hpcblend.units.blends import fill_child_rows, fill_parent_row, flag_exception, offer_to_gallery
+from hpcblend.deblend.deblender import deblend_blend, warm_up
+from hpcblend.detect import detect_footprints, detection_image, estimate_background, footprint_to_blend
+from hpcblend.diagnostics.sampler import NullSampler
+from hpcblend.errors import HpcblendError, is_programming_error
+from hpcblend.geometry import Box
+from hpcblend.io.masks import mask_bits
+from hpcblend.io.coadd import check_tract, read_box, read_patch, read_tract_shape, tract_paths
+from hpcblend.io.models import pack_models
 from hpcblend.io.schema import blend_spec, model_pixel_spec, model_spec, patch_spec, source_spec
+from hpcblend.measure.forced import forced_photometry
+from hpcblend.measure.patch import forced_on_patch, measure_isolated, sky_coordinates
+from hpcblend.skymap import encode_id, make_patches
+from hpcblend.units.costmodel import unit_cost
+from hpcblend.units.rows import error_columns, fill_child_rows, fill_parent_row, flag_exception, nan_float_columns, offer_to_gallery
+from hpcblend.units.source import WorkSource, WorkUnit
 
-__all__ = ["process_patch", "patch_tables", "warm_up_tract"]
+__all__ = ["TractSource", "process_patch", "patch_tables", "warm_up_tract"]
 
+#: Bits of a tract id's running number that hold the peak index + 1 (the footprint's number above them).
 _PEAK_BITS = 12
+
+
+class TractSource(WorkSource):
+    """A coadd tract (``input.tract_dir``: ``coadd_<band>.fits``, ``psf_<band>.fits``) cut into patches, one unit each.
+
+    Parameters
+    ----------
+    job : JobConfig
+    """
+
+    unique_id_tables = ("patches", "blends", "sources")
+    unit_id_name = "/patches.id"
+
+    @property
+    def tract_dir(self) -> str:
+        """The job's tract directory, absolute (relative to the job's base directory)."""
+        d = self.job.input.tract_dir
+        return d if os.path.isabs(d) else os.path.normpath(os.path.join(self.job.base_dir, d))
+
+    def plan(self) -> list:
+        """One unit per patch (index the patch number), expected cost :func:`~hpcblend.units.costmodel.unit_cost`.
+
+        Every band's headers, WCS and PSF are checked first (:func:`hpcblend.io.coadd.check_tract`),
+        before any patch runs.
+        """
+        d = self.tract_dir
+        inp = self.job.input
+        shape = check_tract(d, inp.bands)
+        patches = make_patches(shape, inp.patch_inner_size, inp.patch_overlap, tract=inp.tract)
+        model = self.cost_model()
+        return [WorkUnit(index=p.flat, key=f"tract {p.tract} patch {p.name}", path=d,
+                         cost=unit_cost(model, "patch", area=p.outer.area), kind="patch", info={"patch": p})
+                for p in patches]
+
+    def catalog_bands(self, units) -> tuple:
+        """Every band with a coadd in the tract directory."""
+        return tuple(tract_paths(self.tract_dir).bands)
+
+    def tables(self, bands) -> list:
+        """``/patches``, ``/blends``, ``/sources``, ``/models``, ``/model_pixels`` (:func:`patch_tables`)."""
+        return patch_tables(bands, self.job.measure.aperture_radii)
+
+    def input_files(self, units) -> list:
+        """The coadd and PSF files of the job's bands (none without units)."""
+        return list(tract_paths(self.tract_dir, self.job.input.bands).files()) if units else []
+
+    def warm_up(self, bands, units) -> float:
+        """The deblender's kernels, then the tract-only code (:func:`warm_up_tract`)."""
+        return warm_up() + warm_up_tract(bands, units[0].path if units else None)
+
+    def process(self, unit: WorkUnit, bands, rank: int = 0, sampler=None, gallery=None) -> dict:
+        """The rows of one patch (:func:`process_patch`)."""
+        return process_patch(unit, self.job, bands, rank, sampler=sampler, gallery=gallery)
+
+    def unit_failed(self, rows: dict) -> bool:
+        """The ``/patches`` row has ``status = failed``."""
+        patches = rows.get("patches")
+        return patches is not None and bool(len(patches)) and bool(np.any(patches["status"] == b"failed"))
 
 
 def patch_tables(bands, radii) -> list:
@@ -50,7 +125,7 @@ def patch_tables(bands, radii) -> list:
             model_pixel_spec()]
 
 
-def warm_up_tract(bands=("g", "r", "i", "z", "y"), tract_dir=None) -> float:
+def warm_up_tract(bands=DEFAULT_BANDS, tract_dir=None) -> float:
     """First calls of the tract-only code, so the first real patch's times are steady-state.
 
     Detection, forced photometry and adaptive moments on a tiny synthetic
@@ -65,19 +140,9 @@ def warm_up_tract(bands=("g", "r", "i", "z", "y"), tract_dir=None) -> float:
     float
         Seconds taken.
     """
-    from hpcblend.detect import detection_image, detect_footprints, footprint_to_blend
-    from hpcblend.measure.forced import forced_photometry
-
     t0 = time.perf_counter()
     if tract_dir is not None:
-        from hpcblend.io.coadd import read_box
-        from hpcblend.geometry import Box
-
-        from hpcblend.errors import HpcblendError
-
         try:
-            from hpcblend.io.coadd import read_tract_shape
-
             shape = read_tract_shape(tract_dir, bands=tuple(bands))
             read_box(tract_dir, Box((0, 0), (min(256, shape[0]), min(256, shape[1]))), bands=tuple(bands))
         except HpcblendError:
@@ -100,18 +165,12 @@ def warm_up_tract(bands=("g", "r", "i", "z", "y"), tract_dir=None) -> float:
     return time.perf_counter() - t0
 
 
-def _nan_fill(rows, names):
-    for n in names:
-        if rows.dtype[n].kind == "f":
-            rows[n] = np.nan
-
-
 def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gallery=None) -> dict:
     """Detect, deblend and measure one patch.
 
     Parameters
     ----------
-    unit : hpcblend.parallel.driver.WorkUnit
+    unit : hpcblend.units.source.WorkUnit
         ``unit.info["patch"]`` is the :class:`hpcblend.skymap.PatchInfo`,
         ``unit.path`` the tract directory.
     job : JobConfig
@@ -136,23 +195,10 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
         A programming error (:func:`hpcblend.errors.is_programming_error`)
         anywhere in the patch, never turned into a failed row.
     """
-    from hpcblend.io.coadd import read_patch
-    from hpcblend.detect import detection_image, detect_footprints, estimate_background
-    from hpcblend.diagnostics.sampler import NullSampler
-
     sampler = sampler or NullSampler()
-
     patch = unit.info["patch"]
-    radii = job.measure.aperture_radii
-    specs = {s.name: s for s in patch_tables(bands, radii)}
-    prow = specs["patches"].empty(1)
-    prow["id"] = unit.index + 1
-    prow["tract"] = patch.tract
-    prow["patch"] = patch.flat
-    prow["patch_y"], prow["patch_x"] = patch.index
-    prow["inner_bbox"] = [patch.inner.y0, patch.inner.x0, patch.inner.height, patch.inner.width]
-    prow["outer_bbox"] = [patch.outer.y0, patch.outer.x0, patch.outer.height, patch.outer.width]
-    prow["rank"] = rank
+    specs = {s.name: s for s in patch_tables(bands, job.measure.aperture_radii)}
+    prow = _patch_row(specs["patches"], unit.index + 1, patch, rank)
     out = {name: [] for name in specs if name != "patches"}
     t0 = time.perf_counter()
     try:
@@ -161,51 +207,20 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
         prow["n_bad_pixels"] = int(np.sum(data.n_bad_pixels))
         t1 = time.perf_counter()
         sampler.set_stage("detect")
-        images = data.images
-        if job.detect.subtract_background:
-            images = estimate_background(images, data.mask, box_size=job.detect.background_box,
-                                         variance=data.variance).images
-        det, sigma = detection_image(images, data.variance, data.mask, method=job.detect.method)
-        footprints = detect_footprints(det, sigma, threshold=job.detect.threshold, min_area=job.detect.min_area,
-                                       grow=job.detect.grow, min_peak_separation=job.detect.min_peak_separation,
-                                       min_prominence=job.detect.min_prominence)
+        images, footprints = _detect(data, job)
         t2 = time.perf_counter()
-        labels = np.zeros(images.shape[1:], dtype=np.int32)
-        for fp in footprints:
-            labels[fp.bbox.slices][fp.mask] = fp.label
-        n_blend = n_iso = n_src = 0
-        t_deblend = t_measure = 0.0
-        running = 0
-        for fp in footprints:
-            owned = np.asarray(patch.owns_local(fp.peaks[:, 0], fp.peaks[:, 1]), dtype=bool)
-            if not owned.any():
-                continue
-            running += 1
-            with sampler.stage("init"):
-                rows = _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank,
-                                          sampler, gallery)
-            for name, r in rows.items():
-                out[name].append(r)
-            t_deblend += rows["blends"]["t_init"][0] + rows["blends"]["t_fit"][0]
-            t_measure += rows["blends"]["t_measure"][0]
-            n_iso += bool(rows["blends"]["isolated"][0])
-            n_blend += not bool(rows["blends"]["isolated"][0])
-            n_src += len(rows["sources"])
+        counts = _deblend_footprints(footprints, patch, data, images, job, bands, rank, sampler, gallery, out)
+        for name, value in counts.items():
+            prow[name] = value
         prow["n_footprints"] = len(footprints)
-        prow["n_blends"] = n_blend
-        prow["n_isolated"] = n_iso
-        prow["n_sources"] = n_src
         prow["t_load"] = t1 - t0
         prow["t_detect"] = t2 - t1
-        prow["t_deblend"] = t_deblend
-        prow["t_measure"] = t_measure
         prow["status"] = b"ok"
     except Exception as exc:  # noqa: BLE001 - one failed patch never kills a rank
         if is_programming_error(exc):
             raise
         prow["status"] = b"failed"
-        prow["error_type"] = type(exc).__name__.encode()[:64]
-        prow["error_message"] = str(exc).encode("utf-8", "replace")[:256]
+        error_columns(prow, type(exc).__name__, str(exc))
         out = {name: [] for name in out}  # a failed patch contributes no partial rows
     prow["t_total"] = time.perf_counter() - t0
     result = {"patches": prow}
@@ -214,22 +229,105 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
     return result
 
 
+def _patch_row(spec, patch_id: int, patch, rank: int):
+    """The ``/patches`` row of a patch before it is processed (shape (1,))."""
+    prow = spec.empty(1)
+    prow["id"] = patch_id
+    prow["tract"] = patch.tract
+    prow["patch"] = patch.flat
+    prow["patch_y"], prow["patch_x"] = patch.index
+    prow["inner_bbox"] = [patch.inner.y0, patch.inner.x0, patch.inner.height, patch.inner.width]
+    prow["outer_bbox"] = [patch.outer.y0, patch.outer.x0, patch.outer.height, patch.outer.width]
+    prow["rank"] = rank
+    return prow
+
+
+def _detect(data, job: JobConfig) -> tuple:
+    """The patch's images (background-subtracted when ``detect.subtract_background``) and its footprints."""
+    images = data.images
+    d = job.detect
+    if d.subtract_background:
+        images = estimate_background(images, data.mask, box_size=d.background_box, variance=data.variance).images
+    det, sigma = detection_image(images, data.variance, data.mask, method=d.method)
+    footprints = detect_footprints(det, sigma, threshold=d.threshold, min_area=d.min_area, grow=d.grow,
+                                   min_peak_separation=d.min_peak_separation, min_prominence=d.min_prominence)
+    return images, footprints
+
+
+def _deblend_footprints(footprints, patch, data, images, job, bands, rank, sampler, gallery, out: dict) -> dict:
+    """Rows of every footprint with a peak this patch owns, appended to ``out`` (table name -> list of rows).
+
+    Returns
+    -------
+    dict
+        The ``/patches`` row's counts and times: ``n_blends``, ``n_isolated``, ``n_sources``,
+        ``t_deblend``, ``t_measure``.
+    """
+    labels = np.zeros(images.shape[1:], dtype=np.int32)
+    for fp in footprints:
+        labels[fp.bbox.slices][fp.mask] = fp.label
+    n_blend = n_iso = n_src = 0
+    t_deblend = t_measure = 0.0
+    running = 0
+    for fp in footprints:
+        owned = np.asarray(patch.owns_local(fp.peaks[:, 0], fp.peaks[:, 1]), dtype=bool)
+        if not owned.any():
+            continue
+        running += 1
+        with sampler.stage("init"):
+            rows = _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank,
+                                      sampler, gallery)
+        for name, r in rows.items():
+            out[name].append(r)
+        t_deblend += rows["blends"]["t_init"][0] + rows["blends"]["t_fit"][0]
+        t_measure += rows["blends"]["t_measure"][0]
+        n_iso += bool(rows["blends"]["isolated"][0])
+        n_blend += not bool(rows["blends"]["isolated"][0])
+        n_src += len(rows["sources"])
+    return {"n_blends": n_blend, "n_isolated": n_iso, "n_sources": n_src, "t_deblend": t_deblend,
+            "t_measure": t_measure}
+
+
 def _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank, sampler,
                        gallery=None) -> dict:
-    """Rows of one footprint (the children this patch owns)."""
-    from hpcblend.detect import footprint_to_blend
-    from hpcblend.skymap import encode_id
-
-    bspec = blend_spec()
-    sspec = source_spec(bands, tract=True, radii=job.measure.aperture_radii)
+    """Rows of one footprint (the children this patch owns): ``blends``, ``sources``, ``models``, ``model_pixels``."""
     parent_id = int(encode_id(patch.tract, patch.flat, running << _PEAK_BITS))
-    outer = patch.outer
     t0 = time.perf_counter()
     blend = footprint_to_blend(fp, images, data.variance, data.mask, data.psfs, bands, blend_id=parent_id,
-                               source=f"tract {patch.tract} patch {patch.name}", origin=outer.origin,
+                               source=f"tract {patch.tract} patch {patch.name}", origin=patch.outer.origin,
                                pad=job.detect.pad)
-    row = bspec.empty(1)
-    _nan_fill(row, ["chi2_per_pixel"])
+    row = _blend_row(fp, blend, owned, parent_id, patch, data.tract_shape, rank)
+    ids = np.array([int(encode_id(patch.tract, patch.flat, (running << _PEAK_BITS) | (k + 1)))
+                    for k in range(blend.n_peaks)], dtype=np.int64)
+    src_all = _child_rows(source_spec(bands, tract=True, radii=job.measure.aperture_radii), blend, ids, parent_id,
+                          patch)
+    result, models = _fit(blend, row, src_all, job, bands, sampler)
+    t1 = time.perf_counter()
+    sampler.set_stage("measure", parent_id)
+    if models is not None:
+        forced_on_patch(blend, fp.label, models, src_all, patch.outer, data, images, labels, bands,
+                        pad=job.measure.forced_pad, bad_mask_planes=job.deblend.bad_mask_planes,
+                        radii=job.measure.aperture_radii)
+    sky_coordinates(src_all, data.wcs)
+    t2 = time.perf_counter()
+    row["t_measure"] = row["t_measure"][0] + (t2 - t1)
+    row["t_total"] = t2 - t0
+    # a blend whose footprint holds pixels without data (masked NO_DATA on reading: NaN/inf pixels,
+    # variance <= 0, or the coadd's own NO_DATA) is flagged, however few they are
+    no_data = (blend.mask & np.int32(mask_bits("NO_DATA"))) != 0
+    if np.any(no_data[:, blend.footprint]):
+        row["flag_incomplete_data"] = True
+    rows = {"blends": row, "sources": src_all[owned]}
+    if gallery is not None and not row["isolated"][0]:
+        offer_to_gallery(gallery, row, blend, result, job)
+    rows["models"], rows["model_pixels"] = _model_rows(result, owned, ids, parent_id, blend, job, bands)
+    return rows
+
+
+def _blend_row(fp, blend, owned, parent_id: int, patch, tract_shape, rank: int):
+    """The footprint's ``/blends`` row before it is fitted (shape (1,))."""
+    row = blend_spec().empty(1)
+    nan_float_columns(row, ["chi2_per_pixel"])
     row["id"] = parent_id
     row["source_file"] = f"tract {patch.tract} patch {patch.name}".encode()
     row["tract"] = patch.tract
@@ -242,18 +340,22 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
     row["rank"] = rank
     row["isolated"] = blend.n_peaks == 1
     # a footprint touching the outer box's edge (where that edge is not the tract's) may be cut
+    outer = patch.outer
     by0, bx0 = fp.bbox.origin
     by1, bx1 = fp.bbox.stop
     h_out, w_out = outer.height, outer.width
-    ty, tx = data.tract_shape
+    ty, tx = tract_shape
     row["flag_footprint_truncated"] = ((by0 == 0 and outer.y0 > 0) or (bx0 == 0 and outer.x0 > 0)
                                        or (by1 >= h_out and outer.y0 + h_out < ty)
                                        or (bx1 >= w_out and outer.x0 + w_out < tx))
+    return row
+
+
+def _child_rows(sspec, blend, ids, parent_id: int, patch):
+    """``/sources`` rows of every peak of the footprint (floats NaN until measured, flags False)."""
     k_all = blend.n_peaks
-    ids = np.array([int(encode_id(patch.tract, patch.flat, (running << _PEAK_BITS) | (k + 1))) for k in range(k_all)],
-                   dtype=np.int64)
     src_all = sspec.empty(k_all)
-    _nan_fill(src_all, sspec.dtype.names)
+    nan_float_columns(src_all)
     src_all["id"] = ids
     src_all["parent_id"] = parent_id
     src_all["peak_index"] = np.arange(k_all)
@@ -263,11 +365,24 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
     src_all["patch"] = patch.flat
     for f in ("flag_parent_failed", "flag_parent_skipped", "flag_model_zero", "flag_isolated_unfitted"):
         src_all[f] = False
-    models = None  # (K, B, h, w) observed-frame child models on the blend cut-out
+    return src_all
+
+
+def _fit(blend, row, src_all, job, bands, sampler) -> tuple:
+    """Deblend the footprint (or measure an unfitted isolated one) into ``row`` and ``src_all``.
+
+    Returns
+    -------
+    result : hpcblend.deblend.deblender.DeblendResult or None
+        None for an unfitted isolated source or a failed blend.
+    models : ndarray, shape (K, B, h, w), or None
+        Observed-frame child models on the blend's cut-out; None without children.
+    """
+    models = None
     result = None
     try:
         if blend.n_peaks == 1 and not job.detect.fit_isolated:
-            _measure_isolated(blend, src_all, bands)
+            measure_isolated(blend, src_all, bands)
             models = (blend.images * blend.footprint[None])[None].astype(np.float32)
             row["converged"] = True
             row["t_measure"] = 0.0
@@ -283,131 +398,15 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
         flag_exception(row, exc)
         src_all["flag_parent_failed"] = True
         models = None
-    t1 = time.perf_counter()
-    sampler.set_stage("measure", parent_id)
-    if models is not None:
-        _forced(blend, fp, models, src_all, patch, data, images, labels, job, bands)
-    # sky coordinates of every child (centroid, else peak)
-    yy = np.where(np.isfinite(src_all["y"]), src_all["y"], src_all["peak_y"])
-    xx = np.where(np.isfinite(src_all["x"]), src_all["x"], src_all["peak_x"])
-    ra, dec = data.wcs.pixel_to_world_values(xx, yy)
-    src_all["ra"], src_all["dec"] = ra, dec
-    t2 = time.perf_counter()
-    row["t_measure"] = row["t_measure"][0] + (t2 - t1)
-    row["t_total"] = t2 - t0
-    # a blend whose footprint holds pixels without data (masked NO_DATA on reading: NaN/inf pixels,
-    # variance <= 0, or the coadd's own NO_DATA) is flagged, however few they are
-    no_data = (blend.mask & np.int32(mask_bits("NO_DATA"))) != 0
-    if np.any(no_data[:, blend.footprint]):
-        row["flag_incomplete_data"] = True
-    rows = {"blends": row, "sources": src_all[owned]}
-    if gallery is not None and not row["isolated"][0]:
-        offer_to_gallery(gallery, row, blend, result, job)
-    mspec, pspec = model_spec(bands), model_pixel_spec()
-    if job.measure.store_models and result is not None and result.morphs is not None:
-        from hpcblend.io.models import pack_models
+    return result, models
 
+
+def _model_rows(result, owned, ids, parent_id: int, blend, job, bands) -> tuple:
+    """``/models`` and ``/model_pixels`` rows of the owned children's components (if ``measure.store_models``)."""
+    if job.measure.store_models and result is not None and result.morphs is not None:
         comps = np.nonzero(owned[result.owner])[0]  # components of the children this patch owns
         number = (comps >= blend.n_peaks).astype(np.int64)  # 0: main (halo), 1: core
-        m, p = pack_models(ids[result.owner[comps]], [parent_id] * len(comps), result.sed[comps],
+        return pack_models(ids[result.owner[comps]], [parent_id] * len(comps), result.sed[comps],
                            result.morphs[comps], result.boxes[comps], blend.origin, bands,
                            job.deblend.model_psf_sigma, component=number)
-        rows["models"], rows["model_pixels"] = m, p
-    else:
-        rows["models"], rows["model_pixels"] = mspec.empty(0), pspec.empty(0)
-    return rows
-
-
-def _measure_isolated(blend, src, bands) -> None:
-    """An unfitted single-peak footprint: the child is the footprint's data ("heavy footprint")."""
-    fp = blend.footprint
-    w = blend.weights()
-    good = w > 0
-    data = np.where(good, blend.images, 0.0)
-    var = np.where(good, blend.variance, 0.0)
-    for i, b in enumerate(bands):
-        src[f"flux_{b}"] = float(data[i][fp].sum())
-        src[f"flux_err_{b}"] = float(np.sqrt(var[i][fp].sum()))
-    det = ((data * w).sum(axis=0) / np.maximum(w.sum(axis=0), 1e-30)) * fp
-    # centroid in a Gaussian window about the peak (not the first moment of the whole footprint,
-    # which undetected neighbours and clipped noise in a large footprint pull by pixels)
-    cy, cx = _windowed_centroid(det, float(blend.peaks[0, 0]), float(blend.peaks[0, 1]), _psf_sigma(blend.psfs))
-    src["y"] = cy + blend.origin[0]
-    src["x"] = cx + blend.origin[1]
-    src["blendedness"] = 0.0
-    src["flag_isolated_unfitted"] = True
-
-
-def _psf_sigma(psfs) -> float:
-    """Gaussian σ (pixels) of the band-mean PSF from its area above half maximum (1 <= σ <= 5)."""
-    p = np.asarray(psfs, dtype=np.float64).mean(axis=0)
-    n_half = float(np.count_nonzero(p >= 0.5 * p.max()))
-    return float(np.clip(2.0 * np.sqrt(n_half / np.pi) / 2.3548, 1.0, 5.0))
-
-
-def _windowed_centroid(img, y0: float, x0: float, sigma: float, max_iter: int = 50,
-                       max_shift: float = 3.0) -> tuple:
-    """Gaussian-windowed centroid (SExtractor's XWIN_IMAGE iteration) started at a peak.
-
-    ``c ← c + 2 Σ w I (r − c) / Σ w I`` with ``w`` a circular Gaussian of
-    ``sigma`` px about ``c`` (truncated at 4σ). Falls back to the start
-    (the peak pixel) if the windowed flux is not positive or the centroid
-    moves more than ``max_shift`` px.
-    """
-    h, w = img.shape
-    r = int(np.ceil(4 * sigma))
-    cy, cx = y0, x0
-    for _ in range(max_iter):
-        iy0, iy1 = max(int(np.floor(cy)) - r, 0), min(int(np.floor(cy)) + r + 2, h)
-        ix0, ix1 = max(int(np.floor(cx)) - r, 0), min(int(np.floor(cx)) + r + 2, w)
-        yy = np.arange(iy0, iy1, dtype=np.float64)[:, None] - cy
-        xx = np.arange(ix0, ix1, dtype=np.float64)[None, :] - cx
-        wi = np.exp(-(yy ** 2 + xx ** 2) / (2 * sigma ** 2)) * img[iy0:iy1, ix0:ix1]
-        s = wi.sum()
-        if not s > 0:
-            return y0, x0
-        dy, dx = 2 * (wi * yy).sum() / s, 2 * (wi * xx).sum() / s
-        cy, cx = cy + dy, cx + dx
-        if not (np.isfinite(cy) and np.isfinite(cx)) or np.hypot(cy - y0, cx - x0) > max_shift:
-            return y0, x0
-        if abs(dy) < 1e-4 and abs(dx) < 1e-4:
-            break
-    return cy, cx
-
-
-def _forced(blend, fp, models, src, patch, data, images, labels, job, bands) -> None:
-    """Forced photometry of the children on a cut-out grown for the apertures.
-
-    Pixels of *other* footprints get zero weight (the child's model stands in
-    for them), the blend's other children are subtracted by their models.
-    """
-    from hpcblend.measure.forced import forced_photometry
-
-    pad = job.measure.forced_pad
-    h_out, w_out = images.shape[1:]
-    by0 = blend.origin[0] - patch.outer.y0
-    bx0 = blend.origin[1] - patch.outer.x0
-    bh, bw = blend.shape
-    y0, x0 = max(by0 - pad, 0), max(bx0 - pad, 0)
-    y1, x1 = min(by0 + bh + pad, h_out), min(bx0 + bw + pad, w_out)
-    cut = (slice(None), slice(y0, y1), slice(x0, x1))
-    img = np.nan_to_num(images[cut]).astype(np.float32)
-    var = data.variance[cut]
-    bad = ~np.isfinite(var) | ~(var > 0) | ~np.isfinite(images[cut])
-    bad |= (data.mask[cut] & mask_bits(job.deblend.bad_mask_planes or DEFAULT_BAD_MASK_PLANES)) != 0
-    lab = labels[y0:y1, x0:x1]
-    other = (lab != 0) & (lab != fp.label)
-    weights = np.where(bad | other[None], 0.0, 1.0 / np.where(var > 0, var, 1.0)).astype(np.float32)
-    k = models.shape[0]
-    big = np.zeros((k, len(bands), y1 - y0, x1 - x0), dtype=np.float32)
-    oy, ox = by0 - y0, bx0 - x0
-    big[:, :, oy:oy + bh, ox:ox + bw] = models
-    ys = np.where(np.isfinite(src["y"]), src["y"], src["peak_y"]) - patch.outer.y0 - y0
-    xs = np.where(np.isfinite(src["x"]), src["x"], src["peak_x"]) - patch.outer.x0 - x0
-    res = forced_photometry(img, np.where(var > 0, var, np.inf).astype(np.float32), np.stack([ys, xs], 1),
-                            data.psfs, bands, big, weights=weights, radii=job.measure.aperture_radii)
-    for name in res.dtype.names:
-        if name in ("y", "x"):
-            continue
-        col = "forced_flags" if name == "flags" else name
-        src[col] = res[name]
+    return model_spec(bands).empty(0), model_pixel_spec().empty(0)

@@ -1,0 +1,152 @@
+"""Initial sources of a blend: which peaks get a second component, and their first morphologies and SEDs.
+
+scarlet's initialisation (Melchior et al. 2018, Sect. 3.1, as scarlet_lite does it): every peak
+starts as a source whose morphology is cut from the detection image ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²``
+(optionally deconvolved to the model frame), made monotonic (and symmetric) about its peak, above
+``bg_thresh`` times the detection noise; SEDs come from one joint non-negative least-squares fit
+per band. A peak whose detection S/N reaches ``multi_component_snr`` gets a second, compact
+*core* component (:func:`component_layout`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import scipy.fft
+
+from hpcblend.config import DeblendConfig
+from hpcblend.deblend.observation import Observation, convolve_sources
+from hpcblend.kernels import initialization
+
+__all__ = ["DEAD_SOURCE_SED_FRACTION", "detection_snr", "component_layout", "initialize_sources"]
+
+#: A source whose initial SED fit gives no flux in any band starts at this fraction of the noise σ_b
+#: in every band, so that the fit can still grow it (a zero SED has a zero morphology gradient).
+DEAD_SOURCE_SED_FRACTION = 0.1
+
+
+def detection_snr(obs: Observation, peaks: np.ndarray) -> np.ndarray:
+    """S/N of each peak in the detection image ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²`` (noise ``(Σ_b 1/σ_b²)^-½``).
+
+    Parameters
+    ----------
+    obs : Observation
+    peaks : ndarray, shape (K, 2), int (y, x)
+
+    Returns
+    -------
+    snr : ndarray, shape (K,), float64
+    """
+    band_weight = 1.0 / obs.noise_rms ** 2
+    values = obs.images[:, peaks[:, 0], peaks[:, 1]].T @ band_weight / band_weight.sum()
+    return values * np.sqrt(band_weight.sum())
+
+
+def component_layout(obs: Observation, child_peaks: np.ndarray, config: DeblendConfig) -> Tuple[np.ndarray, np.ndarray]:
+    """The components to fit: one per child, plus a core for each bright child.
+
+    Parameters
+    ----------
+    obs : Observation
+    child_peaks : ndarray, shape (K, 2), int64
+        Peaks (y, x) of the children fitted.
+    config : DeblendConfig
+        ``max_components`` (2: cores allowed) and ``multi_component_snr``.
+
+    Returns
+    -------
+    owner : ndarray, shape (C,), int64
+        The child of each component: ``0..K-1`` (the main components, in peak
+        order), then the children that get a core (detection S/N ≥
+        ``multi_component_snr``).
+    core : ndarray, shape (C,), bool
+        True for the core components (index ≥ K).
+    """
+    n_children = child_peaks.shape[0]
+    owner = np.arange(n_children, dtype=np.int64)
+    if config.max_components >= 2 and n_children:
+        bright = np.nonzero(detection_snr(obs, child_peaks) >= config.multi_component_snr)[0]
+        owner = np.concatenate([owner, bright]).astype(np.int64)
+    return owner, np.arange(len(owner)) >= n_children
+
+
+def _dilate(boxes: np.ndarray, radius: int, shape: tuple) -> np.ndarray:
+    """Boxes (K, 4) (y0, y1, x0, x1) grown by ``radius`` pixels and clipped to the frame ``shape`` (H, W)."""
+    out = boxes.copy()
+    out[:, 0] = np.maximum(out[:, 0] - radius, 0)
+    out[:, 1] = np.minimum(out[:, 1] + radius, shape[0])
+    out[:, 2] = np.maximum(out[:, 2] - radius, 0)
+    out[:, 3] = np.minimum(out[:, 3] + radius, shape[1])
+    return out
+
+
+def _detection_image(obs: Observation, config: DeblendConfig) -> Tuple[np.ndarray, float]:
+    """The image the morphologies are cut from, (H, W) float32, and its threshold (counts).
+
+    The band-weighted mean ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²`` lives in the observed frame, morphologies in
+    the model frame (model PSF): with ``init_deconvolve > 0`` it is deconvolved by the band-weighted
+    difference kernel (Tikhonov) for the *shapes*, keeping the support where the observed detection
+    image is above the threshold ``bg_thresh × σ_det``.
+    """
+    h, w = obs.images.shape[1:]
+    band_weight = 1.0 / obs.noise_rms ** 2
+    detect = (np.tensordot(band_weight, obs.images, axes=1) / band_weight.sum()).astype(np.float32)
+    sigma_det = 1.0 / np.sqrt(band_weight.sum())
+    threshold = config.bg_thresh * sigma_det
+    if config.init_deconvolve > 0:
+        hp, wp = obs.fft_shape
+        t = np.tensordot((band_weight / band_weight.sum()).astype(np.float32), obs.transfer, axes=1)
+        spec = scipy.fft.rfft2(detect, s=(hp, wp), workers=1)
+        power = (t.real ** 2 + t.imag ** 2).astype(np.float32)
+        spec *= np.conj(t) / (power + np.float32(config.init_deconvolve))
+        sharp = scipy.fft.irfft2(spec, s=(hp, wp), workers=1)[:h, :w]
+        sharp = np.where(detect > threshold, np.maximum(sharp, 0), 0)
+        detect = sharp.astype(np.float32)
+    return detect, threshold
+
+
+def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfig,
+                       core: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Initial morphologies and SEDs of all sources (scarlet's initialisation).
+
+    Morphologies come from the detection image ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²``
+    via :func:`hpcblend.kernels.initialization.init_morphology` (threshold
+    ``bg_thresh × σ_det``); SEDs from a joint non-negative least-squares fit
+    per band (:func:`hpcblend.kernels.initialization.fit_seds`).
+
+    Parameters
+    ----------
+    obs : Observation
+    peaks : ndarray, shape (K, 2), int
+        Peaks (y, x).
+    config : DeblendConfig
+    core : ndarray, shape (K,), bool, optional
+        Components that are the compact core of a two-component source: their
+        morphology starts as the source's, cut below ``config.core_fraction``
+        of its peak; every SED is then fitted jointly.
+
+    Returns
+    -------
+    sed : ndarray, shape (K, B), float64
+    morphs : ndarray, shape (K, H, W), float32
+    boxes : ndarray, shape (K, 4), int64
+        The kernels' per-source boxes (y0, y1, x0, x1), half-open.
+    """
+    h, w = obs.images.shape[1:]
+    detect, threshold = _detection_image(obs, config)
+    k = peaks.shape[0]
+    morphs = np.zeros((k, h, w), dtype=np.float32)
+    boxes = np.zeros((k, 4), dtype=np.int64)
+    for i in range(k):
+        boxes[i] = initialization.init_morphology(detect, int(peaks[i, 0]), int(peaks[i, 1]), threshold,
+                                                  config.init_symmetric, config.box_margin, morphs[i])
+        if core is not None and core[i]:
+            m = morphs[i]
+            m[m < config.core_fraction] = 0.0
+    conv = convolve_sources(morphs, obs, boxes)
+    support = _dilate(boxes, obs.kernel_radius, (h, w))
+    sed = initialization.fit_seds(obs.images, obs.weights, conv, support, config.sed_ridge)
+    dead = ~(sed > 0).any(axis=1)
+    sed[dead] = obs.noise_rms[None, :] * DEAD_SOURCE_SED_FRACTION
+    return sed, morphs, boxes

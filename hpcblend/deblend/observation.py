@@ -1,0 +1,198 @@
+"""A blend's data prepared for the fit: weights, noise, PSF-difference kernels and source convolutions.
+
+scarlet's *observation* (Melchior et al. 2018, Sect. 2.2): the data ``Y_b`` with inverse-variance
+weights ``W_b`` (zero at bad mask planes, non-positive variance and outside the footprint), the
+background noise σ_b per band, and the difference kernels ``D_b`` that take the common Gaussian
+model PSF to each band's PSF (``P_b ≈ D_b * P_model``), with their transfer functions on the padded
+FFT grid and the per-pixel curvature bound FISTA's steps use. :func:`build_observation` checks the
+inputs and builds it; :func:`convolve_sources` convolves morphologies to every band with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from hpcblend.io.psf import PSF_SUM_TOLERANCE
+from hpcblend.config import DeblendConfig
+from hpcblend.errors import BlendDataError, PsfError
+from hpcblend.io.blends import BlendData
+from hpcblend.kernels import convolution, fit_steps, psf
+
+__all__ = ["Observation", "SMALL_GRID_PRIMES", "SMALL_GRID_AREA_DIVISOR", "build_observation",
+           "convolve_sources"]
+
+#: Sides of the small FFT grids of :func:`convolve_sources` are products of these primes: a coarse
+#: ladder, so that one blend's boxes share few transfer functions.
+SMALL_GRID_PRIMES = (2, 3)
+#: A source is convolved on a small grid only when the grid has at most 1/this of the frame grid's
+#: pixels: a new transfer function costs about one convolution, which pays below half the frame.
+SMALL_GRID_AREA_DIVISOR = 2
+
+
+@dataclass
+class Observation:
+    """A blend's data prepared for the fit.
+
+    Attributes
+    ----------
+    images : ndarray, shape (B, H, W), float32
+        Data in counts.
+    weights : ndarray, shape (B, H, W), float32
+        Inverse variance; zero at bad mask planes, non-positive variance and
+        outside the footprint.
+    noise_rms : ndarray, shape (B,), float64
+        Background σ per band: sqrt of the median variance over weighted
+        footprint pixels (counts).
+    diff_kernels : ndarray, shape (B, 2r+1, 2r+1), float64
+        PSF-difference kernels ``D_b`` (``P_b ≈ D_b * P_model``), cropped at
+        ``kernel_tolerance``.
+    model_psf : ndarray, shape (Ph, Pw), float64
+        The Gaussian model PSF.
+    transfer : ndarray, shape (B, Hp, Wp//2+1), complex64
+        FFT of ``diff_kernels`` on the padded grid.
+    fft_shape : tuple (Hp, Wp)
+    curvature : ndarray, shape (B, H, W), float32
+        Per-pixel curvature bound ``||D_b||₁ (|D_b|ᵀ * W_b)`` for FISTA's steps
+        (:func:`hpcblend.kernels.fit_steps.curvature_bound`).
+    box_transfer : dict
+        Transfer functions of ``diff_kernels`` on small square grids, keyed
+        by side (filled by :func:`convolve_sources`).
+    """
+
+    images: np.ndarray
+    weights: np.ndarray
+    noise_rms: np.ndarray
+    diff_kernels: np.ndarray
+    model_psf: np.ndarray
+    transfer: np.ndarray
+    fft_shape: tuple
+    curvature: np.ndarray
+    box_transfer: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def kernel_radius(self) -> int:
+        """Half-size of the difference kernels, pixels."""
+        return int(self.diff_kernels.shape[-1] // 2)
+
+
+def _check_psfs(blend: BlendData) -> np.ndarray:
+    """The blend's PSFs (B, Ph, Pw) float64, renormalised to sum 1; PsfError when unusable."""
+    psfs = np.asarray(blend.psfs, dtype=np.float64)
+    if psfs.ndim != 3 or psfs.shape[0] != blend.n_bands:
+        raise PsfError(f"{blend.source}: key 'psfs': expected shape (B={blend.n_bands}, Ph, Pw), got {psfs.shape}")
+    if psfs.shape[1] % 2 == 0 or psfs.shape[2] % 2 == 0:
+        raise PsfError(f"{blend.source}: key 'psfs': sides must be odd, got {psfs.shape[1:]}")
+    for b in range(psfs.shape[0]):  # the readers' check again: a BlendData may come from a caller, not a file
+        if not np.all(np.isfinite(psfs[b])):
+            raise PsfError(f"{blend.source}: key 'psfs': band {blend.bands[b]} PSF has non-finite pixels")
+        s = psfs[b].sum()
+        if abs(s - 1.0) > PSF_SUM_TOLERANCE:
+            raise PsfError(f"{blend.source}: key 'psfs': band {blend.bands[b]} PSF sums to {s:.4g}, not ~1")
+    return psfs / psfs.sum(axis=(1, 2), keepdims=True)
+
+
+def _checked_data(blend: BlendData, weights: np.ndarray):
+    """Images (zero at unweighted pixels) and the weighted-pixel mask, both (B, H, W); BlendDataError when unusable."""
+    images = np.asarray(blend.images, dtype=np.float32)
+    if not np.all(np.isfinite(weights)):
+        raise BlendDataError(f"{blend.source}: key 'variance': weights are not finite")
+    good = weights > 0
+    if not good.any():
+        raise BlendDataError(f"{blend.source}: key 'variance': every pixel has zero weight "
+                             "(all masked, outside the footprint, or variance <= 0)")
+    for b in range(images.shape[0]):
+        if not good[b].any():
+            raise BlendDataError(f"{blend.source}: key 'variance': band {blend.bands[b]} has zero weight everywhere")
+    if not np.all(np.isfinite(images[good])):
+        raise BlendDataError(f"{blend.source}: key 'images': NaN or inf at weighted pixels")
+    return np.where(good, images, 0.0).astype(np.float32), good
+
+
+def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional[np.ndarray] = None) -> Observation:
+    """Prepare data, weights, noise levels and PSF-difference kernels of a blend.
+
+    Parameters
+    ----------
+    blend : BlendData
+    config : DeblendConfig
+    weights : ndarray, shape (B, H, W), float32, optional
+        ``blend.weights(config.bad_mask_planes)`` when the caller has it
+        already (1/counts²).
+
+    Returns
+    -------
+    Observation
+
+    Raises
+    ------
+    BlendDataError
+        NaN/inf in images or weights at weighted pixels; a blend with no
+        weighted pixel; a band with no weighted pixel.
+    PsfError
+        A PSF that is not finite, not odd-sized, or does not sum to ~1.
+    """
+    if weights is None:
+        weights = blend.weights(config.bad_mask_planes)
+    weights = weights.astype(np.float32)
+    images, good = _checked_data(blend, weights)
+    var = np.asarray(blend.variance, dtype=np.float64)
+    noise_rms = np.array([np.sqrt(np.median(var[b][good[b]])) for b in range(images.shape[0])])
+    psfs = _check_psfs(blend)
+    size = max(psfs.shape[1], psfs.shape[2])
+    size += 1 - size % 2
+    model_psf = psf.gaussian_psf(size, config.model_psf_sigma)
+    kernels = psf.psf_difference_kernels(psfs, model_psf, config.psf_regularization)
+    radius = psf.kernel_radius_for_tolerance(kernels, config.kernel_tolerance)
+    kernels = psf.crop_kernel(kernels, radius, renormalize=True)
+    fft_shape = psf.fft_shape_for(images.shape[1:], radius)
+    transfer = psf.kernel_transfer_function(kernels, fft_shape)
+    abs_transfer = psf.kernel_transfer_function(np.abs(kernels), fft_shape)
+    curvature = fit_steps.curvature_bound(weights, abs_transfer, np.abs(kernels).sum(axis=(1, 2)), *fft_shape)
+    return Observation(images=images, weights=weights, noise_rms=noise_rms, diff_kernels=kernels,
+                       model_psf=model_psf, transfer=transfer, fft_shape=fft_shape, curvature=curvature)
+
+
+def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: Optional[np.ndarray] = None) -> np.ndarray:
+    """Every morphology convolved to every band.
+
+    Parameters
+    ----------
+    morphs : ndarray, shape (K, H, W), float32
+    obs : Observation
+    boxes : ndarray, shape (K, 4), int, optional
+        The kernels' per-source boxes (y0, y1, x0, x1), half-open, outside
+        which each morphology is zero. With them, a source whose box grown by
+        2r fits an FFT grid of at most ``1/SMALL_GRID_AREA_DIVISOR`` of the
+        frame grid's pixels is convolved on that grid
+        (:func:`hpcblend.kernels.convolution.convolve_box`; same values to
+        float32 rounding, a cost set by the box); transfer functions of the
+        small grids are cached on ``obs``.
+
+    Returns
+    -------
+    conv : ndarray, shape (K, B, H, W), float32
+        Zero beyond each box grown by the kernel radius when ``boxes`` is given.
+    """
+    hp, wp = obs.fft_shape
+    nk = morphs.shape[0]
+    if boxes is None:
+        out = np.empty((nk, obs.images.shape[0]) + morphs.shape[1:], dtype=np.float32)
+        for k in range(nk):
+            out[k] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)
+        return out
+    out = np.zeros((nk, obs.images.shape[0]) + morphs.shape[1:], dtype=np.float32)
+    r = obs.kernel_radius
+    for k in range(nk):
+        y0, y1, x0, x1 = (int(v) for v in boxes[k])
+        n = psf.next_smooth_length(max(y1 - y0, x1 - x0) + 2 * r, SMALL_GRID_PRIMES)
+        if SMALL_GRID_AREA_DIVISOR * n * n >= hp * wp:
+            out[k] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)
+            continue
+        transfer = obs.box_transfer.get(n)
+        if transfer is None:
+            transfer = obs.box_transfer[n] = psf.kernel_transfer_function(obs.diff_kernels, (n, n))
+        convolution.convolve_box(morphs[k], y0, y1, x0, x1, transfer, n, n, r, out[k])
+    return out
