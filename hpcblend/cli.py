@@ -303,6 +303,10 @@ def main(argv=None) -> int:
     except HpcblendError as exc:  # bad input or environment: one line, exit 2 (cmd_run has its own codes)
         _stderr_line(f"hpcblend: error: {exc}")
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside cmd_run's own handling (e.g. while the summary is printed)
+        _stderr_line("hpcblend: interrupted (Ctrl-C); a run's catalog keeps what it had written: run the same "
+                     "command with --resume to finish it")
+        return 130
 
 
 if __name__ == "__main__":

@@ -428,14 +428,14 @@ def test_rank_killed_mid_write_then_resume_gives_identical_catalog(tmp_path, vic
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     d = str(tmp_path / "in")
-    _write_blends(d, range(1, 31), n_sources=3)
+    _write_blends(d, range(1, 121), n_sources=3)
     proc = subprocess.Popen([HPCBLEND, "run", "--input", d, "--output", str(tmp_path / "c.h5"), "--set",
                              "run.progress=false"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=str(tmp_path))
     deadline = time.time() + 120
     while time.time() < deadline and not os.path.exists(str(tmp_path / "c.h5")):
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(0.1)  # in the work loop (120 units take ~1 s); a Ctrl-C later still exits 130 (main's handler)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
