@@ -77,7 +77,7 @@ log "2-rank MPI hello OK"
 if [ "${HPCBLEND_NO_WARMUP:-0}" != "1" ]; then
     NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 $VPY -c "
 from hpcblend.deblend import warm_up
-from hpcblend.patches import warm_up_tract
+from hpcblend.units.tract import warm_up_tract
 print('[setup] Numba kernels compiled and cached in %.1f s' % (warm_up() + warm_up_tract()))"
 fi
 log "ready: source $VENV/bin/activate  (or use bin/hpcblend-mpirun)"

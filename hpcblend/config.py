@@ -24,6 +24,7 @@ from typing import Optional, Tuple
 from hpcblend.errors import ConfigError
 from hpcblend.io.blends import DEFAULT_BANDS
 from hpcblend.io.masks import MASK_PLANES
+from hpcblend.io.schema import DEFAULT_APERTURE_RADII
 from hpcblend.io.yaml_files import (apply_overrides, dataclass_to_mapping, mapping_to_dataclass, quote_value,
                                     read_yaml_file)
 
@@ -178,7 +179,7 @@ class MeasureConfig:
         ``/model_pixels``), renderable by ``hpcblend model``.
     """
 
-    aperture_radii: Tuple[float, ...] = (3.0, 6.0, 12.0)
+    aperture_radii: Tuple[float, ...] = DEFAULT_APERTURE_RADII
     forced_pad: int = 14
     store_models: bool = True
 
@@ -252,6 +253,11 @@ class DeblendConfig:
         Blends with a larger footprint (pixels) are skipped (``flag_skipped_too_large``).
     max_area_times_peaks : float
         Blends with ``footprint_area × n_peaks`` above this are skipped (``flag_skipped_too_large``).
+    sub_blends : bool
+        Fit groups of sources whose models cannot meet (boxes farther apart than the PSF-difference kernel
+        reaches) as independent sub-blends, each on its own crop and to its own convergence
+        (:mod:`hpcblend.deblend.subblends`); ``/blends.n_sub_blends`` says how many a parent had. False: every
+        parent in one piece.
     """
 
     model_psf_sigma: float = 0.8
@@ -279,6 +285,7 @@ class DeblendConfig:
     max_n_peaks: int = 600
     max_footprint_area: int = 2_000_000
     max_area_times_peaks: float = 1e9
+    sub_blends: bool = True
 
 
 @dataclass(frozen=True)

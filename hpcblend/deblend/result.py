@@ -47,6 +47,9 @@ class DeblendResult:
         ``flag_bad_fit``), plus ``n_peaks_dropped`` (int, peaks not fitted);
         :func:`hpcblend.units.blends.fill_parent_row` copies every entry into
         the ``/blends`` column of the same name.
+    n_sub_blends : int
+        Groups of sources fitted independently (:mod:`hpcblend.deblend.subblends`; 1: in one piece,
+        0: not fitted).
     error_type, error_message : str
         Exception class and message of a numerical failure, else "".
     sed : ndarray, shape (C, B) or None
@@ -92,6 +95,7 @@ class DeblendResult:
     iterations: int = 0
     converged: bool = False
     loss_history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_sub_blends: int = 0
     chi2_per_pixel: float = float("nan")
     t_init: float = 0.0
     t_fit: float = 0.0

@@ -72,13 +72,14 @@ def blend_spec() -> TableSpec:
 
     ``n_peaks`` counts every peak given (one ``/sources`` row each); ``n_peaks_dropped`` (int64) how many of
     them were not fitted (duplicate, masked, outside the footprint or image: see the ``flag_peak_*`` columns
-    of ``/sources``). ``flag_bad_fit``: the fit ended with a χ²/pixel that is not finite or above
+    of ``/sources``); ``n_sub_blends`` in how many independent groups its sources were fitted (1: in one
+    piece, 0: not fitted; :mod:`hpcblend.deblend.subblends`). ``flag_bad_fit``: the fit ended with a χ²/pixel that is not finite or above
     ``deblend.max_chi2_per_pixel`` (config) (the model does not describe the data; its fluxes are
     not to be trusted). ``flag_incomplete_data``: more than 10 % of the footprint has zero weight in some
     band, in particular a band without any data (fitted on the other bands; that band's fluxes are NaN).
     """
     cols = [("id", "i8", ""), ("source_file", f"S{SOURCE_FILE_BYTES}", ""), ("n_peaks", "i8", ""),
-            ("n_peaks_dropped", "i8", ""),
+            ("n_peaks_dropped", "i8", ""), ("n_sub_blends", "i4", ""),
             ("footprint_area", "i8", "pix"),
             ("bbox", ("i8", (4,)), "pix"), ("t_load", "f8", "s"), ("t_init", "f8", "s"), ("t_fit", "f8", "s"),
             ("t_measure", "f8", "s"), ("t_total", "f8", "s"), ("iterations", "i8", ""), ("converged", "?", ""),

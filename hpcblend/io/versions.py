@@ -77,11 +77,13 @@ class FileFormat:
 
 
 _CATALOG = FileFormat(
-    name="catalog", recorded_as="schema_version", current=2, readable=(1, 2),
+    name="catalog", recorded_as="schema_version", current=3, readable=(1, 2, 3),
     history={1: "the first layout: no /ledger/attempts or /ledger/checksums, tables without the version-2 "
                 "columns; read as it is (nothing to verify, absent columns stay absent), never resumed",
              2: "/ledger/attempts and /ledger/checksums (failed units, integrity); /blends n_peaks_dropped, "
-                "flag_bad_fit; /sources flag_peak_*; /patches n_bad_pixels"},
+                "flag_bad_fit; /sources flag_peak_*; /patches n_bad_pixels; read as it is (absent columns stay "
+                "absent), not resumed by this version",
+             3: "/blends n_sub_blends (independent groups a parent was fitted in)"},
     when_old="re-run or convert the file")
 
 _MODELS = FileFormat(

@@ -45,6 +45,7 @@ def fill_parent_row(row, result) -> None:
     row["iterations"] = result.iterations
     row["converged"] = result.converged
     row["chi2_per_pixel"] = result.chi2_per_pixel
+    row["n_sub_blends"] = result.n_sub_blends
     for f, v in result.flags.items():
         row[f] = v
     error_columns(row, result.error_type, result.error_message)
