@@ -324,8 +324,9 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
     if settings.symmetric:  # mirrored pixels of a box centred on the peak stay inside it
         _symmetric_boxes(peaks, boxes, h, w)
     sed_prev = sed.copy()
-    for k in range(nk):
-        m2[k] = morph[k]
+    if settings.optimizer == OPT_FISTA:  # FISTA's previous iterate; adaprox's second moments start at zero
+        for k in range(nk):
+            m2[k] = morph[k]
     neighbour_sed = np.zeros((nk, nb))
     lip_sed = np.zeros(nb)
     coupling = np.zeros(nb)

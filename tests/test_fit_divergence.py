@@ -297,14 +297,14 @@ def adaprox_reference(images, weights, transfer, hp, wp, peaks, sed, morph, boxe
                       e_rel, bg_thresh, margin, sed_step_factor, morph_step):
     """Adaprox (proximal AMSGrad) of :func:`hpcblend.kernels.fit.fit_blend` (monotonic, not symmetric), NumPy.
 
-    As the kernel does, the second moment of the morphologies starts at the initial morphologies
-    (the array FISTA keeps its previous iterate in). Returns (loss history, sed, morph, boxes, alive, converged).
+    The moments start at zero (Kingma & Ba 2015; Reddi et al. 2018). Returns (loss history, sed, morph, boxes,
+    alive, converged).
     """
     sed, morph, boxes = sed.copy(), morph.copy(), boxes.copy()
     nk, nb = sed.shape
     h, w = images.shape[1:]
     alive = np.ones(nk, bool)
-    m1, m2, m3 = np.zeros_like(morph), morph.copy(), np.zeros_like(morph)
+    m1, m2, m3 = np.zeros_like(morph), np.zeros_like(morph), np.zeros_like(morph)
     s1, s2, s3 = np.zeros((nk, nb)), np.zeros((nk, nb)), np.zeros((nk, nb))
     beta1, beta2, eps = fit_steps.ADAPROX_BETA1, fit_steps.ADAPROX_BETA2, fit_steps.ADAPROX_EPS
     best_loss, best = np.inf, None
