@@ -235,6 +235,8 @@ _PASSTHROUGH = {
                 "replay simulator and scaling study: hpcblend scaling replay CATALOG --ranks 1 2 ... 4096"),
     "inject": ("hpcblend.analysis.injection", "inject_main",
                "source injection into blend files and metrics vs the truth: hpcblend inject blends|metrics ..."),
+    "truth": ("hpcblend.analysis.truth_metrics", "main",
+              "flux accuracy vs the truth inside simulated blend sets: hpcblend truth CATALOG BLENDS... [--json OUT]"),
 }
 
 

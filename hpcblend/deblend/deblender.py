@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
 from hpcblend.config import DeblendConfig
 from hpcblend.deblend.fitting import fit_settings, fit_sources
 from hpcblend.deblend.initialization import component_layout, initialize_sources
-from hpcblend.deblend.observation import Observation, build_observation, convolve_sources
+from hpcblend.deblend.observation import DifferenceKernels, Observation, build_observation, convolve_sources
 from hpcblend.deblend.subblends import fit_sub_blends
 from hpcblend.deblend.result import DeblendResult, expand_result, skip_flags
 from hpcblend.errors import BlendDataError, NumericalFailure
@@ -74,7 +74,8 @@ def _kept_peaks(blend: BlendData, config: DeblendConfig) -> Tuple[np.ndarray, np
     return peak_flags, kept
 
 
-def _observe(blend: BlendData, config: DeblendConfig, result: DeblendResult) -> Tuple[BlendData, Observation]:
+def _observe(blend: BlendData, config: DeblendConfig, result: DeblendResult,
+             kernels: Optional[DifferenceKernels] = None) -> Tuple[BlendData, Observation]:
     """The observation of the bands with data, and the blend restricted to them.
 
     Sets ``result.bands_fitted`` and ``flag_incomplete_data``. When every band
@@ -94,7 +95,7 @@ def _observe(blend: BlendData, config: DeblendConfig, result: DeblendResult) -> 
                                    mask=None if blend.mask is None else blend.mask[band_ok],
                                    psfs=blend.psfs[band_ok])
         weights = weights[band_ok]
-    return data, build_observation(data, config, weights=weights)
+    return data, build_observation(data, config, weights=weights, kernels=kernels)
 
 
 def _measure(result: DeblendResult, blend: BlendData, data: BlendData, obs: Observation, sed: np.ndarray,
@@ -119,7 +120,8 @@ def _set_stage(sampler, stage: str, blend_id: int) -> None:
         sampler.set_stage(stage, blend_id)
 
 
-def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> DeblendResult:
+def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None,
+                  kernels: Optional[DifferenceKernels] = None) -> DeblendResult:
     """Deblend one blend: build the observation, initialise, fit, measure.
 
     Parameters
@@ -130,6 +132,10 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> Debl
         Gets the stages ``init``, ``fit`` and ``measure`` (with the blend id)
         as they start; the caller's enclosing ``sampler.stage(...)`` restores
         its own stage afterwards.
+    kernels : hpcblend.deblend.observation.DifferenceKernels, optional
+        A work unit's cache of PSF-difference kernels and transfer functions,
+        shared by its blends (a patch: one PSF per band); the results are the
+        same with or without it.
 
     Returns
     -------
@@ -163,7 +169,7 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None) -> Debl
         return result
     t0 = time.perf_counter()
     _set_stage(sampler, "init", blend.id)
-    data, obs = _observe(blend, config, result)
+    data, obs = _observe(blend, config, result, kernels)
     child_peaks = np.ascontiguousarray(blend.peaks[kept], dtype=np.int64)
     owner, core = component_layout(obs, child_peaks, config)
     peaks = np.ascontiguousarray(child_peaks[owner])

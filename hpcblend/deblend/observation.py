@@ -10,8 +10,9 @@ inputs and builds it; :func:`convolve_sources` convolves morphologies to every b
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from hpcblend.errors import BlendDataError, PsfError
 from hpcblend.io.blends import BlendData
 from hpcblend.kernels import convolution, fit_steps, psf
 
-__all__ = ["Observation", "SMALL_GRID_PRIMES", "SMALL_GRID_AREA_DIVISOR", "build_observation",
+__all__ = ["Observation", "DifferenceKernels", "SMALL_GRID_PRIMES", "SMALL_GRID_AREA_DIVISOR", "build_observation",
            "convolve_sources"]
 
 #: Sides of the small FFT grids of :func:`convolve_sources` are products of these primes: a coarse
@@ -30,6 +31,58 @@ SMALL_GRID_PRIMES = (2, 3)
 #: A source is convolved on a small grid only when the grid has at most 1/this of the frame grid's
 #: pixels: a new transfer function costs about one convolution, which pays below half the frame.
 SMALL_GRID_AREA_DIVISOR = 2
+
+
+class DifferenceKernels:
+    """PSF-difference kernels and their transfer functions, computed once per PSF and reused.
+
+    Every blend of a patch has the same PSFs (a coadd's PSF per band), so the kernels ``D_b``
+    (a regularised deconvolution per band), their crop radius and their transfer functions on each
+    FFT grid size are the same for all of them; a work unit keeps one of these and passes it to
+    :func:`build_observation` (``kernels=``), which then computes each only once. Results are the
+    same arrays a fresh computation gives (the same function of the same inputs).
+
+    Keys are the PSF stack's bytes (BLAKE2b) and the three deblender settings the kernels depend on
+    (``model_psf_sigma``, ``psf_regularization``, ``kernel_tolerance``); a cache holds every PSF it
+    was given (a patch has one; a blend collection usually one per file).
+    """
+
+    def __init__(self) -> None:
+        self._kernels: Dict[tuple, Tuple[np.ndarray, np.ndarray, int]] = {}
+        self._transfer: Dict[tuple, np.ndarray] = {}
+
+    @staticmethod
+    def _key(psfs: np.ndarray, config: DeblendConfig) -> tuple:
+        digest = hashlib.blake2b(np.ascontiguousarray(psfs).tobytes(), digest_size=16).digest()
+        return (psfs.shape, digest, float(config.model_psf_sigma), float(config.psf_regularization),
+                float(config.kernel_tolerance))
+
+    def kernels(self, psfs: np.ndarray, config: DeblendConfig) -> Tuple[np.ndarray, np.ndarray, tuple]:
+        """``(kernels (B, 2r+1, 2r+1) float64, model_psf (P, P) float64, key)`` for normalised ``psfs`` (B, Ph, Pw)."""
+        key = self._key(psfs, config)
+        hit = self._kernels.get(key)
+        if hit is None:
+            hit = self._kernels[key] = _difference_kernels(psfs, config)
+        return hit[0], hit[1], key
+
+    def transfer(self, key: tuple, kernels: np.ndarray, fft_shape: tuple, absolute: bool = False) -> np.ndarray:
+        """Transfer functions (B, Hp, Wp//2+1) complex64 of ``kernels`` (or of ``|kernels|``) on ``fft_shape``."""
+        tkey = (key, tuple(fft_shape), bool(absolute))
+        hit = self._transfer.get(tkey)
+        if hit is None:
+            hit = self._transfer[tkey] = psf.kernel_transfer_function(np.abs(kernels) if absolute else kernels,
+                                                                      tuple(fft_shape))
+        return hit
+
+
+def _difference_kernels(psfs: np.ndarray, config: DeblendConfig) -> Tuple[np.ndarray, np.ndarray, int]:
+    """The model PSF and the PSF-difference kernels cropped at ``config.kernel_tolerance``."""
+    size = max(psfs.shape[1], psfs.shape[2])
+    size += 1 - size % 2
+    model_psf = psf.gaussian_psf(size, config.model_psf_sigma)
+    kernels = psf.psf_difference_kernels(psfs, model_psf, config.psf_regularization)
+    radius = psf.kernel_radius_for_tolerance(kernels, config.kernel_tolerance)
+    return psf.crop_kernel(kernels, radius, renormalize=True), model_psf, radius
 
 
 @dataclass
@@ -60,6 +113,8 @@ class Observation:
     box_transfer : dict
         Transfer functions of ``diff_kernels`` on small square grids, keyed
         by side (filled by :func:`convolve_sources`).
+    kernel_cache : DifferenceKernels or None
+        Where the kernels came from (shared by the blends of a work unit), with ``kernel_key``.
     """
 
     images: np.ndarray
@@ -71,6 +126,14 @@ class Observation:
     fft_shape: tuple
     curvature: np.ndarray
     box_transfer: dict = field(default_factory=dict, repr=False)
+    kernel_cache: Optional[DifferenceKernels] = field(default=None, repr=False)
+    kernel_key: Optional[tuple] = field(default=None, repr=False)
+
+    def transfer_on(self, fft_shape: tuple) -> np.ndarray:
+        """Transfer functions of ``diff_kernels`` on another FFT grid (from the kernel cache when there is one)."""
+        if self.kernel_cache is not None:
+            return self.kernel_cache.transfer(self.kernel_key, self.diff_kernels, fft_shape)
+        return psf.kernel_transfer_function(self.diff_kernels, tuple(fft_shape))
 
     @property
     def kernel_radius(self) -> int:
@@ -111,7 +174,8 @@ def _checked_data(blend: BlendData, weights: np.ndarray):
     return np.where(good, images, 0.0).astype(np.float32), good
 
 
-def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional[np.ndarray] = None) -> Observation:
+def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional[np.ndarray] = None,
+                      kernels: Optional[DifferenceKernels] = None) -> Observation:
     """Prepare data, weights, noise levels and PSF-difference kernels of a blend.
 
     Parameters
@@ -121,6 +185,9 @@ def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional
     weights : ndarray, shape (B, H, W), float32, optional
         ``blend.weights(config.bad_mask_planes)`` when the caller has it
         already (1/counts²).
+    kernels : DifferenceKernels, optional
+        The work unit's cache of difference kernels and transfer functions
+        (default: computed for this blend alone).
 
     Returns
     -------
@@ -141,18 +208,16 @@ def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional
     var = np.asarray(blend.variance, dtype=np.float64)
     noise_rms = np.array([np.sqrt(np.median(var[b][good[b]])) for b in range(images.shape[0])])
     psfs = _check_psfs(blend)
-    size = max(psfs.shape[1], psfs.shape[2])
-    size += 1 - size % 2
-    model_psf = psf.gaussian_psf(size, config.model_psf_sigma)
-    kernels = psf.psf_difference_kernels(psfs, model_psf, config.psf_regularization)
-    radius = psf.kernel_radius_for_tolerance(kernels, config.kernel_tolerance)
-    kernels = psf.crop_kernel(kernels, radius, renormalize=True)
+    cache = kernels if kernels is not None else DifferenceKernels()
+    diff_kernels, model_psf, key = cache.kernels(psfs, config)
+    radius = diff_kernels.shape[-1] // 2
     fft_shape = psf.fft_shape_for(images.shape[1:], radius)
-    transfer = psf.kernel_transfer_function(kernels, fft_shape)
-    abs_transfer = psf.kernel_transfer_function(np.abs(kernels), fft_shape)
-    curvature = fit_steps.curvature_bound(weights, abs_transfer, np.abs(kernels).sum(axis=(1, 2)), *fft_shape)
-    return Observation(images=images, weights=weights, noise_rms=noise_rms, diff_kernels=kernels,
-                       model_psf=model_psf, transfer=transfer, fft_shape=fft_shape, curvature=curvature)
+    transfer = cache.transfer(key, diff_kernels, fft_shape)
+    abs_transfer = cache.transfer(key, diff_kernels, fft_shape, absolute=True)
+    curvature = fit_steps.curvature_bound(weights, abs_transfer, np.abs(diff_kernels).sum(axis=(1, 2)), *fft_shape)
+    return Observation(images=images, weights=weights, noise_rms=noise_rms, diff_kernels=diff_kernels,
+                       model_psf=model_psf, transfer=transfer, fft_shape=fft_shape, curvature=curvature,
+                       kernel_cache=cache, kernel_key=key)
 
 
 def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: Optional[np.ndarray] = None) -> np.ndarray:
@@ -193,6 +258,6 @@ def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: Optional[np.nd
             continue
         transfer = obs.box_transfer.get(n)
         if transfer is None:
-            transfer = obs.box_transfer[n] = psf.kernel_transfer_function(obs.diff_kernels, (n, n))
+            transfer = obs.box_transfer[n] = obs.transfer_on((n, n))
         convolution.convolve_box(morphs[k], y0, y1, x0, x1, transfer, n, n, r, out[k])
     return out

@@ -173,7 +173,7 @@ def crop_observation(obs: Observation, crop: Box, domain: np.ndarray) -> Observa
     return replace(obs, images=np.ascontiguousarray(obs.images[:, ys, xs]),
                    weights=np.ascontiguousarray(obs.weights[:, ys, xs] * domain[None]),
                    curvature=np.ascontiguousarray(obs.curvature[:, ys, xs]),
-                   transfer=psf.kernel_transfer_function(obs.diff_kernels, fft_shape), fft_shape=fft_shape,
+                   transfer=obs.transfer_on(fft_shape), fft_shape=fft_shape,
                    box_transfer={})
 
 

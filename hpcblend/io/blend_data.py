@@ -158,7 +158,8 @@ class BlendData:
         return w
 
 
-def classify_peaks(peaks: np.ndarray, footprint: np.ndarray, bad: np.ndarray) -> np.ndarray:
+def classify_peaks(peaks: np.ndarray, footprint: np.ndarray, bad: np.ndarray,
+                   saturated: Optional[np.ndarray] = None) -> np.ndarray:
     """Status bits of each peak: outside the image or footprint, masked, duplicate.
 
     Parameters
@@ -170,13 +171,18 @@ def classify_peaks(peaks: np.ndarray, footprint: np.ndarray, bad: np.ndarray) ->
         True inside the parent footprint.
     bad : ndarray, shape (B, H, W), bool
         Pixels with zero weight (:meth:`BlendData.bad_pixels`).
+    saturated : ndarray, shape (B, H, W), bool, optional
+        Pixels of the ``SAT`` mask plane. A peak on a pixel bad in every band is
+        kept when that pixel is saturated in some band: it is the core of a
+        saturated star, the brightest source of its blend, whose unmasked wings
+        must be modelled (dropping it leaves its light to the neighbours).
 
     Returns
     -------
     ndarray, shape (K,), int32
         OR of :data:`PEAK_OUTSIDE_IMAGE` (+ :data:`PEAK_OUTSIDE_FOOTPRINT`),
         :data:`PEAK_OUTSIDE_FOOTPRINT`, :data:`PEAK_MASKED` (bad in every
-        band), and, among the peaks not dropped for those reasons,
+        band and saturated in none), and, among the peaks not dropped for those reasons,
         :data:`PEAK_DUPLICATE` on every peak after the first of a pixel and
         :data:`PEAK_MERGED` on that first one.
     """
@@ -188,7 +194,10 @@ def classify_peaks(peaks: np.ndarray, footprint: np.ndarray, bad: np.ndarray) ->
     flags[~inside] |= PEAK_OUTSIDE_IMAGE | PEAK_OUTSIDE_FOOTPRINT
     yi, xi = y[inside], x[inside]
     flags[np.flatnonzero(inside)[~footprint[yi, xi]]] |= PEAK_OUTSIDE_FOOTPRINT
-    flags[np.flatnonzero(inside)[bad[:, yi, xi].all(axis=0)]] |= PEAK_MASKED
+    masked = bad[:, yi, xi].all(axis=0)
+    if saturated is not None:
+        masked &= ~saturated[:, yi, xi].any(axis=0)
+    flags[np.flatnonzero(inside)[masked]] |= PEAK_MASKED
     first: dict = {}
     for k in np.flatnonzero(flags == 0):
         key = (int(y[k]), int(x[k]))

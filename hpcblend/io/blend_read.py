@@ -16,7 +16,7 @@ import numpy as np
 from hpcblend.errors import BlendDataError, InputError, PsfError
 from hpcblend.io.blend_data import BlendData, classify_peaks
 from hpcblend.io.blend_files import INT64_MAX, VERSION_MEMBER, id_from_stem
-from hpcblend.io.masks import NO_DATA_BIT, bad_pixel_mask
+from hpcblend.io.masks import NO_DATA_BIT, bad_pixel_mask, mask_bits
 from hpcblend.io.npz import npz_array, open_npz
 from hpcblend.io.psf import PSF_SUM_TOLERANCE, normalised_psf
 from hpcblend.io.versions import check_version
@@ -290,5 +290,6 @@ def read_blend(path: Union[str, os.PathLike], bands: Optional[Sequence[str]] = N
     blend = BlendData(id=int(pid), source=path, bands=tuple(band_names), images=images,
                       variance=variance, mask=mask, footprint=footprint, psfs=psfs, peaks=peaks,
                       origin=origin, meta=meta)
-    blend.peak_flags = classify_peaks(peaks, footprint, blend.bad_pixels())
+    saturated = None if mask is None else (mask & mask_bits(["SAT"])) != 0
+    blend.peak_flags = classify_peaks(peaks, footprint, blend.bad_pixels(), saturated)
     return blend

@@ -40,6 +40,7 @@ import numpy as np
 from hpcblend.io.blends import DEFAULT_BANDS
 from hpcblend.config import JobConfig
 from hpcblend.deblend.deblender import deblend_blend, warm_up
+from hpcblend.deblend.observation import DifferenceKernels
 from hpcblend.detect import detect_footprints, detection_image, estimate_background, footprint_to_blend
 from hpcblend.diagnostics.sampler import NullSampler
 from hpcblend.errors import HpcblendError, is_programming_error
@@ -269,6 +270,7 @@ def _deblend_footprints(footprints, patch, data, images, job, bands, rank, sampl
     n_blend = n_iso = n_src = 0
     t_deblend = t_measure = 0.0
     running = 0
+    kernels = DifferenceKernels()  # one PSF per band in a patch: its difference kernels are computed once
     for fp in footprints:
         owned = np.asarray(patch.owns_local(fp.peaks[:, 0], fp.peaks[:, 1]), dtype=bool)
         if not owned.any():
@@ -276,7 +278,7 @@ def _deblend_footprints(footprints, patch, data, images, job, bands, rank, sampl
         running += 1
         with sampler.stage("init"):
             rows = _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank,
-                                      sampler, gallery)
+                                      sampler, gallery, kernels=kernels)
         for name, r in rows.items():
             out[name].append(r)
         t_deblend += rows["blends"]["t_init"][0] + rows["blends"]["t_fit"][0]
@@ -284,12 +286,13 @@ def _deblend_footprints(footprints, patch, data, images, job, bands, rank, sampl
         n_iso += bool(rows["blends"]["isolated"][0])
         n_blend += not bool(rows["blends"]["isolated"][0])
         n_src += len(rows["sources"])
+    sky_coordinates(out["sources"], data.wcs)  # every child of the patch in one WCS call
     return {"n_blends": n_blend, "n_isolated": n_iso, "n_sources": n_src, "t_deblend": t_deblend,
             "t_measure": t_measure}
 
 
 def _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank, sampler,
-                       gallery=None) -> dict:
+                       gallery=None, kernels=None) -> dict:
     """Rows of one footprint (the children this patch owns): ``blends``, ``sources``, ``models``, ``model_pixels``."""
     parent_id = int(encode_id(patch.tract, patch.flat, running << _PEAK_BITS))
     t0 = time.perf_counter()
@@ -301,14 +304,13 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
                     for k in range(blend.n_peaks)], dtype=np.int64)
     src_all = _child_rows(source_spec(bands, tract=True, radii=job.measure.aperture_radii), blend, ids, parent_id,
                           patch)
-    result, models = _fit(blend, row, src_all, job, bands, sampler)
+    result, models = _fit(blend, row, src_all, job, bands, sampler, kernels)
     t1 = time.perf_counter()
     sampler.set_stage("measure", parent_id)
     if models is not None:
         forced_on_patch(blend, fp.label, models, src_all, patch.outer, data, images, labels, bands,
                         pad=job.measure.forced_pad, bad_mask_planes=job.deblend.bad_mask_planes,
                         radii=job.measure.aperture_radii)
-    sky_coordinates(src_all, data.wcs)
     t2 = time.perf_counter()
     row["t_measure"] = row["t_measure"][0] + (t2 - t1)
     row["t_total"] = t2 - t0
@@ -368,7 +370,7 @@ def _child_rows(sspec, blend, ids, parent_id: int, patch):
     return src_all
 
 
-def _fit(blend, row, src_all, job, bands, sampler) -> tuple:
+def _fit(blend, row, src_all, job, bands, sampler, kernels=None) -> tuple:
     """Deblend the footprint (or measure an unfitted isolated one) into ``row`` and ``src_all``.
 
     Returns
@@ -387,7 +389,7 @@ def _fit(blend, row, src_all, job, bands, sampler) -> tuple:
             row["converged"] = True
             row["t_measure"] = 0.0
         else:
-            result = deblend_blend(blend, job.deblend, sampler=sampler)
+            result = deblend_blend(blend, job.deblend, sampler=sampler, kernels=kernels)
             fill_parent_row(row, result)
             fill_child_rows(src_all, result, blend.origin, bands)
             if result.children:
