@@ -286,7 +286,6 @@ def _deblend_footprints(footprints, patch, data, images, job, bands, rank, sampl
         n_iso += bool(rows["blends"]["isolated"][0])
         n_blend += not bool(rows["blends"]["isolated"][0])
         n_src += len(rows["sources"])
-    sky_coordinates(out["sources"], data.wcs)  # every child of the patch in one WCS call
     return {"n_blends": n_blend, "n_isolated": n_iso, "n_sources": n_src, "t_deblend": t_deblend,
             "t_measure": t_measure}
 
@@ -311,6 +310,7 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
         forced_on_patch(blend, fp.label, models, src_all, patch.outer, data, images, labels, bands,
                         pad=job.measure.forced_pad, bad_mask_planes=job.deblend.bad_mask_planes,
                         radii=job.measure.aperture_radii)
+    sky_coordinates(src_all, data.wcs)
     t2 = time.perf_counter()
     row["t_measure"] = row["t_measure"][0] + (t2 - t1)
     row["t_total"] = t2 - t0
