@@ -234,7 +234,7 @@ _PASSTHROUGH = {
     "scaling": ("hpcblend.analysis.scaling", "scaling_main",
                 "replay simulator and scaling study: hpcblend scaling replay CATALOG --ranks 1 2 ... 4096"),
     "inject": ("hpcblend.analysis.injection", "inject_main",
-               "source injection into blend files and metrics vs the truth: hpcblend inject blends|metrics ..."),
+               "source injection (blend files or a tract) and its metrics: hpcblend inject blends|tract|metrics"),
     "truth": ("hpcblend.analysis.truth_metrics", "main",
               "flux accuracy vs the truth inside simulated blend sets: hpcblend truth CATALOG BLENDS... [--json OUT]"),
 }

@@ -104,11 +104,15 @@ def test_end_to_end_run_and_metrics(tmp_path, capsys):
                         base_dir=str(tmp_path))
     cat = run_job(job, progress=False)
     m = injection_metrics(cat, truth)
-    assert m["n"] == len(table) and 0 < m["completeness"] <= 1
+    assert m["kind"] == "blends" and m["n"] == len(table) and 0 < m["completeness"] <= 1
     for est in ("model", "conserving", "yard_ap", "yard_psf", "yard_sum"):
-        assert all(np.isfinite(m["all"][est])), est
-        assert np.isfinite(m["all"]["centroid_" + est])
+        assert all(np.isfinite(m["all"]["stats"][est])), est
+    assert np.isfinite(m["all"]["centroid"]["catalog"]) and np.isfinite(m["all"]["centroid"]["yardstick"])
+    assert np.isfinite(m["all"]["ratio"]["model"]) and m["all"]["yardstick"] in ("yard_ap", "yard_psf")
     assert sum(r["n"] for r in m["by_mag"]) == len(table)
-    assert inject_main(["metrics", cat, truth]) == 0
+    assert np.all(table["snr"] > 0) and m["blendedness_from"] == "truth"
+    # the truth is found from the run's /config; TRUTH positional or --truth
+    assert inject_main(["metrics", cat]) == 0
+    assert inject_main(["metrics", cat, "--truth", truth]) == 0
     text = capsys.readouterr().out
-    assert "completeness" in text and "yard_ap" in text and "by magnitude" in text
+    assert "completeness" in text and "Y:ap" in text and "by magnitude" in text

@@ -88,3 +88,19 @@ def test_damaged_catalog_is_exit_2(tmp_path, capsys):
     p.write_bytes(b"not hdf5")
     assert main(["scorecard", str(p)]) == 2
     assert "not an HDF5 file" in capsys.readouterr().err
+
+
+def test_default_thresholds_judge_the_injection_metrics():
+    """The default file has rules for the injection metrics; a run whose model fluxes went bad fails them."""
+    th = load_thresholds()
+    for metric in ("injection.completeness_snr10", "injection.flux_model_median_abs_snr10",
+                   "injection.flux_model_yardstick_ratio_snr10"):
+        assert "max" in th["rules"][metric] or "min" in th["rules"][metric], metric
+    good = {"injection.n_snr10": 400.0, "injection.completeness_snr10": 0.975,
+            "injection.flux_model_median_abs_snr10": 0.033, "injection.flux_model_yardstick_ratio_snr10": 2.1}
+    bad = dict(good, **{"injection.flux_model_median_abs_snr10": 0.3, "injection.flux_model_yardstick_ratio_snr10": 9.0,
+                        "injection.completeness_snr10": 0.8})
+    assert not any(c.failed for c in judge(good, th, good))
+    by = {c.metric: c for c in judge(bad, th, good)}
+    assert all(by[m].status == "FAIL" and by[m].baseline_status == "FAIL" for m in bad if m != "injection.n_snr10")
+    assert by["injection.n_snr10"].status == "-" and by["injection.n_snr10"].baseline_status == "-"

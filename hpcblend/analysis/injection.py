@@ -1,19 +1,24 @@
-"""Metrics of injected sources against their truth, and the ``hpcblend inject`` command (issue 16).
+"""The ``hpcblend inject`` command (issue 16), and the metrics of a run over injected data, both kinds.
 
-The injection itself (new blend files with fake galaxies and the truth table) is
-:mod:`hpcblend.simulate.inject`, which documents the conventions (pixel scale,
-zero point, the truth columns and the *perfect-deblender yardstick*). Here:
+``hpcblend inject blends IN OUT ...`` calls :func:`hpcblend.simulate.inject.inject_blends` (blend files);
+``hpcblend inject tract SRC_DIR OUT_DIR ...`` calls :func:`hpcblend.simulate.inject_tract.inject_tract` (a
+coadd tract); those modules document the conventions, the truth columns and the *perfect-deblender
+yardstick*. ``hpcblend inject metrics CATALOG [TRUTH | --truth TRUTH] [--band i] [--radius 2] [--json OUT]``
+measures a run over either against its truth and prints the tables of
+:mod:`hpcblend.analysis.injection_metrics` (completeness and purity, flux errors and centroid errors per
+magnitude, S/N, separation and blendedness bin, the yardstick ratio); the truth's kind is told by its file
+(``truth/injections.npz`` of blend files, ``truth.fits`` of a tract) and, without one, it is the one the
+run's ``/config`` points at (:func:`find_injection_truth`). :func:`injection_scorecard` gives the figures
+``hpcblend scorecard`` judges.
 
-``hpcblend inject metrics CATALOG TRUTH [--band i] [--json OUT]`` matches the
-injections to the catalog's children by (parent, peak index) and prints
-completeness, flux and centroid errors per magnitude, separation and
-blendedness bin, beside the yardstick (:func:`injection_metrics`,
-:func:`format_metrics`). ``hpcblend inject blends ...`` is parsed here too and
-calls :func:`hpcblend.simulate.inject.inject_blends`.
-
-An injection is *found* when its peak's child row exists, its parent was
-deblended (not failed or skipped) and the peak was fitted (no ``flag_peak_*``
-other than ``flag_peak_merged``, not ``flag_model_zero``).
+Blend files are matched by (parent, peak index) (:func:`match_injections`): an injection is *found* when its
+peak's child row exists, its parent was deblended (not failed or skipped) and the peak was fitted (no
+``flag_peak_*`` other than ``flag_peak_merged``, not ``flag_model_zero``). Their estimators: ``model``,
+``conserving``, ``psf`` (the catalog's ``psf_flux_<b>``, where the run measured it); yardsticks ``yard_ap``,
+``yard_psf``; floor ``yard_sum`` (the injected source's own pixels: no sky noise). The S/N is the truth's
+``snr`` (matched filter), or for a truth written before it existed the aperture S/N
+``sqrt(Σ_b (flux_b / yard_ap_sigma_b)²)``; blendedness the truth's ``blendedness_true`` where it exists,
+else the catalog's.
 """
 
 from __future__ import annotations
@@ -26,19 +31,19 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from hpcblend.errors import HpcblendError
-from hpcblend.io.catalog import read_table
+from astropy.io import fits
+
+from hpcblend.analysis.injection_metrics import InjectionSample, format_summary, summarize
+from hpcblend.analysis.injection_tract import DEFAULT_RADIUS, tract_sample
+from hpcblend.errors import HpcblendError, InputError
+from hpcblend.io.catalog import read_json_group, read_table
 from hpcblend.io.json_values import json_default
-from hpcblend.simulate.inject import TRUTH_FILE, inject_blends, read_truth
+from hpcblend.io.truth import TRUTH_FILE as TRACT_TRUTH_FILE
+from hpcblend.simulate.inject import TRUTH_FILE, inject_blends, read_truth, ref_band
+from hpcblend.simulate.inject_tract import DEFAULT_MARGIN_PX, DEFAULT_MIN_SEPARATION, inject_tract
 
-__all__ = ["ESTIMATORS", "match_injections", "injection_metrics", "format_metrics", "inject_main"]
-
-#: Flux estimators compared, each with its catalog column (None: the truth table's yardstick columns).
-ESTIMATORS = (("model", "flux_model_{b}"), ("conserving", "flux_{b}"), ("yard_ap", None), ("yard_psf", None),
-              ("yard_sum", None))
-#: Separation bin edges (arcsec) and blendedness bin edges of :func:`injection_metrics`.
-_SEP_EDGES = (0.5, 1.0, 1.5, 2.0, np.inf)
-_BLEND_EDGES = (0.0, 0.02, 0.1, 0.3, 1.0 + 1e-9)
+__all__ = ["match_injections", "blends_sample", "find_injection_truth", "load_sample", "injection_metrics",
+           "format_metrics", "injection_scorecard", "inject_main"]
 
 
 # -----------------------------------------------------------------------------
@@ -87,162 +92,179 @@ def match_injections(catalog: str, table: np.ndarray) -> tuple:
 
 
 # -----------------------------------------------------------------------------
-# metrics
+# the sample of a run over injected blend files
 # -----------------------------------------------------------------------------
 
 
-def _stats(rel: np.ndarray) -> tuple:
-    """(median, median |.|, 90th percentile |.|) of the finite values; NaNs when there are none."""
-    rel = rel[np.isfinite(rel)]
-    if rel.size == 0:
-        return (np.nan, np.nan, np.nan)
-    a = np.abs(rel)
-    return float(np.median(rel)), float(np.median(a)), float(np.percentile(a, 90))
+def _snr(table: np.ndarray, bands) -> np.ndarray:
+    """The truth's matched-filter ``snr``, else the aperture S/N over bands (module docstring)."""
+    if "snr" in table.dtype.names:
+        return np.asarray(table["snr"], np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(sum((table[f"flux_{b}"] / table[f"yard_ap_sigma_{b}"]) ** 2 for b in bands))
 
 
-def _rel_flux_errors(table, src, idx, ok, est: str, b: str, sel: np.ndarray) -> np.ndarray:
-    """Δf/f of estimator ``est`` in band ``b`` for injections ``sel`` (NaN where the deblender did not find it)."""
-    f_true = table[f"flux_{b}"][sel]
-    if est in ("model", "conserving"):
-        col = ("flux_model_{b}" if est == "model" else "flux_{b}").format(b=b)
-        f = np.where(ok[sel], src[col][np.clip(idx[sel], 0, None)] if len(src) else np.nan, np.nan)
-    else:
-        f = table[f"yard_{est[5:]}_flux_{b}"][sel]
-    return (f - f_true) / f_true
-
-
-def _centroid_error(table, src, idx, ok, est: str, sel: np.ndarray, suffix: str = "_centroid") -> float:
-    """Median distance (px) of estimator ``est``'s position from the truth (``suffix``: light centroid or "")."""
-    ty, tx = table["y" + suffix][sel], table["x" + suffix][sel]
-    if est in ("model", "conserving"):
-        ii = np.clip(idx[sel], 0, None)
-        dy = np.where(ok[sel], src["y"][ii] - ty, np.nan)
-        dx = np.where(ok[sel], src["x"][ii] - tx, np.nan)
-    else:
-        dy, dx = table["yard_y"][sel] - ty, table["yard_x"][sel] - tx
-    e = np.hypot(dy, dx)
-    e = e[np.isfinite(e)]
-    return float(np.median(e)) if e.size else np.nan
-
-
-def _binned_rows(table, src, idx, ok, band: str, quantity: np.ndarray, edges: list, label: str) -> list:
-    """One row of :func:`injection_metrics` per bin ``[lo, hi)`` of ``quantity``."""
-    out = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = np.flatnonzero((quantity >= lo) & (quantity < hi))
-        r = {"bin": f"{label} {lo:g}-{hi:g}", "n": int(len(sel)), "found": int(ok[sel].sum()),
-             "completeness": float(ok[sel].mean()) if len(sel) else np.nan}
-        for est, _ in ESTIMATORS:
-            r[est] = _stats(_rel_flux_errors(table, src, idx, ok, est, band, sel))
-            r[f"centroid_{est}"] = _centroid_error(table, src, idx, ok, est, sel)
-            r[f"centroid0_{est}"] = _centroid_error(table, src, idx, ok, est, sel, "")
-        r["noise_floor"] = float(np.median(table[f"yard_ap_sigma_{band}"][sel] / table[f"flux_{band}"][sel])) \
-            if len(sel) else np.nan
-        out.append(r)
-    return out
-
-
-def injection_metrics(catalog: str, truth: str, band: str = "i", mag_edges=None, sep_edges=None,
-                      blend_edges=None) -> dict:
-    """Completeness, flux and centroid errors of the injected sources, with the yardstick.
+def blends_sample(catalog: str, truth: str, band: Optional[str] = None) -> InjectionSample:
+    """The injections of a run over injected blend files (:func:`match_injections`), as an :class:`InjectionSample`.
 
     Parameters
     ----------
     catalog : str
-        HDF5 catalog of a run over the injected files (``/blends``, ``/sources``).
+        HDF5 catalog of the run (``/blends``, ``/sources``).
     truth : str
         :data:`~hpcblend.simulate.inject.TRUTH_FILE` of :func:`~hpcblend.simulate.inject.inject_blends`.
-    band : str
-        Band of the flux tables.
-    mag_edges, sep_edges, blend_edges : sequence of float, optional
-        Bin edges in the reference-band magnitude, the separation (arcsec) and the catalog's
-        ``blendedness`` (default 1-mag bins over the range, (0.5, 1, 1.5, 2, 3+) ″,
-        (0, 0.02, 0.1, 0.3, 1)).
+    band : str, optional
+        Band of the tables (default ``i``, else the middle band).
+
+    Returns
+    -------
+    InjectionSample
+    """
+    table, _, bands, meta = read_truth(truth)
+    band = band or bands[ref_band(bands)]
+    if band not in bands:
+        raise InputError(f"{truth}: no band {band!r} in the injection truth (bands {bands})")
+    src, idx, ok = match_injections(catalog, table)
+    ii = np.clip(idx, 0, None)
+    names = src.dtype.names or ()
+
+    def cat(col: str) -> np.ndarray:
+        if col not in names or not len(src):
+            return np.full(len(table), np.nan)
+        return np.where(ok, np.asarray(src[col], np.float64)[ii], np.nan)
+
+    flux = {"model": {}, "conserving": {}, "psf": {}, "yard_ap": {}, "yard_psf": {}, "yard_sum": {}}
+    for b in bands:
+        flux["model"][b], flux["conserving"][b], flux["psf"][b] = (cat(f"flux_model_{b}"), cat(f"flux_{b}"),
+                                                                   cat(f"psf_flux_{b}"))
+        for key in ("ap", "psf", "sum"):
+            flux[f"yard_{key}"][b] = np.asarray(table[f"yard_{key}_flux_{b}"], np.float64)
+    ty, tx = np.asarray(table["y_centroid"], np.float64), np.asarray(table["x_centroid"], np.float64)
+    truth_blend = "blendedness_true" in table.dtype.names
+    estimators = ("model", "conserving") + (("psf",) if f"psf_flux_{band}" in names else ())
+    return InjectionSample(
+        kind="blends", bands=tuple(bands), band=band,
+        f_true={b: np.asarray(table[f"flux_{b}"], np.float64) for b in bands}, flux=flux, estimators=estimators,
+        yardsticks=("yard_psf", "yard_ap"), floors=("yard_sum",), found=ok,
+        mag=np.asarray(table["mag"], np.float64), snr=_snr(table, bands),
+        separation=np.asarray(table["separation"], np.float64),
+        blendedness=np.asarray(table["blendedness_true"], np.float64) if truth_blend else cat("blendedness"),
+        blendedness_from="truth" if truth_blend else "catalog",
+        centroid={"catalog": np.hypot(cat("y") - ty, cat("x") - tx),
+                  "yardstick": np.hypot(np.asarray(table["yard_y"]) - ty, np.asarray(table["yard_x"]) - tx)},
+        notes=[f"matched by (parent, peak index); truth: {truth} ({meta.get('n_injected', len(table))} injected "
+               f"into {meta.get('n_inputs', '?')} blend files); the yardstick is measured on the injected source "
+               f"plus a realisation of the blend's variance (the real sources' models are unknown)"])
+
+
+# -----------------------------------------------------------------------------
+# either kind
+# -----------------------------------------------------------------------------
+
+
+def _resolve(path: str, base_dir: str) -> str:
+    return path if os.path.isabs(path) else os.path.normpath(os.path.join(base_dir or ".", path))
+
+
+def _is_injection_truth_fits(path: str) -> bool:
+    try:
+        return bool(fits.getheader(path, 0).get("INJECTED", False))
+    except (OSError, ValueError):
+        return False
+
+
+def find_injection_truth(catalog: str) -> Optional[str]:
+    """The injection truth of the data a run read, from its ``/config``; None when there is none.
+
+    A tract run: ``<input.tract_dir>/truth.fits`` when its primary header says ``INJECTED``; a run over
+    blend files: the first ``<dir>/truth/injections.npz`` of the directories of ``input.paths`` (a
+    directory itself, else the folder of the file or pattern). Relative paths are taken from the
+    config's ``base_dir``.
+    """
+    try:
+        cfg = read_json_group(catalog, "config")
+    except Exception:  # noqa: BLE001 - no config: no recorded truth
+        return None
+    inp, base = cfg.get("input") or {}, cfg.get("base_dir", ".")
+    if inp.get("kind") == "tract" and inp.get("tract_dir"):
+        path = os.path.join(_resolve(str(inp["tract_dir"]), base), TRACT_TRUTH_FILE)
+        return path if os.path.isfile(path) and _is_injection_truth_fits(path) else None
+    for p in inp.get("paths") or []:
+        p = _resolve(str(p), base)
+        folder = p if os.path.isdir(p) else os.path.dirname(p)
+        cand = os.path.join(folder, TRUTH_FILE)
+        if os.path.isfile(cand):
+            return cand
+    return None
+
+
+def load_sample(catalog: str, truth: Optional[str] = None, band: Optional[str] = None,
+                radius: float = DEFAULT_RADIUS) -> InjectionSample:
+    """The :class:`InjectionSample` of a run: blend-file truth (``.npz``) or tract truth (``truth.fits`` or its folder).
+
+    Raises
+    ------
+    InputError
+        No truth given and none recorded for the run, or an unreadable truth.
+    """
+    if truth is None:
+        truth = find_injection_truth(catalog)
+        if truth is None:
+            raise InputError(f"{catalog}: no injection truth given (--truth) and none found where the run's "
+                             f"/config says its inputs are")
+    if os.path.isdir(truth):
+        cand = [os.path.join(truth, TRACT_TRUTH_FILE), os.path.join(truth, TRUTH_FILE)]
+        truth = next((c for c in cand if os.path.isfile(c)), cand[0])
+    if truth.endswith(".npz"):
+        return blends_sample(catalog, truth, band=band)
+    return tract_sample(catalog, truth, band=band, radius=radius)
+
+
+def injection_metrics(catalog: str, truth: Optional[str] = None, band: Optional[str] = None,
+                      radius: float = DEFAULT_RADIUS, snr_min: float = 10.0, mag_edges=None) -> dict:
+    """The metric tables of a run over injected data (:func:`hpcblend.analysis.injection_metrics.summarize`).
+
+    Parameters
+    ----------
+    catalog : str
+    truth : str, optional
+        The injection truth (default: :func:`find_injection_truth`).
+    band : str, optional
+        Band of the tables (default ``i``, else the middle band).
+    radius : float
+        Tract match radius, px.
+    snr_min : float
+        S/N of the summary sample.
+    mag_edges : sequence of float, optional
 
     Returns
     -------
     dict
-        ``n``, ``n_found`` and ``completeness`` overall; ``by_mag``, ``by_sep``, ``by_blendedness``:
-        lists of rows ``{"bin", "n", "found", "completeness", "<est>": (bias, med|Δf/f|, p90|Δf/f|),
-        "centroid_<est>": median distance (px) to the true light centroid, "centroid0_<est>": the same to
-        the profile's nominal centre}`` for est in model,
-        conserving (the deblender's ``flux_model_<b>`` and ``flux_<b>``), yard_ap, yard_psf, yard_sum (the
-        yardstick) with Δf/f = (f − f_true)/f_true and f_true the injected noiseless flux in the image;
-        ``noise_floor`` the median aperture sky-noise σ/f_true; and ``per_band``: (bias, med, p90) per band
-        and estimator. Completeness counts a source as found as :func:`match_injections` says.
+        See :func:`~hpcblend.analysis.injection_metrics.summarize`.
     """
-    table, _, bands, _ = read_truth(truth)
-    src, idx, ok = match_injections(catalog, table)
-    n = len(table)
-    ctx = (table, src, idx, ok)
-    mag = table["mag"]
-    if mag_edges is None:
-        mag_edges = np.arange(np.floor(mag.min()), np.ceil(mag.max()) + 1e-9, 1.0) if n else [0, 1]
-    sep_edges = sep_edges or _SEP_EDGES
-    blend_edges = blend_edges or _BLEND_EDGES
-    blendedness = np.where(ok, src["blendedness"][np.clip(idx, 0, None)] if len(src) else np.nan, np.nan)
-    allsel = np.arange(n)
-    return {
-        "band": band, "n": n, "n_found": int(ok.sum()), "completeness": float(ok.mean()) if n else np.nan,
-        "by_mag": _binned_rows(*ctx, band, mag, list(mag_edges), "mag"),
-        "by_sep": _binned_rows(*ctx, band, table["separation"], list(sep_edges), "sep\""),
-        "by_blendedness": _binned_rows(*ctx, band, blendedness, list(blend_edges), "blnd"),
-        "all": _binned_rows(*ctx, band, np.zeros(n), [0.0, 1.0], "all")[0],
-        "per_band": {b: {est: _stats(_rel_flux_errors(*ctx, est, b, allsel)) for est, _ in ESTIMATORS}
-                     for b in bands},
-    }
+    return summarize(load_sample(catalog, truth, band=band, radius=radius), mag_edges=mag_edges, snr_min=snr_min)
 
 
-# -----------------------------------------------------------------------------
-# text
-# -----------------------------------------------------------------------------
+#: The plain-text tables of :func:`injection_metrics`.
+format_metrics = format_summary
 
 
-def _fmt(v, spec="+.3f"):
-    return format(v, spec) if np.isfinite(v) else "nan"
+def injection_scorecard(catalog: str, truth: Optional[str] = None, band: Optional[str] = None) -> dict:
+    """The injection figures the scorecard judges (all at truth S/N > 10).
 
-
-def _bin_lines(r: dict) -> list:
-    """The table lines of one bin: one per estimator, the bin's counts on the first."""
-    lines = []
-    for j, (est, _) in enumerate(ESTIMATORS):
-        bias, med, p90 = r[est]
-        first = j == 0
-        lines.append(
-            (f"{r['bin']:<18}{r['n']:>5}{r['found']:>6}"
-             f"{(format(100 * r['completeness'], '.1f') + '%') if np.isfinite(r['completeness']) else 'nan':>7}"
-             if first else " " * 36)
-            + f"  {est:<11}{_fmt(bias):>8}{_fmt(med, '.3f'):>8}{_fmt(p90, '.3f'):>8}"
-            f"{_fmt(med - r['yard_ap'][1]):>8}{_fmt(r['centroid_' + est], '.2f'):>6}"
-            f"{_fmt(r['centroid0_' + est], '.2f'):>6}"
-            + (f"{_fmt(r['noise_floor'], '.3f'):>7}" if first else ""))
-    return lines
-
-
-def format_metrics(m: dict) -> str:
-    """Plain-text tables of :func:`injection_metrics` output (one block per binning)."""
-    lines = [f"injected {m['n']}, found and deblended {m['n_found']} "
-             f"(completeness {100 * m['completeness']:.1f} %); flux errors in band {m['band']}: "
-             f"d = (f - f_true)/f_true; 'excess' = med|d| minus the yardstick's (aperture) med|d|",
-             "estimators: model = flux_model, conserving = flux (deblender); yard_ap / yard_psf = perfect-deblender "
-             "yardstick (aperture / PSF-weighted photometry of the injected source alone); yard_sum = that source's "
-             "pixels summed over the image (its own noise only)"]
-    head = (f"{'bin':<18}{'N':>5}{'found':>6}{'compl':>7}  {'estimator':<11}{'bias':>8}{'med|d|':>8}"
-            f"{'p90|d|':>8}{'excess':>8}{'cen':>6}{'cen0':>6}{'noise':>7}")
-    for key, title in (("by_mag", "by magnitude (i)"), ("by_sep", "by separation from the nearest real peak"),
-                       ("by_blendedness", "by the catalog's blendedness"), ("all", "all")):
-        rows = m[key] if isinstance(m[key], list) else [m[key]]
-        lines += ["", title, head]
-        for r in rows:
-            lines += _bin_lines(r)
-    lines += ["", "all sources, per band: bias / med|d| / p90|d|",
-              f"{'band':<6}" + "".join(f"{est:>26}" for est, _ in ESTIMATORS)]
-    for b, per in m["per_band"].items():
-        cells = (" / ".join(_fmt(v, f) for v, f in zip(per[est], ("+.3f", ".3f", ".3f"))) for est, _ in ESTIMATORS)
-        lines.append(f"{b:<6}" + "".join(f"{c:>26}" for c in cells))
-    lines.append("noise = median aperture sky-noise sigma / f_true (the floor any measurement carries); "
-                 "cen / cen0 = median centroid error (px) vs the true light centroid / vs the drawn profile's centre")
-    return "\n".join(lines)
+    Returns
+    -------
+    dict of str -> float
+        ``injection.n_snr10``, ``injection.completeness_snr10``,
+        ``injection.flux_model_median_abs_snr10`` (median |Δf/f| of the model flux over the found sources)
+        and ``injection.flux_model_yardstick_ratio_snr10`` (that over the best yardstick's on the same
+        sources).
+    """
+    m = injection_metrics(catalog, truth, band=band)
+    s = m["snr"]
+    return {"injection.n_snr10": float(s["n"]), "injection.completeness_snr10": float(s["completeness"]),
+            "injection.flux_model_median_abs_snr10": float(s["stats"]["model"][1]),
+            "injection.flux_model_yardstick_ratio_snr10": float(s["ratio"]["model"])}
 
 
 # -----------------------------------------------------------------------------
@@ -251,7 +273,7 @@ def format_metrics(m: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpcblend inject", description="source injection into blend files")
+    p = argparse.ArgumentParser(prog="hpcblend inject", description="source injection and its metrics")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("blends", help="inject fake galaxies into blend files; writes new files and a truth table")
     b.add_argument("inputs", help="blend files: a directory or glob pattern (quote it)")
@@ -264,21 +286,69 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--morphology", choices=("cosmos", "sersic"), default="cosmos")
     b.add_argument("--cosmos", metavar="DIR", help="GalSim COSMOS sample directory (for --morphology cosmos)")
     b.add_argument("--no-noise", action="store_true", help="add the noiseless sources (for checks)")
-    mt = sub.add_parser("metrics", help="completeness and flux errors of the injections in a run's catalog")
+    t = sub.add_parser("tract", help="inject fake galaxies into a tract's coadds; writes a new tract and its truth")
+    t.add_argument("src_dir", help="the tract directory (coadd_<b>.fits, psf_<b>.fits[, truth.fits]); only read")
+    t.add_argument("out_dir", help="the new tract directory")
+    count = t.add_mutually_exclusive_group()
+    count.add_argument("--n", type=int, help="sources to inject (default 100)")
+    count.add_argument("--density", type=float, help="sources per arcmin^2")
+    t.add_argument("--mag-range", type=float, nargs=2, default=(20.0, 25.0), metavar=("BRIGHT", "FAINT"),
+                   help="i-band AB magnitude range (uniform)")
+    t.add_argument("--seed", type=int, default=0)
+    morph = t.add_mutually_exclusive_group()
+    morph.add_argument("--cosmos", metavar="DIR", help="COSMOS morphologies from this GalSim sample (the default)")
+    morph.add_argument("--sersic", action="store_true", help="Sersic bulge + disk morphologies")
+    t.add_argument("--separation", type=float, nargs=2, metavar=("MIN", "MAX"),
+                   help="arcsec from a random real (truth or detected) source; default: uniform positions")
+    t.add_argument("--min-separation", type=float, default=DEFAULT_MIN_SEPARATION, metavar="ARCSEC",
+                   help=f"between injected sources (default {DEFAULT_MIN_SEPARATION:g})")
+    t.add_argument("--margin", type=float, default=DEFAULT_MARGIN_PX, metavar="PX",
+                   help=f"from the tract edge (default {DEFAULT_MARGIN_PX})")
+    t.add_argument("--no-noise", action="store_true", help="add the noiseless sources (for checks)")
+    mt = sub.add_parser("metrics", help="completeness, purity, flux and centroid errors of the injections in a run")
     mt.add_argument("catalog")
-    mt.add_argument("truth", help=f"the {TRUTH_FILE} of the injection")
-    mt.add_argument("--band", default="i")
+    mt.add_argument("truth_pos", nargs="?", metavar="TRUTH", help="the injection truth (same as --truth)")
+    mt.add_argument("--truth", help=f"{TRUTH_FILE} of blend files, or a tract's truth.fits (or its directory); "
+                                    f"default: the one next to the run's inputs")
+    mt.add_argument("--band", help="band of the tables (default i, else the middle band)")
+    mt.add_argument("--radius", type=float, default=DEFAULT_RADIUS, help="tract match radius, px (default 2)")
+    mt.add_argument("--snr-min", type=float, default=10.0, help="S/N of the summary sample (default 10)")
     mt.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
+    mt.add_argument("--check", action="store_true", help="exit 1 when a target of issue 16 fails")
     return p
 
 
+def _inject_tract(args) -> int:
+    res = inject_tract(args.src_dir, args.out_dir, n=args.n, density=args.density, mag_range=tuple(args.mag_range),
+                       seed=args.seed, morphology="sersic" if args.sersic else "cosmos", cosmos_dir=args.cosmos,
+                       separation=tuple(args.separation) if args.separation else None,
+                       min_separation=args.min_separation, margin=args.margin, add_noise=not args.no_noise)
+    print(f"injected {res.n_injected} of {res.n_requested} sources into {res.directory} (yardstick noise: "
+          f"{res.yard_noise}); truth: {res.truth_path}")
+    return 0
+
+
+def _metrics(args) -> int:
+    if args.truth and args.truth_pos and args.truth != args.truth_pos:
+        raise InputError("inject metrics: two different truths given (TRUTH and --truth)")
+    m = injection_metrics(args.catalog, args.truth or args.truth_pos, band=args.band, radius=args.radius,
+                          snr_min=args.snr_min)
+    print(format_summary(m))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(m, fh, indent=1, default=json_default)
+    t = m["targets"]
+    failed = not (t["completeness_snr_ge_0.95"] and t["model_within_1.5x_yardstick_per_blendedness_bin"])
+    return 1 if args.check and failed else 0
+
+
 def inject_main(argv: Optional[Sequence[str]] = None) -> int:
-    """``hpcblend inject blends ...`` and ``hpcblend inject metrics ...`` (see the module docstring).
+    """``hpcblend inject blends|tract|metrics ...`` (see the module docstring).
 
     Returns
     -------
     int
-        0, or 2 on an input error (message on stderr).
+        0; 1 with ``metrics --check`` when a target fails; 2 on an input error (message on stderr).
     """
     args = _parser().parse_args(argv)
     try:
@@ -289,12 +359,9 @@ def inject_main(argv: Optional[Sequence[str]] = None) -> int:
             table = read_truth(truth)[0]
             print(f"injected {len(table)} sources into {len(set(table['blend_file']))} blend files; truth: {truth}")
             return 0
-        m = injection_metrics(args.catalog, args.truth, band=args.band)
-        print(format_metrics(m))
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(m, fh, indent=1, default=json_default)
-        return 0
+        if args.cmd == "tract":
+            return _inject_tract(args)
+        return _metrics(args)
     except (HpcblendError, OSError, KeyError) as exc:
         print(f"hpcblend: error: {exc}", file=sys.stderr)
         return 2

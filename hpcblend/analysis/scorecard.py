@@ -1,12 +1,19 @@
 """The run's scorecard: the metrics a survey team checks every week, each PASS or FAIL.
 
-``hpcblend scorecard RUN.h5 [--baseline OLD.h5] [--thresholds FILE.yaml] [--json OUT]`` reads a
-finished catalog and prints one table: exception fraction, the flagged fraction of every parent flag,
-the not-converged fraction, runtime per blend (median, p90, max) and core-hours, χ²/pixel (median,
-p90). Each metric is checked against a threshold (``jobs/scorecard.yaml`` documents the defaults)
-and, with ``--baseline``, against the same metric of an earlier run ("trunk against trunk") within a
-tolerance. The exit code is 1 when anything fails, 2 when a catalog cannot be read, 0 otherwise; so
-a weekly job (or CI) fails when the deblender got worse.
+``hpcblend scorecard RUN.h5 [--baseline OLD.h5] [--thresholds FILE.yaml] [--truth FILE] [--json OUT]``
+reads a finished catalog and prints one table: exception fraction, the flagged fraction of every parent
+flag, the not-converged fraction, runtime per blend (median, p90, max) and core-hours, χ²/pixel (median,
+p90), and, when the run read injected data, the injection metrics at truth S/N > 10
+(:func:`hpcblend.analysis.injection.injection_scorecard`): ``injection.n_snr10`` (reported),
+``injection.completeness_snr10``, ``injection.flux_model_median_abs_snr10`` and
+``injection.flux_model_yardstick_ratio_snr10`` (the model flux's median |Δf/f| over the perfect-deblender
+yardstick's). The injection truth is ``--truth FILE`` or, without it, the one next to the inputs the
+run's ``/config`` records (:func:`hpcblend.analysis.injection.find_injection_truth`: a tract's
+``truth.fits`` marked ``INJECTED``, or the ``truth/injections.npz`` of injected blend files); a
+``--baseline`` run's is always found that way. Each metric is checked against a threshold
+(``jobs/scorecard.yaml`` documents the defaults) and, with ``--baseline``, against the same metric of an
+earlier run ("trunk against trunk") within a tolerance. The exit code is 1 when anything fails, 2 when a
+catalog cannot be read, 0 otherwise; so a weekly job (or CI) fails when the deblender got worse.
 
 Thresholds file (YAML, a mapping of metric name to a rule)::
 
@@ -33,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import yaml
 
+from hpcblend.analysis.injection import find_injection_truth, injection_scorecard
 from hpcblend.errors import ConfigError, HpcblendError
 from hpcblend.io.catalog import read_table
 from hpcblend.io.profiles import read_profiles
@@ -46,6 +54,8 @@ DEFAULT_THRESHOLDS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirnam
                                   "scorecard.yaml")
 
 _RULE_KEYS = {"max", "min", "baseline"}
+#: Counts: reported, never compared with a baseline.
+_COUNTS = {"n_blends", "injection.n_snr10"}
 
 
 def _fraction(mask: np.ndarray, total: int) -> float:
@@ -57,13 +67,17 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def scorecard_metrics(path: str) -> dict:
+def scorecard_metrics(path: str, truth: str | None = None, injection: bool = True) -> dict:
     """The scorecard's metrics of one finished catalog.
 
     Parameters
     ----------
     path : str
         Catalog (``/blends``; ``/profile`` for core-hours when present).
+    truth : str, optional
+        The run's injection truth; default: the one its ``/config`` points at, if any.
+    injection : bool
+        Add the injection metrics when there is a truth.
 
     Returns
     -------
@@ -73,12 +87,15 @@ def scorecard_metrics(path: str) -> dict:
         ``not_converged_fraction`` (among fitted parents: not skipped, not failed, not an unfitted
         isolated source); ``runtime_per_blend_{p50,p90,max}_s`` (``t_total``, s);
         ``core_hours`` (ranks × the run's wall time from ``/profile``, else the sum of ``t_total``;
-        hours); ``chi2_per_pixel_{median,p90}`` over fitted parents with a finite χ².
+        hours); ``chi2_per_pixel_{median,p90}`` over fitted parents with a finite χ²; with an injection
+        truth, the ``injection.*`` metrics of the module docstring.
 
     Raises
     ------
     hpcblend.errors.CatalogError
         The catalog cannot be read or is damaged.
+    hpcblend.errors.InputError
+        The injection truth cannot be read.
     """
     blends = read_table(path, "blends")
     n = len(blends)
@@ -102,6 +119,10 @@ def scorecard_metrics(path: str) -> dict:
     chi2 = blends["chi2_per_pixel"][fitted].astype(float)
     out["chi2_per_pixel_median"] = _percentile(chi2, 50)
     out["chi2_per_pixel_p90"] = _percentile(chi2, 90)
+    if injection:
+        truth = truth or find_injection_truth(path)
+        if truth:
+            out.update(injection_scorecard(path, truth))
     return out
 
 
@@ -235,7 +256,7 @@ def judge(metrics: dict, thresholds: dict, baseline: dict | None = None) -> list
         elif "min" in rule:
             limit, status = f">= {rule['min']:g}", "PASS" if value >= rule["min"] else "FAIL"
         old, b_status = None, "-"
-        if baseline is not None and metric in baseline and metric != "n_blends":
+        if baseline is not None and metric in baseline and metric not in _COUNTS:
             old = baseline[metric]
             tol = rule.get("baseline", thresholds["default_baseline"])
             slack = tol["abs"] + tol["rel"] * abs(old)
@@ -274,7 +295,7 @@ def format_scorecard(checks: list, path: str, baseline_path: str | None = None) 
 
 
 def scorecard_main(argv=None) -> int:
-    """``hpcblend scorecard RUN.h5 [--baseline OLD.h5] [--thresholds FILE.yaml] [--json OUT]``.
+    """``hpcblend scorecard RUN.h5 [--baseline OLD.h5] [--thresholds FILE.yaml] [--truth FILE] [--json OUT]``.
 
     Returns
     -------
@@ -285,11 +306,12 @@ def scorecard_main(argv=None) -> int:
     p.add_argument("catalog")
     p.add_argument("--baseline", help="an earlier run's catalog to compare with")
     p.add_argument("--thresholds", help=f"YAML thresholds (default {DEFAULT_THRESHOLDS})")
+    p.add_argument("--truth", help="the run's injection truth (default: the one next to its inputs, if any)")
     p.add_argument("--json", help="write the metrics and checks as JSON")
     args = p.parse_args(argv)
     try:
         thresholds = load_thresholds(args.thresholds)
-        metrics = scorecard_metrics(args.catalog)
+        metrics = scorecard_metrics(args.catalog, truth=args.truth)
         old = scorecard_metrics(args.baseline) if args.baseline else None
     except HpcblendError as exc:
         print(f"hpcblend scorecard: error: {exc}", file=sys.stderr)

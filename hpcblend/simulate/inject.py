@@ -7,9 +7,12 @@ per input (same name, so the parent id is kept; the hsc_blends npz layout of
 :func:`hpcblend.io.blends.write_blend`) and the truth table ``truth/injections.npz`` (in a sub-folder, so
 ``hpcblend run JOB --input OUT_DIR`` reads only the blend files).
 
-``hpcblend inject metrics CATALOG TRUTH [--band i]`` (:mod:`hpcblend.analysis.injection`, which also
-parses both commands) matches the injections to the catalog's children and prints completeness, flux
-and centroid errors beside the *perfect-deblender yardstick* defined below.
+``hpcblend inject metrics CATALOG [TRUTH]`` (:mod:`hpcblend.analysis.injection`, which parses every
+``inject`` command) matches the injections to the catalog's children and prints completeness, flux
+and centroid errors beside the *perfect-deblender yardstick* defined below. Injection into a tract's
+coadds is :mod:`hpcblend.simulate.inject_tract`, which uses this module's galaxies, drawing, S/N and
+blendedness helpers (:func:`draw_galaxy`, :func:`draw_stamp`, :func:`matched_filter_snr`,
+:func:`truth_blendedness`).
 
 Conventions and choices (documented here once)
 ----------------------------------------------
@@ -40,13 +43,16 @@ Conventions and choices (documented here once)
   footprint would merge it; otherwise a peak outside the footprint is dropped by the deblender.
 * Truth flux ``flux_<b>`` is the noiseless stamp summed over the blend's image (what can be
   measured); ``flux_total_<b>`` the profile's total from the magnitude.
-* Yardstick ("perfect deblender"): measured on the injected source alone, i.e. (image with
-  injection) − (original image) restricted to this source = its noiseless stamp + its own noise,
-  at the true position: circular-aperture flux (radius :data:`APERTURE_RADIUS_ARCSEC`), PSF-weighted
-  flux ``Σ P d / Σ P²`` (P the band's PSF at the true position), the flux-weighted centroid in the
-  aperture, and the aperture's sky-noise σ from the variance plane (``yard_ap_sigma_<b>``, the noise
-  floor a real measurement would also carry); also ``yard_sum_flux_<b>``, the source-only image summed
-  over the blend (no aperture loss; its error is the injected noise alone).
+* Yardstick ("perfect deblender"): measured at the true position on the injected source with every
+  other source's model removed. The real sources' models are unknown, so: the source's noiseless
+  stamp + its own noise + a Gaussian realisation of the blend's variance plane standing in for the sky
+  noise the real sources' removal would leave (drawn after the source's own noise, with ``add_noise``
+  only): circular-aperture flux (radius :data:`APERTURE_RADIUS_ARCSEC`), PSF-weighted flux
+  ``Σ P d / Σ P²`` (P the band's PSF at the true position), the flux-weighted centroid in the aperture,
+  and the aperture's sky-noise σ from the variance plane (``yard_ap_sigma_<b>``); also
+  ``yard_sum_flux_<b>``, the source alone (stamp + its own noise, no sky noise) summed over the blend (a
+  floor: no aperture loss, the injected noise alone). Matched-filter S/N ``snr``, ``snr_<b>``
+  (:func:`matched_filter_snr`) and ``blendedness_true`` (:func:`truth_blendedness`) complete the truth.
 * Determinism: each file gets ``numpy.random.default_rng([seed, crc32(file name)])``; GalSim draws
   are noiseless; the npz bytes are deterministic (fixed zip timestamps), so the same arguments give
   byte-identical outputs.
@@ -58,16 +64,18 @@ import json
 import os
 import sys
 import zlib
-from dataclasses import replace
-from typing import Optional
+from dataclasses import dataclass, replace
+from typing import NamedTuple, Optional
 
 import galsim
 import numpy as np
 
 from hpcblend.errors import InputError
+from hpcblend.geometry import Box
 from hpcblend.io.blends import PEAK_DROPPED, BlendData, expand_inputs, read_blend, write_blend
 from hpcblend.io.npz import atomic_write, npz_bytes
-from hpcblend.simulate.cosmos import load_cosmos_catalog
+from hpcblend.simulate.cosmos import COSMOS_PIXEL_SCALE, load_cosmos_catalog
+from hpcblend.simulate.tract_catalog import _composite_hlr as composite_hlr  # the same bulge + disk model
 
 __all__ = [
     "PIXEL_SCALE",
@@ -76,7 +84,16 @@ __all__ = [
     "APERTURE_RADIUS_ARCSEC",
     "TRUTH_FILE",
     "mag_to_flux",
+    "CosmosSample",
+    "Galaxy",
+    "load_cosmos_galaxies",
     "load_cosmos_sample",
+    "ref_band",
+    "draw_galaxy",
+    "psf_profiles",
+    "draw_stamp",
+    "matched_filter_snr",
+    "truth_blendedness",
     "inject_blend",
     "inject_blends",
     "read_truth",
@@ -97,24 +114,69 @@ _SERSIC_COLOUR = {"g": 1.0, "r": 0.45, "i": 0.0, "z": -0.2, "y": -0.3}
 _MAX_TRIES = 100
 
 
-def mag_to_flux(mag):
-    """Counts of an AB magnitude at :data:`ZERO_POINT`: ``10**(-0.4 (mag - 27))``.
+def mag_to_flux(mag, zero_point: float = ZERO_POINT):
+    """Counts of an AB magnitude: ``10**(-0.4 (mag - zero_point))``.
 
     Parameters
     ----------
     mag : float or ndarray
         AB magnitude(s).
+    zero_point : float
+        Magnitude of 1 count (default :data:`ZERO_POINT`, HSC coadds).
 
     Returns
     -------
     float or ndarray
         Flux in counts (float64).
     """
-    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - ZERO_POINT))
+    return 10.0 ** (-0.4 * (np.asarray(mag, dtype=np.float64) - float(zero_point)))
 
 
-def load_cosmos_sample(cosmos_dir: str):
-    """The GalSim COSMOS sample: a RealGalaxyCatalog and HSC colours per galaxy.
+class CosmosSample(NamedTuple):
+    """The COSMOS sample as injection uses it (:func:`load_cosmos_galaxies`).
+
+    Attributes
+    ----------
+    rgc : galsim.RealGalaxyCatalog
+    colours : dict of str to ndarray (N,)
+        ``HSC_<b> - HSC_i`` (mag) per galaxy, 0 where a magnitude is missing.
+    hlr : ndarray (N,)
+        Half-light radius (arcsec): the fit catalog's ``flux_radius`` × 0.03″, as in the simulated tracts.
+    """
+
+    rgc: object
+    colours: dict
+    hlr: np.ndarray
+
+
+@dataclass(frozen=True)
+class Galaxy:
+    """One fake galaxy drawn by :func:`draw_galaxy`.
+
+    Attributes
+    ----------
+    profile : galsim.GSObject
+        Unit total flux, unconvolved (arcsec units).
+    colour : ndarray (B,)
+        Magnitude offsets per band: band ``b`` gets ``m_ref + colour[b] - colour[ref]`` (mag).
+    cosmos_index : int
+        Row of the COSMOS sample, -1 for Sérsic.
+    hlr : float
+        Half-light radius of the unconvolved profile, arcsec (COSMOS: ``flux_radius``; Sérsic: the circular
+        bulge + disk's, :func:`hpcblend.simulate.tract_catalog.composite_hlr`).
+    bulge_fraction : float
+        Bulge-to-total flux (NaN for COSMOS).
+    """
+
+    profile: object
+    colour: np.ndarray
+    cosmos_index: int
+    hlr: float
+    bulge_fraction: float
+
+
+def load_cosmos_galaxies(cosmos_dir: str) -> CosmosSample:
+    """The GalSim COSMOS sample: a RealGalaxyCatalog, HSC colours and sizes per galaxy.
 
     Parameters
     ----------
@@ -124,9 +186,9 @@ def load_cosmos_sample(cosmos_dir: str):
 
     Returns
     -------
-    (galsim.RealGalaxyCatalog, dict)
-        The catalog and ``{band: ndarray (N,)}`` of ``HSC_<b> - HSC_i`` (mag), in the
-        catalog's row order (matched by ``IDENT``); 0 where a magnitude is missing.
+    CosmosSample
+        The catalog, ``{band: ndarray (N,)}`` of ``HSC_<b> - HSC_i`` (mag) and the half-light radii
+        (arcsec), in the catalog's row order (matched by ``IDENT``).
 
     Raises
     ------
@@ -138,21 +200,49 @@ def load_cosmos_sample(cosmos_dir: str):
     colours = {b: mags[b] - mags["i"] for b in mags}
     for b in colours:  # a missing magnitude gives no colour
         colours[b] = np.where(np.isfinite(colours[b]) & (np.abs(colours[b]) < 5), colours[b], 0.0)
-    return rgc, colours
+    hlr = np.asarray(fit["flux_radius"], dtype=np.float64) * COSMOS_PIXEL_SCALE
+    return CosmosSample(rgc, colours, hlr)
 
 
-def _ref_band(bands) -> int:
+def load_cosmos_sample(cosmos_dir: str) -> tuple:
+    """``(rgc, colours)`` of :func:`load_cosmos_galaxies` (the pair its callers unpack).
+
+    Raises
+    ------
+    InputError
+        See :func:`hpcblend.simulate.cosmos.load_cosmos_catalog`.
+    """
+    sample = load_cosmos_galaxies(cosmos_dir)
+    return sample.rgc, sample.colours
+
+
+def ref_band(bands) -> int:
+    """Index of the reference band (``i``; the middle band when there is no ``i``)."""
     return list(bands).index("i") if "i" in bands else len(bands) // 2
 
 
-def _galaxy(rng, morphology: str, cosmos, bands):
-    """(unit-flux GalSim profile, colour (B,) mag relative to the reference band, cosmos index)."""
+def draw_galaxy(rng, morphology: str, cosmos: Optional[CosmosSample], bands) -> Galaxy:
+    """Draw one fake galaxy's morphology and colour (the conventions in the module docstring).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    morphology : {"cosmos", "sersic"}
+    cosmos : CosmosSample, optional
+        Required for ``"cosmos"`` (a :func:`load_cosmos_sample` pair works too; ``hlr`` is then NaN).
+    bands : sequence of str
+
+    Returns
+    -------
+    Galaxy
+    """
     if morphology == "cosmos":
-        rgc, colours = cosmos
+        rgc, colours = cosmos[0], cosmos[1]
         k = int(rng.integers(rgc.nobjects))
         gal = galsim.RealGalaxy(rgc, index=k, flux=1.0).rotate(float(rng.uniform(0, 360)) * galsim.degrees)
         colour = np.array([colours[b][k] if b in colours else 0.0 for b in bands])
-        return gal, colour, k
+        hlr = float(cosmos.hlr[k]) if isinstance(cosmos, CosmosSample) else float("nan")
+        return Galaxy(gal, colour, k, hlr, float("nan"))
     hb, hd = rng.uniform(0.1, 0.5), rng.uniform(0.25, 1.0)
     fb, q, beta = rng.uniform(0.0, 0.6), rng.uniform(0.3, 1.0), rng.uniform(0, 180)
     t = rng.uniform(0.2, 1.6)
@@ -160,21 +250,77 @@ def _galaxy(rng, morphology: str, cosmos, bands):
     disk = galsim.Exponential(half_light_radius=hd, flux=1.0 - fb)
     gal = galsim.Add([bulge, disk]).shear(q=q, beta=beta * galsim.degrees)
     colour = np.array([t * _SERSIC_COLOUR.get(b, 0.0) for b in bands])
-    return gal, colour, -1
+    hlr = float(composite_hlr(np.array([hb]), np.array([hd]), np.array([fb]))[0])
+    return Galaxy(gal, colour, -1, hlr, float(fb))
 
 
-def _psf_objects(psfs: np.ndarray) -> list:
-    """One :class:`galsim.InterpolatedImage` (flux 1, 0.168″ pixels) per band PSF image (B, Ph, Pw)."""
-    return [galsim.InterpolatedImage(galsim.ImageD(np.ascontiguousarray(p, dtype=np.float64), scale=PIXEL_SCALE))
+def psf_profiles(psfs: np.ndarray, scale: float = PIXEL_SCALE) -> list:
+    """One :class:`galsim.InterpolatedImage` (flux 1, ``scale`` ″/px) per band PSF image (B, Ph, Pw)."""
+    return [galsim.InterpolatedImage(galsim.ImageD(np.ascontiguousarray(p, dtype=np.float64), scale=scale))
             for p in psfs]
+
+
+def draw_stamp(profile, psf, box: Box, y: float, x: float, scale: float = PIXEL_SCALE) -> np.ndarray:
+    """Draw ``profile`` (None: the PSF alone) convolved with ``psf`` at (y, x) on the pixels of ``box``.
+
+    Parameters
+    ----------
+    profile : galsim.GSObject or None
+        The source (its flux is the stamp's flux before truncation by the box).
+    psf : galsim.GSObject
+        The band's PSF, pixel included (drawn with ``method="no_pixel"``).
+    box : Box
+        The pixels drawn, in the frame of ``y``, ``x``.
+    y, x : float
+        Position of the profile's nominal centre (pixels, 0-based, pixel centres at integers).
+    scale : float
+        Pixel scale, arcsec.
+
+    Returns
+    -------
+    ndarray, shape box.shape, float64
+    """
+    obj = psf if profile is None else galsim.Convolve(profile, psf)
+    bounds = galsim.BoundsI(box.x0 + 1, box.x0 + box.width, box.y0 + 1, box.y0 + box.height)
+    img = galsim.ImageD(bounds, scale=scale)
+    obj.drawImage(image=img, method="no_pixel", center=galsim.PositionD(x + 1.0, y + 1.0))
+    return img.array.copy()
 
 
 def _draw(profile, psf, shape, y: float, x: float) -> np.ndarray:
     """Draw ``profile`` (None: the PSF alone) convolved with ``psf`` at (y, x) on an (H, W) grid, float64."""
-    obj = psf if profile is None else galsim.Convolve(profile, psf)
-    img = galsim.ImageD(shape[1], shape[0], scale=PIXEL_SCALE)
-    obj.drawImage(image=img, method="no_pixel", center=galsim.PositionD(x + 1.0, y + 1.0))
-    return img.array.copy()
+    return draw_stamp(profile, psf, Box((0, 0), tuple(shape)), y, x)
+
+
+def matched_filter_snr(stamp: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Matched-filter S/N of a noiseless source per band: ``sqrt(Σ s² / V)`` over pixels with a finite V > 0.
+
+    Parameters
+    ----------
+    stamp : ndarray, shape (B, h, w)
+        The noiseless source (counts).
+    variance : ndarray, shape (B, h, w)
+        The image's variance there (counts²).
+
+    Returns
+    -------
+    ndarray, shape (B,)
+        The S/N of the optimal (true-profile) linear flux estimate; ``sqrt(Σ_b S/N_b²)`` is the multi-band one.
+    """
+    var = np.asarray(variance, dtype=np.float64)
+    good = np.isfinite(var) & (var > 0)
+    s2 = np.where(good, np.asarray(stamp, dtype=np.float64) ** 2 / np.where(good, var, 1.0), 0.0)
+    return np.sqrt(s2.sum(axis=(1, 2)))
+
+
+def truth_blendedness(source: np.ndarray, scene: np.ndarray) -> float:
+    """``1 − Σ s² / Σ s S`` of a source's band-summed image ``s`` in the scene ``S`` (both (h, w), same pixels).
+
+    The catalog's blendedness (Bosch et al. 2018, Eq. 21) computed from the truth; NaN when ``Σ s S <= 0``.
+    """
+    s = np.asarray(source, dtype=np.float64)
+    den = float((s * np.asarray(scene, dtype=np.float64)).sum())
+    return 1.0 - float((s * s).sum()) / den if den > 0 else float("nan")
 
 
 def _place(rng, blend: BlendData, taken: list, sep_range, bad_any: np.ndarray):
@@ -199,13 +345,14 @@ def _place(rng, blend: BlendData, taken: list, sep_range, bad_any: np.ndarray):
     return None
 
 
-def _yardstick(d: np.ndarray, var: np.ndarray, psfs: list, y: float, x: float) -> dict:
-    """Aperture / PSF-weighted photometry and centroid of the source-only image ``d`` (B, H, W)."""
+def _yardstick(source: np.ndarray, sky: np.ndarray, var: np.ndarray, psfs: list, y: float, x: float) -> dict:
+    """Aperture / PSF-weighted photometry and centroid of ``source + sky`` (B, H, W); the sum of ``source``."""
+    d = source + sky
     nb, h, w = d.shape
     yy, xx = np.mgrid[0:h, 0:w]
     ap = np.hypot(yy - y, xx - x) <= APERTURE_RADIUS_ARCSEC / PIXEL_SCALE
     out = {"ap": d[:, ap].sum(axis=1), "ap_sigma": np.sqrt(var[:, ap].astype(np.float64).sum(axis=1)),
-           "psf": np.empty(nb), "sum": d.sum(axis=(1, 2))}
+           "psf": np.empty(nb), "sum": source.sum(axis=(1, 2))}
     for b in range(nb):
         p = _draw(None, psfs[b], (h, w), y, x)
         out["psf"][b] = float((p * d[b]).sum() / (p * p).sum())
@@ -235,8 +382,8 @@ def inject_blend(blend: BlendData, rng: np.random.Generator, n: int, *, mag_rang
     sep_range : (float, float)
         Uniform range of the separation from a real peak, arcsec.
     morphology : {"cosmos", "sersic"}
-    cosmos : tuple, optional
-        :func:`load_cosmos_sample` output (required for ``"cosmos"``).
+    cosmos : CosmosSample, optional
+        :func:`load_cosmos_galaxies` output (required for ``"cosmos"``).
     gain : dict, optional
         Effective gain per band (counts); default :data:`DEFAULT_GAIN`.
     add_noise : bool
@@ -254,7 +401,10 @@ def inject_blend(blend: BlendData, rng: np.random.Generator, n: int, *, mag_rang
         ``host_peak``, ``separation`` (arcsec to the nearest real peak), ``mag`` (B,), ``flux``
         (B,) (noiseless stamp sum in the image, counts), ``flux_total`` (B,), ``morphology``,
         ``cosmos_index``, ``stamp`` (B, h, w) float32 noiseless, ``box`` (y0, x0, h, w),
-        ``footprint_added`` (px) and the yardstick ``yard`` (see :func:`_yardstick`).
+        ``footprint_added`` (px), the yardstick ``yard`` (see :func:`_yardstick`), ``snr_bands`` (B,)
+        (:func:`matched_filter_snr` on the blend's variance) and ``blendedness_true``
+        (:func:`truth_blendedness` in the scene: the original image, its real sources with their noise,
+        plus every injected stamp; band sums).
     """
     gain = DEFAULT_GAIN if gain is None else gain
     bands = blend.bands
@@ -264,15 +414,17 @@ def inject_blend(blend: BlendData, rng: np.random.Generator, n: int, *, mag_rang
     bad_any = blend.bad_pixels().any(axis=0)
     real = blend.peaks.astype(np.float64)
     taken = [tuple(p) for p in real]
-    ref = _ref_band(bands)
-    psfs = _psf_objects(blend.psfs)
-    new_peaks, rows = [], []
+    ref = ref_band(bands)
+    psfs = psf_profiles(blend.psfs)
+    new_peaks, rows, summed = [], [], []
+    sky_var = np.where(np.isfinite(blend.variance) & (blend.variance > 0), blend.variance, 0.0).astype(np.float64)
     for _ in range(int(n)):
         pos = _place(rng, blend, taken, sep_range, bad_any)
         if pos is None:
             break
         y, x, host = pos
-        gal, colour, k_cos = _galaxy(rng, morphology, cosmos, bands)
+        galaxy = draw_galaxy(rng, morphology, cosmos, bands)
+        gal, colour, k_cos = galaxy.profile, galaxy.colour, galaxy.cosmos_index
         m_ref = rng.uniform(*mag_range)
         mags = m_ref + colour - colour[ref]
         ftot = mag_to_flux(mags)
@@ -281,6 +433,7 @@ def inject_blend(blend: BlendData, rng: np.random.Generator, n: int, *, mag_rang
         g = np.array([float(gain.get(b, DEFAULT_GAIN["i"])) for b in bands])
         noise_var = np.clip(stamp, 0, None) / g[:, None, None]
         noise = rng.standard_normal(stamp.shape) * np.sqrt(noise_var) if add_noise else 0.0 * stamp
+        sky = rng.standard_normal(stamp.shape) * np.sqrt(sky_var) if add_noise else 0.0 * stamp
         if add_noise:
             variance += noise_var
         images += stamp + noise
@@ -302,10 +455,15 @@ def inject_blend(blend: BlendData, rng: np.random.Generator, n: int, *, mag_rang
             "mag": mags, "flux": stamp.sum(axis=(1, 2)), "flux_total": ftot, "morphology": morphology,
             "cosmos_index": k_cos, "stamp": stamp[:, y0:y1, x0:x1].astype(np.float32),
             "box": (int(y0), int(x0), int(y1 - y0), int(x1 - x0)), "footprint_added": added,
-            "yard": _yardstick(stamp + noise, blend.variance, psfs, y, x),
+            "yard": _yardstick(stamp + noise, sky, blend.variance, psfs, y, x),
+            "snr_bands": matched_filter_snr(stamp, blend.variance),
         })
+        summed.append(stamp.sum(axis=0))
         new_peaks.append((py, px))
         taken.append((y, x))
+    scene = blend.images.astype(np.float64).sum(axis=0) + sum(summed, np.zeros(blend.shape))
+    for r, s_j in zip(rows, summed):
+        r["blendedness_true"] = truth_blendedness(s_j, scene)
     peaks = np.concatenate([blend.peaks, np.asarray(new_peaks, dtype=np.int64).reshape(-1, 2)])
     out = replace(blend, images=images.astype(np.float32), variance=variance.astype(np.float32),
                   footprint=footprint, peaks=peaks, mask=blend.mask.copy(), psfs=blend.psfs.copy(),
@@ -320,11 +478,11 @@ def _truth_dtype(bands) -> np.dtype:
             ("peak_x", "i8"), ("host_peak", "i4"), ("separation", "f8"), ("mag", "f8"),
             ("morphology", "U8"), ("cosmos_index", "i8"), ("footprint_added", "i8"),
             ("stamp_offset", "i8"), ("stamp_y0", "i4"), ("stamp_x0", "i4"), ("stamp_h", "i4"), ("stamp_w", "i4"),
-            ("yard_y", "f8"), ("yard_x", "f8")]
+            ("yard_y", "f8"), ("yard_x", "f8"), ("snr", "f8"), ("blendedness_true", "f8")]
     for b in bands:
         cols += [(f"mag_{b}", "f8"), (f"flux_{b}", "f8"), (f"flux_total_{b}", "f8"),
                  (f"yard_ap_flux_{b}", "f8"), (f"yard_psf_flux_{b}", "f8"), (f"yard_sum_flux_{b}", "f8"),
-                 (f"yard_ap_sigma_{b}", "f8")]
+                 (f"yard_ap_sigma_{b}", "f8"), (f"snr_{b}", "f8")]
     return np.dtype(cols)
 
 
@@ -358,7 +516,7 @@ def inject_blends(inputs, out_dir: str, *, seed: int = 0, per_blend: int = 2, ma
         raise InputError(f"--morphology: expected cosmos or sersic, got {morphology!r}")
     if morphology == "cosmos" and not cosmos_dir:
         raise InputError("--morphology cosmos needs --cosmos DIR (the GalSim COSMOS sample)")
-    cosmos = load_cosmos_sample(cosmos_dir) if morphology == "cosmos" else None
+    cosmos = load_cosmos_galaxies(cosmos_dir) if morphology == "cosmos" else None
     paths = expand_inputs(inputs)
     names = [os.path.basename(p) for p in paths]
     if len(set(names)) != len(names):
@@ -393,13 +551,16 @@ def inject_blends(inputs, out_dir: str, *, seed: int = 0, per_blend: int = 2, ma
             t[key] = r[key]
         t["id"] = k
         t["stamp_y0"], t["stamp_x0"], t["stamp_h"], t["stamp_w"] = r["box"]
-        t["mag"] = r["mag"][_ref_band(bands)]
+        t["mag"] = r["mag"][ref_band(bands)]
         t["yard_y"], t["yard_x"] = r["yard"]["y"], r["yard"]["x"]
+        t["snr"] = float(np.sqrt(np.sum(r["snr_bands"] ** 2)))
+        t["blendedness_true"] = r["blendedness_true"]
         for ib, b in enumerate(bands):
             t[f"mag_{b}"], t[f"flux_{b}"], t[f"flux_total_{b}"] = r["mag"][ib], r["flux"][ib], r["flux_total"][ib]
             for key in ("ap", "psf", "sum"):
                 t[f"yard_{key}_flux_{b}"] = r["yard"][key][ib]
             t[f"yard_ap_sigma_{b}"] = r["yard"]["ap_sigma"][ib]
+            t[f"snr_{b}"] = r["snr_bands"][ib]
     meta = {"seed": int(seed), "per_blend": int(per_blend), "mag_range": list(map(float, mag_range)),
             "separation_range_arcsec": list(map(float, sep_range)), "morphology": morphology,
             "cosmos_dir": os.path.abspath(cosmos_dir) if cosmos_dir else None, "add_noise": bool(add_noise),
