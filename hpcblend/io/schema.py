@@ -112,7 +112,8 @@ def source_spec(bands, tract: bool = False, radii: Optional[Sequence[float]] = N
     Peaks that are not fitted keep their row (``peak_x``, ``peak_y`` as given, even outside the image), with
     NaN fluxes, centroids and blendedness and one of: ``flag_peak_duplicate`` (same pixel as an earlier,
     kept peak of the blend, which gets ``flag_peak_merged``), ``flag_peak_masked`` (the peak pixel is bad in
-    every band: a bad mask plane, or variance not finite or <= 0), ``flag_peak_outside_footprint`` (outside
+    every band: a bad mask plane, or variance not finite or <= 0 — unless it is SAT in some band: a saturated
+    star's core keeps its peak and is modelled), ``flag_peak_outside_footprint`` (outside
     the parent footprint, or outside the image). In a band without data (``flag_incomplete_data`` on the
     parent) ``flux_model_<b>``, ``flux_<b>`` and ``flux_err_<b>`` are NaN.
     """
