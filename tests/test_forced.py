@@ -8,6 +8,7 @@ import sep
 from scipy.special import erf
 
 import hpcblend.measure.forced as forced
+from hpcblend.kernels import photometry as kp
 from hpcblend.errors import BlendDataError, PsfError
 
 BANDS = ("g", "r")
@@ -160,7 +161,7 @@ def test_masked_edge_and_off_image_flags():
 def test_helpers_and_bad_inputs():
     assert forced.radius_label(3.0) == "3" and forced.radius_label(4.5) == "4p5"
     psf = _psf_image((21, 21), 10, 10, 1.7)
-    shifted = forced.shift_image(psf, 0.3, -0.4, pad=2)
+    shifted = kp.shift_image(psf, 0.3, -0.4, pad=2)
     expect = np.pad(_psf_image((21, 21), 10.3, 9.6, 1.7), 2)
     assert np.abs(shifted - expect).max() < 1e-3 * psf.max()
     assert shifted.sum() == pytest.approx(psf.sum())

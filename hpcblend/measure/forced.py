@@ -15,8 +15,10 @@ with ``m_kb`` the child's rendered observed-frame model (counts) and
   (normalised to sum 1) centred at the child's position,
   ``f = Σ w R P / Σ w P²``, with error
   ``sqrt(Σ w² V P²) / Σ w P²`` (= ``(Σ w P²)^{-1/2}`` for ``w = 1/V``). The
-  sub-pixel part of the position is applied to the PSF by a Fourier shift
-  (exact for a band-limited PSF; Nyquist-sampled PSFs may ring slightly).
+  sub-pixel part of the position is applied to the PSF stamp by a Fourier shift
+  (exact for a band-limited PSF; Nyquist-sampled PSFs may ring slightly); the
+  stamp's spectrum is computed once per PSF and the fit runs in compiled code
+  (:mod:`hpcblend.kernels.photometry`), on the stamp's pixels only.
 * **Aperture fluxes** — ``sep.sum_circle`` (Bertin & Arnouts 1996; Barbary
   2016) with exact pixel/circle overlap at radii ``radii`` (pixels), error
   from the variance. Zero-weight pixels are filled with the child's own model
@@ -25,7 +27,16 @@ with ``m_kb`` the child's rendered observed-frame model (counts) and
   Bernstein & Jarvis 2002) of the child's flux-conserving deblended image
   ("heavy footprint") ``H_kb = Y_b · m_kb / M_b`` (zero where ``M_b = 0``, the
   model standing in for the data at zero-weight pixels), summed over bands
-  or taken in one band; plus the same moments of the PSF.
+  or taken in one band; plus the same moments of the PSF (once per PSF).
+
+:func:`forced_photometry` writes ``R_kb = A_b + m_kb`` with ``A_b = Y_b − M_b``
+at weighted pixels (0 elsewhere, so ``R_kb = m_kb`` there): the compiled PSF
+fit reads ``A`` and ``m_k`` pixel by pixel, the apertures sum ``A + m_k``, and
+the masked-pixel counts of all children's apertures take one ``sep`` call per
+band.
+:func:`forced_photometry_reference` is the former child-by-child NumPy
+implementation, kept as the reference the tests compare it with (same values
+to rounding).
 
 The models are treated as exact: the errors contain the pixel noise only,
 not the uncertainty of the subtracted neighbours.
@@ -36,14 +47,16 @@ images' frame (``(y, x)`` in code, ``x``/``y`` columns), moments in pixels².
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import sep
 
-from hpcblend.io.schema import DEFAULT_APERTURE_RADII, forced_columns, radius_label
 from hpcblend.errors import BlendDataError, PsfError
+from hpcblend.io.schema import DEFAULT_APERTURE_RADII, forced_columns, radius_label
+from hpcblend.kernels import photometry as kp
 from hpcblend.kernels.moments import MOMENTS_OK, adaptive_moments
 
 __all__ = [
@@ -56,17 +69,16 @@ __all__ = [
     "FORCED_OFF_IMAGE",
     "radius_label",
     "forced_columns",
-    "shift_image",
-    "psf_flux",
     "forced_photometry",
+    "forced_photometry_reference",
 ]
 
 #: PSF pixels above 1 % of its peak fall outside the image (the fit uses the part inside).
-FORCED_PSF_EDGE = 1
+FORCED_PSF_EDGE = kp.PSF_EDGE
 #: No pixel with weight > 0 under the PSF: PSF flux is NaN.
-FORCED_PSF_NO_DATA = 2
+FORCED_PSF_NO_DATA = kp.PSF_NO_DATA
 #: Zero-weight pixels where the PSF is above 1 % of its peak.
-FORCED_PSF_MASKED = 4
+FORCED_PSF_MASKED = kp.PSF_MASKED
 #: An aperture extends beyond the image edge (``sep.APER_TRUNC``).
 FORCED_AP_TRUNCATED = 8
 #: An aperture holds zero-weight pixels (filled with the child's model).
@@ -76,103 +88,40 @@ FORCED_SHAPE_FAILED = 32
 #: The position lies outside the image: every measurement is NaN.
 FORCED_OFF_IMAGE = 64
 
-#: PSF pixels above this fraction of its peak are its core: the ``FORCED_PSF_EDGE`` and
-#: ``FORCED_PSF_MASKED`` flags look at them only (the wings carry little of the fit's weight).
-PSF_CORE_FRACTION = 1e-2
-#: Zero pixels around the PSF image before its Fourier sub-pixel shift (less wrap-around).
-PSF_SHIFT_PAD = 2
 #: σ (pixels) the adaptive moments of the PSF start from: about the HSC coadd PSF.
 PSF_MOMENTS_SIGMA0 = 1.5
 #: σ (pixels) the children's adaptive moments start from when the PSF's moments fail.
 SHAPE_SIGMA0_FALLBACK = 2.0
+#: PSFs whose padded stamps, spectra and moments are kept (a patch has one; a job a few).
+PSF_CACHE_SIZE = 8
 
 ModelSource = Union[np.ndarray, Callable[[int], np.ndarray]]
 
 
-def shift_image(image: np.ndarray, dy: float, dx: float, pad: int = PSF_SHIFT_PAD) -> np.ndarray:
-    """Shift an odd-sized image by a sub-pixel offset with the Fourier shift theorem.
+class _PsfTerms(NamedTuple):
+    """What forced photometry needs of one PSF stack: computed once per PSF (and shape band)."""
 
-    Parameters
-    ----------
-    image : ndarray, shape (h, w), h and w odd
-        E.g. a PSF image centred on its central pixel.
-    dy, dx : float
-        Shift (pixels); the content moves to larger ``y``/``x`` for positive values.
-    pad : int
-        Zero padding on every side before the FFT (reduces wrap-around).
-
-    Returns
-    -------
-    ndarray, shape (h + 2 pad, w + 2 pad), float64
-        The shifted image (same sum), still centred on its central pixel
-        apart from the shift.
-    """
-    p = np.pad(np.asarray(image, dtype=np.float64), int(pad))
-    if dy == 0 and dx == 0:
-        return p
-    ky = np.fft.fftfreq(p.shape[0])[:, None]
-    kx = np.fft.rfftfreq(p.shape[1])[None, :]
-    phase = np.exp(-2j * np.pi * (ky * dy + kx * dx))
-    return np.fft.irfft2(np.fft.rfft2(p) * phase, s=p.shape)
+    psfs: np.ndarray  # (B, Ph, Pw) float64, the normalised PSFs (the cache's key, with sb)
+    sb: Optional[int]
+    padded: np.ndarray  # (B, Ph + 2 pad, Pw + 2 pad) float64, zero-padded
+    spectra: np.ndarray  # (B, Ph + 2 pad, (Pw + 2 pad) // 2 + 1) complex128, their rfft2
+    moments: Tuple[float, float, float, float]  # psf xx, yy, xy (px², NaN if failed), children's start σ
 
 
-def _round_half_up(v: float) -> int:
-    return int(math.floor(v + 0.5))
+#: The last :data:`PSF_CACHE_SIZE` PSF stacks seen, newest last.
+_PSF_CACHE: List[_PsfTerms] = []
 
 
-def psf_flux(image: np.ndarray, weights: np.ndarray, variance: np.ndarray, psf: np.ndarray,
-             y: float, x: float) -> Tuple[float, float, int]:
-    """Least-squares PSF amplitude at a fixed position in one band.
-
-    Parameters
-    ----------
-    image : ndarray, shape (H, W)
-        Pixels (counts), e.g. the image with the neighbours' models subtracted.
-    weights : ndarray, shape (H, W)
-        Fit weights (1/counts², 0 = ignore the pixel).
-    variance : ndarray, shape (H, W)
-        Variance (counts²) for the error.
-    psf : ndarray, shape (Ph, Pw), odd sides
-        PSF image, centred on its central pixel, summing to 1.
-    y, x : float
-        Position (pixels, image frame).
-
-    Returns
-    -------
-    flux, flux_err : float
-        Counts; NaN when no weighted pixel lies under the PSF.
-    flag : int
-        ``FORCED_PSF_EDGE | FORCED_PSF_NO_DATA | FORCED_PSF_MASKED`` bits.
-    """
-    h, w = image.shape
-    iy, ix = _round_half_up(y), _round_half_up(x)
-    p = shift_image(psf, y - iy, x - ix, pad=PSF_SHIFT_PAD)
-    ry, rx = p.shape[0] // 2, p.shape[1] // 2
-    y0, x0 = iy - ry, ix - rx
-    ya, yb = max(y0, 0), min(y0 + p.shape[0], h)
-    xa, xb = max(x0, 0), min(x0 + p.shape[1], w)
-    flag = 0
-    if ya >= yb or xa >= xb:
-        return float("nan"), float("nan"), FORCED_PSF_NO_DATA | FORCED_PSF_EDGE
-    core = np.abs(p) > PSF_CORE_FRACTION * np.abs(p).max()
-    inside = np.zeros(p.shape, dtype=bool)
-    inside[ya - y0:yb - y0, xa - x0:xb - x0] = True
-    if (core & ~inside).any():
-        flag |= FORCED_PSF_EDGE
-    ps = p[ya - y0:yb - y0, xa - x0:xb - x0]
-    ws = np.asarray(weights[ya:yb, xa:xb], dtype=np.float64)
-    good = ws > 0
-    if (core[ya - y0:yb - y0, xa - x0:xb - x0] & ~good).any():
-        flag |= FORCED_PSF_MASKED
-    wp = np.where(good, ws * ps, 0.0)
-    den = float((wp * ps).sum())
-    if not den > 0:
-        return float("nan"), float("nan"), flag | FORCED_PSF_NO_DATA
-    data = np.where(good, image[ya:yb, xa:xb], 0.0)
-    var = np.where(good, variance[ya:yb, xa:xb], 0.0)
-    flux = float((wp * data).sum()) / den
-    err = math.sqrt(float((wp * wp * var).sum())) / den
-    return flux, err, flag
+def _psf_terms(psfs: np.ndarray, sb: Optional[int]) -> _PsfTerms:
+    """:class:`_PsfTerms` of the normalised ``psfs`` (B, Ph, Pw): from the cache when the same values were seen."""
+    for hit in reversed(_PSF_CACHE):
+        if hit.sb == sb and hit.psfs.shape == psfs.shape and np.array_equal(hit.psfs, psfs):
+            return hit
+    padded, spectra = kp.padded_psf_spectra(psfs)
+    hit = _PsfTerms(psfs.copy(), sb, padded, spectra, _psf_moments(psfs, sb))
+    _PSF_CACHE.append(hit)
+    del _PSF_CACHE[:-PSF_CACHE_SIZE]
+    return hit
 
 
 def _check_inputs(images, variance, weights, positions, psfs, bands):
@@ -201,6 +150,42 @@ def _check_inputs(images, variance, weights, positions, psfs, bands):
     if not np.all(np.isfinite(psfs)) or np.any(sums <= 0):
         raise PsfError(f"forced_photometry: PSF images not finite or not positive (sums {sums.tolist()})")
     return images, variance, weights, positions, psfs / sums[:, None, None]
+
+
+class _Inputs(NamedTuple):
+    """The checked inputs of :func:`forced_photometry` and its reference."""
+
+    bands: Tuple[str, ...]
+    radii: Tuple[float, ...]
+    positions: np.ndarray  # (K, 2) float64
+    psfs: np.ndarray  # (B, Ph, Pw) float64, each summing to 1
+    sb: Optional[int]  # shape band, None: all
+    images: np.ndarray  # (B, H, W) as given
+    variance: np.ndarray  # (B, H, W) as given
+    weights: Optional[np.ndarray]  # (B, H, W) as given, or None
+    model: Callable[[int], np.ndarray]  # k -> (B, H, W) float64
+    total: np.ndarray  # (B, H, W) float64, the sum of the models
+
+
+def _inputs(images, variance, positions, psfs, bands, models, weights, radii, shape_band) -> _Inputs:
+    """Check and convert the arguments of :func:`forced_photometry` (its Raises) and sum the models."""
+    bands = tuple(str(b) for b in bands)
+    images, variance, weights, positions, psfs = _check_inputs(images, variance, weights, positions,
+                                                               psfs, bands)
+    radii = tuple(float(r) for r in radii)
+    if any(not r > 0 for r in radii):
+        raise ValueError(f"forced_photometry: aperture radii must be > 0 px, got {radii}")
+    sb = _shape_band_index(shape_band, bands)
+    model = _model_source(models, positions.shape[0], images.shape)
+    total = np.zeros(images.shape)
+    for k in range(positions.shape[0]):
+        total += model(k)
+    return _Inputs(bands, radii, positions, psfs, sb, images, variance, weights, model, total)
+
+
+def _on_image(y: float, x: float, h: int, w: int) -> bool:
+    """Whether ``(y, x)`` lies on an (h, w) image (pixel centres at integers)."""
+    return -0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5
 
 
 def forced_photometry(images, variance, positions, psfs, bands: Sequence[str], models: ModelSource,
@@ -245,7 +230,8 @@ def forced_photometry(images, variance, positions, psfs, bands: Sequence[str], m
         One row per child, columns as :func:`forced_columns` lists them
         (``psf_flux_<b>``, ``psf_flux_err_<b>``, ``ap_flux_<r>_<b>``,
         ``ap_flux_err_<r>_<b>``, ``shape_xx``, ``shape_yy``, ``shape_xy``,
-        ``flags``, ...).
+        ``flags``, ...). The same values as :func:`forced_photometry_reference`
+        to rounding.
 
     Raises
     ------
@@ -256,41 +242,121 @@ def forced_photometry(images, variance, positions, psfs, bands: Sequence[str], m
     ValueError
         If a radius is not > 0 or ``shape_band`` is unknown.
     """
-    bands = tuple(str(b) for b in bands)
-    images, variance, weights, positions, psfs = _check_inputs(images, variance, weights, positions,
-                                                               psfs, bands)
-    nb, h, w = images.shape
-    nk = positions.shape[0]
-    radii = tuple(float(r) for r in radii)
-    if any(not r > 0 for r in radii):
-        raise ValueError(f"forced_photometry: aperture radii must be > 0 px, got {radii}")
-    sb = _shape_band_index(shape_band, bands)
-    data, var, wts, good = _weighted_pixels(images, variance, weights)
-    model = _model_source(models, nk, (nb, h, w))
-    total = np.zeros((nb, h, w))
+    inp = _inputs(images, variance, positions, psfs, bands, models, weights, radii, shape_band)
+    nb, h, w = inp.images.shape
+    nk, nr = inp.positions.shape[0], len(inp.radii)
+    terms = _psf_terms(inp.psfs, inp.sb)
+    # base = Y - M at weighted pixels (R_k = base + m_k); data_or_model: the model stands in for missing data
+    wts, good, var, base, data_or_model, sigma = kp.weighted_planes(
+        inp.images, inp.variance, inp.images if inp.weights is None else inp.weights, inp.weights is not None,
+        inp.total)
+    rr = np.asarray(inp.radii, dtype=np.float64)
+    ys, xs = inp.positions[:, 0], inp.positions[:, 1]
+    cols = _Measured(nk, nb, nr)
     for k in range(nk):
-        total += model(k)
-    out = _empty_table(bands, radii, nk)
-    psf_moments = _psf_moments(psfs, sb)
+        y, x = float(ys[k]), float(xs[k])
+        if not _on_image(y, x, h, w):
+            continue
+        cols.on_image[k] = True
+        mk = inp.model(k)
+        kp.psf_fluxes(base, mk, wts, var, terms.padded, terms.spectra, y, x,
+                      cols.psf[k], cols.psf_err[k], cols.psf_flag[k])
+        resid = base + mk
+        yk, xk = np.full(nr, y), np.full(nr, x)
+        for b in range(nb):
+            cols.ap[k, :, b], cols.ap_err[k, :, b], cols.sep_flag[k, :, b] = sep.sum_circle(
+                resid[b], xk, yk, rr, err=sigma[b], subpix=0)
+        cols.shape[k] = kp.heavy_moments(data_or_model, inp.total, mk, -1 if inp.sb is None else inp.sb,
+                                         y, x, terms.moments[3])
+    return cols.table(inp, terms.moments, _masked_in_apertures(good, ys, xs, rr))
+
+
+def _masked_in_apertures(good: np.ndarray, ys: np.ndarray, xs: np.ndarray, rr: np.ndarray) -> np.ndarray:
+    """``sep.sum_circle`` of the zero-weight pixels (B, K, R): > 0 where child k's aperture r holds one in band b."""
+    out = np.zeros((good.shape[0], ys.size, rr.size))
+    if ys.size:
+        xa, ya, ra = np.repeat(xs, rr.size), np.repeat(ys, rr.size), np.tile(rr, ys.size)
+        # only bands with a masked pixel within reach of an aperture can count one
+        near = kp.masked_near(good, np.ascontiguousarray(ys), np.ascontiguousarray(xs), float(rr.max()) + 1.0)
+        for b in np.flatnonzero(near):
+            bad = (~good[b]).astype(np.float64)
+            out[b] = sep.sum_circle(bad, xa, ya, ra, subpix=0)[0].reshape(ys.size, rr.size)
+    return out
+
+
+class _Measured:
+    """The measurements of :func:`forced_photometry` as arrays (child first), turned into rows by :meth:`table`."""
+
+    def __init__(self, nk: int, nb: int, nr: int) -> None:
+        self.on_image = np.zeros(nk, dtype=bool)
+        self.psf = np.full((nk, nb), np.nan)
+        self.psf_err = np.full((nk, nb), np.nan)
+        self.psf_flag = np.zeros((nk, nb), dtype=np.int32)
+        self.ap = np.full((nk, nr, nb), np.nan)
+        self.ap_err = np.full((nk, nr, nb), np.nan)
+        self.sep_flag = np.zeros((nk, nr, nb), dtype=np.int64)  # sep.sum_circle's flags
+        # adaptive moments: xx, yy, xy, x, y, flux, n_iter, flag
+        self.shape = np.full((nk, 8), np.nan)
+        self.shape[:, 6:] = 0
+
+    def table(self, inp: _Inputs, psf_moments, n_bad: np.ndarray) -> np.ndarray:
+        """The rows (K,) of :func:`forced_columns`; ``n_bad`` (B, K, R): masked pixels in each aperture."""
+        on = self.on_image
+        ap_flag = (np.where(self.sep_flag & sep.APER_TRUNC, FORCED_AP_TRUNCATED, 0)
+                   | np.where(n_bad.transpose(1, 2, 0) > 0, FORCED_AP_MASKED, 0)) * on[:, None, None]
+        shape_failed = np.where(on & (self.shape[:, 7] != MOMENTS_OK), FORCED_SHAPE_FAILED, 0)
+        flags = (np.bitwise_or.reduce(self.psf_flag, axis=1) | np.bitwise_or.reduce(ap_flag, axis=(1, 2))
+                 | shape_failed)
+        out = _empty_table(inp.bands, inp.radii, len(on))
+        out["y"], out["x"] = inp.positions[:, 0], inp.positions[:, 1]
+        psf_names, ap_names = _flux_column_names(inp.bands, inp.radii)
+        for b, (f, e, fl) in enumerate(psf_names):
+            out[f], out[e], out[fl] = self.psf[:, b], self.psf_err[:, b], self.psf_flag[:, b]
+        for (i, b), (f, e, fl) in ap_names.items():
+            out[f], out[e], out[fl] = self.ap[:, i, b], self.ap_err[:, i, b], ap_flag[:, i, b]
+        for i, name in enumerate(_SHAPE_COLUMNS):
+            out[name] = self.shape[:, i]
+        out["psf_shape_xx"], out["psf_shape_yy"], out["psf_shape_xy"] = psf_moments[:3]
+        out["flags"] = np.where(on, flags, FORCED_OFF_IMAGE)
+        return out
+
+
+def forced_photometry_reference(images, variance, positions, psfs, bands: Sequence[str], models: ModelSource,
+                                weights=None, radii: Sequence[float] = DEFAULT_APERTURE_RADII,
+                                shape_band: Optional[Union[int, str]] = None) -> np.ndarray:
+    """:func:`forced_photometry` child by child on full frames in NumPy (the reference; same parameters).
+
+    Forms each child's residual ``R_k`` and heavy footprint, fits the PSF with
+    :func:`hpcblend.kernels.photometry.psf_flux_reference` (a Fourier shift of the PSF per child and
+    band) and calls ``sep.sum_circle`` twice per child and band. Kept for the tests.
+    """
+    inp = _inputs(images, variance, positions, psfs, bands, models, weights, radii, shape_band)
+    data, var, wts, good = _weighted_pixels(inp.images, inp.variance, inp.weights)
+    nb, h, w = data.shape
+    nk = inp.positions.shape[0]
+    out = _empty_table(inp.bands, inp.radii, nk)
+    psf_moments = _psf_moments(inp.psfs, inp.sb)
     out["psf_shape_xx"], out["psf_shape_yy"], out["psf_shape_xy"] = psf_moments[:3]
     sigma = np.sqrt(var)
-    data_or_model = np.where(good, data, total)  # the model stands in for missing data
-    ratio_den = np.where(total > 0, total, 1.0)
+    data_or_model = np.where(good, data, inp.total)
+    ratio_den = np.where(inp.total > 0, inp.total, 1.0)
     for k in range(nk):
-        y, x = float(positions[k, 0]), float(positions[k, 1])
+        y, x = float(inp.positions[k, 0]), float(inp.positions[k, 1])
         out["y"][k], out["x"][k] = y, x
-        if not (-0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5):
+        if not _on_image(y, x, h, w):
             out["flags"][k] = FORCED_OFF_IMAGE
             continue
-        mk = model(k)
+        mk = inp.model(k)
         # Y - Σ_{j≠k} m_j at good pixels; the child's own model where data are missing
-        resid = np.where(good, data - total + mk, mk)
+        resid = np.where(good, data - inp.total + mk, mk)
         flags = 0
-        for b, band in enumerate(bands):
-            flags |= _measure_band(out, k, band, resid[b], wts[b], var[b], sigma[b], good[b], psfs[b], y, x, radii)
+        for b, band in enumerate(inp.bands):
+            flags |= _measure_band(out, k, band, resid[b], wts[b], var[b], sigma[b], good[b], inp.psfs[b], y, x,
+                                   inp.radii)
         # heavy footprint: flux-conserving share of the data (model where data are missing)
-        heavy = np.where(total > 0, data_or_model * mk / ratio_den, 0.0)
-        flags |= _measure_shape(out, k, heavy.sum(axis=0) if sb is None else heavy[sb], y, x, psf_moments[3])
+        heavy = np.where(inp.total > 0, data_or_model * mk / ratio_den, 0.0)
+        flags |= _measure_shape(out, k, heavy.sum(axis=0) if inp.sb is None else heavy[inp.sb], y, x,
+                                psf_moments[3])
         out["flags"][k] = flags
     return out
 
@@ -346,14 +412,37 @@ def _model_source(models: ModelSource, nk: int, shape: Tuple[int, int, int]) -> 
     return model
 
 
-def _empty_table(bands: Tuple[str, ...], radii: Tuple[float, ...], nk: int) -> np.ndarray:
-    """The output rows (K,) of :func:`forced_columns`: NaN in every float column, 0 in the others."""
+#: The columns of :func:`hpcblend.kernels.moments.adaptive_moments`'s results, in its order.
+_SHAPE_COLUMNS = ("shape_xx", "shape_yy", "shape_xy", "shape_x", "shape_y", "shape_flux", "shape_n_iter",
+                  "shape_flag")
+
+
+@functools.lru_cache(maxsize=16)
+def _flux_column_names(bands: Tuple[str, ...], radii: Tuple[float, ...]) -> tuple:
+    """``(psf, ap)``: per band the (flux, error, flag) column names of the PSF flux, and per
+    (radius index, band index) those of the aperture flux."""
+    psf = tuple((f"psf_flux_{b}", f"psf_flux_err_{b}", f"psf_flux_flag_{b}") for b in bands)
+    ap = {(i, j): (f"ap_flux_{radius_label(r)}_{b}", f"ap_flux_err_{radius_label(r)}_{b}",
+                   f"ap_flux_flag_{radius_label(r)}_{b}")
+          for i, r in enumerate(radii) for j, b in enumerate(bands)}
+    return psf, ap
+
+
+@functools.lru_cache(maxsize=16)
+def _empty_row(bands: Tuple[str, ...], radii: Tuple[float, ...]) -> np.ndarray:
+    """One row (1,) of :func:`forced_columns`: NaN in every float column, 0 in the others (read-only)."""
     cols = forced_columns(bands, radii)
-    out = np.zeros(nk, dtype=[(n, d) for n, d, _ in cols])
+    row = np.zeros(1, dtype=[(n, d) for n, d, _ in cols])
     for n, d, _ in cols:
         if d.kind == "f":
-            out[n] = np.nan
-    return out
+            row[n] = np.nan
+    row.flags.writeable = False
+    return row
+
+
+def _empty_table(bands: Tuple[str, ...], radii: Tuple[float, ...], nk: int) -> np.ndarray:
+    """The output rows (K,) of :func:`forced_columns`: NaN in every float column, 0 in the others."""
+    return np.repeat(_empty_row(bands, radii), nk)
 
 
 def _psf_moments(psfs: np.ndarray, sb: Optional[int]) -> Tuple[float, float, float, float]:
@@ -372,11 +461,11 @@ def _psf_moments(psfs: np.ndarray, sb: Optional[int]) -> Tuple[float, float, flo
 def _measure_band(out: np.ndarray, k: int, band: str, resid: np.ndarray, wts: np.ndarray, var: np.ndarray,
                   sigma: np.ndarray, good: np.ndarray, psf: np.ndarray, y: float, x: float,
                   radii: Tuple[float, ...]) -> int:
-    """PSF and aperture fluxes of child k in one band on its residual image (H, W), into row k of ``out``.
+    """Reference: PSF and aperture fluxes of child k in one band on its residual image (H, W), into row k of ``out``.
 
     Returns the ``FORCED_PSF_*`` and ``FORCED_AP_*`` bits set.
     """
-    f, e, fl = psf_flux(resid, wts, var, psf, y, x)
+    f, e, fl = kp.psf_flux_reference(resid, wts, var, psf, y, x)
     out[f"psf_flux_{band}"][k], out[f"psf_flux_err_{band}"][k] = f, e
     out[f"psf_flux_flag_{band}"][k] = fl
     flags = fl
@@ -400,7 +489,8 @@ def _measure_band(out: np.ndarray, k: int, band: str, resid: np.ndarray, wts: np
 
 
 def _measure_shape(out: np.ndarray, k: int, image: np.ndarray, y: float, x: float, sigma0: float) -> int:
-    """Adaptive moments of child k's heavy footprint ``image`` (H, W) into row k of ``out``; FORCED_SHAPE_FAILED or 0."""
+    """Reference: adaptive moments of child k's heavy footprint ``image`` (H, W) into row k of ``out``;
+    FORCED_SHAPE_FAILED or 0."""
     mxx, myy, mxy, mx, my, mflux, n_iter, mflag = adaptive_moments(np.ascontiguousarray(image), y, x, sigma0)
     out["shape_xx"][k], out["shape_yy"][k], out["shape_xy"][k] = mxx, myy, mxy
     out["shape_x"][k], out["shape_y"][k], out["shape_flux"][k] = mx, my, mflux

@@ -3,7 +3,8 @@
 :func:`measure_isolated` measures a single-peak footprint that is not fitted (the child is the
 footprint's data), :func:`forced_on_patch` runs forced PSF/aperture photometry and adaptive moments
 (:func:`hpcblend.measure.forced.forced_photometry`) on a cut-out of the patch with the neighbours
-subtracted by their models, and :func:`sky_coordinates` converts the children's positions to RA/Dec.
+subtracted by their models, and :func:`sky_coordinates` converts the children's positions to RA/Dec
+(all children of a patch in one WCS call).
 The patch's orchestration (which footprints, which rows) is :mod:`hpcblend.units.tract`.
 """
 
@@ -12,9 +13,17 @@ from __future__ import annotations
 import numpy as np
 
 from hpcblend.io.masks import DEFAULT_BAD_MASK_PLANES, mask_bits
+from hpcblend.io.schema import source_spec
+from hpcblend.kernels.moments import windowed_centroid
+from hpcblend.kernels.photometry import cutout_planes
 from hpcblend.measure.forced import forced_photometry
 
-__all__ = ["measure_isolated", "forced_on_patch", "sky_coordinates"]
+__all__ = ["measure_isolated", "forced_on_patch", "sky_coordinates", "warm_up_measure"]
+
+#: Iterations of an isolated source's windowed centroid (:func:`hpcblend.kernels.moments.windowed_centroid`).
+CENTROID_MAX_ITER = 50
+#: Pixels the windowed centroid may move from the peak before it falls back to the peak.
+CENTROID_MAX_SHIFT = 3.0
 
 
 def measure_isolated(blend, src, bands) -> None:
@@ -41,48 +50,28 @@ def measure_isolated(blend, src, bands) -> None:
     det = ((data * w).sum(axis=0) / np.maximum(w.sum(axis=0), 1e-30)) * fp
     # centroid in a Gaussian window about the peak (not the first moment of the whole footprint,
     # which undetected neighbours and clipped noise in a large footprint pull by pixels)
-    cy, cx = _windowed_centroid(det, float(blend.peaks[0, 0]), float(blend.peaks[0, 1]), _psf_sigma(blend.psfs))
+    cy, cx = windowed_centroid(det, float(blend.peaks[0, 0]), float(blend.peaks[0, 1]), _psf_sigma(blend.psfs),
+                               CENTROID_MAX_ITER, CENTROID_MAX_SHIFT)
     src["y"] = cy + blend.origin[0]
     src["x"] = cx + blend.origin[1]
     src["blendedness"] = 0.0
     src["flag_isolated_unfitted"] = True
 
 
+#: The last PSF stack :func:`_psf_sigma` measured and its σ (a patch's footprints share one).
+_LAST_PSF_SIGMA: list = []
+
+
 def _psf_sigma(psfs) -> float:
     """Gaussian σ (pixels) of the band-mean PSF from its area above half maximum (1 <= σ <= 5)."""
+    psfs = np.asarray(psfs)
+    if _LAST_PSF_SIGMA and np.array_equal(_LAST_PSF_SIGMA[0], psfs):
+        return _LAST_PSF_SIGMA[1]
     p = np.asarray(psfs, dtype=np.float64).mean(axis=0)
     n_half = float(np.count_nonzero(p >= 0.5 * p.max()))
-    return float(np.clip(2.0 * np.sqrt(n_half / np.pi) / 2.3548, 1.0, 5.0))
-
-
-def _windowed_centroid(img, y0: float, x0: float, sigma: float, max_iter: int = 50,
-                       max_shift: float = 3.0) -> tuple:
-    """Gaussian-windowed centroid (SExtractor's XWIN_IMAGE iteration) started at a peak.
-
-    ``c ← c + 2 Σ w I (r − c) / Σ w I`` with ``w`` a circular Gaussian of
-    ``sigma`` px about ``c`` (truncated at 4σ). Falls back to the start
-    (the peak pixel) if the windowed flux is not positive or the centroid
-    moves more than ``max_shift`` px.
-    """
-    h, w = img.shape
-    r = int(np.ceil(4 * sigma))
-    cy, cx = y0, x0
-    for _ in range(max_iter):
-        iy0, iy1 = max(int(np.floor(cy)) - r, 0), min(int(np.floor(cy)) + r + 2, h)
-        ix0, ix1 = max(int(np.floor(cx)) - r, 0), min(int(np.floor(cx)) + r + 2, w)
-        yy = np.arange(iy0, iy1, dtype=np.float64)[:, None] - cy
-        xx = np.arange(ix0, ix1, dtype=np.float64)[None, :] - cx
-        wi = np.exp(-(yy ** 2 + xx ** 2) / (2 * sigma ** 2)) * img[iy0:iy1, ix0:ix1]
-        s = wi.sum()
-        if not s > 0:
-            return y0, x0
-        dy, dx = 2 * (wi * yy).sum() / s, 2 * (wi * xx).sum() / s
-        cy, cx = cy + dy, cx + dx
-        if not (np.isfinite(cy) and np.isfinite(cx)) or np.hypot(cy - y0, cx - x0) > max_shift:
-            return y0, x0
-        if abs(dy) < 1e-4 and abs(dx) < 1e-4:
-            break
-    return cy, cx
+    sigma = float(np.clip(2.0 * np.sqrt(n_half / np.pi) / 2.3548, 1.0, 5.0))
+    _LAST_PSF_SIGMA[:] = [psfs.copy(), sigma]
+    return sigma
 
 
 def forced_on_patch(blend, label: int, models, src, outer, data, images, labels, bands, pad: int, bad_mask_planes,
@@ -126,21 +115,17 @@ def forced_on_patch(blend, label: int, models, src, outer, data, images, labels,
     y0, x0 = max(by0 - pad, 0), max(bx0 - pad, 0)
     y1, x1 = min(by0 + bh + pad, h_out), min(bx0 + bw + pad, w_out)
     cut = (slice(None), slice(y0, y1), slice(x0, x1))
-    img = np.nan_to_num(images[cut]).astype(np.float32)
-    var = data.variance[cut]
-    bad = ~np.isfinite(var) | ~(var > 0) | ~np.isfinite(images[cut])
-    bad |= (data.mask[cut] & mask_bits(bad_mask_planes or DEFAULT_BAD_MASK_PLANES)) != 0
-    lab = labels[y0:y1, x0:x1]
-    other = (lab != 0) & (lab != label)
-    weights = np.where(bad | other[None], 0.0, 1.0 / np.where(var > 0, var, 1.0)).astype(np.float32)
+    # weight 0: no data, a bad mask plane, or another footprint's pixel
+    img, var, weights = cutout_planes(images[cut], data.variance[cut], data.mask[cut],
+                                      mask_bits(bad_mask_planes or DEFAULT_BAD_MASK_PLANES), labels[y0:y1, x0:x1],
+                                      label)
     k = models.shape[0]
     big = np.zeros((k, len(bands), y1 - y0, x1 - x0), dtype=np.float32)
     oy, ox = by0 - y0, bx0 - x0
     big[:, :, oy:oy + bh, ox:ox + bw] = models
     ys = np.where(np.isfinite(src["y"]), src["y"], src["peak_y"]) - outer.y0 - y0
     xs = np.where(np.isfinite(src["x"]), src["x"], src["peak_x"]) - outer.x0 - x0
-    res = forced_photometry(img, np.where(var > 0, var, np.inf).astype(np.float32), np.stack([ys, xs], 1),
-                            data.psfs, bands, big, weights=weights, radii=radii)
+    res = forced_photometry(img, var, np.stack([ys, xs], 1), data.psfs, bands, big, weights=weights, radii=radii)
     for name in res.dtype.names:
         if name in ("y", "x"):
             continue
@@ -149,17 +134,46 @@ def forced_on_patch(blend, label: int, models, src, outer, data, images, labels,
 
 
 def sky_coordinates(src, wcs) -> None:
-    """RA, Dec (degrees) of every child: at its centroid, else at its peak.
+    """RA, Dec (degrees) of every child: at its centroid, else at its peak, in one WCS call.
 
     Parameters
     ----------
-    src : ndarray, shape (K,), dtype of :func:`hpcblend.io.schema.source_spec` (tract columns)
-        ``x``, ``y`` (NaN where not measured), ``peak_x``, ``peak_y`` in tract pixels; ``ra``,
-        ``dec`` are set in place.
+    src : ndarray, shape (K,), or list of such arrays
+        Rows of dtype :func:`hpcblend.io.schema.source_spec` (tract columns): ``x``, ``y`` (NaN where
+        not measured), ``peak_x``, ``peak_y`` in tract pixels; ``ra``, ``dec`` are set in place. A
+        list (e.g. the rows of every blend of a patch) is converted in a single call.
     wcs : astropy.wcs.WCS
         The tract's WCS.
     """
-    yy = np.where(np.isfinite(src["y"]), src["y"], src["peak_y"])
-    xx = np.where(np.isfinite(src["x"]), src["x"], src["peak_x"])
+    parts = list(src) if isinstance(src, (list, tuple)) else [src]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return
+    yy = np.concatenate([np.where(np.isfinite(p["y"]), p["y"], p["peak_y"]) for p in parts])
+    xx = np.concatenate([np.where(np.isfinite(p["x"]), p["x"], p["peak_x"]) for p in parts])
     ra, dec = wcs.pixel_to_world_values(xx, yy)
-    src["ra"], src["dec"] = ra, dec
+    start = 0
+    for p in parts:
+        p["ra"], p["dec"] = ra[start:start + len(p)], dec[start:start + len(p)]
+        start += len(p)
+
+
+def warm_up_measure(blend, images, variance, mask, bands) -> None:
+    """Compile (or load) the kernels of :func:`measure_isolated` and :func:`forced_on_patch`'s cut-out.
+
+    :func:`hpcblend.measure.forced.forced_photometry` is warmed up by calling it; this covers the
+    rest, with the argument types of a patch run (float32 patch arrays, sliced as a cut-out is).
+
+    Parameters
+    ----------
+    blend : hpcblend.io.blends.BlendData
+        A one-peak warm-up blend.
+    images, variance : ndarray, shape (B, H, W), float32
+        The patch it was cut from.
+    mask : ndarray, shape (B, H, W), int32
+    bands : sequence of str
+    """
+    measure_isolated(blend, source_spec(bands, tract=True).empty(1), bands)
+    labels = np.zeros(images.shape[1:], dtype=np.int32)
+    cutout_planes(images[:, 1:, 1:], variance[:, 1:, 1:], mask[:, 1:, 1:], mask_bits(DEFAULT_BAD_MASK_PLANES),
+                  labels[1:, 1:], 1)

@@ -50,7 +50,7 @@ from hpcblend.io.coadd import check_tract, read_box, read_patch, read_tract_shap
 from hpcblend.io.models import pack_models
 from hpcblend.io.schema import blend_spec, model_pixel_spec, model_spec, patch_spec, source_spec
 from hpcblend.measure.forced import forced_photometry
-from hpcblend.measure.patch import forced_on_patch, measure_isolated, sky_coordinates
+from hpcblend.measure.patch import forced_on_patch, measure_isolated, sky_coordinates, warm_up_measure
 from hpcblend.skymap import encode_id, make_patches
 from hpcblend.units.costmodel import unit_cost
 from hpcblend.units.rows import error_columns, fill_child_rows, fill_parent_row, flag_exception, nan_float_columns, offer_to_gallery
@@ -163,6 +163,7 @@ def warm_up_tract(bands=DEFAULT_BANDS, tract_dir=None) -> float:
         blend = footprint_to_blend(fp, images, variance, mask, psfs, bands, blend_id=1, source="<warm-up>")
         model = (blend.images * blend.footprint[None])[None].astype(np.float32)
         forced_photometry(blend.images, blend.variance, blend.peaks.astype(float), psfs, bands, model)
+        warm_up_measure(blend, images, variance, mask, bands)
     return time.perf_counter() - t0
 
 
@@ -286,6 +287,7 @@ def _deblend_footprints(footprints, patch, data, images, job, bands, rank, sampl
         n_iso += bool(rows["blends"]["isolated"][0])
         n_blend += not bool(rows["blends"]["isolated"][0])
         n_src += len(rows["sources"])
+    sky_coordinates(out["sources"], data.wcs)  # every child of the patch in one WCS call
     return {"n_blends": n_blend, "n_isolated": n_iso, "n_sources": n_src, "t_deblend": t_deblend,
             "t_measure": t_measure}
 
@@ -310,7 +312,6 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
         forced_on_patch(blend, fp.label, models, src_all, patch.outer, data, images, labels, bands,
                         pad=job.measure.forced_pad, bad_mask_planes=job.deblend.bad_mask_planes,
                         radii=job.measure.aperture_radii)
-    sky_coordinates(src_all, data.wcs)
     t2 = time.perf_counter()
     row["t_measure"] = row["t_measure"][0] + (t2 - t1)
     row["t_total"] = t2 - t0
