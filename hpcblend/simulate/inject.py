@@ -75,7 +75,7 @@ from hpcblend.geometry import Box
 from hpcblend.io.blends import PEAK_DROPPED, BlendData, expand_inputs, read_blend, write_blend
 from hpcblend.io.npz import atomic_write, npz_bytes
 from hpcblend.simulate.cosmos import COSMOS_PIXEL_SCALE, load_cosmos_catalog
-from hpcblend.simulate.tract_catalog import _composite_hlr as composite_hlr  # the same bulge + disk model
+from hpcblend.simulate.tract_catalog import composite_hlr  # the same bulge + disk model
 
 __all__ = [
     "PIXEL_SCALE",

@@ -26,7 +26,7 @@ from hpcblend.io.schema import radius_label
 from hpcblend.io.truth import TRUTH_FILE, read_truth
 from hpcblend.measure.forced import forced_photometry
 from hpcblend.simulate.inject import APERTURE_RADIUS_ARCSEC, matched_filter_snr, psf_profiles, truth_blendedness
-from hpcblend.simulate.tract import _add_noise  # the simulation's own sky-noise generator: see sky_noise
+from hpcblend.simulate.tract import add_sky_noise  # the simulation's own sky-noise generator: see sky_noise
 
 __all__ = ["TractScene", "read_scene", "sky_noise", "measure_injections", "truth_table", "truth_header"]
 
@@ -132,7 +132,7 @@ def sky_noise(scene: TractScene, rng) -> tuple:
         if sigma is not None and set(scene.bands) <= set(sim_bands):
             planes = np.zeros((len(sim_bands),) + scene.shape, dtype=np.float32)
             _, noise_seq = np.random.SeedSequence(int(meta["SEED"])).spawn(2)
-            _add_noise(planes, sim_bands, sigma, noise_seq, bool(meta.get("NOISE", True)))
+            add_sky_noise(planes, sim_bands, sigma, noise_seq, bool(meta.get("NOISE", True)))
             noise = planes[[sim_bands.index(b) for b in scene.bands]]
             resid = [float(np.median(np.abs(d.images[i] - noise[i]))) / sigma[b] for i, b in enumerate(scene.bands)]
             if max(resid) < _NOISE_CHECK:

@@ -94,6 +94,7 @@ __all__ = [
     "make_tract_wcs",
     "draw_psf_image",
     "simulate_tract",
+    "add_sky_noise",
     "read_truth",
 ]
 
@@ -326,7 +327,7 @@ def _sigma_from_depth(depths: dict, psf_images: np.ndarray, bands, zero_point: f
     return sigma
 
 
-def _add_noise(images: np.ndarray, bands, sigma: dict, noise_seq: np.random.SeedSequence, noise: bool) -> np.ndarray:
+def add_sky_noise(images: np.ndarray, bands, sigma: dict, noise_seq: np.random.SeedSequence, noise: bool) -> np.ndarray:
     """Add Gaussian sky noise to ``images`` (in place; one child seed per band) and return the variance planes."""
     h, w = images.shape[1:]
     variance = np.empty_like(images)
@@ -472,7 +473,7 @@ def simulate_tract(out_dir: Union[str, os.PathLike], shape: Tuple[int, int] = (2
                        star_mag_range=star_mag_range, star_mag_slope=star_mag_slope)
     images = np.zeros((len(bands), h, w), dtype=np.float32)
     draw_sources(images, cat, bands, psf_profiles, gs_wcs, fwhm, sigma, pixel_scale, cosmos)
-    variance = _add_noise(images, bands, sigma, noise_seq, noise)
+    variance = add_sky_noise(images, bands, sigma, noise_seq, noise)
     mask = np.zeros(images.shape, dtype=np.int32)
 
     out_dir = os.fspath(out_dir)

@@ -22,7 +22,7 @@ from scipy.special import gammainc
 from hpcblend.simulate.cosmos import COSMOS_PIXEL_SCALE
 from hpcblend.errors import ConfigError
 
-__all__ = ["BULGE_COLORS", "DISK_COLORS", "TractCatalog", "counts_of_mag", "draw_catalog", "draw_sources"]
+__all__ = ["BULGE_COLORS", "DISK_COLORS", "TractCatalog", "composite_hlr", "counts_of_mag", "draw_catalog", "draw_sources"]
 
 #: Bulge colours: magnitude offset of each band relative to i (red, early-type-like).
 BULGE_COLORS: dict = {"u": 3.0, "g": 1.55, "r": 0.55, "i": 0.0, "z": -0.35, "y": -0.55}
@@ -102,7 +102,7 @@ def _power_law_mags(rng: np.random.Generator, n: int, lo: float, hi: float, slop
     return np.log10(a + u * (b - a)) / slope
 
 
-def _composite_hlr(hb: np.ndarray, hd: np.ndarray, bt: np.ndarray) -> np.ndarray:
+def composite_hlr(hb: np.ndarray, hd: np.ndarray, bt: np.ndarray) -> np.ndarray:
     """Half-light radius of circular de Vaucouleurs (hlr hb) + exponential (hlr hd) with bulge fraction bt."""
 
     def enclosed(r):
@@ -151,7 +151,7 @@ def _draw_parametric(rng, cat: TractCatalog, bands, zero_point, mag_range, mag_s
                      for b in bands}
     for b in bands:
         cat.flux[b][sl] = cat.bulge_flux[b] + cat.disk_flux[b]
-    cat.hlr[sl] = _composite_hlr(hb, hd, bt)
+    cat.hlr[sl] = composite_hlr(hb, hd, bt)
     cat.bulge_fraction[sl] = bt
     cat.bulge_hlr, cat.disk_hlr = hb, hd
 
