@@ -143,6 +143,18 @@ def _convolve(img, transfer, hp, wp, adjoint=False):
     return scipy.fft.irfft2(spec, s=(hp, wp), workers=1)[:, :h, :w]
 
 
+def _residual_and_loss(sed, morph, boxes, alive, images, weights, transfer, hp, wp):
+    """The weighted residual W ⊙ (D * M − Y) (B, H, W) float32 and the loss ½ Σ W (D * M − Y)² of the live sources."""
+    nb, h, w = images.shape
+    model = np.zeros((nb, h, w), np.float32)
+    for k in np.flatnonzero(alive):
+        y0, y1, x0, x1 = boxes[k]
+        model[:, y0:y1, x0:x1] += (sed[k][:, None, None] * morph[k, y0:y1, x0:x1]).astype(np.float32)
+    d = _convolve(model, transfer, hp, wp) - images
+    res = (weights * d).astype(np.float32)
+    return res, float(0.5 * np.sum(res.astype(np.float64) * d))
+
+
 def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, boxes, noise_rms,
                         max_iter, min_iter, e_rel, bg_thresh, margin, kernel_radius, step_scale):
     """FISTA of :func:`hpcblend.kernels.fit.fit_blend` (monotonic, not symmetric), whole-array NumPy.
@@ -159,13 +171,7 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
     prev_loss, rose, evaluated = np.inf, False, False
     losses, converged, n_back = [], False, 0
     for it in range(max_iter):
-        model = np.zeros((nb, h, w), np.float32)
-        for k in np.flatnonzero(alive):
-            y0, y1, x0, x1 = boxes[k]
-            model[:, y0:y1, x0:x1] += (sed[k][:, None, None] * morph[k, y0:y1, x0:x1]).astype(np.float32)
-        d = _convolve(model, transfer, hp, wp) - images
-        res = (weights * d).astype(np.float32)
-        loss = float(0.5 * np.sum(res.astype(np.float64) * d))
+        res, loss = _residual_and_loss(sed, morph, boxes, alive, images, weights, transfer, hp, wp)
         losses.append(loss)
         evaluated = True
         if not math.isfinite(loss):
@@ -311,13 +317,7 @@ def adaprox_reference(images, weights, transfer, hp, wp, peaks, sed, morph, boxe
     prev_loss, rose, evaluated = np.inf, False, False
     losses, converged = [], False
     for it in range(max_iter):
-        model = np.zeros((nb, h, w), np.float32)
-        for k in np.flatnonzero(alive):
-            y0, y1, x0, x1 = boxes[k]
-            model[:, y0:y1, x0:x1] += (sed[k][:, None, None] * morph[k, y0:y1, x0:x1]).astype(np.float32)
-        d = _convolve(model, transfer, hp, wp) - images
-        res = (weights * d).astype(np.float32)
-        loss = float(0.5 * np.sum(res.astype(np.float64) * d))
+        res, loss = _residual_and_loss(sed, morph, boxes, alive, images, weights, transfer, hp, wp)
         losses.append(loss)
         evaluated = True
         if not math.isfinite(loss):

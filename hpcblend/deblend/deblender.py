@@ -21,7 +21,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from hpcblend.config import DeblendConfig
-from hpcblend.deblend.fitting import fit_settings, fit_sources
+from hpcblend.deblend.fitting import fit_settings
 from hpcblend.deblend.initialization import component_layout, initialize_sources
 from hpcblend.deblend.observation import DifferenceKernels, Observation, build_observation, convolve_sources
 from hpcblend.deblend.subblends import fit_sub_blends
@@ -178,14 +178,10 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None,
     result.t_init = t1 - t0
     _set_stage(sampler, "fit", blend.id)
     try:
-        if config.sub_blends:
-            fitted = fit_sub_blends(obs, peaks, sed, morphs, boxes, owner, fit_settings(config), blend.source)
-            n_iter, converged, alive, loss_history = fitted.n_iter, fitted.converged, fitted.alive, fitted.loss_history
-            result.n_sub_blends = fitted.n_sub_blends
-        else:
-            n_iter, converged, alive, loss_history = fit_sources(obs, peaks, sed, morphs, boxes,
-                                                                 fit_settings(config), blend.source)
-            result.n_sub_blends = 1
+        fitted = fit_sub_blends(obs, peaks, sed, morphs, boxes, owner, fit_settings(config), blend.source,
+                                split=config.sub_blends)
+        n_iter, converged, alive, loss_history = fitted.n_iter, fitted.converged, fitted.alive, fitted.loss_history
+        result.n_sub_blends = fitted.n_sub_blends
     except NumericalFailure as exc:
         result.t_fit = time.perf_counter() - t1
         result.flags["flag_failed"] = True

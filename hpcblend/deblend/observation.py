@@ -65,11 +65,13 @@ class DifferenceKernels:
             hit = self._kernels[key] = _difference_kernels(psfs, config)
         return hit[0], hit[1], key
 
-    def transfer(self, key: tuple, kernels: np.ndarray, fft_shape: tuple, absolute: bool = False) -> np.ndarray:
-        """Transfer functions (B, Hp, Wp//2+1) complex64 of ``kernels`` (or of ``|kernels|``) on ``fft_shape``."""
+    def transfer(self, key: tuple, fft_shape: tuple, absolute: bool = False) -> np.ndarray:
+        """Transfer functions (B, Hp, Wp//2+1) complex64 of the kernels of ``key`` (from :meth:`kernels`), or of
+        their absolute values, on ``fft_shape``."""
         tkey = (key, tuple(fft_shape), bool(absolute))
         hit = self._transfer.get(tkey)
         if hit is None:
+            kernels = self._kernels[key][0]
             hit = self._transfer[tkey] = psf.kernel_transfer_function(np.abs(kernels) if absolute else kernels,
                                                                       tuple(fft_shape))
         return hit
@@ -132,7 +134,7 @@ class Observation:
     def transfer_on(self, fft_shape: tuple) -> np.ndarray:
         """Transfer functions of ``diff_kernels`` on another FFT grid (from the kernel cache when there is one)."""
         if self.kernel_cache is not None:
-            return self.kernel_cache.transfer(self.kernel_key, self.diff_kernels, fft_shape)
+            return self.kernel_cache.transfer(self.kernel_key, fft_shape)
         return psf.kernel_transfer_function(self.diff_kernels, tuple(fft_shape))
 
     @property
@@ -212,8 +214,8 @@ def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional
     diff_kernels, model_psf, key = cache.kernels(psfs, config)
     radius = diff_kernels.shape[-1] // 2
     fft_shape = psf.fft_shape_for(images.shape[1:], radius)
-    transfer = cache.transfer(key, diff_kernels, fft_shape)
-    abs_transfer = cache.transfer(key, diff_kernels, fft_shape, absolute=True)
+    transfer = cache.transfer(key, fft_shape)
+    abs_transfer = cache.transfer(key, fft_shape, absolute=True)
     curvature = fit_steps.curvature_bound(weights, abs_transfer, np.abs(diff_kernels).sum(axis=(1, 2)), *fft_shape)
     return Observation(images=images, weights=weights, noise_rms=noise_rms, diff_kernels=diff_kernels,
                        model_psf=model_psf, transfer=transfer, fft_shape=fft_shape, curvature=curvature,

@@ -250,7 +250,7 @@ def _merge_groups(groups: List[np.ndarray], boxes: np.ndarray, owner: np.ndarray
 
 
 def fit_sub_blends(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs: np.ndarray, boxes: np.ndarray,
-                   owner: np.ndarray, settings: fit.FitSettings, source: str) -> SubBlendFit:
+                   owner: np.ndarray, settings: fit.FitSettings, source: str, split: bool = True) -> SubBlendFit:
     """Fit a blend's components in independent sub-blends (see the module docstring); arrays updated in place.
 
     Parameters
@@ -269,6 +269,8 @@ def fit_sub_blends(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs:
     settings : hpcblend.kernels.fit.FitSettings
     source : str
         Where the blend came from (messages).
+    split : bool
+        False: fit the blend in one piece whatever its groups (``deblend.sub_blends: false``).
 
     Returns
     -------
@@ -280,7 +282,7 @@ def fit_sub_blends(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs:
         The loss or the parameters of a group became NaN or inf.
     """
     r = obs.kernel_radius
-    n_groups, labels = sub_blend_labels(boxes, owner, r + GROWTH_RESERVE)
+    n_groups, labels = sub_blend_labels(boxes, owner, r + GROWTH_RESERVE) if split else (1, None)
     if n_groups == 1:
         n_iter, converged, alive, loss = fit_sources(obs, peaks, sed, morphs, boxes, settings, source)
         return SubBlendFit(n_iter, converged, alive, loss, 1)
