@@ -429,9 +429,12 @@ def test_rank_killed_mid_write_then_resume_gives_identical_catalog(tmp_path, vic
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     d = str(tmp_path / "in")
     _write_blends(d, range(1, 121), n_sources=3)
+    # Ctrl-C as in a terminal: a shell without job control starts background jobs with SIGINT ignored,
+    # and a process that inherits that rightly ignores Ctrl-C
     proc = subprocess.Popen([HPCBLEND, "run", "--input", d, "--output", str(tmp_path / "c.h5"), "--set",
                              "run.progress=false"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=str(tmp_path))
+                            text=True, cwd=str(tmp_path),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not os.path.exists(str(tmp_path / "c.h5")):
         time.sleep(0.05)

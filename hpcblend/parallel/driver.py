@@ -463,6 +463,8 @@ class _WorkLoop:
     def _step(self, sig) -> bool:
         """One turn of the loop: join a round, take and process a unit, or wait; False when the run is over."""
         sched = self.sched
+        if sig.interrupted:  # a Ctrl-C whose KeyboardInterrupt compiled code swallowed
+            raise KeyboardInterrupt
         if sig.requested and not self.stopping and not self.exhausted:
             # an exhausted rank ignores the signal: the run is ending anyway, and raising a round
             # after the others left the loop would leave them waiting

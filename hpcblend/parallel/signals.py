@@ -2,8 +2,11 @@
 
 ``SIGTERM`` or ``SIGUSR1`` (Slurm's warning before the time limit, forwarded by ``mpirun``/``srun``)
 set a flag that the driver's work loop reads between units: the current units finish, one last
-write round is written and the run stops with a checkpoint. This module imports neither mpi4py nor
-Numba, so the CLI installs the handlers before anything slow is imported.
+write round is written and the run stops with a checkpoint. ``SIGINT`` (Ctrl-C) is noted too, and then
+raises :class:`KeyboardInterrupt` as Python's own handler does; the work loop raises it again between
+units if it was lost (a KeyboardInterrupt raised while compiled Numba code calls back into Python is
+swallowed there). This module imports neither mpi4py nor Numba, so the CLI installs the handlers before
+anything slow is imported.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ class StopOnSignal:
 
     def __init__(self):
         self.requested = False
+        self.interrupted = False
         self._old = {}
         self._depth = 0
 
@@ -33,10 +37,16 @@ class StopOnSignal:
         if self._depth == 1 and threading.current_thread() is threading.main_thread():
             for s in self.SIGNALS:
                 self._old[s] = signal.signal(s, self._handler)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when Ctrl-C is ignored
+                self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
         return self
 
     def _handler(self, signum, frame):  # noqa: ARG002
         self.requested = True
+
+    def _interrupt(self, signum, frame):
+        self.interrupted = True
+        signal.default_int_handler(signum, frame)
 
     def __exit__(self, *exc):
         self._depth -= 1
