@@ -135,6 +135,17 @@ def test_set_override_with_anchor_or_duplicate_or_tag_is_refused():
         apply_overrides({}, ["x" * 100_005])
 
 
+def test_exponent_without_dot_is_a_number():
+    """PyYAML reads ``1e-4`` as a string (YAML 1.1); job files and --set mean the float, as YAML 1.2 does."""
+    assert apply_overrides({}, ["deblend.e_rel=1e-4"]) == {"deblend": {"e_rel": 1e-4}}
+    job = job_from_dict(apply_overrides({"input": {"kind": "demo"}}, ["deblend.e_rel=1E-5", "deblend.psf_regularization=+2e-6"]))
+    assert job.deblend.e_rel == 1e-5 and job.deblend.psf_regularization == 2e-6
+    # not a number: stays text, so a number field still says what it got
+    assert apply_overrides({}, ["name=1e"]) == {"name": "1e"}
+    with pytest.raises(ConfigError, match="key 'deblend.e_rel': expected a number"):
+        job_from_dict(apply_overrides({"input": {"kind": "demo"}}, ["deblend.e_rel=e-4"]))
+
+
 def test_set_override_with_anchor_through_load_job(tmp_path):
     path = _write(tmp_path, "input:\n  kind: demo\n")
     with pytest.raises(ConfigError, match="YAML aliases/anchors are not allowed"):

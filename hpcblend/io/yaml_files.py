@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import re
 import typing
 from typing import Tuple
 
@@ -150,6 +151,12 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 _StrictLoader.add_constructor(None, _StrictLoader._refuse_tag)
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads ``1e-4`` (exponent, no dot) as a string; the job files and
+# ``--set deblend.e_rel=1e-4`` mean a number.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def load_yaml(stream):
