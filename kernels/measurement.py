@@ -50,7 +50,11 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
     Returns
     -------
     flux_model : ndarray, shape (N, B), float64
-        ``a_kb Σ S_k`` (counts).
+        ``a_kb Σ_px (D_b * S_k)`` over the frame (counts): the model's flux in
+        the observed band inside the blend's frame. Equal to ``a_kb Σ S_k``
+        (the difference kernels conserve flux) except for a source within
+        the kernel radius of the frame's edge, whose model light spread
+        beyond the edge no pixel of the data constrains.
     flux : ndarray, shape (N, B), float64
         Flux-conserving flux ``Σ Y_b m_kb / M_b`` over footprint pixels
         where ``M_b > 0``; the model stands in for the data at masked pixels
@@ -74,8 +78,8 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
     grown = _grown_boxes(boxes, radius, h, w)
     total = _observed_model(sed, conv, grown, h, w)
     chi2, n_weighted = _chi2(total, images, weights)
-    flux_model, cy, cx = _model_flux_centroids(sed, morphs, boxes, owner, n_children)
-    flux, flux_err, blendedness = _redistribute(images, variance, weights, footprint, sed, conv, grown, owner,
+    cy, cx = _centroids(sed, morphs, boxes, owner, n_children)
+    flux_model, flux, flux_err, blendedness = _redistribute(images, variance, weights, footprint, sed, conv, grown, owner,
                                                 n_children, total)
     return flux_model, flux, flux_err, cy, cx, blendedness, chi2, n_weighted
 
@@ -127,10 +131,9 @@ def _chi2(total, images, weights):
 
 
 @njit(nogil=True, cache=True)
-def _model_flux_centroids(sed, morphs, boxes, owner, nc):
-    """Per child: model flux ``a_kb Σ S_k`` (N, B) and the centroid (cy, cx) (N,) of its band-summed model light."""
+def _centroids(sed, morphs, boxes, owner, nc):
+    """Per child: the centroid (cy, cx) (N,) of its band-summed model light (model frame)."""
     nk, nb = sed.shape
-    flux_model = np.zeros((nc, nb))
     cy = np.full(nc, np.nan)
     cx = np.full(nc, np.nan)
     mass_w = np.zeros(nc)
@@ -142,7 +145,6 @@ def _model_flux_centroids(sed, morphs, boxes, owner, nc):
         for y in range(boxes[k, 0], boxes[k, 1]):
             for x in range(boxes[k, 2], boxes[k, 3]):
                 v = float(morphs[k, y, x])
-                mass += v
                 # centroid of the child's model light, band-summed
                 s = 0.0
                 for b in range(nb):
@@ -150,18 +152,19 @@ def _model_flux_centroids(sed, morphs, boxes, owner, nc):
                 sy[o] += v * s * y
                 sx[o] += v * s * x
                 mass_w[o] += v * s
-        for b in range(nb):
-            flux_model[o, b] += sed[k, b] * mass
     for o in range(nc):
         if mass_w[o] > 0.0:
             cy[o] = sy[o] / mass_w[o]
             cx[o] = sx[o] / mass_w[o]
-    return flux_model, cy, cx
+    return cy, cx
 
 
 @njit(nogil=True, cache=True)
 def _redistribute(images, variance, weights, footprint, sed, conv, grown, owner, nc, total):
-    """Per child: flux-conserving flux and its error (N, B), and blendedness (N,) (see :func:`measure_children_kernel`)."""
+    """Per child: model flux in the frame, flux-conserving flux and its error (N, B), and blendedness (N,).
+
+    See :func:`measure_children_kernel`.
+    """
     nk, nb = sed.shape
     h, w = footprint.shape
     parent = np.zeros((h, w))
@@ -169,6 +172,7 @@ def _redistribute(images, variance, weights, footprint, sed, conv, grown, owner,
         for y in range(h):
             for x in range(w):
                 parent[y, x] += total[b, y, x]
+    flux_model = np.zeros((nc, nb))
     flux = np.zeros((nc, nb))
     flux_err = np.zeros((nc, nb))
     blendedness = np.full(nc, np.nan)
@@ -204,6 +208,7 @@ def _redistribute(images, variance, weights, footprint, sed, conv, grown, owner,
                 for b in range(nb):
                     m = child_model[b, y, x]
                     child += m
+                    flux_model[o, b] += m
                     t = total[b, y, x]
                     if footprint[y, x] and t > 0.0:
                         ratio = m / t
@@ -218,4 +223,4 @@ def _redistribute(images, variance, weights, footprint, sed, conv, grown, owner,
             blendedness[o] = 1.0 - num / den
         for b in range(nb):
             flux_err[o, b] = math.sqrt(flux_err[o, b])
-    return flux, flux_err, blendedness
+    return flux_model, flux, flux_err, blendedness

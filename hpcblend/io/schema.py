@@ -115,7 +115,10 @@ def source_spec(bands, tract: bool = False, radii: Optional[Sequence[float]] = N
     every band: a bad mask plane, or variance not finite or <= 0 — unless it is SAT in some band: a saturated
     star's core keeps its peak and is modelled), ``flag_peak_outside_footprint`` (outside
     the parent footprint, or outside the image). In a band without data (``flag_incomplete_data`` on the
-    parent) ``flux_model_<b>``, ``flux_<b>`` and ``flux_err_<b>`` are NaN.
+    parent) ``flux_model_<b>``, ``flux_<b>`` and ``flux_err_<b>`` are NaN. ``flux_model_<b>`` is the fitted
+    model's flux in band b inside the blend's frame (``a_kb Σ_px D_b * S_k``): the model-frame flux
+    ``a_kb Σ S_k`` of DESIGN.md except for a child within the difference-kernel radius of the frame's edge,
+    whose model light beyond the edge no data constrains.
     """
     cols = [("id", "i8", ""), ("parent_id", "i8", ""), ("peak_index", "i4", ""), ("peak_x", "i8", "pix"),
             ("peak_y", "i8", "pix"), ("x", "f8", "pix"), ("y", "f8", "pix")]

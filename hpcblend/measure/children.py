@@ -79,8 +79,11 @@ def measure_children_reference(images: np.ndarray, variance: np.ndarray, weights
     Returns
     -------
     ChildMeasurements
-        ``flux_model`` (K, B): ``a_kb Σ S_k`` (counts; the difference kernels
-        conserve flux). ``flux`` (K, B): flux-conserving flux
+        ``flux_model`` (K, B): ``a_kb Σ_px (D_b * S_k)``, the model's flux in
+        band b inside the frame (counts); the difference kernels conserve
+        flux, so this is ``a_kb Σ S_k`` except for a source within the kernel
+        radius of the frame's edge, whose model light beyond the edge no data
+        constrains. ``flux`` (K, B): flux-conserving flux
         ``Σ_px Y_b · m_kb / M_b`` over footprint pixels, with
         ``m_kb = a_kb (D_b * S_k)`` and ``M_b = Σ_k m_kb``; at masked
         footprint pixels the model stands in for the data (Melchior et al.
@@ -101,7 +104,7 @@ def measure_children_reference(images: np.ndarray, variance: np.ndarray, weights
     flux = (ratio * data[None]).sum(axis=(2, 3))
     var_ok = np.where(good & inside, variance, 0.0)
     flux_err = np.sqrt((ratio ** 2 * var_ok[None]).sum(axis=(2, 3)))
-    flux_model = sed * morphs.sum(axis=(1, 2))[:, None]
+    flux_model = m.sum(axis=(2, 3), dtype=np.float64)
     h, w = morphs.shape[1:]
     yy = np.arange(h, dtype=np.float64)
     xx = np.arange(w, dtype=np.float64)
