@@ -141,17 +141,15 @@ def _centroids(sed, morphs, boxes, owner, nc):
     sx = np.zeros(nc)
     for k in range(nk):
         o = owner[k]
-        mass = 0.0
+        s = 0.0  # the component's band-summed SED: its model light, summed over bands, is s * morph
+        for b in range(nb):
+            s += sed[k, b]
         for y in range(boxes[k, 0], boxes[k, 1]):
             for x in range(boxes[k, 2], boxes[k, 3]):
-                v = float(morphs[k, y, x])
-                # centroid of the child's model light, band-summed
-                s = 0.0
-                for b in range(nb):
-                    s += sed[k, b]
-                sy[o] += v * s * y
-                sx[o] += v * s * x
-                mass_w[o] += v * s
+                v = float(morphs[k, y, x]) * s
+                sy[o] += v * y
+                sx[o] += v * x
+                mass_w[o] += v
     for o in range(nc):
         if mass_w[o] > 0.0:
             cy[o] = sy[o] / mass_w[o]

@@ -212,6 +212,28 @@ def test_tablespec_validation():
         CatalogWriter("/tmp/never.h5", COMM, specs(), writer="fast")
 
 
+def test_tablespec_concatenate_matches_numpy():
+    spec = TableSpec("t", np.dtype([("id", "i8"), ("flux", "f8", (3,)), ("name", "S5"), ("ok", "?")]))
+    rng = np.random.default_rng(0)
+    parts = []
+    for n in (3, 0, 1, 5, 2):
+        p = spec.empty(n)
+        p["id"] = rng.integers(0, 1000, n)
+        p["flux"] = rng.normal(size=(n, 3))
+        p["name"] = [b"ab%d" % i for i in range(n)]
+        p["ok"] = rng.random(n) > 0.5
+        parts.append(p)
+    parts.append(parts[3][::2])  # a strided view
+    got = spec.concatenate(parts)
+    assert got.dtype == spec.dtype and got.tobytes() == np.concatenate(parts).tobytes()
+    assert spec.concatenate([]).shape == (0,) and spec.concatenate([]).dtype == spec.dtype
+    # rows of another (castable) dtype still come out as the table's
+    other = np.zeros(2, dtype=[("id", "i4"), ("flux", "f4", (3,)), ("name", "S5"), ("ok", "?")])
+    other["id"] = [7, 8]
+    mixed = spec.concatenate([parts[0], other])
+    assert mixed.dtype == spec.dtype and list(mixed["id"][-2:]) == [7, 8]
+
+
 # ------------------------------------------------------------------ astropy
 
 

@@ -20,8 +20,9 @@ from hpcblend.detect.checks import check_cube, check_same_shape
 from hpcblend.detect.image import significance_image
 from hpcblend.errors import HpcblendError
 from hpcblend.geometry import Box
+from hpcblend.kernels.detection import dilate_disk
 
-__all__ = ["DetectionError", "Footprint", "is_isolated", "detect_footprints", "segment_pixels"]
+__all__ = ["DetectionError", "Footprint", "is_isolated", "detect_footprints", "grow_mask_reference", "segment_pixels"]
 
 #: Footprints grow by a binary dilation with a disk up to this radius (pixels); beyond it a distance
 #: transform (the same pixels, cheaper for large disks).
@@ -114,7 +115,23 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def _grow_mask(mask: np.ndarray, grow: int) -> np.ndarray:
-    """Dilate by a disk of radius ``grow`` px (Euclidean), clipped at the image edges."""
+    """Dilate by a disk of radius ``grow`` px (Euclidean), clipped at the image edges (compiled)."""
+    return dilate_disk(np.ascontiguousarray(mask, dtype=bool), int(max(grow, 0)))
+
+
+def grow_mask_reference(mask: np.ndarray, grow: int) -> np.ndarray:
+    """:func:`_grow_mask` with SciPy (the reference of :func:`hpcblend.kernels.detection.dilate_disk`).
+
+    Parameters
+    ----------
+    mask : ndarray, shape (H, W), bool
+    grow : int
+        Disk radius (pixels).
+
+    Returns
+    -------
+    ndarray, shape (H, W), bool
+    """
     if grow <= 0:
         return mask.copy()
     if grow <= DILATION_MAX_RADIUS:

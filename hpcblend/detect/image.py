@@ -18,9 +18,11 @@ from scipy import special
 from scipy.signal import fftconvolve
 
 from hpcblend.detect.checks import check_cube, check_same_shape
-from hpcblend.io.masks import DEFAULT_BAD_MASK_PLANES, bad_pixel_mask
+from hpcblend.io.masks import DEFAULT_BAD_MASK_PLANES, bad_pixel_mask, mask_bits
+from hpcblend.kernels.detection import weighted_detection_image
 
-__all__ = ["DETECTION_METHODS", "detection_image", "gaussian_kernel", "significance_image"]
+__all__ = ["DETECTION_METHODS", "detection_image", "detection_image_reference", "gaussian_kernel",
+           "significance_image"]
 
 #: Methods :func:`detection_image` knows.
 DETECTION_METHODS: tuple = ("weighted", "chi2")
@@ -119,6 +121,26 @@ def detection_image(images, variance, mask=None, method: str = "weighted",
     mask = None if mask is None else np.asarray(mask)
     check_same_shape("images", images, "variance", variance)
     check_same_shape("images", images, "mask", mask)
+    if method == "weighted":  # one compiled pass (hpcblend.kernels.detection); the same values to the bit
+        if mask is None or mask.dtype.kind not in "iu":
+            mask = np.zeros(images.shape, dtype=np.uint8) if mask is None else mask.astype(np.int64)
+        return weighted_detection_image(images, variance, mask, mask_bits(bad_planes))
+    return detection_image_reference(images, variance, mask, method, bad_planes)
+
+
+def detection_image_reference(images, variance, mask=None, method: str = "weighted",
+                              bad_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`detection_image` in plain NumPy (the reference of its compiled ``weighted`` path).
+
+    Parameters, returns and errors as :func:`detection_image`.
+    """
+    if method not in DETECTION_METHODS:
+        raise ValueError(f"detection_image: unknown method {method!r}; choose one of {DETECTION_METHODS}")
+    images = check_cube("images", images)
+    variance = check_cube("variance", variance)
+    mask = None if mask is None else np.asarray(mask)
+    check_same_shape("images", images, "variance", variance)
+    check_same_shape("images", images, "mask", mask)
     bad = bad_pixel_mask(variance, mask, bad_planes, images=images)
     h, w = images.shape[1:]
     wsum = np.zeros((h, w), dtype=np.float64)
@@ -127,7 +149,7 @@ def detection_image(images, variance, mask=None, method: str = "weighted",
     for b in range(images.shape[0]):
         good = ~bad[b]
         wb = np.zeros((h, w), dtype=np.float64)
-        np.divide(1.0, variance[b], out=wb, where=good)
+        np.divide(1.0, variance[b].astype(np.float64), out=wb, where=good)  # 1/V in float64 (float32 input too)
         ib = np.where(good, images[b], 0.0).astype(np.float64)
         if method == "weighted":
             acc += wb * ib

@@ -125,7 +125,7 @@ def pack_models(child_ids, parent_ids, sed, morphs, boxes, origin, bands, model_
         flat[: cut.size] = cut
         part["values"] = flat.reshape(n, MODEL_CHUNK)
         chunks.append(part)
-    pixels = np.concatenate(chunks) if chunks else pspec.empty(0)
+    pixels = pspec.concatenate(chunks)
     return rows, pixels
 
 

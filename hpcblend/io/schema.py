@@ -7,6 +7,7 @@ its column (keeping the head of a message, the tail of a path).
 
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -67,6 +68,7 @@ CHILD_FLAG_COLUMNS = ("flag_parent_failed", "flag_parent_skipped", "flag_model_z
 MODEL_CHUNK = 256  # morphology pixels per /model_pixels row
 
 
+@functools.lru_cache(maxsize=None)
 def blend_spec() -> TableSpec:
     """``/blends``: one row per parent blend.
 
@@ -120,6 +122,14 @@ def source_spec(bands, tract: bool = False, radii: Optional[Sequence[float]] = N
     ``a_kb Σ S_k`` of DESIGN.md except for a child within the difference-kernel radius of the frame's edge,
     whose model light beyond the edge no data constrains.
     """
+    # built once per (bands, tract, radii): a tract run asks for it once per footprint
+    return _source_spec(tuple(str(b) for b in bands), bool(tract),
+                        None if radii is None else tuple(float(r) for r in radii))
+
+
+@functools.lru_cache(maxsize=64)
+def _source_spec(bands: Tuple[str, ...], tract: bool, radii: Optional[Tuple[float, ...]]) -> TableSpec:
+    """The spec of :func:`source_spec`, built once per arguments."""
     cols = [("id", "i8", ""), ("parent_id", "i8", ""), ("peak_index", "i4", ""), ("peak_x", "i8", "pix"),
             ("peak_y", "i8", "pix"), ("x", "f8", "pix"), ("y", "f8", "pix")]
     if tract:
@@ -139,7 +149,6 @@ def source_spec(bands, tract: bool = False, radii: Optional[Sequence[float]] = N
             cols.append((name, np.dtype(dt).str, unit_map.get(unit, unit)))
     dtype = np.dtype([(n, t) for n, t, _ in cols])
     return TableSpec(name="sources", dtype=dtype, units={n: u for n, _, u in cols})
-
 
 
 def radius_label(radius: float) -> str:
@@ -181,6 +190,7 @@ def forced_columns(bands: Sequence[str], radii: Sequence[float] = DEFAULT_APERTU
              ("psf_shape_xy", f8, "pixel**2"), ("flags", i4, "")]
     return cols
 
+@functools.lru_cache(maxsize=None)
 def patch_spec() -> TableSpec:
     """``/patches``: one row per patch of a tract run (times in seconds, boxes (y0, x0, h, w) in tract pixels).
 
@@ -212,6 +222,12 @@ def model_spec(bands) -> TableSpec:
     :data:`hpcblend.io.versions.MODELS_VERSION` (attribute ``format_version``;
     version 1 tables are migrated by :func:`hpcblend.io.models.migrate_models`).
     """
+    return _model_spec(tuple(str(b) for b in bands))
+
+
+@functools.lru_cache(maxsize=64)
+def _model_spec(bands: Tuple[str, ...]) -> TableSpec:
+    """The spec of :func:`model_spec`, built once per arguments."""
     cols = [("id", "i8", ""), ("parent_id", "i8", ""), ("component", "i4", ""), ("y0", "i8", "pix"),
             ("x0", "i8", "pix"), ("height", "i4", "pix"), ("width", "i4", "pix"), ("sed", ("f4", (len(bands),)), "ct"),
             ("chunk0", "i4", ""), ("n_chunks", "i4", ""), ("model_psf_sigma", "f4", "pix")]
@@ -219,7 +235,9 @@ def model_spec(bands) -> TableSpec:
     return TableSpec(name="models", dtype=dtype, units={n: u for n, _, u in cols}, version=MODELS_VERSION)
 
 
+@functools.lru_cache(maxsize=None)
 def model_pixel_spec() -> TableSpec:
     """``/model_pixels``: morphology pixels of the stored models, :data:`MODEL_CHUNK` per row (row-major)."""
     dtype = np.dtype([("id", "i8"), ("chunk", "i4"), ("values", "f4", (MODEL_CHUNK,))])
     return TableSpec(name="model_pixels", dtype=dtype, units={}, version=MODELS_VERSION)
+

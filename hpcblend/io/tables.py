@@ -178,6 +178,30 @@ class TableSpec:
         """A zero-filled array of ``n`` rows of this table's dtype."""
         return np.zeros(n, dtype=self.dtype)
 
+    def concatenate(self, parts) -> np.ndarray:
+        """Rows of this table's dtype from many small arrays of it, in order (``np.concatenate``, fast).
+
+        ``np.concatenate`` promotes structured dtypes field by field for every
+        part (~0.2 ms each, the whole of a tract patch's row assembly); the
+        parts are joined here as raw rows instead. A part of another dtype
+        goes through :meth:`conform`-like casting by ``np.concatenate``.
+
+        Parameters
+        ----------
+        parts : sequence of ndarray, shape (n_i,)
+
+        Returns
+        -------
+        ndarray, shape (Σ n_i,), dtype :attr:`dtype`
+        """
+        parts = list(parts)
+        if not parts:
+            return self.empty(0)
+        if all(isinstance(p, np.ndarray) and p.dtype == self.dtype and p.ndim == 1 for p in parts):
+            raw = np.dtype((np.void, self.dtype.itemsize))
+            return np.concatenate([np.ascontiguousarray(p).view(raw) for p in parts]).view(self.dtype)
+        return np.concatenate(parts).astype(self.dtype, copy=False)
+
     def conform(self, rows: Any, path: str) -> np.ndarray:
         """Rows given for this table as a contiguous array of exactly :attr:`dtype`.
 

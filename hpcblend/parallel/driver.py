@@ -52,7 +52,6 @@ import sys
 import time
 
 import h5py
-import numpy as np
 
 from hpcblend.config import JobConfig, job_to_dict, write_round_units
 from hpcblend.diagnostics.gallery import GalleryCollector
@@ -528,8 +527,7 @@ class _WorkLoop:
 
     def _write_round(self) -> None:
         """Write the buffered rows and the ledger of the units finished since the last round. COLLECTIVE."""
-        rows = {name: (np.concatenate(parts) if parts else spec.empty())
-                for (name, parts), spec in zip(self.buffered.items(), self.specs)}
+        rows = {name: spec.concatenate(parts) for (name, parts), spec in zip(self.buffered.items(), self.specs)}
         pending = self.pending_units
         with self.sampler.stage("write"):
             self.writer.write_round(rows, [u.key for u, _, _ in pending],

@@ -227,7 +227,7 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
     prow["t_total"] = time.perf_counter() - t0
     result = {"patches": prow}
     for name, parts in out.items():
-        result[name] = np.concatenate(parts) if parts else specs[name].empty(0)
+        result[name] = specs[name].concatenate(parts)
     return result
 
 
@@ -301,8 +301,8 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
                                source=f"tract {patch.tract} patch {patch.name}", origin=patch.outer.origin,
                                pad=job.detect.pad)
     row = _blend_row(fp, blend, owned, parent_id, patch, data.tract_shape, rank)
-    ids = np.array([int(encode_id(patch.tract, patch.flat, (running << _PEAK_BITS) | (k + 1)))
-                    for k in range(blend.n_peaks)], dtype=np.int64)
+    ids = np.asarray(encode_id(patch.tract, patch.flat, (running << _PEAK_BITS) | np.arange(1, blend.n_peaks + 1)),
+                     dtype=np.int64).reshape(blend.n_peaks)
     src_all = _child_rows(source_spec(bands, tract=True, radii=job.measure.aperture_radii), blend, ids, parent_id,
                           patch)
     result, models = _fit(blend, row, src_all, job, bands, sampler, kernels)

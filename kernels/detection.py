@@ -1,0 +1,116 @@
+"""Detection on a whole patch in compiled code: the weighted detection image and footprint growth.
+
+Both replace whole-patch NumPy passes (a dozen temporary (H, W) arrays per band) by one pass over
+the pixels. Their plain NumPy references are :func:`hpcblend.detect.image.detection_image_reference`
+and :func:`hpcblend.detect.footprints.grow_mask_reference`, tested against them (``tests/test_detect.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+__all__ = ["weighted_detection_image", "dilate_disk"]
+
+
+@njit(nogil=True, cache=True)
+def weighted_detection_image(images, variance, mask, bad_bits):
+    """Inverse-variance weighted mean of the bands and its noise σ, in one pass.
+
+    ``D = Σ_b w_b I_b / Σ_b w_b``, ``σ_D = (Σ_b w_b)^-½`` with ``w_b = 1/V_b``
+    at good pixels (finite image, finite variance > 0, no bit of ``bad_bits``
+    in the mask) and 0 elsewhere; weights and sums in float64, in band order,
+    as the NumPy reference does them (so the results are the same to the bit).
+
+    Parameters
+    ----------
+    images, variance : ndarray, shape (B, H, W), float32 or float64
+        Counts and counts².
+    mask : ndarray, shape (B, H, W), integer
+        Mask bits (zeros when the patch has no mask).
+    bad_bits : int
+        OR of the bad mask planes' bits (0: the mask marks nothing).
+
+    Returns
+    -------
+    det : ndarray, shape (H, W), float32
+        Counts; 0 where no band has data.
+    sigma : ndarray, shape (H, W), float32
+        Counts; ``inf`` where no band has data.
+    """
+    nb, h, w = images.shape
+    det = np.zeros((h, w), dtype=np.float32)
+    sigma = np.empty((h, w), dtype=np.float32)
+    for y in range(h):
+        for x in range(w):
+            acc = 0.0
+            wsum = 0.0
+            for b in range(nb):
+                v = float(variance[b, y, x])
+                i = float(images[b, y, x])
+                if not (v > 0.0) or not math.isfinite(v) or not math.isfinite(i) or (mask[b, y, x] & bad_bits) != 0:
+                    continue
+                wb = 1.0 / v
+                acc += wb * i
+                wsum += wb
+            if wsum > 0.0:
+                det[y, x] = acc / wsum
+                sigma[y, x] = 1.0 / math.sqrt(wsum)
+            else:
+                sigma[y, x] = np.inf
+    return det, sigma
+
+
+@njit(nogil=True, cache=True)
+def dilate_disk(mask, radius):
+    """Pixels within Euclidean distance ``radius`` of a True pixel of ``mask`` (clipped at the edges).
+
+    The nearest True pixel of any pixel outside ``mask`` is an edge pixel of
+    ``mask`` (one with a False or missing 8-neighbour: a step towards the
+    pixel from an interior one would come closer), so only edge pixels paint
+    their disk ``dy² + dx² <= radius²``: the cost follows the footprints'
+    perimeter, not the patch's area. Equal to ``distance_transform_edt(~mask)
+    <= radius`` and to a binary dilation with that disk.
+
+    Parameters
+    ----------
+    mask : ndarray, shape (H, W), bool
+    radius : int
+        Pixels, >= 0.
+
+    Returns
+    -------
+    grown : ndarray, shape (H, W), bool
+    """
+    h, w = mask.shape
+    out = mask.copy()
+    if radius <= 0:
+        return out
+    r2 = radius * radius
+    for y in range(h):
+        for x in range(w):
+            if not mask[y, x]:
+                continue
+            edge = False
+            for dy in range(-1, 2):
+                for dx in range(-1, 2):
+                    yy = y + dy
+                    xx = x + dx
+                    if yy < 0 or yy >= h or xx < 0 or xx >= w or not mask[yy, xx]:
+                        edge = True
+            if not edge:
+                continue
+            for dy in range(-radius, radius + 1):
+                yy = y + dy
+                if yy < 0 or yy >= h:
+                    continue
+                half = int(math.floor(math.sqrt(r2 - dy * dy)))
+                while (half + 1) * (half + 1) + dy * dy <= r2:  # guard the square root's rounding
+                    half += 1
+                while half * half + dy * dy > r2:
+                    half -= 1
+                for xx in range(max(x - half, 0), min(x + half + 1, w)):
+                    out[yy, xx] = True
+    return out
