@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["weighted_detection_image", "dilate_disk"]
+__all__ = ["weighted_detection_image", "dilate_disk", "matched_filter_inputs", "matched_filter_ratio"]
 
 
 @njit(nogil=True, cache=True)
@@ -48,8 +48,8 @@ def weighted_detection_image(images, variance, mask, bad_bits):
             acc = 0.0
             wsum = 0.0
             for b in range(nb):
-                v = float(variance[b, y, x])
-                i = float(images[b, y, x])
+                v = np.float64(variance[b, y, x])  # (Numba's float() keeps a float32 a float32)
+                i = np.float64(images[b, y, x])
                 if not (v > 0.0) or not math.isfinite(v) or not math.isfinite(i) or (mask[b, y, x] & bad_bits) != 0:
                     continue
                 wb = 1.0 / v
@@ -113,4 +113,61 @@ def dilate_disk(mask, radius):
                     half -= 1
                 for xx in range(max(x - half, 0), min(x + half + 1, w)):
                     out[yy, xx] = True
+    return out
+
+
+@njit(nogil=True, cache=True)
+def matched_filter_inputs(det_image, det_sigma):
+    """The two images the matched filter correlates: ``D/σ²`` and ``1/σ²``, (H, W) float64 each.
+
+    ``1/σ²`` is 0 where σ is not finite or not > 0, and so is ``D/σ²``
+    there; elementwise in float64 as the NumPy reference
+    (:func:`hpcblend.detect.image.significance_image_reference`) computes them.
+
+    Parameters
+    ----------
+    det_image, det_sigma : ndarray, shape (H, W), float32 or float64
+        Detection image and its noise σ (counts).
+
+    Returns
+    -------
+    weighted : ndarray, shape (H, W), float64
+        ``D/σ²`` (1/counts).
+    ivar : ndarray, shape (H, W), float64
+        ``1/σ²`` (1/counts²).
+    """
+    h, w = det_image.shape
+    weighted = np.zeros((h, w))
+    ivar = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            s = np.float64(det_sigma[y, x])  # (Numba's float() keeps a float32 a float32)
+            if math.isfinite(s) and s > 0.0:
+                iv = 1.0 / (s * s)
+                if iv > 0.0:
+                    ivar[y, x] = iv
+                    weighted[y, x] = np.float64(det_image[y, x]) * iv
+    return weighted, ivar
+
+
+@njit(nogil=True, cache=True)
+def matched_filter_ratio(num, den, tiny):
+    """``num / sqrt(den)`` where ``den > tiny``, else 0: the significance from the two correlations.
+
+    Parameters
+    ----------
+    num, den : ndarray, shape (H, W), float64
+    tiny : float
+
+    Returns
+    -------
+    ndarray, shape (H, W), float64
+    """
+    h, w = num.shape
+    out = np.zeros((h, w))
+    for y in range(h):
+        for x in range(w):
+            d = den[y, x]
+            if d > tiny:
+                out[y, x] = num[y, x] / math.sqrt(d)
     return out

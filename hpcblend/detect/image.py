@@ -19,10 +19,10 @@ from scipy.signal import fftconvolve
 
 from hpcblend.detect.checks import check_cube, check_same_shape
 from hpcblend.io.masks import DEFAULT_BAD_MASK_PLANES, bad_pixel_mask, mask_bits
-from hpcblend.kernels.detection import weighted_detection_image
+from hpcblend.kernels.detection import matched_filter_inputs, matched_filter_ratio, weighted_detection_image
 
 __all__ = ["DETECTION_METHODS", "detection_image", "detection_image_reference", "gaussian_kernel",
-           "significance_image"]
+           "significance_image", "significance_image_reference"]
 
 #: Methods :func:`detection_image` knows.
 DETECTION_METHODS: tuple = ("weighted", "chi2")
@@ -221,7 +221,8 @@ def _correlate_separable(image: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.
     return ndi.correlate1d(tmp, b, axis=1, mode="constant", cval=0.0)
 
 
-def significance_image(det_image, det_sigma, kernel=None, filter_sigma: float = 1.5) -> np.ndarray:
+def significance_image(det_image, det_sigma, kernel=None, filter_sigma: float = 1.5,
+                       reference: bool = False) -> np.ndarray:
     """Matched-filter significance of the detection image.
 
     .. math:: S(p) = \\frac{\\sum_q K_q D_{p+q} / \\sigma^2_{p+q}}
@@ -244,14 +245,16 @@ def significance_image(det_image, det_sigma, kernel=None, filter_sigma: float = 
     filter_sigma : float
         σ (pixels) of the default Gaussian kernel; 1.5 px ≈ the HSC coadd PSF
         (FWHM ≈ 0.6″ at 0.168″/px).
+    reference : bool
+        Do the elementwise steps in NumPy (:func:`significance_image_reference`) instead of compiled code.
 
     Returns
     -------
     ndarray, shape (H, W), float64
         Significance in units of σ; 0 where no pixel under the kernel has data.
     """
-    det_image = check_cube("det_image", det_image, ndim=2).astype(np.float64)
-    det_sigma = check_cube("det_sigma", det_sigma, ndim=2).astype(np.float64)
+    det_image = check_cube("det_image", det_image, ndim=2)
+    det_sigma = check_cube("det_sigma", det_sigma, ndim=2)
     check_same_shape("det_image", det_image, "det_sigma", det_sigma)
     k = gaussian_kernel(filter_sigma) if kernel is None else np.asarray(kernel, dtype=np.float64)
     if k.ndim != 2 or k.shape[0] % 2 == 0 or k.shape[1] % 2 == 0:
@@ -259,21 +262,37 @@ def significance_image(det_image, det_sigma, kernel=None, filter_sigma: float = 
     if not np.all(np.isfinite(k)) or not k.sum() > 0:
         raise ValueError("significance_image: kernel must be finite with a positive sum")
     k = k / k.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ivar = np.where(np.isfinite(det_sigma) & (det_sigma > 0), 1.0 / (det_sigma * det_sigma), 0.0)
-    data = np.where(ivar > 0, det_image, 0.0)
+    if reference:
+        det_image, det_sigma = det_image.astype(np.float64), det_sigma.astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ivar = np.where(np.isfinite(det_sigma) & (det_sigma > 0), 1.0 / (det_sigma * det_sigma), 0.0)
+        weighted = np.where(ivar > 0, det_image, 0.0) * ivar
+    else:  # one compiled pass, the same values (hpcblend.kernels.detection)
+        det_image, det_sigma = (a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
+                                for a in (det_image, det_sigma))
+        weighted, ivar = matched_filter_inputs(det_image, det_sigma)
     sep_k = _separable(k)
     if sep_k is not None:  # e.g. the default Gaussian: two 1-D passes, much cheaper than 2-D
         a, b = sep_k
-        num = _correlate_separable(data * ivar, a, b)
+        num = _correlate_separable(weighted, a, b)
         den = _correlate_separable(ivar, a * a, b * b)
     else:
-        num = _correlate(data * ivar, k)
+        num = _correlate(weighted, k)
         den = _correlate(ivar, k * k)
     # FFT round-off: tiny negative/positive residue where ivar is 0 everywhere under the kernel
     tiny = FFT_RESIDUE_RTOL * float(ivar.max()) * float((k * k).max()) if ivar.size else 0.0
+    if not reference:
+        return matched_filter_ratio(num, den, tiny)
     out = np.zeros(det_image.shape, dtype=np.float64)
     good = den > tiny
     np.divide(num, np.sqrt(den, where=good, out=np.ones_like(den)), out=out, where=good)
     return out
+
+
+def significance_image_reference(det_image, det_sigma, kernel=None, filter_sigma: float = 1.5) -> np.ndarray:
+    """:func:`significance_image` with its elementwise steps in NumPy (the reference of the compiled ones).
+
+    Parameters, returns and errors as :func:`significance_image`.
+    """
+    return significance_image(det_image, det_sigma, kernel, filter_sigma, reference=True)
 

@@ -295,14 +295,16 @@ def _deblend_footprints(footprints, patch, data, images, job, bands, rank, sampl
 def _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank, sampler,
                        gallery=None, kernels=None) -> dict:
     """Rows of one footprint (the children this patch owns): ``blends``, ``sources``, ``models``, ``model_pixels``."""
-    parent_id = int(encode_id(patch.tract, patch.flat, running << _PEAK_BITS))
     t0 = time.perf_counter()
+    # the parent's id (peak bits 0) and its children's (peak index + 1), in one call
+    all_ids = np.asarray(encode_id(patch.tract, patch.flat, (running << _PEAK_BITS) | np.arange(fp.n_peaks + 1)),
+                         dtype=np.int64).reshape(fp.n_peaks + 1)
+    parent_id = int(all_ids[0])
     blend = footprint_to_blend(fp, images, data.variance, data.mask, data.psfs, bands, blend_id=parent_id,
                                source=f"tract {patch.tract} patch {patch.name}", origin=patch.outer.origin,
                                pad=job.detect.pad)
     row = _blend_row(fp, blend, owned, parent_id, patch, data.tract_shape, rank)
-    ids = np.asarray(encode_id(patch.tract, patch.flat, (running << _PEAK_BITS) | np.arange(1, blend.n_peaks + 1)),
-                     dtype=np.int64).reshape(blend.n_peaks)
+    ids = all_ids[1:]
     src_all = _child_rows(source_spec(bands, tract=True, radii=job.measure.aperture_radii), blend, ids, parent_id,
                           patch)
     result, models = _fit(blend, row, src_all, job, bands, sampler, kernels)
