@@ -253,6 +253,13 @@ class DeblendConfig:
         Blends with a larger footprint (pixels) are skipped (``flag_skipped_too_large``).
     max_area_times_peaks : float
         Blends with ``footprint_area × n_peaks`` above this are skipped (``flag_skipped_too_large``).
+    max_model_memory_mb : float
+        Blends whose model arrays would need more than this many MB are skipped (``flag_skipped_too_large``):
+        the deblender holds dense ``(components, bands, H, W)`` float32 arrays over the blend's frame
+        (:func:`hpcblend.deblend.result.model_memory_bytes`: ~240 MB for 94 peaks on 295 × 324 px), so memory
+        grows as peaks × frame area; a parent that would exhaust a rank's memory becomes a flagged row instead
+        of killing the rank (which stops the job, and ``--resume`` would meet the same parent again). Size it
+        to the memory per rank (Slurm ``--mem-per-cpu``) less the patch's own arrays.
     sub_blends : bool
         Fit groups of sources whose models cannot meet (boxes farther apart than the PSF-difference kernel
         reaches) as independent sub-blends, each on its own crop and to its own convergence
@@ -285,6 +292,7 @@ class DeblendConfig:
     max_n_peaks: int = 600
     max_footprint_area: int = 2_000_000
     max_area_times_peaks: float = 1e9
+    max_model_memory_mb: float = 3000.0
     sub_blends: bool = True
 
 
@@ -435,7 +443,7 @@ _CHOICES = {
 _POSITIVE = {
     ("deblend", "model_psf_sigma"), ("deblend", "e_rel"), ("deblend", "max_iter"),
     ("deblend", "sed_step_factor"), ("deblend", "morph_step"), ("deblend", "max_n_peaks"),
-    ("deblend", "max_footprint_area"), ("deblend", "max_area_times_peaks"),
+    ("deblend", "max_footprint_area"), ("deblend", "max_area_times_peaks"), ("deblend", "max_model_memory_mb"),
     ("deblend", "kernel_tolerance"), ("deblend", "step_scale"), ("run", "write_every_seconds"),
     ("input", "n_demo_blends"), ("input", "patch_inner_size"), ("deblend", "max_components"),
     ("deblend", "multi_component_snr"), ("deblend", "core_fraction"),

@@ -120,6 +120,21 @@ def test_psf_not_normalised_raises_psf_error():
         build_observation(blend, DeblendConfig())
 
 
+def test_blend_too_big_for_memory_is_skipped_not_fitted():
+    """A parent whose model arrays would exceed deblend.max_model_memory_mb is a flagged row, not an OOM."""
+    from hpcblend.deblend.result import model_memory_bytes
+
+    blend = _small_blend()
+    need = model_memory_bytes(blend.n_peaks, len(blend.bands), blend.shape, DeblendConfig().max_components)
+    assert need == blend.n_peaks * 2 * blend.shape[0] * blend.shape[1] * 4 * (4 + 2 * len(blend.bands))
+    r = deblend_blend(blend, DeblendConfig(max_model_memory_mb=0.9 * need / 1e6))
+    assert r.flags["flag_skipped_too_large"] is True and not r.fitted and r.children == {}
+    ok = deblend_blend(blend, DeblendConfig(max_model_memory_mb=1.1 * need / 1e6))
+    assert ok.flags["flag_skipped_too_large"] is False and ok.fitted
+    # the default leaves room for the largest simulated parents (94 peaks on 295 x 324 px, five bands)
+    assert model_memory_bytes(94, 5, (295, 324)) < DeblendConfig().max_model_memory_mb * 1e6
+
+
 def test_too_many_peaks_is_skipped():
     blend = _small_blend()
     r = deblend_blend(blend, DeblendConfig(max_n_peaks=2))

@@ -15,7 +15,7 @@ import numpy as np
 from hpcblend.config import DeblendConfig
 from hpcblend.io.blends import BlendData
 
-__all__ = ["DeblendResult", "PARENT_FLAGS", "skip_flags", "expand_result"]
+__all__ = ["DeblendResult", "PARENT_FLAGS", "model_memory_bytes", "skip_flags", "expand_result"]
 
 #: The parent flags every :attr:`DeblendResult.flags` holds (bool), besides ``n_peaks_dropped`` (int).
 PARENT_FLAGS = ("flag_skipped_too_many_peaks", "flag_skipped_too_large", "flag_not_converged",
@@ -140,15 +140,46 @@ class DeblendResult:
         return self.sed is not None and not self.flags.get("flag_failed", False)
 
 
+def model_memory_bytes(n_peaks: int, n_bands: int, frame_shape, max_components: int = 2) -> int:
+    """Upper bound of the deblender's model arrays for a blend (bytes), the ``max_model_memory_mb`` guard.
+
+    Per component and frame pixel: the morphology (float32), its convolution to every band and the
+    child's observed model in every band (float32 each), and the optimiser's three moment arrays
+    (float32): ``4 (4 + 2 B)`` bytes, 56 for five bands. Components: one per peak, two when bright
+    sources may get a core (``max_components`` 2). Measured with tracemalloc on simulated 90-peak
+    parents: 26 bytes per component pixel outside the compiled fit, so the bound is about 2× (4× with
+    the cores) the typical peak.
+
+    Parameters
+    ----------
+    n_peaks : int
+        Peaks to fit.
+    n_bands : int
+    frame_shape : (int, int)
+        The blend's frame (H, W), pixels.
+    max_components : int
+
+    Returns
+    -------
+    int
+    """
+    h, w = (int(v) for v in frame_shape)
+    n_components = int(n_peaks) * (2 if max_components >= 2 else 1)
+    return n_components * h * w * 4 * (4 + 2 * int(n_bands))
+
+
 def skip_flags(blend: BlendData, config: DeblendConfig, n_kept: int) -> dict:
     """Every parent flag False, except the size guards: ``flag_skipped_too_many_peaks`` (more than
     ``config.max_n_peaks`` kept peaks) and ``flag_skipped_too_large`` (footprint area above
-    ``config.max_footprint_area``, or area × kept peaks above ``config.max_area_times_peaks``)."""
+    ``config.max_footprint_area``, area × kept peaks above ``config.max_area_times_peaks``, or model
+    arrays above ``config.max_model_memory_mb``: :func:`model_memory_bytes`)."""
     area = blend.footprint_area
     flags = {name: False for name in PARENT_FLAGS}
     if n_kept > config.max_n_peaks:
         flags["flag_skipped_too_many_peaks"] = True
-    if area > config.max_footprint_area or area * n_kept > config.max_area_times_peaks:
+    memory = model_memory_bytes(n_kept, len(blend.bands), blend.shape, config.max_components)
+    if (area > config.max_footprint_area or area * n_kept > config.max_area_times_peaks
+            or memory > config.max_model_memory_mb * 1e6):
         flags["flag_skipped_too_large"] = True
     return flags
 
