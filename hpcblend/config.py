@@ -347,6 +347,10 @@ class RunConfig:
     numba_cache_dir : str
         Where compiled kernels are cached (``NUMBA_CACHE_DIR``), one sub-directory per host; empty: Numba's
         default (beside the installed package — set this for read-only or shared installs).
+    keep_freed_memory : bool
+        Keep each rank's freed memory for its next unit (glibc ``mallopt``: no mmap, 1 GB trim threshold;
+        :mod:`hpcblend.parallel.allocator`) instead of faulting fresh pages in for every patch's arrays;
+        the rank's resident size stays at its high-water mark.
     """
 
     write_every_units: int = 0
@@ -358,6 +362,7 @@ class RunConfig:
     log_level: str = "INFO"
     warmup: bool = True
     numba_cache_dir: str = ""
+    keep_freed_memory: bool = True
 
 
 def write_round_units(write_every_units: int, n_ranks: int) -> int:

@@ -233,3 +233,18 @@ def test_other_yaml_files_use_the_same_strict_reader(tmp_path):
     with pytest.raises(ConfigError, match=r"t\.yaml: line 1: YAML aliases/anchors are not allowed"):
         read_yaml_file(str(path), what="thresholds file")
     assert read_yaml_file(str(_write(tmp_path, "a: 1\n", name="ok.yaml"))) == {"a": 1}
+
+
+def test_keep_freed_memory_setting():
+    """run.keep_freed_memory: glibc keeps freed memory (mallopt accepted) when on; nothing is touched when off."""
+    import sys
+
+    from hpcblend.parallel.allocator import keep_freed_memory
+
+    assert keep_freed_memory(False) is False
+    if sys.platform.startswith("linux"):
+        assert keep_freed_memory(True) is True  # glibc: both mallopt calls accepted
+    job = job_from_dict(apply_overrides({"input": {"kind": "demo"}}, ["run.keep_freed_memory=false"]))
+    assert job.run.keep_freed_memory is False
+    with pytest.raises(ConfigError, match="keep_freed_memory"):
+        job_from_dict(apply_overrides({"input": {"kind": "demo"}}, ["run.keep_freed_memory=[1]"]))

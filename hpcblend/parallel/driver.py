@@ -62,6 +62,7 @@ from hpcblend.errors import CatalogError, HpcblendError
 from hpcblend.io.catalog import CatalogWriter
 from hpcblend.io.gallery import write_gallery
 from hpcblend.io.profiles import write_collapsed, write_profiles
+from hpcblend.parallel.allocator import keep_freed_memory
 from hpcblend.parallel.markers import InflightMarker, WriterLock, inflight_units, log_dir, node_name, report_fatal
 from hpcblend.parallel.schedule import DONE_RANKS, NEXT_UNIT, ROUND, STOP, Schedule, round_due, unit_order
 from hpcblend.parallel.signals import ProgressWhileBusy, StopOnSignal
@@ -140,6 +141,8 @@ def run_job(job: JobConfig, output: str | None = None, progress: bool | None = N
     comm = comm or world
     out = os.path.abspath(output or job.output.path)
     source = source if source is not None else make_source(job)
+    if keep_freed_memory(job.run.keep_freed_memory):
+        log.debug("rank %d: freed memory is kept for the next unit (glibc mallopt)", comm.rank)
 
     err, units, done_already, lock, fatal = None, None, False, None, None
     if comm.rank == 0:
