@@ -37,6 +37,7 @@ from hpcblend.errors import is_programming_error
 from hpcblend.io.blends import BlendData, expand_inputs, read_blend
 from hpcblend.io.json_values import json_default
 from hpcblend.kernels.convolution import convolve_bands, correlate_bands
+from hpcblend.parallel.allocator import keep_freed_memory
 
 __all__ = ["REFERENCES", "REFERENCE_README", "ScarletLiteSettings", "ScarletLiteRunner", "load_scarlet_lite",
            "run_bench_deblend", "format_report", "write_json"]
@@ -369,7 +370,8 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
     init, fit, measure) and, with a reference, by scarlet_lite
     (:meth:`ScarletLiteRunner.deblend`: observation, initialisation, fit — the
     call the LSST pipeline times), one after the other, hpcblend first on even
-    blends and the reference first on odd ones.
+    blends and the reference first on odd ones. The process keeps its freed
+    memory as a run's ranks do (:func:`hpcblend.parallel.allocator.keep_freed_memory`), for both.
 
     Parameters
     ----------
@@ -396,6 +398,7 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
     """
     config = DeblendConfig() if config is None else config
     runner, status = _reference_runner(reference, config, note)
+    keep_freed_memory(True)  # as a run's ranks do (run.keep_freed_memory); both deblenders alike
     cold = warm_up()
     files = expand_inputs(list(paths))
     blends = [read_blend(f, blend_id=i + 1) for i, f in enumerate(files)]
