@@ -60,6 +60,18 @@ def _chi_to_gaussian(chi2: np.ndarray, dof: np.ndarray) -> np.ndarray:
     return z
 
 
+def _checked_inputs(images, variance, mask, method: str) -> tuple:
+    """The arrays of :func:`detection_image` checked (its Raises): images, variance (B, H, W), mask or None."""
+    if method not in DETECTION_METHODS:
+        raise ValueError(f"detection_image: unknown method {method!r}; choose one of {DETECTION_METHODS}")
+    images = check_cube("images", images)
+    variance = check_cube("variance", variance)
+    mask = None if mask is None else np.asarray(mask)
+    check_same_shape("images", images, "variance", variance)
+    check_same_shape("images", images, "mask", mask)
+    return images, variance, mask
+
+
 def detection_image(images, variance, mask=None, method: str = "weighted",
                     bad_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES) -> Tuple[np.ndarray, np.ndarray]:
     """Combine all bands into one detection image and its per-pixel noise σ.
@@ -114,13 +126,7 @@ def detection_image(images, variance, mask=None, method: str = "weighted",
     ValueError
         If ``method`` is unknown.
     """
-    if method not in DETECTION_METHODS:
-        raise ValueError(f"detection_image: unknown method {method!r}; choose one of {DETECTION_METHODS}")
-    images = check_cube("images", images)
-    variance = check_cube("variance", variance)
-    mask = None if mask is None else np.asarray(mask)
-    check_same_shape("images", images, "variance", variance)
-    check_same_shape("images", images, "mask", mask)
+    images, variance, mask = _checked_inputs(images, variance, mask, method)
     if method == "weighted":  # one compiled pass (hpcblend.kernels.detection); the same values to the bit
         if mask is None or mask.dtype.kind not in "iu":
             mask = np.zeros(images.shape, dtype=np.uint8) if mask is None else mask.astype(np.int64)
@@ -134,13 +140,7 @@ def detection_image_reference(images, variance, mask=None, method: str = "weight
 
     Parameters, returns and errors as :func:`detection_image`.
     """
-    if method not in DETECTION_METHODS:
-        raise ValueError(f"detection_image: unknown method {method!r}; choose one of {DETECTION_METHODS}")
-    images = check_cube("images", images)
-    variance = check_cube("variance", variance)
-    mask = None if mask is None else np.asarray(mask)
-    check_same_shape("images", images, "variance", variance)
-    check_same_shape("images", images, "mask", mask)
+    images, variance, mask = _checked_inputs(images, variance, mask, method)
     bad = bad_pixel_mask(variance, mask, bad_planes, images=images)
     h, w = images.shape[1:]
     wsum = np.zeros((h, w), dtype=np.float64)
