@@ -13,5 +13,5 @@ nothing of hpcblend; every compiled kernel has a plain NumPy reference it is tes
 (``tests/test_kernels.py`` and the tests of its callers).
 """
 
-__all__ = ["convolution", "detection", "fit", "fit_steps", "initialization", "measurement", "moments", "operators", "photometry",
-           "psf"]
+__all__ = ["convolution", "detection", "fit", "fit_steps", "initialization", "measurement", "moments", "operators",
+           "photometry", "psf"]

@@ -1,8 +1,11 @@
-"""Detection on a whole patch in compiled code: the weighted detection image and footprint growth.
+"""Detection on a whole patch in compiled code: the weighted detection image, the matched filter's
+elementwise steps and footprint growth.
 
-Both replace whole-patch NumPy passes (a dozen temporary (H, W) arrays per band) by one pass over
-the pixels. Their plain NumPy references are :func:`hpcblend.detect.image.detection_image_reference`
-and :func:`hpcblend.detect.footprints.grow_mask_reference`, tested against them (``tests/test_detect.py``).
+Each replaces whole-patch NumPy passes (a dozen temporary (H, W) arrays) by one pass over the pixels.
+Their plain references are :func:`hpcblend.detect.image.detection_image_reference`,
+:func:`hpcblend.detect.image.significance_image_reference` and
+:func:`hpcblend.detect.footprints.grow_mask_reference`, tested against them bit for bit
+(``tests/test_detect.py``).
 """
 
 from __future__ import annotations

@@ -155,13 +155,16 @@ def model_memory_bytes(n_peaks: int, n_bands: int, frame_shape, max_components: 
     n_peaks : int
         Peaks to fit.
     n_bands : int
+        Bands fitted.
     frame_shape : (int, int)
         The blend's frame (H, W), pixels.
     max_components : int
+        ``deblend.max_components`` (2: a bright peak may get a core component).
 
     Returns
     -------
     int
+        Bytes.
     """
     h, w = (int(v) for v in frame_shape)
     n_components = int(n_peaks) * (2 if max_components >= 2 else 1)

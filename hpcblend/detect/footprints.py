@@ -22,10 +22,11 @@ from hpcblend.errors import HpcblendError
 from hpcblend.geometry import Box
 from hpcblend.kernels.detection import dilate_disk
 
-__all__ = ["DetectionError", "Footprint", "is_isolated", "detect_footprints", "grow_mask_reference", "segment_pixels"]
+__all__ = ["DetectionError", "Footprint", "is_isolated", "detect_footprints", "grow_mask_reference",
+           "segment_pixels"]
 
-#: Footprints grow by a binary dilation with a disk up to this radius (pixels); beyond it a distance
-#: transform (the same pixels, cheaper for large disks).
+#: :func:`grow_mask_reference` dilates with a disk up to this radius (pixels), beyond it by a distance
+#: transform (the same pixels, cheaper for large disks); a run grows footprints in compiled code.
 DILATION_MAX_RADIUS = 4
 #: ``sep``'s pixel stack is raised, when the pixels above threshold come within this many of it, to
 #: ``PIXSTACK_GROWTH`` times their number plus this margin (so a dense field does not overflow it).

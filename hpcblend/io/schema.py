@@ -190,6 +190,7 @@ def forced_columns(bands: Sequence[str], radii: Sequence[float] = DEFAULT_APERTU
              ("psf_shape_xy", f8, "pixel**2"), ("flags", i4, "")]
     return cols
 
+
 @functools.lru_cache(maxsize=None)
 def patch_spec() -> TableSpec:
     """``/patches``: one row per patch of a tract run (times in seconds, boxes (y0, x0, h, w) in tract pixels).
@@ -240,4 +241,3 @@ def model_pixel_spec() -> TableSpec:
     """``/model_pixels``: morphology pixels of the stored models, :data:`MODEL_CHUNK` per row (row-major)."""
     dtype = np.dtype([("id", "i8"), ("chunk", "i4"), ("values", "f4", (MODEL_CHUNK,))])
     return TableSpec(name="model_pixels", dtype=dtype, units={}, version=MODELS_VERSION)
-

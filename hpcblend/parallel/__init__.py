@@ -5,8 +5,8 @@ the work loop and the write rounds), :mod:`~hpcblend.parallel.schedule` (the han
 RMA counters on rank 0, the write-round trigger), :mod:`~hpcblend.parallel.signals` (stop signals, MPI
 progress while a rank works), :mod:`~hpcblend.parallel.markers` (what a run leaves in
 ``<output>.log/``: in-flight markers, error tracebacks, the writer lock) and
-:mod:`~hpcblend.parallel.allocator` (a rank keeps its freed memory for the next unit). No numerics, and no branch on the
-kind of input: that is the work source's business.
+:mod:`~hpcblend.parallel.allocator` (a rank keeps its freed memory for the next unit). No numerics,
+and no branch on the kind of input: that is the work source's business.
 """
 
 __all__: list = []
