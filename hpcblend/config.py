@@ -149,7 +149,8 @@ class DetectConfig:
         Pixels of data kept around each footprint's box in its blend cut-out.
     fit_isolated : bool
         Fit single-peak footprints with the deblender too (otherwise they are measured directly on the data: the
-        child is the whole footprint).
+        child is the whole footprint; a patch measures all of them together in one compiled call,
+        :mod:`hpcblend.measure.isolated`, ~2x faster than one by one, same values).
     """
 
     subtract_background: bool = False

@@ -383,7 +383,7 @@ def test_programming_error_in_an_isolated_source_propagates(tract, tmp_path, mon
 
     def broken(*args, **kwargs):
         raise AttributeError("no such attribute")
-    monkeypatch.setattr(hpcblend.units.tract, "measure_isolated", broken)
+    monkeypatch.setattr(hpcblend.units.tract, "measure_isolated_footprints", broken)
     with pytest.raises(AttributeError, match="no such attribute"):
         _run(_job(tract, tmp_path / "attrerror.h5"))
 

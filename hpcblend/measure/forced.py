@@ -268,7 +268,7 @@ def forced_photometry(images, variance, positions, psfs, bands: Sequence[str], m
                 resid[b], xk, yk, rr, err=sigma[b], subpix=0)
         cols.shape[k] = kp.heavy_moments(data_or_model, inp.total, mk, -1 if inp.sb is None else inp.sb,
                                          y, x, terms.moments[3])
-    return cols.table(inp, terms.moments, _masked_in_apertures(good, ys, xs, rr))
+    return cols.table(inp.bands, inp.radii, inp.positions, terms.moments, _masked_in_apertures(good, ys, xs, rr))
 
 
 def _masked_in_apertures(good: np.ndarray, ys: np.ndarray, xs: np.ndarray, rr: np.ndarray) -> np.ndarray:
@@ -299,17 +299,19 @@ class _Measured:
         self.shape = np.full((nk, 8), np.nan)
         self.shape[:, 6:] = 0
 
-    def table(self, inp: _Inputs, psf_moments, n_bad: np.ndarray) -> np.ndarray:
-        """The rows (K,) of :func:`forced_columns`; ``n_bad`` (B, K, R): masked pixels in each aperture."""
+    def table(self, bands: Tuple[str, ...], radii: Tuple[float, ...], positions: np.ndarray, psf_moments,
+              n_bad: np.ndarray) -> np.ndarray:
+        """The rows (K,) of :func:`forced_columns` for children at ``positions`` (K, 2); ``n_bad`` (B, K, R):
+        masked pixels in each aperture (only ``> 0`` matters)."""
         on = self.on_image
         ap_flag = (np.where(self.sep_flag & sep.APER_TRUNC, FORCED_AP_TRUNCATED, 0)
                    | np.where(n_bad.transpose(1, 2, 0) > 0, FORCED_AP_MASKED, 0)) * on[:, None, None]
         shape_failed = np.where(on & (self.shape[:, 7] != MOMENTS_OK), FORCED_SHAPE_FAILED, 0)
         flags = (np.bitwise_or.reduce(self.psf_flag, axis=1) | np.bitwise_or.reduce(ap_flag, axis=(1, 2))
                  | shape_failed)
-        out = _empty_table(inp.bands, inp.radii, len(on))
-        out["y"], out["x"] = inp.positions[:, 0], inp.positions[:, 1]
-        psf_names, ap_names = _flux_column_names(inp.bands, inp.radii)
+        out = _empty_table(bands, radii, len(on))
+        out["y"], out["x"] = positions[:, 0], positions[:, 1]
+        psf_names, ap_names = _flux_column_names(bands, radii)
         for b, (f, e, fl) in enumerate(psf_names):
             out[f], out[e], out[fl] = self.psf[:, b], self.psf_err[:, b], self.psf_flag[:, b]
         for (i, b), (f, e, fl) in ap_names.items():

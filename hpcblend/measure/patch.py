@@ -1,7 +1,9 @@
 """Measurements of a tract patch's children beyond the deblender's own: isolated sources, forced photometry, RA/Dec.
 
 :func:`measure_isolated` measures a single-peak footprint that is not fitted (the child is the
-footprint's data), :func:`forced_on_patch` runs forced PSF/aperture photometry and adaptive moments
+footprint's data) — a run measures all of a patch's isolated footprints together
+(:mod:`hpcblend.measure.isolated`), and this one-by-one path is what the tests compare that with —,
+:func:`forced_on_patch` runs forced PSF/aperture photometry and adaptive moments
 (:func:`hpcblend.measure.forced.forced_photometry`) on a cut-out of the patch with the neighbours
 subtracted by their models, and :func:`sky_coordinates` converts the children's positions to RA/Dec
 (all children of a patch in one WCS call).

@@ -13,6 +13,10 @@ children it owns; each writes its own ``/blends`` row (``n_peaks_owned``,
 ``primary`` True in the patch owning the brightest peak), so runtime per
 patch is accounted exactly and ``primary`` rows count physical blends once.
 
+Unfitted isolated footprints (one peak, ``detect.fit_isolated`` false: 85 % of a tract's parents) are
+not deblended one by one: the patch measures them all together after the blends
+(:mod:`hpcblend.measure.isolated`, one compiled call), and the rows are put back in detection order.
+
 Ids (:func:`hpcblend.skymap.encode_id`): tract, patch and a running number —
 ``(n << 12)`` for the n-th owned footprint (1-based, detection order) and
 ``(n << 12) | (k + 1)`` for its peak k — so they do not depend on ranks.
@@ -50,7 +54,8 @@ from hpcblend.io.coadd import check_tract, read_box, read_patch, read_tract_shap
 from hpcblend.io.models import pack_models
 from hpcblend.io.schema import blend_spec, model_pixel_spec, model_spec, patch_spec, source_spec
 from hpcblend.measure.forced import forced_photometry
-from hpcblend.measure.patch import forced_on_patch, measure_isolated, sky_coordinates, warm_up_measure
+from hpcblend.measure.isolated import measure_isolated_footprints, warm_up_isolated
+from hpcblend.measure.patch import forced_on_patch, sky_coordinates, warm_up_measure
 from hpcblend.skymap import encode_id, make_patches
 from hpcblend.units.costmodel import unit_cost
 from hpcblend.units.rows import error_columns, fill_child_rows, fill_parent_row, flag_exception, nan_float_columns, offer_to_gallery
@@ -164,6 +169,7 @@ def warm_up_tract(bands=DEFAULT_BANDS, tract_dir=None) -> float:
         model = (blend.images * blend.footprint[None])[None].astype(np.float32)
         forced_photometry(blend.images, blend.variance, blend.peaks.astype(float), psfs, bands, model)
         warm_up_measure(blend, images, variance, mask, bands)
+    warm_up_isolated(images, variance, mask, np.ones(images.shape[1:], dtype=np.int32), psfs, bands)
     return time.perf_counter() - t0
 
 
@@ -228,6 +234,8 @@ def process_patch(unit, job: JobConfig, bands, rank: int = 0, sampler=None, gall
     result = {"patches": prow}
     for name, parts in out.items():
         result[name] = specs[name].concatenate(parts)
+    for name in ("blends", "sources"):  # footprint (detection) order: isolated footprints were measured last
+        result[name] = result[name][np.argsort(result[name]["id"], kind="stable")]
     return result
 
 
@@ -272,11 +280,17 @@ def _deblend_footprints(footprints, patch, data, images, job, bands, rank, sampl
     t_deblend = t_measure = 0.0
     running = 0
     kernels = DifferenceKernels()  # one PSF per band in a patch: its difference kernels are computed once
+    together = not job.detect.fit_isolated  # unfitted isolated footprints: measured all at once, below
+    isolated, isolated_running = [], []
     for fp in footprints:
         owned = np.asarray(patch.owns_local(fp.peaks[:, 0], fp.peaks[:, 1]), dtype=bool)
         if not owned.any():
             continue
         running += 1
+        if together and fp.n_peaks == 1:
+            isolated.append(fp)
+            isolated_running.append(running)
+            continue
         with sampler.stage("init"):
             rows = _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank,
                                       sampler, gallery, kernels=kernels)
@@ -287,9 +301,81 @@ def _deblend_footprints(footprints, patch, data, images, job, bands, rank, sampl
         n_iso += bool(rows["blends"]["isolated"][0])
         n_blend += not bool(rows["blends"]["isolated"][0])
         n_src += len(rows["sources"])
+    if isolated:
+        with sampler.stage("measure"):
+            rows = _isolated_rows(isolated, isolated_running, patch, data, images, labels, job, bands, rank)
+        for name, r in rows.items():
+            out[name].append(r)
+        t_measure += float(rows["blends"]["t_measure"].sum())
+        n_iso += len(isolated)
+        n_src += len(isolated)
     sky_coordinates(out["sources"], data.wcs)  # every child of the patch in one WCS call
     return {"n_blends": n_blend, "n_isolated": n_iso, "n_sources": n_src, "t_deblend": t_deblend,
             "t_measure": t_measure}
+
+
+def _isolated_rows(footprints, running, patch, data, images, labels, job, bands, rank: int) -> dict:
+    """``/blends`` and ``/sources`` rows of the patch's unfitted isolated footprints, measured together
+    (:func:`hpcblend.measure.isolated.measure_isolated_footprints`); each ``/blends`` row's ``t_measure``
+    and ``t_total`` are an equal share of the whole batch's time."""
+    t0 = time.perf_counter()
+    n = len(footprints)
+    h_out, w_out = images.shape[1:]
+    run = np.asarray(running, dtype=np.int64) << _PEAK_BITS
+    ids = np.asarray(encode_id(patch.tract, patch.flat, np.concatenate([run, run | 1])), dtype=np.int64)
+    parent_ids, child_ids = ids[:n], ids[n:]
+    fboxes = np.array([[fp.bbox.y0, fp.bbox.stop[0], fp.bbox.x0, fp.bbox.stop[1]] for fp in footprints],
+                      dtype=np.int64).reshape(n, 4)
+    pad = int(job.detect.pad)
+    bboxes = np.stack([np.maximum(fboxes[:, 0] - pad, 0), np.minimum(fboxes[:, 1] + pad, h_out),
+                       np.maximum(fboxes[:, 2] - pad, 0), np.minimum(fboxes[:, 3] + pad, w_out)], 1)
+    outer = patch.outer
+    origins = bboxes[:, [0, 2]] + np.array([outer.y0, outer.x0], dtype=np.int64)
+    peaks = np.array([fp.peaks[0] for fp in footprints], dtype=np.int64).reshape(n, 2)
+    label_of = np.array([fp.label for fp in footprints], dtype=np.int64)
+
+    row = blend_spec().empty(n)
+    nan_float_columns(row, ["chi2_per_pixel"])
+    row["id"] = parent_ids
+    row["source_file"] = f"tract {patch.tract} patch {patch.name}".encode()
+    row["tract"] = patch.tract
+    row["patch"] = patch.flat
+    row["n_peaks"] = 1
+    row["n_peaks_owned"] = 1
+    row["primary"] = True
+    row["footprint_area"] = [fp.area for fp in footprints]
+    row["bbox"] = np.column_stack([origins, bboxes[:, 1] - bboxes[:, 0], bboxes[:, 3] - bboxes[:, 2]])
+    row["rank"] = rank
+    row["isolated"] = True
+    row["converged"] = True
+    row["flag_footprint_truncated"] = _truncated(fboxes, outer, data.tract_shape)
+
+    src = source_spec(bands, tract=True, radii=job.measure.aperture_radii).empty(n)
+    nan_float_columns(src)
+    src["id"] = child_ids
+    src["parent_id"] = parent_ids
+    src["peak_index"] = 0
+    src["peak_y"] = peaks[:, 0] + outer.y0
+    src["peak_x"] = peaks[:, 1] + outer.x0
+    src["tract"] = patch.tract
+    src["patch"] = patch.flat
+    row["flag_incomplete_data"] = measure_isolated_footprints(
+        src, fboxes, bboxes, label_of, peaks, origins, outer, data, images, labels, bands,
+        forced_pad=job.measure.forced_pad, bad_mask_planes=job.deblend.bad_mask_planes,
+        radii=job.measure.aperture_radii)
+    share = (time.perf_counter() - t0) / n
+    row["t_measure"] = share
+    row["t_total"] = share
+    return {"blends": row, "sources": src}
+
+
+def _truncated(fboxes, outer, tract_shape) -> np.ndarray:
+    """Per footprint box ``(y0, y1, x0, x1)`` (patch-outer frame): whether it touches an edge of the outer box
+    that is not the tract's (the footprint may be cut there)."""
+    ty, tx = tract_shape
+    return (((fboxes[:, 0] == 0) & (outer.y0 > 0)) | ((fboxes[:, 2] == 0) & (outer.x0 > 0))
+            | ((fboxes[:, 1] >= outer.height) & (outer.y0 + outer.height < ty))
+            | ((fboxes[:, 3] >= outer.width) & (outer.x0 + outer.width < tx)))
 
 
 def _process_footprint(fp, owned, running, patch, data, images, labels, job, bands, rank, sampler,
@@ -345,14 +431,9 @@ def _blend_row(fp, blend, owned, parent_id: int, patch, tract_shape, rank: int):
     row["rank"] = rank
     row["isolated"] = blend.n_peaks == 1
     # a footprint touching the outer box's edge (where that edge is not the tract's) may be cut
-    outer = patch.outer
-    by0, bx0 = fp.bbox.origin
-    by1, bx1 = fp.bbox.stop
-    h_out, w_out = outer.height, outer.width
-    ty, tx = tract_shape
-    row["flag_footprint_truncated"] = ((by0 == 0 and outer.y0 > 0) or (bx0 == 0 and outer.x0 > 0)
-                                       or (by1 >= h_out and outer.y0 + h_out < ty)
-                                       or (bx1 >= w_out and outer.x0 + w_out < tx))
+    fb = fp.bbox
+    row["flag_footprint_truncated"] = _truncated(np.array([[fb.y0, fb.stop[0], fb.x0, fb.stop[1]]]), patch.outer,
+                                                 tract_shape)
     return row
 
 
@@ -374,29 +455,24 @@ def _child_rows(sspec, blend, ids, parent_id: int, patch):
 
 
 def _fit(blend, row, src_all, job, bands, sampler, kernels=None) -> tuple:
-    """Deblend the footprint (or measure an unfitted isolated one) into ``row`` and ``src_all``.
+    """Deblend the footprint into ``row`` and ``src_all`` (unfitted isolated footprints are
+    :func:`_isolated_rows`'s).
 
     Returns
     -------
     result : hpcblend.deblend.deblender.DeblendResult or None
-        None for an unfitted isolated source or a failed blend.
+        None for a failed blend.
     models : ndarray, shape (K, B, h, w), or None
         Observed-frame child models on the blend's cut-out; None without children.
     """
     models = None
     result = None
     try:
-        if blend.n_peaks == 1 and not job.detect.fit_isolated:
-            measure_isolated(blend, src_all, bands)
-            models = (blend.images * blend.footprint[None])[None].astype(np.float32)
-            row["converged"] = True
-            row["t_measure"] = 0.0
-        else:
-            result = deblend_blend(blend, job.deblend, sampler=sampler, kernels=kernels)
-            fill_parent_row(row, result)
-            fill_child_rows(src_all, result, blend.origin, bands)
-            if result.children:
-                models = result.child_models()
+        result = deblend_blend(blend, job.deblend, sampler=sampler, kernels=kernels)
+        fill_parent_row(row, result)
+        fill_child_rows(src_all, result, blend.origin, bands)
+        if result.children:
+            models = result.child_models()
     except Exception as exc:  # noqa: BLE001 - one bad blend is a flagged row
         if is_programming_error(exc):
             raise
