@@ -19,7 +19,8 @@ from scipy.signal import fftconvolve
 
 from hpcblend.detect.checks import check_cube, check_same_shape
 from hpcblend.io.masks import DEFAULT_BAD_MASK_PLANES, bad_pixel_mask, mask_bits
-from hpcblend.kernels.detection import matched_filter_inputs, matched_filter_ratio, weighted_detection_image
+from hpcblend.kernels.detection import (correlate_separable, matched_filter_inputs, matched_filter_ratio,
+                                       weighted_detection_image)
 
 __all__ = ["DETECTION_METHODS", "detection_image", "detection_image_reference", "gaussian_kernel",
            "significance_image", "significance_image_reference"]
@@ -215,8 +216,12 @@ def _separable(kernel: np.ndarray):
     return a, b
 
 
-def _correlate_separable(image: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """:func:`_correlate` with the kernel ``outer(a, b)``, as two 1-D passes."""
+def _correlate_separable(image: np.ndarray, a: np.ndarray, b: np.ndarray, reference: bool = False) -> np.ndarray:
+    """:func:`_correlate` with the kernel ``outer(a, b)``, as two 1-D passes: SciPy's ``correlate1d`` for
+    the reference, else :func:`hpcblend.kernels.detection.correlate_separable` (the same values)."""
+    if not reference and a.size % 2 == 1 and b.size % 2 == 1:
+        return correlate_separable(np.ascontiguousarray(image, dtype=np.float64), np.ascontiguousarray(a),
+                                   np.ascontiguousarray(b))
     tmp = ndi.correlate1d(image, a, axis=0, mode="constant", cval=0.0)
     return ndi.correlate1d(tmp, b, axis=1, mode="constant", cval=0.0)
 
@@ -274,8 +279,8 @@ def significance_image(det_image, det_sigma, kernel=None, filter_sigma: float = 
     sep_k = _separable(k)
     if sep_k is not None:  # e.g. the default Gaussian: two 1-D passes, much cheaper than 2-D
         a, b = sep_k
-        num = _correlate_separable(weighted, a, b)
-        den = _correlate_separable(ivar, a * a, b * b)
+        num = _correlate_separable(weighted, a, b, reference)
+        den = _correlate_separable(ivar, a * a, b * b, reference)
     else:
         num = _correlate(weighted, k)
         den = _correlate(ivar, k * k)
