@@ -34,3 +34,58 @@ def test_deblending_with_the_cache_gives_the_same_result():
     b = deblend_blend(blend, DeblendConfig(), kernels=DifferenceKernels())
     assert np.array_equal(a.sed, b.sed) and np.array_equal(a.morphs, b.morphs)
     assert np.array_equal(a.children["flux"], b.children["flux"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Numba's on-disk cache: a kernel whose callee in another file changed must not load stale machine code
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_stale_kernel_cache_is_deleted_when_any_kernel_source_changes(tmp_path):
+    import os
+
+    from hpcblend.kernels import _cache
+
+    src = tmp_path / "kernels"
+    src.mkdir()
+    (src / "fit.py").write_text("def fit(): pass\n")
+    (src / "operators.py").write_text("CAP = 1.0\n")
+    digest = _cache.sources_digest(str(src))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    kept = ["other.thing-1.py311.nbi", "notes.txt"]
+    compiled = ["fit.fit_blend-242.py311.nbi", "fit.fit_blend-242.py311.1.nbc", "operators.prox-10.py311.nbi"]
+    for name in kept + compiled:
+        (cache / name).write_text("x")
+
+    assert _cache.refresh_stale_cache([str(cache)], digest, ["fit", "operators"]) == [str(cache)]  # no stamp yet
+    assert sorted(os.listdir(cache)) == sorted(kept + [_cache.STAMP_NAME])
+    # compiled again from these sources: kept while no source changes
+    for name in compiled:
+        (cache / name).write_text("x")
+    assert _cache.refresh_stale_cache([str(cache)], digest, ["fit", "operators"]) == []
+    assert set(compiled) <= set(os.listdir(cache))
+    # a callee changes in another file (operators.py): every kernel's cache goes, fit.py's too
+    (src / "operators.py").write_text("CAP = 0.8\n")
+    new = _cache.sources_digest(str(src))
+    assert new != digest
+    assert _cache.refresh_stale_cache([str(cache)], new, ["fit", "operators"]) == [str(cache)]
+    assert not set(compiled) & set(os.listdir(cache))
+    # a cache directory that does not exist yet starts with the current stamp (nothing compiled there)
+    fresh = tmp_path / "fresh"
+    assert _cache.refresh_stale_cache([str(fresh)], new, ["fit"]) == [str(fresh)]
+    assert (fresh / _cache.STAMP_NAME).read_text().strip() == new
+
+
+def test_importing_the_kernels_stamps_their_cache_with_the_current_sources():
+    import os
+
+    import hpcblend.kernels as kernels
+    from hpcblend.kernels import _cache, fit
+
+    dirs = _cache.cache_dirs([fit])
+    assert dirs  # fit_blend is cached on disk
+    digest = _cache.sources_digest(os.path.dirname(kernels.__file__))
+    for d in dirs:
+        with open(os.path.join(d, _cache.STAMP_NAME)) as f:
+            assert f.read().strip() == digest
