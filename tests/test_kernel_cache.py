@@ -89,3 +89,42 @@ def test_importing_the_kernels_stamps_their_cache_with_the_current_sources():
     for d in dirs:
         with open(os.path.join(d, _cache.STAMP_NAME)) as f:
             assert f.read().strip() == digest
+
+
+_SIGNATURES_SCRIPT = r'''
+import importlib, sys
+import hpcblend.kernels as K
+from hpcblend.deblend import warm_up
+from hpcblend.units.tract import warm_up_tract
+from hpcblend.cli import main
+
+def signatures():
+    out = set()
+    for m in K.__all__:
+        mod = importlib.import_module(f"hpcblend.kernels.{m}")
+        for n, o in vars(mod).items():
+            if hasattr(o, "signatures") and getattr(o, "__module__", "") == mod.__name__:
+                out |= {f"{m}.{n}{s}" for s in o.signatures}
+    return out
+
+warm_up()
+warm_up_tract()
+before = signatures()
+main(["run", "--output", sys.argv[1], "--set", "run.progress=false"])
+print("NEW:" + "|".join(sorted(signatures() - before)))
+'''
+
+
+def test_the_warm_up_compiles_every_kernel_signature_a_tract_run_uses(tmp_path):
+    """What ./setup.sh compiles is what a run calls: no kernel is compiled for new argument types during the
+    built-in tract run after the warm-up (a first run after set-up would pay for it in its first patch)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", _SIGNATURES_SCRIPT, str(tmp_path / "run.h5")], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    new = [line for line in p.stdout.splitlines() if line.startswith("NEW:")]
+    assert new == ["NEW:"], new

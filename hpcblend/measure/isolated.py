@@ -91,8 +91,8 @@ def measure_isolated_footprints(src, fboxes, bboxes, labels_of, peaks, origins, 
     outer_origin = np.array([outer.y0, outer.x0], dtype=np.int64)
     forced_bits = mask_bits(bad_mask_planes or DEFAULT_BAD_MASK_PLANES)
     flux, flux_err, centroid, incomplete, on_image, psf, psf_err, psf_flag, shape, near = isolated_measurements(
-        images, data.variance, data.mask, labels, labels_of.astype(np.int64), fboxes.astype(np.int64),
-        bboxes.astype(np.int64), cboxes.astype(np.int64), peaks.astype(np.int64), origins.astype(np.int64),
+        images, data.variance, data.mask, labels, *(np.ascontiguousarray(a, dtype=np.int64)  # the warm-up's types
+                                                    for a in (labels_of, fboxes, bboxes, cboxes, peaks, origins)),
         outer_origin, NO_DATA_BIT, 1 << MASK_PLANES["DETECTED"], mask_bits(DEFAULT_BAD_MASK_PLANES), forced_bits,
         _psf_sigma(psfs), CENTROID_MAX_ITER, CENTROID_MAX_SHIFT, terms.padded, terms.spectra, terms.moments[3],
         max(radii) + 1.0)
