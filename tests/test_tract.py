@@ -479,3 +479,29 @@ def test_match_positions_one_to_one_brightest_first():
     t2c, c2t, dist = match_positions(truth, cat, 2.0, np.array([1, 0, 2]))
     assert t2c.tolist() == [-1, 0, 2] and c2t.tolist() == [1, -1, 2, -1]
     assert dist[1] == pytest.approx(0.4) and np.isnan(dist[0])
+
+
+def test_fit_isolated_fits_one_peak_footprints_the_same_footprints(tract, default_run, tmp_path):
+    """detect.fit_isolated: one-peak footprints go through the deblender (converged fits, model fluxes) instead
+    of the patch's batch of unfitted ones; the same footprints and children either way."""
+    out, _ = default_run
+    fitted = tmp_path / "fit_isolated.h5"
+    _run(_job(tract, fitted, detect={"fit_isolated": True}))
+    b0, b1 = read_table(str(out), "blends"), read_table(str(fitted), "blends")
+    s0, s1 = read_table(str(out), "sources"), read_table(str(fitted), "sources")
+    np.testing.assert_array_equal(np.sort(b0["id"]), np.sort(b1["id"]))
+    np.testing.assert_array_equal(np.sort(s0["id"]), np.sort(s1["id"]))
+    iso0, iso1 = b0[b0["isolated"]], b1[b1["isolated"]]
+    assert len(iso0) > 50 and len(iso0) == len(iso1)
+    assert np.all(iso0["iterations"] == 0) and np.all(iso1["iterations"] > 0)
+    assert np.all(iso1["converged"]) and not np.any(iso1["flag_not_converged"])
+    single0 = np.isin(s0["parent_id"], iso0["id"])
+    single1 = np.isin(s1["parent_id"], iso1["id"])
+    assert np.all(s0["flag_isolated_unfitted"][single0]) and not np.any(s1["flag_isolated_unfitted"][single1])
+    assert np.all(np.isnan(s0["flux_model_i"][single0])) and np.all(np.isfinite(s1["flux_model_i"][single1]))
+    # both measure the same sources: forced PSF fluxes of the isolated children agree to a few per cent
+    a = s0[single0][np.argsort(s0["id"][single0])]
+    c = s1[single1][np.argsort(s1["id"][single1])]
+    bright = a["psf_flux_i"] > 20 * a["psf_flux_err_i"]
+    assert bright.sum() > 20
+    assert np.median(np.abs(c["psf_flux_i"][bright] / a["psf_flux_i"][bright] - 1)) < 0.05
