@@ -116,4 +116,8 @@ def test_bench_tract_reports_every_stage_and_throughput(tmp_path, capsys):
     assert abs(sum(r["stages"].values()) - r["busy_s"]) < 1e-6 and abs(sum(r["share"].values()) - 1) < 1e-6
     assert r["stages"]["fit"] > 0 and r["stages"]["detect"] > 0 and r["n_parents"] > 10
     assert r["mpx_bands_per_core_s"] == pytest.approx(0.16 * 3 / r["busy_s"])
+    b = r["blended"]
+    assert b["n"] > 0 and 0 < b["fit"] <= r["stages"]["fit"] * 1.01 + 1e-3  # within the fit stage
+    assert b["fit_share"] == pytest.approx(b["fit"] / (b["init"] + b["fit"] + b["measure"]))
+    assert "blended parents (" in text
     assert main(["bench", "tract", "--set", "input.kind=blends"]) == 2  # not a tract job: one line

@@ -58,7 +58,9 @@ def run_bench_tract(job_path: Optional[str] = None, overrides: Sequence[str] = (
         ``n_parents`` (primary rows: physical blends), ``n_isolated``, ``n_sources``, ``pixels``
         (the tract's pixels: the patches' inner boxes), ``n_bands``, ``mpx_bands_per_core_s``,
         ``blends_per_core_s`` (primary parents per busy second), ``per_patch_s`` (median, max of
-        ``/patches.t_total``), ``per_blend_s`` (median, p90, max of ``/blends.t_total``).
+        ``/patches.t_total``), ``per_blend_s`` (median, p90, max of ``/blends.t_total``), ``blended``
+        (the parents with more than one peak: ``n``, seconds of ``init``, ``fit``, ``measure`` summed from
+        their ``/blends`` rows, and ``fit_share``, the fit's part of those three).
 
     Raises
     ------
@@ -95,6 +97,11 @@ def run_bench_tract(job_path: Optional[str] = None, overrides: Sequence[str] = (
     busy = sum(stages.values())
     pixels = int(np.sum(patches["inner_bbox"][:, 2] * patches["inner_bbox"][:, 3]))
     primary = blends["primary"].astype(bool)
+    multi = ~blends["isolated"].astype(bool)
+    blended = {"n": int(multi.sum()), "init": float(blends["t_init"][multi].sum()),
+               "fit": float(blends["t_fit"][multi].sum()), "measure": float(blends["t_measure"][multi].sum())}
+    spent = blended["init"] + blended["fit"] + blended["measure"]
+    blended["fit_share"] = blended["fit"] / spent if spent else float("nan")
     return {
         "job": job_path or "built-in job", "cold_start_s": cold, "wall_s": wall, "busy_s": busy,
         "stages": stages, "share": {s: (v / busy if busy else 0.0) for s, v in stages.items()},
@@ -106,6 +113,7 @@ def run_bench_tract(job_path: Optional[str] = None, overrides: Sequence[str] = (
         "per_patch_s": {"median": float(np.median(patches["t_total"])), "max": float(np.max(patches["t_total"]))},
         "per_blend_s": {"median": float(np.median(blends["t_total"])),
                         "p90": float(np.percentile(blends["t_total"], 90)), "max": float(np.max(blends["t_total"]))},
+        "blended": blended,
     }
 
 
@@ -121,6 +129,9 @@ def format_tract_report(r: dict) -> str:
     lines.append(f"per patch [s]: median {r['per_patch_s']['median']:.3f}  max {r['per_patch_s']['max']:.3f}")
     lines.append(f"per blend [s]: median {r['per_blend_s']['median']:.4f}  p90 {r['per_blend_s']['p90']:.4f}  "
                  f"max {r['per_blend_s']['max']:.4f}")
+    b = r["blended"]
+    lines.append(f"blended parents ({b['n']} rows with > 1 peak): init {b['init']:.3f} s, fit {b['fit']:.3f} s, "
+                 f"measure {b['measure']:.3f} s; fit {100 * b['fit_share']:.1f}% of their time")
     lines.append(f"throughput: {r['mpx_bands_per_core_s']:.3f} Mpx*bands per core-second, "
                  f"{r['blends_per_core_s']:.1f} blends per core-second")
     return "\n".join(lines)
