@@ -79,6 +79,9 @@ def blend_spec() -> TableSpec:
     ``deblend.max_chi2_per_pixel`` (config) (the model does not describe the data; its fluxes are
     not to be trusted). ``flag_incomplete_data``: more than 10 % of the footprint has zero weight in some
     band, in particular a band without any data (fitted on the other bands; that band's fluxes are NaN).
+    Times in s; a tract patch measures its unfitted one-peak footprints together
+    (:mod:`hpcblend.measure.isolated`), and each of their rows gets an equal share of that batch as
+    ``t_measure`` and ``t_total``.
     """
     cols = [("id", "i8", ""), ("source_file", f"S{SOURCE_FILE_BYTES}", ""), ("n_peaks", "i8", ""),
             ("n_peaks_dropped", "i8", ""), ("n_sub_blends", "i4", ""),
