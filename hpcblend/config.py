@@ -266,6 +266,11 @@ class DeblendConfig:
         reaches) as independent sub-blends, each on its own crop and to its own convergence
         (:mod:`hpcblend.deblend.subblends`); ``/blends.n_sub_blends`` says how many a parent had. False: every
         parent in one piece.
+    slope_peak_ratio, slope_peak_box : float, int
+        A faint peak on a brighter source's slope (at least ``slope_peak_ratio`` of its detection-image value
+        explained by a brighter source's monotonic profile there) gets a box of at most ``slope_peak_box``
+        pixels from its peak along each axis, so that its monotonic morphology cannot take the brighter
+        source's outskirts (:func:`hpcblend.deblend.initialization.slope_peak_caps`). 0 disables.
     """
 
     model_psf_sigma: float = 0.8
@@ -295,6 +300,8 @@ class DeblendConfig:
     max_area_times_peaks: float = 1e9
     max_model_memory_mb: float = 3000.0
     sub_blends: bool = True
+    slope_peak_ratio: float = 0.4
+    slope_peak_box: int = 4
 
 
 @dataclass(frozen=True)
@@ -460,7 +467,8 @@ _NON_NEGATIVE = {("run", "numba_threads"), ("run", "write_every_units"), ("profi
                  ("input", "patch_overlap"), ("input", "tract"), ("detect", "grow"), ("detect", "pad"),
                  ("detect", "min_peak_separation"), ("detect", "min_prominence"), ("measure", "forced_pad"),
                  ("deblend", "min_iter"), ("deblend", "bg_thresh"), ("deblend", "box_margin"),
-                 ("deblend", "sed_ridge"), ("deblend", "init_deconvolve"), ("deblend", "psf_regularization")}
+                 ("deblend", "sed_ridge"), ("deblend", "init_deconvolve"), ("deblend", "psf_regularization"),
+                 ("deblend", "slope_peak_ratio"), ("deblend", "slope_peak_box")}
 
 
 def _validate(job: JobConfig, source: str) -> JobConfig:

@@ -211,9 +211,9 @@ def _symmetric_boxes(peaks, boxes, h, w):
 
 
 @njit(nogil=True, cache=True)
-def _step_sources(settings, step, momentum, bc1, bc2, grad, curvature, noise_rms, kernel_radius, peaks, sed, morph,
-                  boxes, alive, m1, m2, m3, s1, s2, s3, sed_prev, grad_sed, neighbour_sed, support_block_max, lip_sed,
-                  coupling):
+def _step_sources(settings, step, momentum, bc1, bc2, grad, curvature, noise_rms, kernel_radius, peaks, box_cap,
+                  sed, morph, boxes, alive, m1, m2, m3, s1, s2, s3, sed_prev, grad_sed, neighbour_sed,
+                  support_block_max, lip_sed, coupling):
     """One optimiser step of every live source, in place: gradient step, constraints, (FISTA) extrapolation.
 
     ``step`` is FISTA's fraction of 1/row-sum, ``momentum`` its extrapolation weight, ``bc1``/``bc2``
@@ -234,14 +234,14 @@ def _step_sources(settings, step, momentum, bc1, bc2, grad, curvature, noise_rms
             fista_update(k, sed, mk, y0, y1, x0, x1, grad, curvature, support_block_max, neighbour_sed,
                          kernel_radius, step, lip_sed, grad_sed, coupling)
         prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, settings.bg_thresh, settings.monotonic,
-                    settings.symmetric, settings.margin, h, w, m1, m2, m3)
+                    settings.symmetric, settings.margin, h, w, m1, m2, m3, box_cap[k])
         if settings.optimizer == OPT_FISTA and alive[k]:
             extrapolate(k, sed, mk, boxes, sed_prev, m2, momentum)
 
 
 @njit(nogil=True, cache=True)
-def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, boxes, noise_rms, kernel_radius,
-              settings, loss_history):
+def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, box_cap, sed, morph, boxes, noise_rms,
+              kernel_radius, settings, loss_history):
     """Fit all sources of a blend (SEDs and morphologies) in place.
 
     Parameters
@@ -260,6 +260,9 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
         Padded FFT grid.
     peaks : ndarray, shape (K, 2), int64
         Peak pixels (y, x).
+    box_cap : ndarray, shape (K,), int64
+        Largest distance (pixels, along each axis) of a source's box from its peak; 0: none
+        (:func:`hpcblend.deblend.initialization.slope_peak_caps`).
     sed : ndarray, shape (K, B), float64
         Initial SEDs ``a_k`` (peak counts per band); updated in place.
     morph : ndarray, shape (K, H, W), float32
@@ -395,8 +398,8 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, b
             neighbour_sums(sed, boxes, alive, kernel_radius, neighbour_sed)
             support_sum(morph, boxes, alive, support, support_block_max)
         _step_sources(settings, settings.step_scale * step_mult, momentum, bc1, bc2, grad, curvature, noise_rms,
-                      kernel_radius, peaks, sed, morph, boxes, alive, m1, m2, m3, s1, s2, s3, sed_prev, grad_sed,
-                      neighbour_sed, support_block_max, lip_sed, coupling)
+                      kernel_radius, peaks, box_cap, sed, morph, boxes, alive, m1, m2, m3, s1, s2, s3, sed_prev,
+                      grad_sed, neighbour_sed, support_block_max, lip_sed, coupling)
     if status == STATUS_OK and (not evaluated or loss_history[n_iter - 1] > (1.0 + e_rel) * best_loss):
         # the last step was not evaluated (max_iter reached) or the last state is worse than the best
         # (m2 is overwritten: FISTA's previous iterate, or adaprox's second moments, no longer needed)

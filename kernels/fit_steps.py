@@ -89,15 +89,17 @@ def symmetric_box(cy, cx, y0, y1, x0, x1, h, w):
 
 @njit(nogil=True, cache=True)
 def prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monotonic, symmetric,
-                margin, h, w, m1, m2, m3):
+                margin, h, w, m1, m2, m3, cap=0):
     """Apply the morphology and SED constraints of source k, renormalise, and resize its box (in place).
 
     SED: non-negative. Morphology: threshold at ``bg_thresh`` times the noise of the source's optimal
     band combination, point symmetry and monotonicity about the peak (as asked), positivity; then
     scaled to peak 1 (the SED takes the factor). A morphology with nothing left kills the source
     (``alive[k] = False``, zero SED and morphology). The box shrinks to the non-zero support plus
-    ``margin`` pixels (symmetric about the peak when ``symmetric``); the optimiser state ``m1``,
-    ``m2``, ``m3`` (K, H, W) of pixels leaving it is set to zero.
+    ``margin`` pixels (symmetric about the peak when ``symmetric``), and to at most ``cap`` pixels
+    from the peak along each axis when ``cap > 0`` (a faint peak on a brighter source's slope,
+    :func:`hpcblend.deblend.initialization.slope_peak_caps`; the morphology beyond is zeroed); the
+    optimiser state ``m1``, ``m2``, ``m3`` (K, H, W) of pixels leaving it is set to zero.
     """
     nb = sed.shape[1]
     for b in range(nb):
@@ -147,10 +149,16 @@ def prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monoto
     nx1 = min(nx1 + margin, w)
     if symmetric:
         ny0, ny1, nx0, nx1 = symmetric_box(cy, cx, ny0, ny1, nx0, nx1, h, w)
+    if cap > 0:
+        ny0 = max(ny0, cy - cap)
+        ny1 = min(ny1, cy + cap + 1)
+        nx0 = max(nx0, cx - cap)
+        nx1 = min(nx1, cx + cap + 1)
     # pixels leaving the box are zero; forget their optimiser state
     for y in range(y0, y1):
         for x in range(x0, x1):
             if y < ny0 or y >= ny1 or x < nx0 or x >= nx1:
+                mk[y, x] = 0.0
                 m1[k, y, x] = 0.0
                 m2[k, y, x] = 0.0
                 m3[k, y, x] = 0.0

@@ -156,7 +156,7 @@ def _residual_and_loss(sed, morph, boxes, alive, images, weights, transfer, hp, 
 
 
 def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, boxes, noise_rms,
-                        max_iter, min_iter, e_rel, bg_thresh, margin, kernel_radius, step_scale):
+                        max_iter, min_iter, e_rel, bg_thresh, margin, kernel_radius, step_scale, caps=None):
     """FISTA of :func:`hpcblend.kernels.fit.fit_blend` (monotonic, not symmetric), whole-array NumPy.
 
     Returns (loss history, sed, morph, boxes, alive, converged, number of returns to the best state).
@@ -250,8 +250,12 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
             ys, xs = np.nonzero(pos)
             ny0, ny1 = max(min(ys.min() + y0, cy) - margin, 0), min(max(ys.max() + y0 + 1, cy + 1) + margin, h)
             nx0, nx1 = max(min(xs.min() + x0, cx) - margin, 0), min(max(xs.max() + x0 + 1, cx + 1) + margin, w)
+            if caps is not None and caps[k] > 0:  # a slope peak's box limit (slope_peak_caps)
+                ny0, ny1 = max(ny0, cy - caps[k]), min(ny1, cy + caps[k] + 1)
+                nx0, nx1 = max(nx0, cx - caps[k]), min(nx1, cx + caps[k] + 1)
             outside = np.ones((h, w), bool)
             outside[ny0:ny1, nx0:nx1] = False
+            mk[outside] = 0.0
             morph_prev[k][outside] = 0.0
             boxes[k] = (ny0, ny1, nx0, nx1)
             # Nesterov extrapolation
@@ -369,28 +373,34 @@ def _small_bright_blend(seed, flux, sizes):
     ("bright", 12.0, 60, True),  # returns down to the step floor, then stops (not converged)
     ("bright", 2.0, 12, True),  # max_iter reached: the best state is returned
     ("three", 2.0, 60, False),  # an ordinary blend: momentum restarts only
+    ("three-capped", 2.0, 60, False),  # the same with two boxes limited (slope peaks)
 ])
 def test_fit_blend_matches_reference(case):
     kind, step_scale, max_iter, expect_back = case
     if kind == "bright":
         blend = _small_bright_blend(0, 3e4, (3.0, 4.0))
-    else:
+    else:  # "three", "three-capped"
         blend, _ = make_synthetic_blend(3, n_sources=3, shape=(41, 41), flux_range=(2e4, 5e4), min_separation=8.0)
     config = DeblendConfig()
     obs = build_observation(blend, config)
     peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
-    sed, morph, boxes = initialize_sources(obs, peaks, config)
+    sed, morph, boxes, _ = initialize_sources(obs, peaks, config)
     args = (obs.images, obs.weights, obs.curvature, obs.transfer, *obs.fft_shape, peaks)
     s, m, b = sed.copy(), morph.copy(), boxes.copy()
     history = np.zeros(max_iter)
+    caps = np.zeros(len(peaks), dtype=np.int64)
+    if kind == "three-capped":
+        caps[1:] = 3
     settings = fit.FitSettings(optimizer=fit.OPT_FISTA, max_iter=max_iter, min_iter=config.min_iter,
                                e_rel=config.e_rel, bg_thresh=config.bg_thresh, monotonic=True, symmetric=False,
                                sed_step_factor=0.0, morph_step=0.0, margin=config.box_margin, step_scale=step_scale)
-    n_iter, converged, status, alive = fit.fit_blend(*args, s, m, b, obs.noise_rms, obs.kernel_radius, settings,
-                                                     history)
+    n_iter, converged, status, alive = fit.fit_blend(*args, caps, s, m, b, obs.noise_rms, obs.kernel_radius,
+                                                     settings, history)
     ref_hist, ref_sed, ref_morph, ref_boxes, ref_alive, ref_converged, n_back = fit_blend_reference(
         *args, sed, morph, boxes, obs.noise_rms, max_iter, config.min_iter, config.e_rel, config.bg_thresh,
-        config.box_margin, obs.kernel_radius, step_scale)
+        config.box_margin, obs.kernel_radius, step_scale, caps=caps)
+    if kind == "three-capped":  # the limited boxes held
+        assert np.all(b[1:, 1] - peaks[1:, 0] <= 4) and np.all(peaks[1:, 0] - b[1:, 0] <= 3)
     assert status == fit.STATUS_OK
     assert (n_back > 0) == expect_back, n_back
     assert n_iter == len(ref_hist) and converged == ref_converged
@@ -452,7 +462,7 @@ def test_fit_blend_adaprox_matches_reference(kind, max_iter):
     config = DeblendConfig(optimizer="adaprox")
     obs = build_observation(blend, config)
     peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
-    sed, morph, boxes = initialize_sources(obs, peaks, config)
+    sed, morph, boxes, _ = initialize_sources(obs, peaks, config)
     s, m, b = sed.copy(), morph.copy(), boxes.copy()
     history = np.zeros(max_iter)
     settings = fit.FitSettings(optimizer=fit.OPT_ADAPROX, max_iter=max_iter, min_iter=config.min_iter,
@@ -460,7 +470,8 @@ def test_fit_blend_adaprox_matches_reference(kind, max_iter):
                                sed_step_factor=config.sed_step_factor, morph_step=config.morph_step,
                                margin=config.box_margin, step_scale=config.step_scale)
     n_iter, converged, status, alive = fit.fit_blend(obs.images, obs.weights, obs.curvature, obs.transfer,
-                                                     *obs.fft_shape, peaks, s, m, b, obs.noise_rms,
+                                                     *obs.fft_shape, peaks, np.zeros(len(peaks), dtype=np.int64),
+                                                     s, m, b, obs.noise_rms,
                                                      obs.kernel_radius, settings, history)
     ref_hist, ref_sed, ref_morph, ref_boxes, ref_alive, ref_converged = adaprox_reference(
         obs.images, obs.weights, obs.transfer, *obs.fft_shape, peaks, sed, morph, boxes, obs.noise_rms, max_iter,

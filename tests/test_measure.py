@@ -14,7 +14,7 @@ def test_measure_kernel_matches_numpy_reference(seed):
     blend, _ = make_synthetic_blend(seed=seed, n_sources=4)
     cfg = DeblendConfig()
     obs = build_observation(blend, cfg)
-    sed, morphs, boxes = initialize_sources(obs, np.asarray(blend.peaks, dtype=np.int64), cfg)
+    sed, morphs, boxes, _ = initialize_sources(obs, np.asarray(blend.peaks, dtype=np.int64), cfg)
     rng = np.random.default_rng(seed)
     sed = sed * rng.uniform(0.5, 1.5, sed.shape)  # any model will do: the two must agree on it
     conv = convolve_sources(morphs, obs)
@@ -47,7 +47,7 @@ def test_model_flux_is_the_flux_inside_the_frame():
     obs = build_observation(blend, cfg)
     h, w = blend.shape
     peaks = np.array([[h // 2, 0], [h // 2, w // 2]], dtype=np.int64)  # on the left edge; in the middle
-    sed, morphs, boxes = initialize_sources(obs, peaks, cfg)
+    sed, morphs, boxes, _ = initialize_sources(obs, peaks, cfg)
     morphs[:] = 0
     yy, xx = np.indices((h, w))
     for k, (py, px) in enumerate(peaks):

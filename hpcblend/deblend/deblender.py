@@ -173,13 +173,13 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None,
     child_peaks = np.ascontiguousarray(blend.peaks[kept], dtype=np.int64)
     owner, core = component_layout(obs, child_peaks, config)
     peaks = np.ascontiguousarray(child_peaks[owner])
-    sed, morphs, boxes = initialize_sources(obs, peaks, config, core=core)
+    sed, morphs, boxes, caps = initialize_sources(obs, peaks, config, core=core)
     t1 = time.perf_counter()
     result.t_init = t1 - t0
     _set_stage(sampler, "fit", blend.id)
     try:
         fitted = fit_sub_blends(obs, peaks, sed, morphs, boxes, owner, fit_settings(config), blend.source,
-                                split=config.sub_blends)
+                                split=config.sub_blends, box_cap=caps)
         n_iter, converged, alive, loss_history = fitted.n_iter, fitted.converged, fitted.alive, fitted.loss_history
         result.n_sub_blends = fitted.n_sub_blends
     except NumericalFailure as exc:

@@ -11,7 +11,7 @@ loss or model into a :class:`~hpcblend.errors.NumericalFailure`.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -49,7 +49,8 @@ def fit_settings(config: DeblendConfig) -> fit.FitSettings:
 
 
 def fit_sources(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs: np.ndarray, boxes: np.ndarray,
-                settings: fit.FitSettings, source: str) -> Tuple[int, bool, np.ndarray, np.ndarray]:
+                settings: fit.FitSettings, source: str, box_cap: Optional[np.ndarray] = None
+                ) -> Tuple[int, bool, np.ndarray, np.ndarray]:
     """Fit the SEDs and morphologies of all components of a blend, in place.
 
     Parameters
@@ -67,6 +68,9 @@ def fit_sources(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs: np
         From :func:`fit_settings`.
     source : str
         Where the blend came from (for messages).
+    box_cap : ndarray, shape (C,), int, optional
+        Largest distance (pixels, per axis) of each component's box from its peak, 0 for none
+        (:func:`hpcblend.deblend.initialization.slope_peak_caps`); default none.
 
     Returns
     -------
@@ -85,8 +89,9 @@ def fit_sources(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs: np
     """
     loss = np.zeros(settings.max_iter)
     hp, wp = obs.fft_shape
+    cap = np.zeros(len(peaks), dtype=np.int64) if box_cap is None else np.ascontiguousarray(box_cap, dtype=np.int64)
     n_iter, converged, status, alive = fit.fit_blend(
-        obs.images, obs.weights, obs.curvature, obs.transfer, hp, wp, peaks, sed, morphs, boxes, obs.noise_rms,
+        obs.images, obs.weights, obs.curvature, obs.transfer, hp, wp, peaks, cap, sed, morphs, boxes, obs.noise_rms,
         obs.kernel_radius, settings, loss)
     if status == fit.STATUS_NONFINITE:
         raise NumericalFailure(f"{source}: loss became non-finite at iteration {n_iter}")

@@ -44,7 +44,7 @@ same reason (Bosch et al. 2018, PASJ 70, S5, section 4).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -191,7 +191,7 @@ def _left_domain(boxes: np.ndarray, reach: int, crop: Box, domain: np.ndarray, s
 
 
 def _fit_group(obs: Observation, idx: np.ndarray, peaks: np.ndarray, sed: np.ndarray, morphs: np.ndarray,
-               boxes: np.ndarray, settings: fit.FitSettings, source: str, whole_frame: bool):
+               boxes: np.ndarray, settings: fit.FitSettings, source: str, whole_frame: bool, box_cap: np.ndarray):
     """Fit the components ``idx`` on their crop; write SEDs, morphologies and boxes back.
 
     Returns ``(n_iter, converged, alive, loss_history, left)``; ``left``: a model now reaches beyond
@@ -209,7 +209,7 @@ def _fit_group(obs: Observation, idx: np.ndarray, peaks: np.ndarray, sed: np.nda
     sub_boxes = np.ascontiguousarray(boxes[idx] - np.array([y0, y0, x0, x0], dtype=np.int64))
     sub_peaks = np.ascontiguousarray(peaks[idx] - np.array([y0, x0], dtype=np.int64))
     n_iter, converged, alive, loss = fit_sources(sub_obs, sub_peaks, sub_sed, sub_morphs, sub_boxes, settings,
-                                                 source)
+                                                 source, box_cap=box_cap[idx])
     sed[idx] = sub_sed
     morphs[idx] = 0.0
     morphs[idx, ys, xs] = sub_morphs
@@ -250,7 +250,8 @@ def _merge_groups(groups: List[np.ndarray], boxes: np.ndarray, owner: np.ndarray
 
 
 def fit_sub_blends(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs: np.ndarray, boxes: np.ndarray,
-                   owner: np.ndarray, settings: fit.FitSettings, source: str, split: bool = True) -> SubBlendFit:
+                   owner: np.ndarray, settings: fit.FitSettings, source: str, split: bool = True,
+                   box_cap: Optional[np.ndarray] = None) -> SubBlendFit:
     """Fit a blend's components in independent sub-blends (see the module docstring); arrays updated in place.
 
     Parameters
@@ -271,6 +272,8 @@ def fit_sub_blends(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs:
         Where the blend came from (messages).
     split : bool
         False: fit the blend in one piece whatever its groups (``deblend.sub_blends: false``).
+    box_cap : ndarray, shape (C,), int, optional
+        Per-component box limit (pixels from the peak, 0: none; :func:`fit_sources`).
 
     Returns
     -------
@@ -282,9 +285,11 @@ def fit_sub_blends(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs:
         The loss or the parameters of a group became NaN or inf.
     """
     r = obs.kernel_radius
+    box_cap = np.zeros(len(peaks), dtype=np.int64) if box_cap is None else np.asarray(box_cap, dtype=np.int64)
     n_groups, labels = sub_blend_labels(boxes, owner, r + GROWTH_RESERVE) if split else (1, None)
     if n_groups == 1:
-        n_iter, converged, alive, loss = fit_sources(obs, peaks, sed, morphs, boxes, settings, source)
+        n_iter, converged, alive, loss = fit_sources(obs, peaks, sed, morphs, boxes, settings, source,
+                                                     box_cap=box_cap)
         return SubBlendFit(n_iter, converged, alive, loss, 1)
     groups = [np.flatnonzero(labels == g) for g in range(n_groups)]
     todo = [True] * n_groups
@@ -298,7 +303,7 @@ def fit_sub_blends(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs:
             if not todo[g]:
                 continue
             n_it, conv, alive[idx], loss, cut[g] = _fit_group(obs, idx, peaks, sed, morphs, boxes, settings, source,
-                                                              whole_frame=attempt > MAX_REGROUP_PASSES)
+                                                              attempt > MAX_REGROUP_PASSES, box_cap)
             iters[g] += n_it
             converged[g] = conv
             histories[g] = np.concatenate([histories[g], loss])
