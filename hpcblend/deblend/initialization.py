@@ -165,9 +165,10 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
     """Box limits of faint peaks sitting on a brighter source's slope.
 
     A peak ``i`` whose detection-image value ``D_i`` is at least ``config.slope_peak_ratio`` explained by a
-    brighter source ``j``'s (larger initial flux ``D_j Σ S_j``) monotonic profile there, ``D_j S_j(p_i) >= ratio · D_i`` with ``S_j`` the
-    (not symmetrised) monotonic projection of the detection image about ``p_j``, i.e. whose rise above
-    the saddle towards ``j`` is small, is a bump on ``j``'s slope: a knot of ``j`` or a faint neighbour
+    brighter source ``j``'s (larger initial flux ``D_j Σ S_j``) monotonic profile there,
+    ``D_j S_j(p_i) >= ratio · D_i`` with ``S_j`` the (not symmetrised) monotonic projection of the
+    detection image about ``p_j`` within :data:`SLOPE_PEAK_REACH` pixels, i.e. whose rise above the
+    saddle towards ``j`` is small, is a bump on ``j``'s slope: a knot of ``j`` or a faint neighbour
     in front of it. Left free, its monotonic morphology extends downhill along ``j``'s outskirts and
     takes their light (a faint galaxy 1.5″ from a bright irregular one got 3.9× its flux, the bright one
     −24 %). Its box is limited to ``config.slope_peak_box`` pixels from its peak.
