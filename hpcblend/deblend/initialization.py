@@ -201,7 +201,8 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
     under = np.zeros(k)
     for j in np.argsort(-flux):
         near = ((flux < flux[j]) & (np.abs(py - py[j]) <= SLOPE_PEAK_REACH)
-                & (np.abs(px - px[j]) <= SLOPE_PEAK_REACH) & ~caps.astype(bool))
+                & (np.abs(px - px[j]) <= SLOPE_PEAK_REACH) & ~caps.astype(bool)
+                & ((py != py[j]) | (px != px[j])))  # not a component of the same source (its core)
         if not near.any() or not height[j] > threshold:
             continue
         y0, y1 = max(py[j] - SLOPE_PEAK_REACH, 0), min(py[j] + SLOPE_PEAK_REACH + 1, h)
