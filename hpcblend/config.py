@@ -267,10 +267,9 @@ class DeblendConfig:
         (:mod:`hpcblend.deblend.subblends`); ``/blends.n_sub_blends`` says how many a parent had. False: every
         parent in one piece.
     slope_peak_ratio, slope_peak_box : float, int
-        A faint peak on a brighter source's slope (at least ``slope_peak_ratio`` of its detection-image value
-        explained by a brighter source's monotonic profile there) gets a box of at most ``slope_peak_box``
-        pixels from its peak along each axis, so that its monotonic morphology cannot take the brighter
-        source's outskirts (:func:`hpcblend.deblend.initialization.slope_peak_caps`). 0 disables.
+        A peak on a brighter source's slope (``slope_peak_ratio`` of its detection value explained by that
+        source's monotonic profile) keeps its box within ``slope_peak_box`` px of its peak, so it cannot take
+        the brighter source's outskirts (:func:`hpcblend.deblend.initialization.slope_peak_caps`); 0: off.
     """
 
     model_psf_sigma: float = 0.8
