@@ -29,7 +29,16 @@ from hpcblend.kernels.isolated import aperture_planes, isolated_measurements
 from hpcblend.measure.forced import _check_inputs, _Measured, _psf_terms
 from hpcblend.measure.patch import CENTROID_MAX_ITER, CENTROID_MAX_SHIFT, _psf_sigma
 
-__all__ = ["measure_isolated_footprints", "warm_up_isolated"]
+__all__ = ["grow_boxes", "measure_isolated_footprints", "warm_up_isolated"]
+
+
+def grow_boxes(boxes: np.ndarray, pad: int, shape) -> np.ndarray:
+    """Boxes ``(y0, y1, x0, x1)`` (N, 4) grown by ``pad`` pixels on every side and clipped to an image of
+    ``shape`` (H, W): :class:`hpcblend.geometry.Box`'s ``grow(pad) & image`` for many boxes at once."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    h, w = shape
+    return np.stack([np.maximum(boxes[:, 0] - pad, 0), np.minimum(boxes[:, 1] + pad, h),
+                     np.maximum(boxes[:, 2] - pad, 0), np.minimum(boxes[:, 3] + pad, w)], 1)
 
 
 def measure_isolated_footprints(src, fboxes, bboxes, labels_of, peaks, origins, outer, data, images, labels,
@@ -86,8 +95,7 @@ def measure_isolated_footprints(src, fboxes, bboxes, labels_of, peaks, origins, 
         return np.zeros(0, dtype=bool)
     _, _, _, _, psfs = _check_inputs(images, data.variance, None, np.zeros((0, 2)), data.psfs, bands)
     terms = _psf_terms(psfs, None)
-    cboxes = np.stack([np.maximum(bboxes[:, 0] - forced_pad, 0), np.minimum(bboxes[:, 1] + forced_pad, h_out),
-                       np.maximum(bboxes[:, 2] - forced_pad, 0), np.minimum(bboxes[:, 3] + forced_pad, w_out)], 1)
+    cboxes = grow_boxes(bboxes, forced_pad, (h_out, w_out))  # forced_on_patch's cut-outs
     outer_origin = np.array([outer.y0, outer.x0], dtype=np.int64)
     forced_bits = mask_bits(bad_mask_planes or DEFAULT_BAD_MASK_PLANES)
     flux, flux_err, centroid, incomplete, on_image, psf, psf_err, psf_flag, shape, near = isolated_measurements(

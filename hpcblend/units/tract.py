@@ -54,7 +54,7 @@ from hpcblend.io.coadd import check_tract, read_box, read_patch, read_tract_shap
 from hpcblend.io.models import pack_models
 from hpcblend.io.schema import blend_spec, model_pixel_spec, model_spec, patch_spec, source_spec
 from hpcblend.measure.forced import forced_photometry
-from hpcblend.measure.isolated import measure_isolated_footprints, warm_up_isolated
+from hpcblend.measure.isolated import grow_boxes, measure_isolated_footprints, warm_up_isolated
 from hpcblend.measure.patch import forced_on_patch, sky_coordinates, warm_up_measure
 from hpcblend.skymap import encode_id, make_patches
 from hpcblend.units.costmodel import unit_cost
@@ -326,39 +326,17 @@ def _isolated_rows(footprints, running, patch, data, images, labels, job, bands,
     parent_ids, child_ids = ids[:n], ids[n:]
     fboxes = np.array([[fp.bbox.y0, fp.bbox.stop[0], fp.bbox.x0, fp.bbox.stop[1]] for fp in footprints],
                       dtype=np.int64).reshape(n, 4)
-    pad = int(job.detect.pad)
-    bboxes = np.stack([np.maximum(fboxes[:, 0] - pad, 0), np.minimum(fboxes[:, 1] + pad, h_out),
-                       np.maximum(fboxes[:, 2] - pad, 0), np.minimum(fboxes[:, 3] + pad, w_out)], 1)
+    bboxes = grow_boxes(fboxes, int(job.detect.pad), (h_out, w_out))  # footprint_to_blend's boxes
     outer = patch.outer
     origins = bboxes[:, [0, 2]] + np.array([outer.y0, outer.x0], dtype=np.int64)
     peaks = np.array([fp.peaks[0] for fp in footprints], dtype=np.int64).reshape(n, 2)
     label_of = np.array([fp.label for fp in footprints], dtype=np.int64)
-
-    row = blend_spec().empty(n)
-    nan_float_columns(row, ["chi2_per_pixel"])
-    row["id"] = parent_ids
-    row["source_file"] = f"tract {patch.tract} patch {patch.name}".encode()
-    row["tract"] = patch.tract
-    row["patch"] = patch.flat
-    row["n_peaks"] = 1
-    row["n_peaks_owned"] = 1
-    row["primary"] = True
-    row["footprint_area"] = [fp.area for fp in footprints]
-    row["bbox"] = np.column_stack([origins, bboxes[:, 1] - bboxes[:, 0], bboxes[:, 3] - bboxes[:, 2]])
-    row["rank"] = rank
-    row["isolated"] = True
+    row = _parent_rows(patch, parent_ids, 1, 1, True, [fp.area for fp in footprints],
+                       np.column_stack([origins, bboxes[:, 1] - bboxes[:, 0], bboxes[:, 3] - bboxes[:, 2]]), fboxes,
+                       data.tract_shape, rank)
     row["converged"] = True
-    row["flag_footprint_truncated"] = _truncated(fboxes, outer, data.tract_shape)
-
-    src = source_spec(bands, tract=True, radii=job.measure.aperture_radii).empty(n)
-    nan_float_columns(src)
-    src["id"] = child_ids
-    src["parent_id"] = parent_ids
-    src["peak_index"] = 0
-    src["peak_y"] = peaks[:, 0] + outer.y0
-    src["peak_x"] = peaks[:, 1] + outer.x0
-    src["tract"] = patch.tract
-    src["patch"] = patch.flat
+    src = _source_rows(source_spec(bands, tract=True, radii=job.measure.aperture_radii), child_ids, parent_ids, 0,
+                       peaks[:, 0] + outer.y0, peaks[:, 1] + outer.x0, patch)
     row["flag_incomplete_data"] = measure_isolated_footprints(
         src, fboxes, bboxes, label_of, peaks, origins, outer, data, images, labels, bands,
         forced_pad=job.measure.forced_pad, bad_mask_planes=job.deblend.bad_mask_planes,
@@ -415,43 +393,56 @@ def _process_footprint(fp, owned, running, patch, data, images, labels, job, ban
     return rows
 
 
-def _blend_row(fp, blend, owned, parent_id: int, patch, tract_shape, rank: int):
-    """The footprint's ``/blends`` row before it is fitted (shape (1,))."""
-    row = blend_spec().empty(1)
+def _parent_rows(patch, ids, n_peaks, n_owned, primary, areas, bboxes, fboxes, tract_shape, rank: int):
+    """``/blends`` rows (N,) of footprints before they are fitted: ``ids``, ``n_peaks``, ``n_owned``,
+    ``primary``, ``areas`` (N,), their blend boxes ``bboxes`` (N, 4) as (y0, x0, h, w) in the tract frame and
+    bounding boxes ``fboxes`` (N, 4) as (y0, y1, x0, x1) in the patch-outer frame."""
+    row = blend_spec().empty(len(ids))
     nan_float_columns(row, ["chi2_per_pixel"])
-    row["id"] = parent_id
+    row["id"] = ids
     row["source_file"] = f"tract {patch.tract} patch {patch.name}".encode()
     row["tract"] = patch.tract
     row["patch"] = patch.flat
-    row["n_peaks"] = blend.n_peaks
-    row["n_peaks_owned"] = int(owned.sum())
-    row["primary"] = bool(owned[0])
-    row["footprint_area"] = blend.footprint_area
-    row["bbox"] = [blend.origin[0], blend.origin[1], blend.shape[0], blend.shape[1]]
+    row["n_peaks"] = n_peaks
+    row["n_peaks_owned"] = n_owned
+    row["primary"] = primary
+    row["footprint_area"] = areas
+    row["bbox"] = bboxes
     row["rank"] = rank
-    row["isolated"] = blend.n_peaks == 1
+    row["isolated"] = np.asarray(n_peaks) == 1
     # a footprint touching the outer box's edge (where that edge is not the tract's) may be cut
-    fb = fp.bbox
-    row["flag_footprint_truncated"] = _truncated(np.array([[fb.y0, fb.stop[0], fb.x0, fb.stop[1]]]), patch.outer,
-                                                 tract_shape)
+    row["flag_footprint_truncated"] = _truncated(np.asarray(fboxes), patch.outer, tract_shape)
     return row
+
+
+def _blend_row(fp, blend, owned, parent_id: int, patch, tract_shape, rank: int):
+    """The footprint's ``/blends`` row before it is fitted (shape (1,))."""
+    fb = fp.bbox
+    return _parent_rows(patch, [parent_id], [blend.n_peaks], [int(owned.sum())], [bool(owned[0])],
+                        [blend.footprint_area], [[blend.origin[0], blend.origin[1], blend.shape[0], blend.shape[1]]],
+                        [[fb.y0, fb.stop[0], fb.x0, fb.stop[1]]], tract_shape, rank)
+
+
+def _source_rows(sspec, ids, parent_ids, peak_index, peak_y, peak_x, patch):
+    """``/sources`` rows (N,) of peaks (tract pixels) before they are measured (floats NaN, flags False)."""
+    src = sspec.empty(len(ids))
+    nan_float_columns(src)
+    src["id"] = ids
+    src["parent_id"] = parent_ids
+    src["peak_index"] = peak_index
+    src["peak_y"] = peak_y
+    src["peak_x"] = peak_x
+    src["tract"] = patch.tract
+    src["patch"] = patch.flat
+    for f in ("flag_parent_failed", "flag_parent_skipped", "flag_model_zero", "flag_isolated_unfitted"):
+        src[f] = False
+    return src
 
 
 def _child_rows(sspec, blend, ids, parent_id: int, patch):
     """``/sources`` rows of every peak of the footprint (floats NaN until measured, flags False)."""
-    k_all = blend.n_peaks
-    src_all = sspec.empty(k_all)
-    nan_float_columns(src_all)
-    src_all["id"] = ids
-    src_all["parent_id"] = parent_id
-    src_all["peak_index"] = np.arange(k_all)
-    src_all["peak_y"] = blend.peaks[:, 0] + blend.origin[0]
-    src_all["peak_x"] = blend.peaks[:, 1] + blend.origin[1]
-    src_all["tract"] = patch.tract
-    src_all["patch"] = patch.flat
-    for f in ("flag_parent_failed", "flag_parent_skipped", "flag_model_zero", "flag_isolated_unfitted"):
-        src_all[f] = False
-    return src_all
+    return _source_rows(sspec, ids, parent_id, np.arange(blend.n_peaks), blend.peaks[:, 0] + blend.origin[0],
+                        blend.peaks[:, 1] + blend.origin[1], patch)
 
 
 def _fit(blend, row, src_all, job, bands, sampler, kernels=None) -> tuple:
