@@ -19,8 +19,8 @@ from hpcblend.config import DeblendConfig
 from hpcblend.deblend.observation import Observation, convolve_sources
 from hpcblend.kernels import initialization
 
-__all__ = ["DEAD_SOURCE_SED_FRACTION", "SLOPE_PEAK_REACH", "detection_snr", "component_layout", "initialize_sources",
-           "slope_peak_caps"]
+__all__ = ["DEAD_SOURCE_SED_FRACTION", "SLOPE_PEAK_REACH", "detection_image", "detection_snr", "component_layout",
+           "initialize_sources", "slope_peak_caps"]
 
 #: A source whose initial SED fit gives no flux in any band starts at this fraction of the noise σ_b
 #: in every band, so that the fit can still grow it (a zero SED has a zero morphology gradient).
@@ -29,8 +29,39 @@ DEAD_SOURCE_SED_FRACTION = 0.1
 SLOPE_PEAK_REACH = 24
 
 
+def detection_image(obs: Observation) -> Tuple[np.ndarray, float]:
+    """The observed-frame detection image, (H, W) float32 (counts), and its noise σ_det (counts).
+
+    The band-weighted mean ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²`` (scarlet's detection image), over the bands
+    with data at each pixel: where some bands have zero weight (saturated or masked there) it is the
+    mean of the others, instead of a mean that counts the missing bands as 0 (a star saturated in
+    three of five bands had 40 % of its core's value there). Pixels with no data in any band
+    (:attr:`Observation.no_data`: a saturated core, a bleed trail) are 0: a peak there starts compact
+    (the model PSF, :func:`hpcblend.kernels.initialization.init_morphology`), which is a star's shape,
+    and grows in the fit.
+
+    Parameters
+    ----------
+    obs : Observation
+
+    Returns
+    -------
+    detect : ndarray, shape (H, W), float32
+    sigma_det : float
+        ``(Σ_b 1/σ_b²)^-½`` with ``σ_b`` = ``obs.noise_rms``.
+    """
+    band_weight = 1.0 / obs.noise_rms ** 2
+    total = band_weight.sum()
+    detect = np.tensordot(band_weight, obs.images, axes=1) / total
+    has_data = obs.weights > 0
+    partial = has_data.any(axis=0) & ~has_data.all(axis=0)
+    if partial.any():
+        detect[partial] *= total / np.tensordot(band_weight, has_data[:, partial], axes=1)
+    return detect.astype(np.float32), float(1.0 / np.sqrt(total))
+
+
 def detection_snr(obs: Observation, peaks: np.ndarray) -> np.ndarray:
-    """S/N of each peak in the detection image ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²`` (noise ``(Σ_b 1/σ_b²)^-½``).
+    """S/N of each peak in the detection image (:func:`detection_image`; noise ``(Σ_b 1/σ_b²)^-½``).
 
     Parameters
     ----------
@@ -41,9 +72,8 @@ def detection_snr(obs: Observation, peaks: np.ndarray) -> np.ndarray:
     -------
     snr : ndarray, shape (K,), float64
     """
-    band_weight = 1.0 / obs.noise_rms ** 2
-    values = obs.images[:, peaks[:, 0], peaks[:, 1]].T @ band_weight / band_weight.sum()
-    return values * np.sqrt(band_weight.sum())
+    detect, sigma_det = detection_image(obs)
+    return detect[peaks[:, 0], peaks[:, 1]].astype(np.float64) / sigma_det
 
 
 def component_layout(obs: Observation, child_peaks: np.ndarray, config: DeblendConfig) -> Tuple[np.ndarray, np.ndarray]:
@@ -87,18 +117,17 @@ def _dilate(boxes: np.ndarray, radius: int, shape: tuple) -> np.ndarray:
 def _detection_image(obs: Observation, config: DeblendConfig) -> Tuple[np.ndarray, float]:
     """The image the morphologies are cut from, (H, W) float32, and its threshold (counts).
 
-    The band-weighted mean ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²`` lives in the observed frame, morphologies in
+    The detection image (:func:`detection_image`) lives in the observed frame, morphologies in
     the model frame (model PSF): with ``init_deconvolve > 0`` it is deconvolved by the band-weighted
     difference kernel (Tikhonov) for the *shapes*, keeping the support where the observed detection
     image is above the threshold ``bg_thresh × σ_det``.
     """
     h, w = obs.images.shape[1:]
-    band_weight = 1.0 / obs.noise_rms ** 2
-    detect = (np.tensordot(band_weight, obs.images, axes=1) / band_weight.sum()).astype(np.float32)
-    sigma_det = 1.0 / np.sqrt(band_weight.sum())
+    detect, sigma_det = detection_image(obs)
     threshold = config.bg_thresh * sigma_det
     if config.init_deconvolve > 0:
         hp, wp = obs.fft_shape
+        band_weight = 1.0 / obs.noise_rms ** 2
         t = np.tensordot((band_weight / band_weight.sum()).astype(np.float32), obs.transfer, axes=1)
         spec = scipy.fft.rfft2(detect, s=(hp, wp), workers=1)
         power = (t.real ** 2 + t.imag ** 2).astype(np.float32)
@@ -149,7 +178,7 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
         if core is not None and core[i]:
             m = morphs[i]
             m[m < config.core_fraction] = 0.0
-    caps = slope_peak_caps(detect, threshold, peaks, morphs, config)
+    caps = slope_peak_caps(detect, threshold, peaks, morphs, config, obs.no_data)
     for i in np.flatnonzero(caps):
         _cap_box(morphs[i], boxes[i], peaks[i], int(caps[i]))
     conv = convolve_sources(morphs, obs, boxes)
@@ -161,7 +190,7 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
 
 
 def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, morphs: np.ndarray,
-                    config: DeblendConfig) -> np.ndarray:
+                    config: DeblendConfig, no_data: Optional[np.ndarray] = None) -> np.ndarray:
     """Box limits of faint peaks sitting on a brighter source's slope.
 
     A peak ``i`` whose detection-image value ``D_i`` is at least ``config.slope_peak_ratio`` explained by a
@@ -184,6 +213,10 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
         The initial morphologies (peak 1): their sums rank the sources by flux.
     config : DeblendConfig
         ``slope_peak_ratio`` and ``slope_peak_box`` (either 0: no limits).
+    no_data : ndarray, shape (H, W), bool, optional
+        :attr:`Observation.no_data`: a peak on such a pixel (a saturated core, a bleed trail) has no
+        measured height and is never limited (a limited box stays limited through the fit: a galaxy whose
+        peak a masked column crossed kept 4 px, χ²/px 1.2 → 40).
 
     Returns
     -------
@@ -196,12 +229,13 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
         return caps
     py, px = peaks[:, 0].astype(np.int64), peaks[:, 1].astype(np.int64)
     height = detect[py, px]
+    unknown = np.zeros(k, dtype=bool) if no_data is None else no_data[py, px]
     flux = height * morphs.reshape(k, -1).sum(axis=1, dtype=np.float64)
     h, w = detect.shape
     under = np.zeros(k)
     for j in np.argsort(-flux):
         near = ((flux < flux[j]) & (np.abs(py - py[j]) <= SLOPE_PEAK_REACH)
-                & (np.abs(px - px[j]) <= SLOPE_PEAK_REACH) & ~caps.astype(bool)
+                & (np.abs(px - px[j]) <= SLOPE_PEAK_REACH) & ~caps.astype(bool) & ~unknown
                 & ((py != py[j]) | (px != px[j])))  # not a component of the same source (its core)
         if not near.any() or not height[j] > threshold:
             continue

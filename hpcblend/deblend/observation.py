@@ -117,6 +117,10 @@ class Observation:
         by side (filled by :func:`convolve_sources`).
     kernel_cache : DifferenceKernels or None
         Where the kernels came from (shared by the blends of a work unit), with ``kernel_key``.
+    no_data : ndarray, shape (H, W), bool, or None
+        Pixels inside the parent footprint with zero weight in every band (a saturated star's masked
+        core, a bleed trail): the initialisation fills them in its detection image
+        (:func:`hpcblend.deblend.initialization.detection_image`); None: none known.
     """
 
     images: np.ndarray
@@ -130,6 +134,7 @@ class Observation:
     box_transfer: dict = field(default_factory=dict, repr=False)
     kernel_cache: Optional[DifferenceKernels] = field(default=None, repr=False)
     kernel_key: Optional[tuple] = field(default=None, repr=False)
+    no_data: Optional[np.ndarray] = field(default=None, repr=False)
 
     def transfer_on(self, fft_shape: tuple) -> np.ndarray:
         """Transfer functions of ``diff_kernels`` on another FFT grid (from the kernel cache when there is one)."""
@@ -219,7 +224,7 @@ def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional
     curvature = fit_steps.curvature_bound(weights, abs_transfer, np.abs(diff_kernels).sum(axis=(1, 2)), *fft_shape)
     return Observation(images=images, weights=weights, noise_rms=noise_rms, diff_kernels=diff_kernels,
                        model_psf=model_psf, transfer=transfer, fft_shape=fft_shape, curvature=curvature,
-                       kernel_cache=cache, kernel_key=key)
+                       kernel_cache=cache, kernel_key=key, no_data=np.asarray(blend.footprint) & ~good.any(axis=0))
 
 
 def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: Optional[np.ndarray] = None) -> np.ndarray:

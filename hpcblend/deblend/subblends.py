@@ -174,7 +174,7 @@ def crop_observation(obs: Observation, crop: Box, domain: np.ndarray) -> Observa
                    weights=np.ascontiguousarray(obs.weights[:, ys, xs] * domain[None]),
                    curvature=np.ascontiguousarray(obs.curvature[:, ys, xs]),
                    transfer=obs.transfer_on(fft_shape), fft_shape=fft_shape,
-                   box_transfer={})
+                   box_transfer={}, no_data=None if obs.no_data is None else obs.no_data[ys, xs])
 
 
 def _left_domain(boxes: np.ndarray, reach: int, crop: Box, domain: np.ndarray, shape: Tuple[int, int]) -> bool:

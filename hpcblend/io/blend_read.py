@@ -16,7 +16,7 @@ import numpy as np
 from hpcblend.errors import BlendDataError, InputError, PsfError
 from hpcblend.io.blend_data import BlendData, classify_peaks
 from hpcblend.io.blend_files import INT64_MAX, VERSION_MEMBER, id_from_stem
-from hpcblend.io.masks import NO_DATA_BIT, bad_pixel_mask, mask_bits
+from hpcblend.io.masks import DEFAULT_BAD_MASK_PLANES, NO_DATA_BIT, bad_pixel_mask, mask_bits
 from hpcblend.io.npz import npz_array, open_npz
 from hpcblend.io.psf import PSF_SUM_TOLERANCE, normalised_psf
 from hpcblend.io.versions import check_version
@@ -199,8 +199,11 @@ def _clean_pixels(path: str, m: dict, mask: np.ndarray, footprint: np.ndarray, b
     """(images, variance float32 copies, number of pixels newly flagged NO_DATA); ``mask`` is updated in place.
 
     Invalid pixels (:func:`hpcblend.io.masks.bad_pixel_mask` without a mask: image or variance not
-    finite, or variance <= 0) get ``NO_DATA``; non-finite values are set to 0, which is an error inside
-    the footprint. A band whose every footprint pixel has variance <= 0 becomes a band without data (the
+    finite, or variance <= 0) get ``NO_DATA``; non-finite values are set to 0. Inside the footprint a
+    non-finite value is an error unless the mask already marks the pixel bad (a bad plane of
+    :data:`~hpcblend.io.masks.DEFAULT_BAD_MASK_PLANES`: a coadd's ``NO_DATA`` pixels, a saturated core
+    left empty) or the band has no finite pixel in the footprint at all (a band not observed there). A
+    band whose every footprint pixel has variance <= 0 or is not finite becomes a band without data (the
     deblender fits the other bands and flags the blend ``flag_incomplete_data``).
     """
     images = m["images"].astype(np.float32, copy=True)
@@ -208,14 +211,16 @@ def _clean_pixels(path: str, m: dict, mask: np.ndarray, footprint: np.ndarray, b
     no_data = np.int32(NO_DATA_BIT)
     had_no_data = (mask & no_data) != 0
     invalid = bad_pixel_mask(variance, images=images)
+    known_bad = (mask & np.int32(mask_bits(DEFAULT_BAD_MASK_PLANES))) != 0
+    missing_band = ~(np.isfinite(images) & np.isfinite(variance))[:, footprint].any(axis=1)
     for key, arr in (("images", images), ("variance", variance)):
         nonfinite = ~np.isfinite(arr)
         if nonfinite.any():
-            inside = nonfinite & footprint[None, :, :]
+            inside = nonfinite & footprint[None, :, :] & ~known_bad & ~missing_band[:, None, None]
             if inside.any():
                 b, y, x = (int(v) for v in np.argwhere(inside)[0])
                 raise BlendDataError(f"{path}: key {key!r}: {int(inside.sum())} NaN/inf pixel(s) inside "
-                                     f"the footprint, first band {band_names[b]!r} (y, x)=({y}, {x})")
+                                     f"the footprint not masked bad, first band {band_names[b]!r} (y, x)=({y}, {x})")
             arr[nonfinite] = 0.0
     mask[invalid] |= no_data
     return images, variance, int(np.count_nonzero(((mask & no_data) != 0) & ~had_no_data))

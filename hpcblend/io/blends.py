@@ -38,8 +38,10 @@ Pixel clean-up done by :func:`read_blend` (recorded in ``BlendData.meta``):
   footprint pixel has variance <= 0 becomes a band without data: the
   deblender fits the other bands); their variance is left as it is, so the
   deblender must give them zero weight (see :meth:`BlendData.weights`);
-* NaN/inf image or variance pixels *outside* the footprint are set to 0 and get
-  the ``NO_DATA`` bit (NaN/inf inside the footprint is an error).
+* NaN/inf image or variance pixels are set to 0 and get the ``NO_DATA`` bit;
+  inside the footprint that is an error unless the mask already marks the pixel
+  bad (a coadd's empty ``NO_DATA`` or saturated pixels) or the band has no finite
+  footprint pixel at all (then it is a band without data).
 
 Bad peaks are flagged, not errors: ``BlendData.peak_flags`` (see
 :func:`classify_peaks`) marks peaks outside the image or the footprint, on a
