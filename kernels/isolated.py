@@ -69,7 +69,8 @@ def _blend_planes(images, variance, mask, labels, label, fbox, bbox, no_data_bit
 
 @njit(cache=True, nogil=True)
 def _heavy_footprint_centroid(img, var, msk, fp, bad_bits, peak_y, peak_x, sigma, max_iter, max_shift, flux, flux_err):
-    """``measure_isolated`` on a blend box: fluxes (float64 sums) into ``flux``/``flux_err``, returns the centroid."""
+    """``measure_isolated`` on a blend box: fluxes (float64 sums; NaN in a band without a good footprint pixel) into
+    ``flux``/``flux_err``, returns the centroid."""
     nb, h, w = img.shape
     num = np.zeros((h, w), dtype=np.float32)
     den = np.zeros((h, w), dtype=np.float32)
@@ -89,8 +90,12 @@ def _heavy_footprint_centroid(img, var, msk, fp, bad_bits, peak_y, peak_x, sigma
                 # the band mean of data x weight, summed band after band in float32 as NumPy does
                 num[i, j] = num[i, j] + d * wt
                 den[i, j] = den[i, j] + wt
-        flux[b] = s
-        flux_err[b] = math.sqrt(sv)
+        if sv > 0:
+            flux[b] = s
+            flux_err[b] = math.sqrt(sv)
+        else:  # no good pixel in this band: no measurement (NaN), not 0 ± 0
+            flux[b] = np.nan
+            flux_err[b] = np.nan
     det = np.zeros((h, w), dtype=np.float32)
     tiny = np.float32(1e-30)
     for i in range(h):
@@ -143,7 +148,8 @@ def isolated_measurements(images, variance, mask, labels, fp_labels, fboxes, bbo
     Returns
     -------
     flux, flux_err : ndarray, shape (N, B), float64
-        Sum of the data (counts) and the root of the summed variance over the footprint's good pixels.
+        Sum of the data (counts) and the root of the summed variance over the footprint's good pixels; NaN
+        in a band where the footprint has none.
     centroid : ndarray, shape (N, 2), float64
         Windowed centroid ``(y, x)`` in the tract frame.
     incomplete : ndarray, shape (N,), bool

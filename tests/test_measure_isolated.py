@@ -58,6 +58,7 @@ def _patch(seed: int, shape=(160, 190)):
     variance[2, yb + 1, xb] = np.inf
     mask[2, yb, xb - 1] |= 1 << MASK_PLANES["SAT"]
     mask[0, yc, xc] |= 1 << MASK_PLANES["DETECTED"]
+    variance[1, yc - 8:yc + 9, xc - 8:xc + 9] = 0.0  # the lone compact source has no data in band r
     g = np.exp(-(np.indices((15, 15)) - 7.0) ** 2 / (2 * 1.6 ** 2)).prod(axis=0)
     psfs = np.repeat((g / g.sum())[None], nb, 0) * np.array([1.0, 1.1, 0.9])[:, None, None]
     return images, variance, mask, psfs
@@ -111,6 +112,8 @@ def test_isolated_footprints_together_match_one_by_one(seed):
 
     np.testing.assert_array_equal(incomplete, ref_incomplete)
     assert np.any(incomplete) and np.any(ref["forced_flags"] != 0)  # the bad pixels were met
+    lone = np.isnan(ref["flux_r"])  # no data in a band: NaN, not 0 ± 0 (both paths)
+    assert lone.sum() == 1 and np.isnan(ref["flux_err_r"][lone]) and np.isfinite(ref["flux_g"][lone])
     for name in ref.dtype.names:
         a, b = src[name], ref[name]
         if name.startswith("flux_") and not name.startswith("flux_model"):

@@ -37,7 +37,7 @@ def measure_isolated(blend, src, bands) -> None:
         The footprint's cut-out (one peak).
     src : ndarray, shape (1,), dtype of :func:`hpcblend.io.schema.source_spec`
         Its ``/sources`` row: ``flux_<b>``, ``flux_err_<b>`` (counts, sums over the footprint's
-        good pixels), ``y``, ``x`` (windowed centroid, catalog pixels), ``blendedness`` 0 and
+        good pixels; NaN in a band without one), ``y``, ``x`` (windowed centroid, catalog pixels), ``blendedness`` 0 and
         ``flag_isolated_unfitted`` are set.
     bands : sequence of str
     """
@@ -47,6 +47,9 @@ def measure_isolated(blend, src, bands) -> None:
     data = np.where(good, blend.images, 0.0)
     var = np.where(good, blend.variance, 0.0)
     for i, b in enumerate(bands):
+        if not good[i][fp].any():  # no data in this band: no measurement (NaN), not 0 ± 0
+            src[f"flux_{b}"] = src[f"flux_err_{b}"] = np.nan
+            continue
         src[f"flux_{b}"] = float(data[i][fp].sum())
         src[f"flux_err_{b}"] = float(np.sqrt(var[i][fp].sum()))
     det = ((data * w).sum(axis=0) / np.maximum(w.sum(axis=0), 1e-30)) * fp
