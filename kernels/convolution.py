@@ -91,7 +91,7 @@ def convolve_box(morph, y0, y1, x0, x1, transfer, n1, n2, radius, out):
     The box is zero-padded to an ``(n1, n2)`` grid with ``n1 ≥ (y1 − y0) + 2r``
     and ``n2 ≥ (x1 − x0) + 2r``, so the circular convolution holds the whole
     linear one (the box grown by ``r`` on every side) without wrapping; the
-    result is written into ``out`` over that grown box, clipped to the frame.
+    result over that grown box, clipped to the frame, is written into ``out``.
     Equal to :func:`convolve_morphology` (to float32 rounding) at a cost set
     by the box, not the frame.
 
@@ -107,8 +107,10 @@ def convolve_box(morph, y0, y1, x0, x1, transfer, n1, n2, radius, out):
     n1, n2 : int
     radius : int
         Kernel radius r (pixels).
-    out : ndarray, shape (B, H, W), float32
-        Written over the grown box; untouched elsewhere.
+    out : ndarray, shape (B, gy1 − gy0, gx1 − gx0), float32
+        The grown box ``gy0 = max(y0 − r, 0)``, ``gy1 = min(y1 + r, H)`` (and
+        so in x): written whole (a block of
+        :class:`hpcblend.deblend.component_models.ComponentModels`).
     """
     h = morph.shape[0]
     w = morph.shape[1]
@@ -126,4 +128,4 @@ def convolve_box(morph, y0, y1, x0, x1, transfer, n1, n2, radius, out):
         for y in range(oy0, oy1):
             gy = (y - y0) % n1
             for x in range(ox0, ox1):
-                out[b, y, x] = full[b, gy, (x - x0) % n2]
+                out[b, y - oy0, x - ox0] = full[b, gy, (x - x0) % n2]

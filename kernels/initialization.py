@@ -134,7 +134,7 @@ def nonnegative_least_squares(a, rhs, max_sweeps, tol):
 
 
 @njit(nogil=True, cache=True)
-def fit_seds(images, weights, conv_morphs, support, ridge):
+def fit_seds(images, weights, conv_flat, offsets, grown, ridge):
     """All SEDs at once, per band, by weighted non-negative least squares.
 
     Minimises ``Σ_px W_b (Y_b − Σ_k a_kb C_kb)²`` for each band b, where
@@ -145,10 +145,12 @@ def fit_seds(images, weights, conv_morphs, support, ridge):
     images : ndarray, shape (B, H, W), float32
     weights : ndarray, shape (B, H, W), float32
         Inverse variance (zero where masked or outside the footprint).
-    conv_morphs : ndarray, shape (K, B, H, W), float32
-        Convolved morphologies (zero outside ``support``).
-    support : ndarray, shape (K, 4), int64
-        Box (y0, y1, x0, x1) holding each source's convolved morphology.
+    conv_flat, offsets, grown
+        The convolved morphologies as
+        :class:`hpcblend.deblend.component_models.ComponentModels` holds them:
+        source k's ``(B, gh, gw)`` block ``conv_flat[offsets[k]:offsets[k + 1]]``
+        (float32) over its box ``grown[k]`` = (y0, y1, x0, x1), int64 (C, 4),
+        zero outside it.
     ridge : float
         Tikhonov term added to the diagonal, relative to its mean (guards
         against singular systems).
@@ -157,28 +159,35 @@ def fit_seds(images, weights, conv_morphs, support, ridge):
     -------
     sed : ndarray, shape (K, B), float64, ≥ 0
     """
-    nk = conv_morphs.shape[0]
+    nk = grown.shape[0]
     nb = images.shape[0]
     sed = np.zeros((nk, nb))
     for b in range(nb):
         a = np.zeros((nk, nk))
         rhs = np.zeros(nk)
         for k in range(nk):
-            ky0, ky1, kx0, kx1 = support[k, 0], support[k, 1], support[k, 2], support[k, 3]
+            ky0, ky1, kx0, kx1 = grown[k, 0], grown[k, 1], grown[k, 2], grown[k, 3]
+            kw = kx1 - kx0
+            kb = offsets[k] + b * (ky1 - ky0) * kw
             s = 0.0
             for y in range(ky0, ky1):
+                row = kb + (y - ky0) * kw - kx0
                 for x in range(kx0, kx1):
-                    s += weights[b, y, x] * conv_morphs[k, b, y, x] * images[b, y, x]
+                    s += weights[b, y, x] * conv_flat[row + x] * images[b, y, x]
             rhs[k] = s
             for l in range(k, nk):
-                y0 = max(ky0, support[l, 0])
-                y1 = min(ky1, support[l, 1])
-                x0 = max(kx0, support[l, 2])
-                x1 = min(kx1, support[l, 3])
+                y0 = max(ky0, grown[l, 0])
+                y1 = min(ky1, grown[l, 1])
+                x0 = max(kx0, grown[l, 2])
+                x1 = min(kx1, grown[l, 3])
+                lw = grown[l, 3] - grown[l, 2]
+                lb = offsets[l] + b * (grown[l, 1] - grown[l, 0]) * lw
                 s = 0.0
                 for y in range(y0, y1):
+                    krow = kb + (y - ky0) * kw - kx0
+                    lrow = lb + (y - grown[l, 0]) * lw - grown[l, 2]
                     for x in range(x0, x1):
-                        s += weights[b, y, x] * conv_morphs[k, b, y, x] * conv_morphs[l, b, y, x]
+                        s += weights[b, y, x] * conv_flat[krow + x] * conv_flat[lrow + x]
                 a[k, l] = s
                 a[l, k] = s
         mean_diag = 0.0

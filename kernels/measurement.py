@@ -15,8 +15,8 @@ __all__ = ["measure_children_kernel"]
 
 
 @njit(nogil=True, cache=True)
-def measure_children_kernel(images, variance, weights, footprint, sed, morphs, conv, boxes, radius, owner,
-                            n_children):
+def measure_children_kernel(images, variance, weights, footprint, sed, morphs, conv_flat, offsets, grown, boxes,
+                            owner, n_children):
     """Fluxes, errors, centroids, blendedness of every child, and the blend's χ².
 
     A child is the sum of its components (one, or a core and a halo for
@@ -36,13 +36,15 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
         Fitted SEDs.
     morphs : ndarray, shape (K, H, W), float32
         Fitted morphologies (model frame), zero outside their boxes.
-    conv : ndarray, shape (K, B, H, W), float32
-        ``D_b * S_k``: morphologies convolved to each band's PSF.
+    conv_flat, offsets, grown
+        ``D_b * S_k``, the morphologies convolved to each band's PSF, as
+        :class:`hpcblend.deblend.component_models.ComponentModels` holds them:
+        component k's ``(B, gh, gw)`` float32 block
+        ``conv_flat[offsets[k]:offsets[k + 1]]`` over ``grown[k]`` (y0, y1, x0,
+        x1), int64 (K, 4): its morphology box grown by the difference-kernel
+        radius, beyond which ``D_b * S_k`` is zero.
     boxes : ndarray, shape (K, 4), int64
         Morphology boxes (y0, y1, x0, x1), half-open.
-    radius : int
-        Difference-kernel radius (pixels): ``D_b * S_k`` is zero beyond the
-        box grown by it.
     owner : ndarray, shape (K,), int64
         Child of each component (K components here, N children below).
     n_children : int
@@ -75,41 +77,31 @@ def measure_children_kernel(images, variance, weights, footprint, sed, morphs, c
     nk, nb = sed.shape
     h = images.shape[1]
     w = images.shape[2]
-    grown = _grown_boxes(boxes, radius, h, w)
-    total = _observed_model(sed, conv, grown, h, w)
+    total = _observed_model(sed, conv_flat, offsets, grown, h, w)
     chi2, n_weighted = _chi2(total, images, weights)
     cy, cx = _centroids(sed, morphs, boxes, owner, n_children)
-    flux_model, flux, flux_err, blendedness = _redistribute(images, variance, weights, footprint, sed, conv, grown, owner,
-                                                n_children, total)
+    flux_model, flux, flux_err, blendedness = _redistribute(images, variance, weights, footprint, sed, conv_flat,
+                                                            offsets, grown, owner, n_children, total)
     return flux_model, flux, flux_err, cy, cx, blendedness, chi2, n_weighted
 
 
 @njit(nogil=True, cache=True)
-def _grown_boxes(boxes, radius, h, w):
-    """Boxes (K, 4) (y0, y1, x0, x1) grown by ``radius`` and clipped to the (h, w) frame: where ``D_b * S_k`` lives."""
-    nk = boxes.shape[0]
-    grown = np.empty((nk, 4), dtype=np.int64)
-    for k in range(nk):
-        grown[k, 0] = max(boxes[k, 0] - radius, 0)
-        grown[k, 1] = min(boxes[k, 1] + radius, h)
-        grown[k, 2] = max(boxes[k, 2] - radius, 0)
-        grown[k, 3] = min(boxes[k, 3] + radius, w)
-    return grown
-
-
-@njit(nogil=True, cache=True)
-def _observed_model(sed, conv, grown, h, w):
+def _observed_model(sed, conv_flat, offsets, grown, h, w):
     """The blend's observed-frame model ``M_b = Σ_k a_kb (D_b * S_k)``, (B, H, W) float64."""
     nk, nb = sed.shape
     total = np.zeros((nb, h, w))
     for k in range(nk):
+        gy0, gy1, gx0, gx1 = grown[k, 0], grown[k, 1], grown[k, 2], grown[k, 3]
+        gw = gx1 - gx0
         for b in range(nb):
             a = sed[k, b]
             if a == 0.0:
                 continue
-            for y in range(grown[k, 0], grown[k, 1]):
-                for x in range(grown[k, 2], grown[k, 3]):
-                    total[b, y, x] += a * conv[k, b, y, x]
+            base = offsets[k] + b * (gy1 - gy0) * gw
+            for y in range(gy0, gy1):
+                row = base + (y - gy0) * gw - gx0
+                for x in range(gx0, gx1):
+                    total[b, y, x] += a * conv_flat[row + x]
     return total
 
 
@@ -158,7 +150,7 @@ def _centroids(sed, morphs, boxes, owner, nc):
 
 
 @njit(nogil=True, cache=True)
-def _redistribute(images, variance, weights, footprint, sed, conv, grown, owner, nc, total):
+def _redistribute(images, variance, weights, footprint, sed, conv_flat, offsets, grown, owner, nc, total):
     """Per child: model flux in the frame, flux-conserving flux and its error (N, B), and blendedness (N,).
 
     See :func:`measure_children_kernel`.
@@ -179,7 +171,7 @@ def _redistribute(images, variance, weights, footprint, sed, conv, grown, owner,
         # union of the grown boxes of this child's components
         uy0, uy1, ux0, ux1 = h, 0, w, 0
         for k in range(nk):
-            if owner[k] == o:
+            if owner[k] == o and grown[k, 1] > grown[k, 0] and grown[k, 3] > grown[k, 2]:
                 uy0 = min(uy0, grown[k, 0])
                 uy1 = max(uy1, grown[k, 1])
                 ux0 = min(ux0, grown[k, 2])
@@ -193,11 +185,15 @@ def _redistribute(images, variance, weights, footprint, sed, conv, grown, owner,
         for k in range(nk):
             if owner[k] != o:
                 continue
+            gy0, gy1, gx0, gx1 = grown[k, 0], grown[k, 1], grown[k, 2], grown[k, 3]
+            gw = gx1 - gx0
             for b in range(nb):
                 a = sed[k, b]
-                for y in range(grown[k, 0], grown[k, 1]):
-                    for x in range(grown[k, 2], grown[k, 3]):
-                        child_model[b, y, x] += a * conv[k, b, y, x]
+                base = offsets[k] + b * (gy1 - gy0) * gw
+                for y in range(gy0, gy1):
+                    row = base + (y - gy0) * gw - gx0
+                    for x in range(gx0, gx1):
+                        child_model[b, y, x] += a * conv_flat[row + x]
         num = 0.0
         den = 0.0
         for y in range(uy0, uy1):

@@ -126,7 +126,8 @@ def test_blend_too_big_for_memory_is_skipped_not_fitted():
 
     blend = _small_blend()
     need = model_memory_bytes(blend.n_peaks, len(blend.bands), blend.shape, DeblendConfig().max_components)
-    assert need == blend.n_peaks * 2 * blend.shape[0] * blend.shape[1] * 4 * (4 + 2 * len(blend.bands))
+    h, w = blend.shape
+    assert need == h * w * (24 * 2 * blend.n_peaks + 32 * len(blend.bands))
     r = deblend_blend(blend, DeblendConfig(max_model_memory_mb=0.9 * need / 1e6))
     assert r.flags["flag_skipped_too_large"] is True and not r.fitted and r.children == {}
     ok = deblend_blend(blend, DeblendConfig(max_model_memory_mb=1.1 * need / 1e6))

@@ -10,11 +10,12 @@ flags, scattering a fit back over all peaks and bands) and :mod:`~hpcblend.deble
 in :mod:`hpcblend.units` read and write) and never imports ``report``, ``analysis`` or ``simulate``.
 """
 
+from hpcblend.deblend.component_models import ComponentModels
 from hpcblend.deblend.deblender import deblend_blend, warm_up
 from hpcblend.deblend.fitting import fit_settings, fit_sources
 from hpcblend.deblend.initialization import detection_snr, initialize_sources
 from hpcblend.deblend.observation import Observation, build_observation, convolve_sources
 from hpcblend.deblend.result import PARENT_FLAGS, DeblendResult
 
-__all__ = ["deblend_blend", "warm_up", "DeblendResult", "PARENT_FLAGS", "Observation", "build_observation",
-           "convolve_sources", "initialize_sources", "detection_snr", "fit_settings", "fit_sources"]
+__all__ = ["deblend_blend", "warm_up", "ComponentModels", "DeblendResult", "PARENT_FLAGS", "Observation",
+           "build_observation", "convolve_sources", "initialize_sources", "detection_snr", "fit_settings", "fit_sources"]

@@ -104,7 +104,7 @@ def _measure(result: DeblendResult, blend: BlendData, data: BlendData, obs: Obse
     conv = convolve_sources(morphs, obs, boxes)
     children, result.chi2_per_pixel = measure_children(obs.images, np.asarray(data.variance, dtype=np.float32),
                                                        obs.weights, blend.footprint, sed, morphs, conv, boxes,
-                                                       obs.kernel_radius, owner, n_children)
+                                                       owner, n_children)
     children["alive"] = np.array([alive[owner == k].any() for k in range(n_children)], dtype=bool)
     result.children = dict(children)
     result.sed = sed
@@ -224,7 +224,8 @@ def warm_up() -> float:
     hp, wp = obs.fft_shape
     convolution.convolve_bands(obs.images, obs.transfer, hp, wp)
     convolution.correlate_bands(obs.images, obs.transfer, hp, wp)
-    n = 2 * obs.kernel_radius + 3
+    n, r = 2 * obs.kernel_radius + 3, obs.kernel_radius
+    block = np.zeros((obs.images.shape[0], min(9 + r, h) - max(6 - r, 0), min(9 + r, w) - max(6 - r, 0)), np.float32)
     convolution.convolve_box(obs.images[0], 6, 9, 6, 9, psf.kernel_transfer_function(obs.diff_kernels, (n, n)), n, n,
-                             obs.kernel_radius, np.zeros(obs.images.shape, np.float32))
+                             r, block)
     return time.perf_counter() - t0

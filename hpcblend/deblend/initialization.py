@@ -104,16 +104,6 @@ def component_layout(obs: Observation, child_peaks: np.ndarray, config: DeblendC
     return owner, np.arange(len(owner)) >= n_children
 
 
-def _dilate(boxes: np.ndarray, radius: int, shape: tuple) -> np.ndarray:
-    """Boxes (K, 4) (y0, y1, x0, x1) grown by ``radius`` pixels and clipped to the frame ``shape`` (H, W)."""
-    out = boxes.copy()
-    out[:, 0] = np.maximum(out[:, 0] - radius, 0)
-    out[:, 1] = np.minimum(out[:, 1] + radius, shape[0])
-    out[:, 2] = np.maximum(out[:, 2] - radius, 0)
-    out[:, 3] = np.minimum(out[:, 3] + radius, shape[1])
-    return out
-
-
 def _detection_image(obs: Observation, config: DeblendConfig) -> Tuple[np.ndarray, float]:
     """The image the morphologies are cut from, (H, W) float32, and its threshold (counts).
 
@@ -182,8 +172,7 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
     for i in np.flatnonzero(caps):
         _cap_box(morphs[i], boxes[i], peaks[i], int(caps[i]))
     conv = convolve_sources(morphs, obs, boxes)
-    support = _dilate(boxes, obs.kernel_radius, (h, w))
-    sed = initialization.fit_seds(obs.images, obs.weights, conv, support, config.sed_ridge)
+    sed = initialization.fit_seds(obs.images, obs.weights, conv.flat, conv.offsets, conv.grown, config.sed_ridge)
     dead = ~(sed > 0).any(axis=1)
     sed[dead] = obs.noise_rms[None, :] * DEAD_SOURCE_SED_FRACTION
     return sed, morphs, boxes, caps

@@ -18,6 +18,7 @@ import numpy as np
 
 from hpcblend.io.psf import PSF_SUM_TOLERANCE
 from hpcblend.config import DeblendConfig
+from hpcblend.deblend.component_models import ComponentModels, grown_boxes
 from hpcblend.errors import BlendDataError, PsfError
 from hpcblend.io.blends import BlendData
 from hpcblend.kernels import convolution, fit_steps, psf
@@ -227,44 +228,44 @@ def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional
                        kernel_cache=cache, kernel_key=key, no_data=np.asarray(blend.footprint) & ~good.any(axis=0))
 
 
-def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: Optional[np.ndarray] = None) -> np.ndarray:
-    """Every morphology convolved to every band.
+def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: np.ndarray) -> ComponentModels:
+    """Every morphology convolved to every band, each over its box grown by the kernel radius.
 
     Parameters
     ----------
     morphs : ndarray, shape (K, H, W), float32
     obs : Observation
-    boxes : ndarray, shape (K, 4), int, optional
+    boxes : ndarray, shape (K, 4), int
         The kernels' per-source boxes (y0, y1, x0, x1), half-open, outside
-        which each morphology is zero. With them, a source whose box grown by
-        2r fits an FFT grid of at most ``1/SMALL_GRID_AREA_DIVISOR`` of the
-        frame grid's pixels is convolved on that grid
+        which each morphology is zero. A source whose box grown by 2r fits an
+        FFT grid of at most ``1/SMALL_GRID_AREA_DIVISOR`` of the frame grid's
+        pixels is convolved on that grid
         (:func:`hpcblend.kernels.convolution.convolve_box`; same values to
-        float32 rounding, a cost set by the box); transfer functions of the
-        small grids are cached on ``obs``.
+        float32 rounding, a cost set by the box), the others on the frame's
+        grid; transfer functions of the small grids are cached on ``obs``.
 
     Returns
     -------
-    conv : ndarray, shape (K, B, H, W), float32
-        Zero beyond each box grown by the kernel radius when ``boxes`` is given.
+    ComponentModels
+        ``D_b * S_k`` over each box grown by the kernel radius (zero beyond it), stored per source
+        (:mod:`hpcblend.deblend.component_models`).
     """
     hp, wp = obs.fft_shape
-    nk = morphs.shape[0]
-    if boxes is None:
-        out = np.empty((nk, obs.images.shape[0]) + morphs.shape[1:], dtype=np.float32)
-        for k in range(nk):
-            out[k] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)
-        return out
-    out = np.zeros((nk, obs.images.shape[0]) + morphs.shape[1:], dtype=np.float32)
     r = obs.kernel_radius
-    for k in range(nk):
+    frame = morphs.shape[1:]
+    out = ComponentModels.zeros(grown_boxes(boxes, r, frame), obs.images.shape[0], frame)
+    for k in range(morphs.shape[0]):
         y0, y1, x0, x1 = (int(v) for v in boxes[k])
+        if y1 <= y0 or x1 <= x0:
+            continue
+        block = out.component(k)
         n = psf.next_smooth_length(max(y1 - y0, x1 - x0) + 2 * r, SMALL_GRID_PRIMES)
         if SMALL_GRID_AREA_DIVISOR * n * n >= hp * wp:
-            out[k] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)
+            gy0, gy1, gx0, gx1 = out.grown[k]
+            block[...] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)[:, gy0:gy1, gx0:gx1]
             continue
         transfer = obs.box_transfer.get(n)
         if transfer is None:
             transfer = obs.box_transfer[n] = obs.transfer_on((n, n))
-        convolution.convolve_box(morphs[k], y0, y1, x0, x1, transfer, n, n, r, out[k])
+        convolution.convolve_box(morphs[k], y0, y1, x0, x1, transfer, n, n, r, block)
     return out

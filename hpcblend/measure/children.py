@@ -20,22 +20,22 @@ class ChildMeasurements(dict):
 
 def measure_children(images: np.ndarray, variance: np.ndarray, weights: np.ndarray,
                      footprint: np.ndarray, sed: np.ndarray, morphs: np.ndarray,
-                     conv_morphs: np.ndarray, boxes: np.ndarray, radius: int, owner=None, n_children=None):
+                     conv_morphs, boxes: np.ndarray, owner=None, n_children=None):
     """Measure every child of a fitted blend, and the blend's χ² per pixel (compiled, per-child boxes).
 
     Same quantities as :func:`measure_children_reference`, computed by
     :func:`hpcblend.kernels.measurement.measure_children_kernel` over each
-    child's box grown by the difference-kernel ``radius`` (pixels) instead of
-    full frames.
+    component's box grown by the difference-kernel radius instead of full frames.
 
     Parameters
     ----------
-    images, variance, weights, footprint, sed, morphs, conv_morphs
+    images, variance, weights, footprint, sed, morphs
         As :func:`measure_children_reference`.
+    conv_morphs : hpcblend.deblend.component_models.ComponentModels
+        ``D_b * S_k`` over each component's grown box
+        (:func:`hpcblend.deblend.observation.convolve_sources`).
     boxes : ndarray, shape (K, 4), int64
         Morphology boxes (y0, y1, x0, x1), half-open.
-    radius : int
-        Difference-kernel radius in pixels.
     owner : ndarray, shape (K,), int, optional
         Child of each component (default: one component per child).
     n_children : int, optional
@@ -50,8 +50,8 @@ def measure_children(images: np.ndarray, variance: np.ndarray, weights: np.ndarr
     owner = np.arange(k, dtype=np.int64) if owner is None else np.ascontiguousarray(owner, dtype=np.int64)
     n_children = int(owner.max() + 1 if k else 0) if n_children is None else int(n_children)
     fm, fl, fe, cy, cx, bl, chi2, n = measure_children_kernel(
-        images, variance, weights, footprint, np.ascontiguousarray(sed, dtype=np.float64), morphs, conv_morphs,
-        np.ascontiguousarray(boxes, dtype=np.int64), int(radius), owner, n_children)
+        images, variance, weights, footprint, np.ascontiguousarray(sed, dtype=np.float64), morphs, conv_morphs.flat,
+        conv_morphs.offsets, conv_morphs.grown, np.ascontiguousarray(boxes, dtype=np.int64), owner, n_children)
     children = ChildMeasurements(flux_model=fm, flux=fl, flux_err=fe, x=cx, y=cy, blendedness=bl)
     return children, (chi2 / n if n > 0 else float("nan"))
 

@@ -92,8 +92,9 @@ def forced_on_patch(blend, label: int, models, src, outer, data, images, labels,
         The footprint's cut-out (its ``origin`` in tract pixels).
     label : int
         The footprint's label in ``labels``.
-    models : ndarray, shape (K, B, h, w)
-        The children's observed-frame models on the blend's cut-out.
+    models : ndarray, shape (K, B, h, w), or callable
+        The children's observed-frame models on the blend's cut-out, or ``models(k) -> (B, h, w)``
+        (rendered when needed, so that K of them are never held at once).
     src : ndarray, shape (K,), dtype of :func:`hpcblend.io.schema.source_spec` (tract columns)
         The children's rows: measured at ``y``, ``x`` (else the peak, tract pixels); the forced
         columns are filled in place.
@@ -124,13 +125,18 @@ def forced_on_patch(blend, label: int, models, src, outer, data, images, labels,
     img, var, weights = cutout_planes(images[cut], data.variance[cut], data.mask[cut],
                                       mask_bits(bad_mask_planes or DEFAULT_BAD_MASK_PLANES), labels[y0:y1, x0:x1],
                                       label)
-    k = models.shape[0]
-    big = np.zeros((k, len(bands), y1 - y0, x1 - x0), dtype=np.float32)
     oy, ox = by0 - y0, bx0 - x0
-    big[:, :, oy:oy + bh, ox:ox + bw] = models
+    child = models if callable(models) else models.__getitem__
+
+    def on_cutout(k: int) -> np.ndarray:
+        out = np.zeros((len(bands), y1 - y0, x1 - x0), dtype=np.float32)
+        out[:, oy:oy + bh, ox:ox + bw] = child(k)
+        return out
+
     ys = np.where(np.isfinite(src["y"]), src["y"], src["peak_y"]) - outer.y0 - y0
     xs = np.where(np.isfinite(src["x"]), src["x"], src["peak_x"]) - outer.x0 - x0
-    res = forced_photometry(img, var, np.stack([ys, xs], 1), data.psfs, bands, big, weights=weights, radii=radii)
+    res = forced_photometry(img, var, np.stack([ys, xs], 1), data.psfs, bands, on_cutout, weights=weights,
+                            radii=radii)
     for name in res.dtype.names:
         if name in ("y", "x"):
             continue

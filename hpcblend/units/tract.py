@@ -453,8 +453,10 @@ def _fit(blend, row, src_all, job, bands, sampler, kernels=None) -> tuple:
     -------
     result : hpcblend.deblend.deblender.DeblendResult or None
         None for a failed blend.
-    models : ndarray, shape (K, B, h, w), or None
-        Observed-frame child models on the blend's cut-out; None without children.
+    models : callable or None
+        ``models(k)``: child k's observed-frame model (B, h, w) on the blend's cut-out
+        (:meth:`DeblendResult.child_model`, one child at a time: a large parent's K models are never
+        held at once); None without children.
     """
     models = None
     result = None
@@ -463,7 +465,7 @@ def _fit(blend, row, src_all, job, bands, sampler, kernels=None) -> tuple:
         fill_parent_row(row, result)
         fill_child_rows(src_all, result, blend.origin, bands)
         if result.children:
-            models = result.child_models()
+            models = result.child_model
     except Exception as exc:  # noqa: BLE001 - one bad blend is a flagged row
         if is_programming_error(exc):
             raise
