@@ -187,6 +187,32 @@ def test_zero_variance_band(tmp_path, good_blend):
     assert np.all(blend.weights()[2] == 0) and not np.any(blend.peak_flags)
 
 
+def test_band_of_nan_is_a_band_without_data(tmp_path, good_blend):
+    """A band not observed here (NaN image, inf variance everywhere) is no data in that band, not a failed blend
+    (it was a BlendDataError: one missing band lost every child)."""
+    from hpcblend.config import DeblendConfig
+    from hpcblend.deblend import deblend_blend
+
+    good_blend.images[4] = np.nan
+    good_blend.variance[4] = np.inf
+    blend = read_blend(_write(tmp_path, good_blend))
+    assert np.all(blend.mask[4] & NO_DATA) and np.all(blend.images[4] == 0) and np.all(blend.weights()[4] == 0)
+    result = deblend_blend(blend, DeblendConfig())
+    assert result.fitted and result.flags["flag_incomplete_data"]
+    assert np.all(np.isnan(result.children["flux_model"][:, 4])) and np.all(result.children["flux_model"][:, :4] > 0)
+
+
+def test_nan_on_pixels_masked_bad_is_no_data(tmp_path, good_blend):
+    """NaN where the mask already says SAT (an empty saturated core) is read as no data; NaN on a pixel the mask
+    does not mark bad stays an error (test_nan_inside_footprint)."""
+    y, x = good_blend.peaks[0]
+    good_blend.images[:, y, x] = np.nan
+    good_blend.mask[:, y, x] |= 1 << MASK_PLANES["SAT"]
+    blend = read_blend(_write(tmp_path, good_blend))
+    assert np.all(blend.images[:, y, x] == 0) and np.all(blend.weights()[:, y, x] == 0)
+    assert blend.peak_flags[0] == 0  # a peak on a saturated core is kept
+
+
 def test_isolated_nonpositive_variance_flagged(tmp_path, good_blend):
     y, x = good_blend.peaks[0]
     good_blend.variance[3, y, x] = 0.0
