@@ -138,3 +138,34 @@ def test_aperture_planes_match_reference():
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
     assert new[2].sum() > 3  # bad pixels were found
+
+
+def test_forced_on_patch_gives_the_same_rows_with_models_rendered_one_at_a_time():
+    """A large parent's children are rendered one at a time (``models`` callable) instead of K dense models: the
+    same forced photometry, value for value."""
+    images, variance, mask, psfs = _patch(4)
+    data = SimpleNamespace(variance=variance, mask=mask, psfs=psfs)
+    outer = Box((400, 250), images.shape[1:])
+    det, sigma = detection_image(images, variance, mask)
+    footprints = detect_footprints(det, sigma, threshold=5.0, grow=2)
+    labels = np.zeros(images.shape[1:], dtype=np.int32)
+    for fp in footprints:
+        labels[fp.bbox.slices][fp.mask] = fp.label
+    fp = max(footprints, key=lambda f: (f.n_peaks, f.mask.sum()))
+    blend = footprint_to_blend(fp, images, variance, mask, psfs, BANDS, blend_id=1, source="test",
+                               origin=outer.origin, pad=PAD)
+    rng = np.random.default_rng(4)
+    models = (blend.images * blend.footprint[None])[None] * rng.uniform(0.2, 0.8, (blend.n_peaks, 1, 1, 1))
+    models = models.astype(np.float32)
+    rows = []
+    for source in (models, lambda k: models[k]):
+        src = source_spec(BANDS, tract=True, radii=RADII).empty(blend.n_peaks)
+        nan_float_columns(src)
+        src["peak_y"] = blend.peaks[:, 0] + blend.origin[0]
+        src["peak_x"] = blend.peaks[:, 1] + blend.origin[1]
+        forced_on_patch(blend, fp.label, source, src, outer, data, images, labels, BANDS, pad=FORCED_PAD,
+                        bad_mask_planes=(), radii=RADII)
+        rows.append(src)
+    assert np.isfinite(rows[0]["psf_flux_g"]).all()
+    for name in rows[0].dtype.names:
+        np.testing.assert_array_equal(rows[0][name], rows[1][name], err_msg=name)

@@ -126,13 +126,14 @@ def forced_on_patch(blend, label: int, models, src, outer, data, images, labels,
                                       mask_bits(bad_mask_planes or DEFAULT_BAD_MASK_PLANES), labels[y0:y1, x0:x1],
                                       label)
     oy, ox = by0 - y0, bx0 - x0
-    child = models if callable(models) else models.__getitem__
-
-    def on_cutout(k: int) -> np.ndarray:
-        out = np.zeros((len(bands), y1 - y0, x1 - x0), dtype=np.float32)
-        out[:, oy:oy + bh, ox:ox + bw] = child(k)
-        return out
-
+    if callable(models):  # one child at a time (a large parent)
+        def on_cutout(k: int) -> np.ndarray:
+            out = np.zeros((len(bands), y1 - y0, x1 - x0), dtype=np.float32)
+            out[:, oy:oy + bh, ox:ox + bw] = models(k)
+            return out
+    else:
+        on_cutout = np.zeros((models.shape[0], len(bands), y1 - y0, x1 - x0), dtype=np.float32)
+        on_cutout[:, :, oy:oy + bh, ox:ox + bw] = models
     ys = np.where(np.isfinite(src["y"]), src["y"], src["peak_y"]) - outer.y0 - y0
     xs = np.where(np.isfinite(src["x"]), src["x"], src["peak_x"]) - outer.x0 - x0
     res = forced_photometry(img, var, np.stack([ys, xs], 1), data.psfs, bands, on_cutout, weights=weights,

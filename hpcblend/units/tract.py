@@ -63,6 +63,10 @@ from hpcblend.units.source import WorkSource, WorkUnit
 
 __all__ = ["TractSource", "process_patch", "patch_tables", "warm_up_tract"]
 
+#: A footprint's children's models up to this size (bytes, float32 (K, B, h, w)) are rendered at once for its
+#: forced photometry (vectorised: the common small parent); above it, one child at a time, so that a large
+#: parent's K models are never held together.
+DENSE_CHILD_MODELS_BYTES = 64_000_000
 #: Bits of a tract id's running number that hold the peak index + 1 (the footprint's number above them).
 _PEAK_BITS = 12
 
@@ -453,10 +457,10 @@ def _fit(blend, row, src_all, job, bands, sampler, kernels=None) -> tuple:
     -------
     result : hpcblend.deblend.deblender.DeblendResult or None
         None for a failed blend.
-    models : callable or None
-        ``models(k)``: child k's observed-frame model (B, h, w) on the blend's cut-out
-        (:meth:`DeblendResult.child_model`, one child at a time: a large parent's K models are never
-        held at once); None without children.
+    models : ndarray, shape (K, B, h, w), or callable, or None
+        The children's observed-frame models on the blend's cut-out; for a parent whose K models would
+        take more than :data:`DENSE_CHILD_MODELS_BYTES`, ``models(k)`` rendering child k's (B, h, w) when
+        needed (:meth:`DeblendResult.child_model`); None without children.
     """
     models = None
     result = None
@@ -465,7 +469,8 @@ def _fit(blend, row, src_all, job, bands, sampler, kernels=None) -> tuple:
         fill_parent_row(row, result)
         fill_child_rows(src_all, result, blend.origin, bands)
         if result.children:
-            models = result.child_model
+            dense = 4 * blend.n_peaks * len(bands) * blend.shape[0] * blend.shape[1]
+            models = result.child_models() if dense <= DENSE_CHILD_MODELS_BYTES else result.child_model
     except Exception as exc:  # noqa: BLE001 - one bad blend is a flagged row
         if is_programming_error(exc):
             raise
