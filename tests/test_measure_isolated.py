@@ -64,6 +64,19 @@ def _patch(seed: int, shape=(160, 190)):
     return images, variance, mask, psfs
 
 
+def _detected_patch(seed: int):
+    """(images, data (variance, mask, psfs), outer box, footprints, label image) of a simulated patch."""
+    images, variance, mask, psfs = _patch(seed)
+    data = SimpleNamespace(variance=variance, mask=mask, psfs=psfs)
+    outer = Box((400, 250), images.shape[1:])
+    det, sigma = detection_image(images, variance, mask)
+    footprints = detect_footprints(det, sigma, threshold=5.0, grow=2)
+    labels = np.zeros(images.shape[1:], dtype=np.int32)
+    for fp in footprints:
+        labels[fp.bbox.slices][fp.mask] = fp.label
+    return images, data, outer, footprints, labels
+
+
 def _one_by_one(fp, images, data, labels, outer, running: int):
     """The former per-footprint path: the child's row."""
     blend = footprint_to_blend(fp, images, data.variance, data.mask, data.psfs, BANDS, blend_id=running,
@@ -82,14 +95,7 @@ def _one_by_one(fp, images, data, labels, outer, running: int):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_isolated_footprints_together_match_one_by_one(seed):
-    images, variance, mask, psfs = _patch(seed)
-    data = SimpleNamespace(variance=variance, mask=mask, psfs=psfs)
-    outer = Box((400, 250), images.shape[1:])
-    det, sigma = detection_image(images, variance, mask)
-    footprints = detect_footprints(det, sigma, threshold=5.0, grow=2)
-    labels = np.zeros(images.shape[1:], dtype=np.int32)
-    for fp in footprints:
-        labels[fp.bbox.slices][fp.mask] = fp.label
+    images, data, outer, footprints, labels = _detected_patch(seed)
     isolated = [fp for fp in footprints if fp.n_peaks == 1]
     assert len(isolated) >= 8 and len(isolated) < len(footprints)  # some blended neighbours too
     ref, ref_incomplete, blends = zip(*(_one_by_one(fp, images, data, labels, outer, i)
@@ -143,16 +149,9 @@ def test_aperture_planes_match_reference():
 def test_forced_on_patch_gives_the_same_rows_with_models_rendered_one_at_a_time():
     """A large parent's children are rendered one at a time (``models`` callable) instead of K dense models: the
     same forced photometry, value for value."""
-    images, variance, mask, psfs = _patch(4)
-    data = SimpleNamespace(variance=variance, mask=mask, psfs=psfs)
-    outer = Box((400, 250), images.shape[1:])
-    det, sigma = detection_image(images, variance, mask)
-    footprints = detect_footprints(det, sigma, threshold=5.0, grow=2)
-    labels = np.zeros(images.shape[1:], dtype=np.int32)
-    for fp in footprints:
-        labels[fp.bbox.slices][fp.mask] = fp.label
+    images, data, outer, footprints, labels = _detected_patch(4)
     fp = max(footprints, key=lambda f: (f.n_peaks, f.mask.sum()))
-    blend = footprint_to_blend(fp, images, variance, mask, psfs, BANDS, blend_id=1, source="test",
+    blend = footprint_to_blend(fp, images, data.variance, data.mask, data.psfs, BANDS, blend_id=1, source="test",
                                origin=outer.origin, pad=PAD)
     rng = np.random.default_rng(4)
     models = (blend.images * blend.footprint[None])[None] * rng.uniform(0.2, 0.8, (blend.n_peaks, 1, 1, 1))
