@@ -257,7 +257,7 @@ class DeblendConfig:
     max_model_memory_mb : float
         Blends whose model arrays would need more than this many MB are skipped (``flag_skipped_too_large``):
         the fit holds ``(components, H, W)`` float32 arrays over the blend's frame
-        (:func:`hpcblend.deblend.result.model_memory_bytes`: ≤ 460 MB for 94 peaks on 295 × 324 px), so memory
+        (:func:`hpcblend.deblend.result.model_memory_bytes`: ~250 MB for 94 peaks on 295 × 324 px), so memory
         grows as peaks × frame area; a parent that would exhaust a rank's memory becomes a flagged row instead
         of killing the rank (which stops the job, and ``--resume`` would meet the same parent again). Size it
         to the memory per rank (Slurm ``--mem-per-cpu``) less the patch's own arrays.

@@ -125,15 +125,36 @@ def test_blend_too_big_for_memory_is_skipped_not_fitted():
     from hpcblend.deblend.result import model_memory_bytes
 
     blend = _small_blend()
-    need = model_memory_bytes(blend.n_peaks, len(blend.bands), blend.shape, DeblendConfig().max_components)
     h, w = blend.shape
-    assert need == h * w * (24 * 2 * blend.n_peaks + 32 * len(blend.bands))
+    n_components = len(deblend_blend(blend, DeblendConfig()).owner)  # peaks, and the bright ones' cores
+    need = model_memory_bytes(n_components, len(blend.bands), blend.shape)
+    assert need == h * w * (24 * n_components + 32 * len(blend.bands))
     r = deblend_blend(blend, DeblendConfig(max_model_memory_mb=0.9 * need / 1e6))
     assert r.flags["flag_skipped_too_large"] is True and not r.fitted and r.children == {}
     ok = deblend_blend(blend, DeblendConfig(max_model_memory_mb=1.1 * need / 1e6))
     assert ok.flags["flag_skipped_too_large"] is False and ok.fitted
-    # the default leaves room for the largest simulated parents (94 peaks on 295 x 324 px, five bands)
-    assert model_memory_bytes(94, 5, (295, 324)) < DeblendConfig().max_model_memory_mb * 1e6
+    # the default leaves room for the largest simulated parents (94 peaks on 295 x 324 px, five bands, with
+    # a core for every peak)
+    assert model_memory_bytes(2 * 94, 5, (295, 324)) < DeblendConfig().max_model_memory_mb * 1e6
+
+
+def test_memory_guard_counts_the_cores_once_they_are_known():
+    """Bright sources get a second (core) component: a parent that fits the guard with one component per peak
+    but not with its cores is skipped after the layout, before anything is allocated for the fit."""
+    from hpcblend.deblend.result import model_memory_bytes
+
+    blend = _small_blend()
+    cfg = DeblendConfig(multi_component_snr=1.0)  # every peak bright: a core each
+    n_components = len(deblend_blend(blend, cfg).owner)
+    assert n_components == 2 * blend.n_peaks
+    one_each = model_memory_bytes(blend.n_peaks, len(blend.bands), blend.shape)
+    with_cores = model_memory_bytes(n_components, len(blend.bands), blend.shape)
+    limit = (one_each + with_cores) / 2 / 1e6
+    r = deblend_blend(blend, DeblendConfig(multi_component_snr=1.0, max_model_memory_mb=limit))
+    assert r.flags["flag_skipped_too_large"] is True and not r.fitted and r.children == {}
+    # cores allowed but none bright enough: fitted (the guard used to count a core for every peak and skip it)
+    ok = deblend_blend(blend, DeblendConfig(multi_component_snr=1e12, max_model_memory_mb=limit))
+    assert ok.fitted and len(ok.owner) == blend.n_peaks
 
 
 def test_too_many_peaks_is_skipped():

@@ -25,7 +25,7 @@ from hpcblend.deblend.fitting import fit_settings
 from hpcblend.deblend.initialization import component_layout, initialize_sources
 from hpcblend.deblend.observation import DifferenceKernels, Observation, build_observation, convolve_sources
 from hpcblend.deblend.subblends import fit_sub_blends
-from hpcblend.deblend.result import DeblendResult, expand_result, skip_flags
+from hpcblend.deblend.result import DeblendResult, expand_result, model_memory_bytes, skip_flags
 from hpcblend.errors import BlendDataError, NumericalFailure
 from hpcblend.io.blends import (PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_OUTSIDE_FOOTPRINT, PEAK_OUTSIDE_IMAGE,
                                 BlendData)
@@ -140,8 +140,9 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None,
     Returns
     -------
     DeblendResult
-        Skipped blends (size guards, counting kept peaks only) come back
-        unfitted with their skip flag; a numerical failure during the fit
+        Skipped blends (size guards, counting kept peaks only; the memory
+        guard again with the bright sources' cores once they are known)
+        come back unfitted with their skip flag; a numerical failure during the fit
         comes back with ``flag_failed``, ``error_type`` and ``error_message``
         set. Only the kept peaks (``blend.peak_flags`` without a
         :data:`~hpcblend.io.blends.PEAK_DROPPED` bit, and inside the image) are
@@ -172,6 +173,10 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None,
     data, obs = _observe(blend, config, result, kernels)
     child_peaks = np.ascontiguousarray(blend.peaks[kept], dtype=np.int64)
     owner, core = component_layout(obs, child_peaks, config)
+    if model_memory_bytes(len(owner), obs.images.shape[0], obs.images.shape[1:]) > config.max_model_memory_mb * 1e6:
+        result.flags["flag_skipped_too_large"] = True  # the bright sources' cores took it over the guard
+        result.t_init = time.perf_counter() - t0
+        return result
     peaks = np.ascontiguousarray(child_peaks[owner])
     sed, morphs, boxes, caps = initialize_sources(obs, peaks, config, core=core)
     t1 = time.perf_counter()

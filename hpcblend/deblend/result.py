@@ -141,28 +141,27 @@ class DeblendResult:
         return self.sed is not None and not self.flags.get("flag_failed", False)
 
 
-def model_memory_bytes(n_peaks: int, n_bands: int, frame_shape, max_components: int = 2) -> int:
+def model_memory_bytes(n_components: int, n_bands: int, frame_shape) -> int:
     """Upper bound of the deblender's model arrays for a blend (bytes), the ``max_model_memory_mb`` guard.
 
     Per component and frame pixel: the morphology and, in the fit, its three moment arrays and its best
     state (float32 each), 20 bytes, counted as 24. The convolved components are stored over their own
     grown boxes (:class:`~hpcblend.deblend.component_models.ComponentModels`), not per frame pixel, and
-    the children's models are rendered one at a time. Per band and frame pixel, the blend's own planes
-    (data, weights, curvature, model, residual, gradient: ~32 bytes). Components: one per peak, two when
-    bright sources may get a core (``max_components`` 2). Measured (peak RSS) on simulated 190–200-peak
-    parents on 540 × 560 px frames: 20 bytes per component pixel, so the bound is 1.2× (2.4× with the
-    cores) the typical parent.
+    a large parent's children's models are rendered one at a time. Per band and frame pixel, the blend's
+    own planes (data, weights, curvature, model, residual, gradient: ~32 bytes). Measured (peak RSS) on
+    simulated 190–200-peak parents on 540 × 560 px frames: 20 bytes per component pixel, so the bound is
+    1.2× the measured.
 
     Parameters
     ----------
-    n_peaks : int
-        Peaks to fit.
+    n_components : int
+        Components to fit: one per kept peak, plus a core for each bright one
+        (:func:`hpcblend.deblend.initialization.component_layout`); before the layout is known, the
+        number of kept peaks is a lower bound.
     n_bands : int
         Bands fitted.
     frame_shape : (int, int)
         The blend's frame (H, W), pixels.
-    max_components : int
-        ``deblend.max_components`` (2: a bright peak may get a core component).
 
     Returns
     -------
@@ -170,20 +169,21 @@ def model_memory_bytes(n_peaks: int, n_bands: int, frame_shape, max_components: 
         Bytes.
     """
     h, w = (int(v) for v in frame_shape)
-    n_components = int(n_peaks) * (2 if max_components >= 2 else 1)
-    return h * w * (24 * n_components + 32 * int(n_bands))
+    return h * w * (24 * int(n_components) + 32 * int(n_bands))
 
 
 def skip_flags(blend: BlendData, config: DeblendConfig, n_kept: int) -> dict:
     """Every parent flag False, except the size guards: ``flag_skipped_too_many_peaks`` (more than
     ``config.max_n_peaks`` kept peaks) and ``flag_skipped_too_large`` (footprint area above
     ``config.max_footprint_area``, area × kept peaks above ``config.max_area_times_peaks``, or model
-    arrays above ``config.max_model_memory_mb``: :func:`model_memory_bytes`)."""
+    arrays above ``config.max_model_memory_mb`` already with one component per kept peak:
+    :func:`model_memory_bytes`; :func:`~hpcblend.deblend.deblender.deblend_blend` checks again with the
+    cores once it knows them)."""
     area = blend.footprint_area
     flags = {name: False for name in PARENT_FLAGS}
     if n_kept > config.max_n_peaks:
         flags["flag_skipped_too_many_peaks"] = True
-    memory = model_memory_bytes(n_kept, len(blend.bands), blend.shape, config.max_components)
+    memory = model_memory_bytes(n_kept, len(blend.bands), blend.shape)
     if (area > config.max_footprint_area or area * n_kept > config.max_area_times_peaks
             or memory > config.max_model_memory_mb * 1e6):
         flags["flag_skipped_too_large"] = True
