@@ -99,7 +99,8 @@ def prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monoto
     ``margin`` pixels (symmetric about the peak when ``symmetric``), and to at most ``cap`` pixels
     from the peak along each axis when ``cap > 0`` (a faint peak on a brighter source's slope,
     :func:`hpcblend.deblend.initialization.slope_peak_caps`; the morphology beyond is zeroed); the
-    optimiser state ``m1``, ``m2``, ``m3`` (K, H, W) of pixels leaving it is set to zero.
+    optimiser state ``m1``, ``m2``, ``m3`` (K, H, W) of pixels leaving it is set to zero (``m1`` and ``m3``
+    may be (K, 0, 0): FISTA keeps no such state).
     """
     nb = sed.shape[1]
     for b in range(nb):
@@ -154,14 +155,16 @@ def prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monoto
         ny1 = min(ny1, cy + cap + 1)
         nx0 = max(nx0, cx - cap)
         nx1 = min(nx1, cx + cap + 1)
-    # pixels leaving the box are zero; forget their optimiser state
+    # pixels leaving the box are zero; forget their optimiser state (FISTA has no m1, m3: shape (K, 0, 0))
+    moments = m1.shape[1] > 0
     for y in range(y0, y1):
         for x in range(x0, x1):
             if y < ny0 or y >= ny1 or x < nx0 or x >= nx1:
                 mk[y, x] = 0.0
-                m1[k, y, x] = 0.0
                 m2[k, y, x] = 0.0
-                m3[k, y, x] = 0.0
+                if moments:
+                    m1[k, y, x] = 0.0
+                    m3[k, y, x] = 0.0
     boxes[k, 0] = ny0
     boxes[k, 1] = ny1
     boxes[k, 2] = nx0
