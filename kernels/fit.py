@@ -316,12 +316,10 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, box_cap, sed,
     model = np.zeros((nb, hp, wp), dtype=np.float32)
     residual = np.zeros((nb, hp, wp), dtype=np.float32)
     transfer_adjoint = np.conj(transfer)
-    # optimiser state: adaprox's moments (m1, m2, m3 and s1, s2, s3); FISTA keeps its previous iterate in m2
-    # and needs no m1, m3 (empty: 8 bytes per component pixel less for a large parent)
-    moment_shape = morph.shape if not fista else (nk, 0, 0)
-    m1 = np.zeros(moment_shape, dtype=np.float32)
+    # optimiser state: adaprox's moments m1, m2, m3 and s1, s2, s3; FISTA's previous iterate in m2, no m1, m3
+    m1 = np.zeros(morph.shape if not fista else (nk, 0, 0), dtype=np.float32)
     m2 = np.zeros(morph.shape, dtype=np.float32)
-    m3 = np.zeros(moment_shape, dtype=np.float32)
+    m3 = np.zeros(m1.shape, dtype=np.float32)
     s1 = np.zeros((nk, nb))
     s2 = np.zeros((nk, nb))
     s3 = np.zeros((nk, nb))
