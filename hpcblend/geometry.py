@@ -17,7 +17,7 @@ import numpy as np
 
 from hpcblend.errors import ConfigError, InputError
 
-__all__ = ["Box", "IntPair", "int_pair", "is_integer", "pixel_index"]
+__all__ = ["Box", "IntPair", "grow_boxes", "int_pair", "is_integer", "pixel_index"]
 
 #: An ``int`` (same value on both axes) or a ``(y, x)`` pair of ints.
 IntPair = Union[int, Tuple[int, int], Sequence[int]]
@@ -202,6 +202,16 @@ class Box:
 
     def __repr__(self) -> str:
         return f"Box(origin={self.origin}, shape={self.shape})"
+
+
+def grow_boxes(boxes: np.ndarray, pad: int, shape) -> np.ndarray:
+    """Boxes ``(y0, y1, x0, x1)`` (N, 4), int64, half-open, grown by ``pad`` pixels on every side and clipped
+    to an image of ``shape`` (H, W): :meth:`Box.grow` then ``&`` the image, for many boxes at once (the
+    kernels' box layout rather than :class:`Box` objects)."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    h, w = shape
+    return np.stack([np.maximum(boxes[:, 0] - pad, 0), np.minimum(boxes[:, 1] + pad, h),
+                     np.maximum(boxes[:, 2] - pad, 0), np.minimum(boxes[:, 3] + pad, w)], 1)
 
 
 def is_integer(v) -> bool:

@@ -25,22 +25,18 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from hpcblend.geometry import grow_boxes
+
 __all__ = ["ComponentModels", "grown_boxes"]
 
 
 def grown_boxes(boxes: np.ndarray, radius: int, shape: Tuple[int, int]) -> np.ndarray:
-    """Boxes (C, 4) (y0, y1, x0, x1) grown by ``radius`` pixels and clipped to the frame ``shape`` (H, W).
-
-    An empty box (``y0 == y1`` or ``x0 == x1``: a placeholder component) stays empty (all zeros).
-    """
-    boxes = np.asarray(boxes, dtype=np.int64)
-    out = np.empty((len(boxes), 4), dtype=np.int64)
-    out[:, 0] = np.maximum(boxes[:, 0] - radius, 0)
-    out[:, 1] = np.minimum(boxes[:, 1] + radius, shape[0])
-    out[:, 2] = np.maximum(boxes[:, 2] - radius, 0)
-    out[:, 3] = np.minimum(boxes[:, 3] + radius, shape[1])
-    empty = (boxes[:, 1] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 2])
-    out[empty] = 0
+    """Boxes (C, 4) (y0, y1, x0, x1) grown by ``radius`` pixels and clipped to the frame ``shape`` (H, W)
+    (:func:`hpcblend.geometry.grow_boxes`); an empty box (``y0 == y1`` or ``x0 == x1``: a placeholder
+    component) stays empty (all zeros), so it holds no block."""
+    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    out = grow_boxes(boxes, radius, shape)
+    out[(boxes[:, 1] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 2])] = 0
     return out
 
 
@@ -90,10 +86,6 @@ class ComponentModels:
     @property
     def n_components(self) -> int:
         return len(self.grown)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.flat.nbytes)
 
     def component(self, c: int) -> np.ndarray:
         """Component ``c``'s block, a writable (B, gh, gw) view of :attr:`flat`."""

@@ -24,21 +24,13 @@ from typing import Sequence
 import numpy as np
 import sep
 
+from hpcblend.geometry import grow_boxes
 from hpcblend.io.masks import DEFAULT_BAD_MASK_PLANES, MASK_PLANES, NO_DATA_BIT, mask_bits
 from hpcblend.kernels.isolated import aperture_planes, isolated_measurements
 from hpcblend.measure.forced import _check_inputs, _Measured, _psf_terms
 from hpcblend.measure.patch import CENTROID_MAX_ITER, CENTROID_MAX_SHIFT, _psf_sigma
 
-__all__ = ["grow_boxes", "measure_isolated_footprints", "warm_up_isolated"]
-
-
-def grow_boxes(boxes: np.ndarray, pad: int, shape) -> np.ndarray:
-    """Boxes ``(y0, y1, x0, x1)`` (N, 4) grown by ``pad`` pixels on every side and clipped to an image of
-    ``shape`` (H, W): :class:`hpcblend.geometry.Box`'s ``grow(pad) & image`` for many boxes at once."""
-    boxes = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-    h, w = shape
-    return np.stack([np.maximum(boxes[:, 0] - pad, 0), np.minimum(boxes[:, 1] + pad, h),
-                     np.maximum(boxes[:, 2] - pad, 0), np.minimum(boxes[:, 3] + pad, w)], 1)
+__all__ = ["measure_isolated_footprints", "warm_up_isolated"]
 
 
 def measure_isolated_footprints(src, fboxes, bboxes, labels_of, peaks, origins, outer, data, images, labels,

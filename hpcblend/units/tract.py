@@ -48,13 +48,13 @@ from hpcblend.deblend.observation import DifferenceKernels
 from hpcblend.detect import detect_footprints, detection_image, estimate_background, footprint_to_blend
 from hpcblend.diagnostics.sampler import NullSampler
 from hpcblend.errors import HpcblendError, is_programming_error
-from hpcblend.geometry import Box
+from hpcblend.geometry import Box, grow_boxes
 from hpcblend.io.masks import mask_bits
 from hpcblend.io.coadd import check_tract, read_box, read_patch, read_tract_shape, tract_paths
 from hpcblend.io.models import pack_models
 from hpcblend.io.schema import blend_spec, model_pixel_spec, model_spec, patch_spec, source_spec
 from hpcblend.measure.forced import forced_photometry
-from hpcblend.measure.isolated import grow_boxes, measure_isolated_footprints, warm_up_isolated
+from hpcblend.measure.isolated import measure_isolated_footprints, warm_up_isolated
 from hpcblend.measure.patch import forced_on_patch, sky_coordinates, warm_up_measure
 from hpcblend.skymap import encode_id, make_patches
 from hpcblend.units.costmodel import unit_cost
