@@ -25,7 +25,7 @@ from hpcblend.deblend.fitting import fit_settings
 from hpcblend.deblend.initialization import component_layout, initialize_sources
 from hpcblend.deblend.observation import DifferenceKernels, Observation, build_observation, convolve_sources
 from hpcblend.deblend.subblends import fit_sub_blends
-from hpcblend.deblend.result import DeblendResult, expand_result, model_memory_bytes, skip_flags
+from hpcblend.deblend.result import DeblendResult, exceeds_memory_guard, expand_result, skip_flags
 from hpcblend.errors import BlendDataError, NumericalFailure
 from hpcblend.io.blends import (PEAK_DROPPED, PEAK_DUPLICATE, PEAK_MASKED, PEAK_OUTSIDE_FOOTPRINT, PEAK_OUTSIDE_IMAGE,
                                 BlendData)
@@ -173,7 +173,7 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None,
     data, obs = _observe(blend, config, result, kernels)
     child_peaks = np.ascontiguousarray(blend.peaks[kept], dtype=np.int64)
     owner, core = component_layout(obs, child_peaks, config)
-    if model_memory_bytes(len(owner), obs.images.shape[0], obs.images.shape[1:]) > config.max_model_memory_mb * 1e6:
+    if exceeds_memory_guard(len(owner), obs.images.shape[0], obs.images.shape[1:], config):
         result.flags["flag_skipped_too_large"] = True  # the bright sources' cores took it over the guard
         result.t_init = time.perf_counter() - t0
         return result

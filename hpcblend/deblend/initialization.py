@@ -51,13 +51,19 @@ def detection_image(obs: Observation) -> Tuple[np.ndarray, float]:
         ``(Σ_b 1/σ_b²)^-½`` with ``σ_b`` = ``obs.noise_rms``.
     """
     band_weight = 1.0 / obs.noise_rms ** 2
+    detect = _band_mean(obs.images, obs.weights > 0, band_weight)
+    return detect.astype(np.float32), float(1.0 / np.sqrt(band_weight.sum()))
+
+
+def _band_mean(images: np.ndarray, has_data: np.ndarray, band_weight: np.ndarray) -> np.ndarray:
+    """:func:`detection_image`'s band-weighted mean over the bands with data, float64, for pixels laid out as
+    ``images`` (B, ...) with ``has_data`` (B, ...) bool: whole frames or selected pixels alike."""
     total = band_weight.sum()
-    detect = np.tensordot(band_weight, obs.images, axes=1) / total
-    has_data = obs.weights > 0
+    mean = np.tensordot(band_weight, images, axes=1) / total
     partial = has_data.any(axis=0) & ~has_data.all(axis=0)
     if partial.any():
-        detect[partial] *= total / np.tensordot(band_weight, has_data[:, partial], axes=1)
-    return detect.astype(np.float32), float(1.0 / np.sqrt(total))
+        mean[partial] *= total / np.tensordot(band_weight, has_data[:, partial], axes=1)
+    return mean
 
 
 def detection_snr(obs: Observation, peaks: np.ndarray) -> np.ndarray:
@@ -72,8 +78,10 @@ def detection_snr(obs: Observation, peaks: np.ndarray) -> np.ndarray:
     -------
     snr : ndarray, shape (K,), float64
     """
-    detect, sigma_det = detection_image(obs)
-    return detect[peaks[:, 0], peaks[:, 1]].astype(np.float64) / sigma_det
+    band_weight = 1.0 / obs.noise_rms ** 2
+    ys, xs = peaks[:, 0], peaks[:, 1]  # the detection image at the peaks only
+    values = _band_mean(obs.images[:, ys, xs], obs.weights[:, ys, xs] > 0, band_weight)
+    return values * np.sqrt(band_weight.sum())
 
 
 def component_layout(obs: Observation, child_peaks: np.ndarray, config: DeblendConfig) -> Tuple[np.ndarray, np.ndarray]:

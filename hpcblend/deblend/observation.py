@@ -120,8 +120,8 @@ class Observation:
         Where the kernels came from (shared by the blends of a work unit), with ``kernel_key``.
     no_data : ndarray, shape (H, W), bool, or None
         Pixels inside the parent footprint with zero weight in every band (a saturated star's masked
-        core, a bleed trail): the initialisation fills them in its detection image
-        (:func:`hpcblend.deblend.initialization.detection_image`); None: none known.
+        core, a bleed trail): a peak there has no measured height and is never held by the slope-peak box
+        limit (:func:`hpcblend.deblend.initialization.slope_peak_caps`); None: none known.
     """
 
     images: np.ndarray

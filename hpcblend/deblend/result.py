@@ -16,7 +16,8 @@ from hpcblend.config import DeblendConfig
 from hpcblend.deblend.component_models import ComponentModels
 from hpcblend.io.blends import BlendData
 
-__all__ = ["DeblendResult", "PARENT_FLAGS", "model_memory_bytes", "skip_flags", "expand_result"]
+__all__ = ["DeblendResult", "PARENT_FLAGS", "exceeds_memory_guard", "model_memory_bytes", "skip_flags",
+           "expand_result"]
 
 #: The parent flags every :attr:`DeblendResult.flags` holds (bool), besides ``n_peaks_dropped`` (int).
 PARENT_FLAGS = ("flag_skipped_too_many_peaks", "flag_skipped_too_large", "flag_not_converged",
@@ -173,6 +174,12 @@ def model_memory_bytes(n_components: int, n_bands: int, frame_shape) -> int:
     return h * w * (24 * int(n_components) + 32 * int(n_bands))
 
 
+def exceeds_memory_guard(n_components: int, n_bands: int, frame_shape, config: DeblendConfig) -> bool:
+    """Whether :func:`model_memory_bytes` of ``n_components`` on the frame is above
+    ``config.max_model_memory_mb`` (MB = 1e6 bytes)."""
+    return model_memory_bytes(n_components, n_bands, frame_shape) > config.max_model_memory_mb * 1e6
+
+
 def skip_flags(blend: BlendData, config: DeblendConfig, n_kept: int) -> dict:
     """Every parent flag False, except the size guards: ``flag_skipped_too_many_peaks`` (more than
     ``config.max_n_peaks`` kept peaks) and ``flag_skipped_too_large`` (footprint area above
@@ -184,9 +191,8 @@ def skip_flags(blend: BlendData, config: DeblendConfig, n_kept: int) -> dict:
     flags = {name: False for name in PARENT_FLAGS}
     if n_kept > config.max_n_peaks:
         flags["flag_skipped_too_many_peaks"] = True
-    memory = model_memory_bytes(n_kept, len(blend.bands), blend.shape)
     if (area > config.max_footprint_area or area * n_kept > config.max_area_times_peaks
-            or memory > config.max_model_memory_mb * 1e6):
+            or exceeds_memory_guard(n_kept, len(blend.bands), blend.shape, config)):
         flags["flag_skipped_too_large"] = True
     return flags
 
