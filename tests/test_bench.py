@@ -121,3 +121,38 @@ def test_bench_tract_reports_every_stage_and_throughput(tmp_path, capsys):
     assert b["fit_share"] == pytest.approx(b["fit"] / (b["init"] + b["fit"] + b["measure"]))
     assert "blended parents (" in text
     assert main(["bench", "tract", "--set", "input.kind=blends"]) == 2  # not a tract job: one line
+
+
+def test_bench_deblend_scores_files_with_truth(tmp_path, capfd, monkeypatch):
+    """Files of the simulated sets carry their truth: the bench scores each deblender's model flux against it."""
+    from hpcblend.analysis.bench import TRUTH_OUTLIER_TOLERANCE
+    from hpcblend.simulate.blend_sets import make_bright_galaxy_blends, read_blend_truth
+
+    monkeypatch.setitem(sys.modules, "lsst.scarlet.lite", None)  # hpcblend alone: the same figures either way
+    paths = make_bright_galaxy_blends(tmp_path / "bright", 2, seed=7)
+    rc, report, text = _run([str(p) for p in paths], tmp_path / "bench.json", capfd)
+    assert rc == 0, text
+    truth = report["truth"]
+    assert truth is not None and truth["scarlet_lite"] is None
+    got = truth["hpcblend"]
+    dff, bright = [], []
+    for path, row in zip(paths, report["blends"]):
+        t = read_blend_truth(path)
+        i = t["bands"].index("i")
+        d = (np.asarray(row["flux_model"]) - t["flux_image"][:, i]) / t["flux_image"][:, i]
+        scored = ~t["saturated"] & (t["snr"][:, i] > 10)
+        dff.extend(d[scored])
+        bright.extend(d[scored & (t["snr"][:, i] > 50) & (t["nn_arcsec"] >= 1.0)])
+    assert got["n"] == len(dff) > 0
+    assert got["median_abs"] == pytest.approx(np.median(np.abs(dff)))
+    assert got["bias"] == pytest.approx(np.median(dff))
+    assert got["n_bright_isolated"] == len(bright)
+    assert got["outliers"] == sum(abs(v) > TRUTH_OUTLIER_TOLERANCE for v in bright)
+    assert "model flux vs truth, band i" in text
+
+
+def test_bench_deblend_without_truth_reports_none(blend_files, tmp_path, capfd, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lsst.scarlet.lite", None)
+    rc, report, text = _run(blend_files[:1], tmp_path / "bench.json", capfd)
+    assert rc == 0 and report["truth"] is None and "vs truth" not in text
+    assert "truth_flux" not in report["blends"][0]

@@ -31,13 +31,15 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from hpcblend.analysis.truth_metrics import MAX_MASKED_FRACTION
 from hpcblend.config import DeblendConfig
 from hpcblend.deblend import build_observation, deblend_blend, warm_up
-from hpcblend.errors import is_programming_error
+from hpcblend.errors import InputError, is_programming_error
 from hpcblend.io.blends import BlendData, expand_inputs, read_blend
 from hpcblend.io.json_values import json_default
 from hpcblend.kernels.convolution import convolve_bands, correlate_bands
 from hpcblend.parallel.allocator import keep_freed_memory
+from hpcblend.simulate.blend_sets import read_blend_truth
 
 __all__ = ["REFERENCES", "REFERENCE_README", "ScarletLiteSettings", "ScarletLiteRunner", "load_scarlet_lite",
            "run_bench_deblend", "format_report", "write_json"]
@@ -50,6 +52,15 @@ REFERENCE_README: str = "../shared/reference/README.txt"
 
 #: Band of the per-child model-flux comparison (the middle band when a blend has no such band).
 FLUX_BAND: str = "i"
+
+#: Files with truth (:mod:`hpcblend.simulate.blend_sets`): sources with S/N above this in :data:`FLUX_BAND`,
+#: not saturated and with at most ``MAX_MASKED_FRACTION`` of their light masked, are scored against it; those
+#: with S/N > :data:`TRUTH_OUTLIER_SNR` and no other peak within :data:`TRUTH_ISOLATION_ARCSEC` are outliers
+#: when off by more than :data:`TRUTH_OUTLIER_TOLERANCE` (the criteria of ``hpcblend truth``, in one band).
+TRUTH_SNR_MIN: float = 10.0
+TRUTH_OUTLIER_SNR: float = 50.0
+TRUTH_ISOLATION_ARCSEC: float = 1.0
+TRUTH_OUTLIER_TOLERANCE: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -262,6 +273,50 @@ def _hpcblend_row(blend: BlendData, config: DeblendConfig) -> dict:
     return row
 
 
+def _truth_row(path: str, blend: BlendData) -> dict:
+    """The truth a simulated blend file carries, in :data:`FLUX_BAND` per peak; empty for a file without truth."""
+    try:
+        t = read_blend_truth(path)
+    except InputError:
+        return {}
+    if t["n_peaks"] != blend.n_peaks:
+        return {}
+    b = _flux_band(blend)
+    snr = np.asarray(t["snr"], dtype=np.float64)[:, b]
+    scored = ~np.asarray(t["saturated"], bool) & (np.asarray(t["masked_fraction"]) <= MAX_MASKED_FRACTION)
+    scored &= snr > TRUTH_SNR_MIN
+    isolated = np.asarray(t["nn_arcsec"], dtype=np.float64) >= TRUTH_ISOLATION_ARCSEC
+    return dict(truth_flux=[float(v) for v in np.asarray(t["flux_image"], dtype=np.float64)[:, b]],
+                truth_scored=[bool(v) for v in scored],
+                truth_bright_isolated=[bool(v) for v in scored & (snr > TRUTH_OUTLIER_SNR) & isolated])
+
+
+def _truth_accuracy(rows: Sequence[dict], prefix: str) -> Optional[dict]:
+    """Model flux against the truth (Δf/f = (f − f_true)/f_true) of one deblender over the rows with truth.
+
+    Returns None when no row has truth; else ``n``, ``bias`` (median Δf/f), ``median_abs``, ``p90_abs``,
+    ``n_bright_isolated`` and ``outliers`` (bright isolated sources off by more than the tolerance; a
+    source the deblender did not model, NaN, counts as one).
+    """
+    dff, bright = [], []
+    for r in rows:
+        if "truth_flux" not in r:
+            continue
+        f = np.asarray(r[prefix + "flux_model"], dtype=np.float64)
+        f_true = np.asarray(r["truth_flux"])
+        d = (f - f_true) / f_true
+        dff.append(d[np.asarray(r["truth_scored"])])
+        bright.append(d[np.asarray(r["truth_bright_isolated"])])
+    if not dff:
+        return None
+    d, db = np.concatenate(dff), np.concatenate(bright)
+    ok = np.isfinite(d)
+    q = (lambda v, p: float(np.percentile(v, p))) if ok.any() else (lambda v, p: float("nan"))
+    return dict(band=FLUX_BAND, n=int(ok.sum()), n_not_modelled=int((~ok).sum()), bias=q(d[ok], 50),
+                median_abs=q(np.abs(d[ok]), 50), p90_abs=q(np.abs(d[ok]), 90), n_bright_isolated=int(db.size),
+                outliers=int(np.sum(~(np.abs(db) <= TRUTH_OUTLIER_TOLERANCE))))
+
+
 def _reference_row(runner: ScarletLiteRunner, blend: BlendData) -> dict:
     """Deblend one blend with scarlet_lite; the row of its figures (prefixed ``ref_``)."""
     out, exc, wall, cpu = _timed(runner.deblend, blend)
@@ -388,8 +443,10 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
     dict
         ``summary`` (hpcblend's figures, seconds), ``reference`` (the
         reference's figures and settings, or None), ``reference_status``
-        (None, "ok" or the notice), ``comparison`` (ratios, or None) and
-        ``blends`` (one row per blend; reference fields prefixed ``ref_``).
+        (None, "ok" or the notice), ``comparison`` (ratios, or None), ``truth`` (for files
+        with truth: ``hpcblend`` and ``scarlet_lite`` model-flux accuracy, see :data:`TRUTH_SNR_MIN`;
+        None otherwise) and ``blends`` (one row per blend; reference fields prefixed ``ref_``,
+        truth fields ``truth_``).
 
     Raises
     ------
@@ -410,7 +467,7 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
     rows = []
     for i, (f, blend) in enumerate(zip(files, blends)):
         gc.collect()
-        row = dict(file=os.path.basename(f), n_peaks=blend.n_peaks, area=blend.footprint_area)
+        row = dict(file=os.path.basename(f), n_peaks=blend.n_peaks, area=blend.footprint_area, **_truth_row(f, blend))
         if runner is not None and i % 2:
             row.update(_reference_row(runner, blend))
             row.update(_hpcblend_row(blend, config))
@@ -432,7 +489,12 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
         ref = dict(name="scarlet_lite", version=runner.version, settings=dataclasses.asdict(runner.settings),
                    warm_up_s=ref_cold, **_side_summary(rows, "ref_"))
         comparison = _comparison(rows, hp, ref)
-    return dict(summary=summary, reference=ref, reference_status=status, comparison=comparison, blends=rows)
+    truth = None
+    if any("truth_flux" in r for r in rows):
+        truth = dict(hpcblend=_truth_accuracy(rows, ""),
+                     scarlet_lite=_truth_accuracy(rows, "ref_") if runner is not None else None)
+    return dict(summary=summary, reference=ref, reference_status=status, comparison=comparison, truth=truth,
+                blends=rows)
 
 
 def _fmt(v, spec: str) -> str:
@@ -464,7 +526,7 @@ def format_report(report: dict, top: int = 10) -> list:
     for k, v in report["summary"].items():
         lines.append(f"{k:20s} {v}")
     if ref is None:
-        return lines
+        return lines + _truth_lines(report.get("truth"))
     hp, c = _side_summary(rows, ""), cmp_
     lines.append(f"side by side with scarlet_lite {ref['version']} (LSST pipeline configuration), one process, "
                  f"interleaved blend by blend, order alternating; scarlet_lite warm-up {ref['warm_up_s']:.3f} s")
@@ -495,6 +557,22 @@ def format_report(report: dict, top: int = 10) -> list:
     fr = c["flux_ratio"]
     lines.append(f"model flux hpcblend/scarlet_lite per child, band {fr['band']} (n={fr['n']}): median "
                  f"{_fmt(fr['median'], '.4f')}  p10 {_fmt(fr['p10'], '.4f')}  p90 {_fmt(fr['p90'], '.4f')}")
+    return lines + _truth_lines(report.get("truth"))
+
+
+def _truth_lines(truth: Optional[dict]) -> list:
+    """The model-flux accuracy against the files' truth, one line per deblender (none without truth)."""
+    if not truth:
+        return []
+    lines = []
+    for name, a in truth.items():
+        if a is None:
+            continue
+        lines.append(f"model flux vs truth, band {a['band']}, S/N > {TRUTH_SNR_MIN:g} ({name}, n={a['n']}"
+                     f"{', %d not modelled' % a['n_not_modelled'] if a['n_not_modelled'] else ''}): median "
+                     f"|df/f| {_fmt(a['median_abs'], '.4f')}  p90 {_fmt(a['p90_abs'], '.4f')}  bias "
+                     f"{_fmt(a['bias'], '+.4f')}; off > {TRUTH_OUTLIER_TOLERANCE:.0%} at S/N > {TRUTH_OUTLIER_SNR:g} "
+                     f"with no peak within {TRUTH_ISOLATION_ARCSEC:g}\": {a['outliers']} of {a['n_bright_isolated']}")
     return lines
 
 
