@@ -398,7 +398,7 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, box_cap, sed,
     alive_best = alive.copy()
     grad_best = np.zeros((nb, hp, wp), dtype=np.float32)
     prev_loss = np.inf  # loss of the state the current one was stepped from
-    rose = False  # the loss went up at the previous evaluation
+    rose = fell = False  # at the previous evaluation the loss went up / fell by more than e_rel
     evaluated = False  # the current state is the one evaluated last
     step_mult = 1.0  # FISTA: step_scale multiplier, halved by the divergence guard
     for it in range(settings.max_iter):
@@ -409,12 +409,15 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, box_cap, sed,
         if not math.isfinite(loss):
             status = STATUS_NONFINITE
             break
-        # converged: a small change, but not right after the loss went up (a step from a worse
-        # state can land as high as that state: a small change that is no convergence)
-        if it >= settings.min_iter and not rose and abs(prev_loss - loss) < e_rel * abs(loss):
+        # converged: a small change, but not right after the loss went up (a step from a worse state
+        # can land as high as that state), nor a small rise right after a large fall (momentum
+        # overshooting a steady descent): neither is convergence
+        if (it >= settings.min_iter and not rose and abs(prev_loss - loss) < e_rel * abs(loss)
+                and not (fell and loss > prev_loss)):
             converged = True
             break
         rose = loss > prev_loss
+        fell = prev_loss - loss > e_rel * abs(loss)
         improved = loss <= best_loss
         if improved:
             best_loss = loss
