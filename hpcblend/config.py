@@ -201,7 +201,7 @@ class DeblendConfig:
     optimizer : str
         ``"adaprox"`` (proximal AMSGrad, scarlet's default) or ``"fista"``.
     e_rel : float
-        Relative loss change that ends the fit.
+        Relative loss change that ends the fit (unless it follows a rise, or is a rise after a larger fall).
     min_iter, max_iter : int
         Iteration bounds.
     bg_thresh : float
