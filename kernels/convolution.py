@@ -17,7 +17,7 @@ import numpy as np
 import rocket_fft  # noqa: F401  (registers numpy.fft for numba)
 from numba import njit
 
-__all__ = ["convolve_bands", "correlate_bands", "convolve_morphology"]
+__all__ = ["block_row", "convolve_bands", "correlate_bands", "convolve_morphology"]
 
 
 @njit(nogil=True, cache=True)
@@ -129,3 +129,27 @@ def convolve_box(morph, y0, y1, x0, x1, transfer, n1, n2, radius, out):
             gy = (y - y0) % n1
             for x in range(ox0, ox1):
                 out[b, y - oy0, x - ox0] = full[b, gy, (x - x0) % n2]
+
+
+@njit(nogil=True, cache=True)
+def block_row(offsets, grown, c, b, y):
+    """Flat index of pixel ``(y, 0)`` of band ``b`` in component ``c``'s block: pixel ``(y, x)`` is at ``+ x``.
+
+    The layout of :class:`hpcblend.deblend.component_models.ComponentModels` (and of the blocks
+    :func:`convolve_box` writes): component ``c`` is a C-ordered ``(B, gy1 − gy0, gx1 − gx0)`` float32
+    block at ``flat[offsets[c]:offsets[c + 1]]`` over ``grown[c]`` = (gy0, gy1, gx0, gx1), frame pixels.
+
+    Parameters
+    ----------
+    offsets : ndarray, shape (C + 1,), int64
+    grown : ndarray, shape (C, 4), int64
+    c, b, y : int
+        Component, band, frame row (``gy0 ≤ y < gy1``).
+
+    Returns
+    -------
+    int
+        ``offsets[c] + (b · (gy1 − gy0) + y − gy0) · (gx1 − gx0) − gx0``.
+    """
+    gy0, gy1, gx0, gx1 = grown[c, 0], grown[c, 1], grown[c, 2], grown[c, 3]
+    return offsets[c] + (b * (gy1 - gy0) + y - gy0) * (gx1 - gx0) - gx0

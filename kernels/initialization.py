@@ -15,6 +15,7 @@ import math
 import numpy as np
 from numba import njit
 
+from .convolution import block_row
 from .operators import monotonic_rings, scale_nonzero_box
 
 __all__ = ["COMPACT_HALF_SIZE", "COMPACT_SIGMA2", "NNLS_MAX_SWEEPS", "NNLS_TOL", "init_morphology", "fit_seds",
@@ -167,11 +168,9 @@ def fit_seds(images, weights, conv_flat, offsets, grown, ridge):
         rhs = np.zeros(nk)
         for k in range(nk):
             ky0, ky1, kx0, kx1 = grown[k, 0], grown[k, 1], grown[k, 2], grown[k, 3]
-            kw = kx1 - kx0
-            kb = offsets[k] + b * (ky1 - ky0) * kw
             s = 0.0
             for y in range(ky0, ky1):
-                row = kb + (y - ky0) * kw - kx0
+                row = block_row(offsets, grown, k, b, y)
                 for x in range(kx0, kx1):
                     s += weights[b, y, x] * conv_flat[row + x] * images[b, y, x]
             rhs[k] = s
@@ -180,12 +179,10 @@ def fit_seds(images, weights, conv_flat, offsets, grown, ridge):
                 y1 = min(ky1, grown[l, 1])
                 x0 = max(kx0, grown[l, 2])
                 x1 = min(kx1, grown[l, 3])
-                lw = grown[l, 3] - grown[l, 2]
-                lb = offsets[l] + b * (grown[l, 1] - grown[l, 0]) * lw
                 s = 0.0
                 for y in range(y0, y1):
-                    krow = kb + (y - ky0) * kw - kx0
-                    lrow = lb + (y - grown[l, 0]) * lw - grown[l, 2]
+                    krow = block_row(offsets, grown, k, b, y)
+                    lrow = block_row(offsets, grown, l, b, y)
                     for x in range(x0, x1):
                         s += weights[b, y, x] * conv_flat[krow + x] * conv_flat[lrow + x]
                 a[k, l] = s

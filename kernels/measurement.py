@@ -11,6 +11,8 @@ import math
 import numpy as np
 from numba import njit
 
+from .convolution import block_row
+
 __all__ = ["measure_children_kernel"]
 
 
@@ -91,18 +93,21 @@ def _observed_model(sed, conv_flat, offsets, grown, h, w):
     nk, nb = sed.shape
     total = np.zeros((nb, h, w))
     for k in range(nk):
-        gy0, gy1, gx0, gx1 = grown[k, 0], grown[k, 1], grown[k, 2], grown[k, 3]
-        gw = gx1 - gx0
-        for b in range(nb):
-            a = sed[k, b]
-            if a == 0.0:
-                continue
-            base = offsets[k] + b * (gy1 - gy0) * gw
-            for y in range(gy0, gy1):
-                row = base + (y - gy0) * gw - gx0
-                for x in range(gx0, gx1):
-                    total[b, y, x] += a * conv_flat[row + x]
+        _add_component(total, sed, conv_flat, offsets, grown, k)
     return total
+
+
+@njit(nogil=True, cache=True)
+def _add_component(out, sed, conv_flat, offsets, grown, k):
+    """Add component ``k``'s observed-frame model ``a_kb (D_b * S_k)`` to ``out`` (B, H, W) float64, over its grown box."""
+    for b in range(sed.shape[1]):
+        a = sed[k, b]
+        if a == 0.0:
+            continue
+        for y in range(grown[k, 0], grown[k, 1]):
+            row = block_row(offsets, grown, k, b, y)
+            for x in range(grown[k, 2], grown[k, 3]):
+                out[b, y, x] += a * conv_flat[row + x]
 
 
 @njit(nogil=True, cache=True)
@@ -183,17 +188,8 @@ def _redistribute(images, variance, weights, footprint, sed, conv_flat, offsets,
                 for x in range(ux0, ux1):
                     child_model[b, y, x] = 0.0
         for k in range(nk):
-            if owner[k] != o:
-                continue
-            gy0, gy1, gx0, gx1 = grown[k, 0], grown[k, 1], grown[k, 2], grown[k, 3]
-            gw = gx1 - gx0
-            for b in range(nb):
-                a = sed[k, b]
-                base = offsets[k] + b * (gy1 - gy0) * gw
-                for y in range(gy0, gy1):
-                    row = base + (y - gy0) * gw - gx0
-                    for x in range(gx0, gx1):
-                        child_model[b, y, x] += a * conv_flat[row + x]
+            if owner[k] == o:
+                _add_component(child_model, sed, conv_flat, offsets, grown, k)
         num = 0.0
         den = 0.0
         for y in range(uy0, uy1):

@@ -15,7 +15,7 @@ The compiled consumers (:func:`hpcblend.kernels.initialization.fit_seds`,
 :func:`hpcblend.kernels.measurement.measure_children_kernel`) read the buffer directly: pixel
 ``(y, x)`` of band ``b`` of component ``c`` is
 ``flat[offsets[c] + (b · gh_c + y − gy0_c) · gw_c + x − gx0_c]`` for ``(y, x)`` inside
-``grown[c] = (gy0, gy1, gx0, gx1)``.
+``grown[c] = (gy0, gy1, gx0, gx1)`` (:func:`hpcblend.kernels.convolution.block_row`).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from hpcblend.config import DeblendConfig
+from hpcblend.deblend.component_models import ComponentModels, grown_boxes
 from hpcblend.deblend.fitting import fit_settings
 from hpcblend.deblend.initialization import component_layout, initialize_sources
 from hpcblend.deblend.observation import DifferenceKernels, Observation, build_observation, convolve_sources
@@ -230,7 +231,7 @@ def warm_up() -> float:
     convolution.convolve_bands(obs.images, obs.transfer, hp, wp)
     convolution.correlate_bands(obs.images, obs.transfer, hp, wp)
     n, r = 2 * obs.kernel_radius + 3, obs.kernel_radius
-    block = np.zeros((obs.images.shape[0], min(9 + r, h) - max(6 - r, 0), min(9 + r, w) - max(6 - r, 0)), np.float32)
+    block = ComponentModels.zeros(grown_boxes([[6, 9, 6, 9]], r, (h, w)), obs.images.shape[0], (h, w)).component(0)
     convolution.convolve_box(obs.images[0], 6, 9, 6, 9, psf.kernel_transfer_function(obs.diff_kernels, (n, n)), n, n,
                              r, block)
     return time.perf_counter() - t0
