@@ -125,7 +125,7 @@ def test_bench_tract_reports_every_stage_and_throughput(tmp_path, capsys):
 
 def test_bench_deblend_scores_files_with_truth(tmp_path, capfd, monkeypatch):
     """Files of the simulated sets carry their truth: the bench scores each deblender's model flux against it."""
-    from hpcblend.analysis.bench import TRUTH_OUTLIER_TOLERANCE
+    from hpcblend.analysis.truth_metrics import OUTLIER_TOLERANCE
     from hpcblend.simulate.blend_sets import make_bright_galaxy_blends, read_blend_truth
 
     monkeypatch.setitem(sys.modules, "lsst.scarlet.lite", None)  # hpcblend alone: the same figures either way
@@ -147,7 +147,7 @@ def test_bench_deblend_scores_files_with_truth(tmp_path, capfd, monkeypatch):
     assert got["median_abs"] == pytest.approx(np.median(np.abs(dff)))
     assert got["bias"] == pytest.approx(np.median(dff))
     assert got["n_bright_isolated"] == len(bright)
-    assert got["outliers"] == sum(abs(v) > TRUTH_OUTLIER_TOLERANCE for v in bright)
+    assert got["outliers"] == sum(abs(v) > OUTLIER_TOLERANCE for v in bright)
     assert "model flux vs truth, band i" in text
 
 

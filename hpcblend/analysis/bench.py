@@ -31,7 +31,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from hpcblend.analysis.truth_metrics import MAX_MASKED_FRACTION
+from hpcblend.analysis.truth_metrics import (ISOLATION_ARCSEC, MAX_MASKED_FRACTION, OUTLIER_SNR,
+                                             OUTLIER_TOLERANCE, SNR_MIN)
 from hpcblend.config import DeblendConfig
 from hpcblend.deblend import build_observation, deblend_blend, warm_up
 from hpcblend.errors import InputError, is_programming_error
@@ -53,14 +54,6 @@ REFERENCE_README: str = "../shared/reference/README.txt"
 #: Band of the per-child model-flux comparison (the middle band when a blend has no such band).
 FLUX_BAND: str = "i"
 
-#: Files with truth (:mod:`hpcblend.simulate.blend_sets`): sources with S/N above this in :data:`FLUX_BAND`,
-#: not saturated and with at most ``MAX_MASKED_FRACTION`` of their light masked, are scored against it; those
-#: with S/N > :data:`TRUTH_OUTLIER_SNR` and no other peak within :data:`TRUTH_ISOLATION_ARCSEC` are outliers
-#: when off by more than :data:`TRUTH_OUTLIER_TOLERANCE` (the criteria of ``hpcblend truth``, in one band).
-TRUTH_SNR_MIN: float = 10.0
-TRUTH_OUTLIER_SNR: float = 50.0
-TRUTH_ISOLATION_ARCSEC: float = 1.0
-TRUTH_OUTLIER_TOLERANCE: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -274,7 +267,12 @@ def _hpcblend_row(blend: BlendData, config: DeblendConfig) -> dict:
 
 
 def _truth_row(path: str, blend: BlendData) -> dict:
-    """The truth a simulated blend file carries, in :data:`FLUX_BAND` per peak; empty for a file without truth."""
+    """The truth a simulated blend file carries, in :data:`FLUX_BAND` per peak; empty for a file without truth.
+
+    Scored: S/N > ``SNR_MIN``, not saturated, at most ``MAX_MASKED_FRACTION`` of its light masked; bright and
+    isolated: also S/N > ``OUTLIER_SNR`` and no other peak within ``ISOLATION_ARCSEC``
+    (:mod:`hpcblend.analysis.truth_metrics`).
+    """
     try:
         t = read_blend_truth(path)
     except InputError:
@@ -284,11 +282,11 @@ def _truth_row(path: str, blend: BlendData) -> dict:
     b = _flux_band(blend)
     snr = np.asarray(t["snr"], dtype=np.float64)[:, b]
     scored = ~np.asarray(t["saturated"], bool) & (np.asarray(t["masked_fraction"]) <= MAX_MASKED_FRACTION)
-    scored &= snr > TRUTH_SNR_MIN
-    isolated = np.asarray(t["nn_arcsec"], dtype=np.float64) >= TRUTH_ISOLATION_ARCSEC
+    scored &= snr > SNR_MIN
+    isolated = np.asarray(t["nn_arcsec"], dtype=np.float64) >= ISOLATION_ARCSEC
     return dict(truth_flux=[float(v) for v in np.asarray(t["flux_image"], dtype=np.float64)[:, b]],
                 truth_scored=[bool(v) for v in scored],
-                truth_bright_isolated=[bool(v) for v in scored & (snr > TRUTH_OUTLIER_SNR) & isolated])
+                truth_bright_isolated=[bool(v) for v in scored & (snr > OUTLIER_SNR) & isolated])
 
 
 def _truth_accuracy(rows: Sequence[dict], prefix: str) -> Optional[dict]:
@@ -314,7 +312,7 @@ def _truth_accuracy(rows: Sequence[dict], prefix: str) -> Optional[dict]:
     q = (lambda v, p: float(np.percentile(v, p))) if ok.any() else (lambda v, p: float("nan"))
     return dict(band=FLUX_BAND, n=int(ok.sum()), n_not_modelled=int((~ok).sum()), bias=q(d[ok], 50),
                 median_abs=q(np.abs(d[ok]), 50), p90_abs=q(np.abs(d[ok]), 90), n_bright_isolated=int(db.size),
-                outliers=int(np.sum(~(np.abs(db) <= TRUTH_OUTLIER_TOLERANCE))))
+                outliers=int(np.sum(~(np.abs(db) <= OUTLIER_TOLERANCE))))
 
 
 def _reference_row(runner: ScarletLiteRunner, blend: BlendData) -> dict:
@@ -444,8 +442,8 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
         ``summary`` (hpcblend's figures, seconds), ``reference`` (the
         reference's figures and settings, or None), ``reference_status``
         (None, "ok" or the notice), ``comparison`` (ratios, or None), ``truth`` (for files
-        with truth: ``hpcblend`` and ``scarlet_lite`` model-flux accuracy, see :data:`TRUTH_SNR_MIN`;
-        None otherwise) and ``blends`` (one row per blend; reference fields prefixed ``ref_``,
+        with truth: ``hpcblend`` and ``scarlet_lite`` model-flux accuracy in :data:`FLUX_BAND` by the
+        criteria of ``hpcblend truth``, :mod:`hpcblend.analysis.truth_metrics`; None otherwise) and ``blends`` (one row per blend; reference fields prefixed ``ref_``,
         truth fields ``truth_``).
 
     Raises
@@ -568,11 +566,11 @@ def _truth_lines(truth: Optional[dict]) -> list:
     for name, a in truth.items():
         if a is None:
             continue
-        lines.append(f"model flux vs truth, band {a['band']}, S/N > {TRUTH_SNR_MIN:g} ({name}, n={a['n']}"
+        lines.append(f"model flux vs truth, band {a['band']}, S/N > {SNR_MIN:g} ({name}, n={a['n']}"
                      f"{', %d not modelled' % a['n_not_modelled'] if a['n_not_modelled'] else ''}): median "
                      f"|df/f| {_fmt(a['median_abs'], '.4f')}  p90 {_fmt(a['p90_abs'], '.4f')}  bias "
-                     f"{_fmt(a['bias'], '+.4f')}; off > {TRUTH_OUTLIER_TOLERANCE:.0%} at S/N > {TRUTH_OUTLIER_SNR:g} "
-                     f"with no peak within {TRUTH_ISOLATION_ARCSEC:g}\": {a['outliers']} of {a['n_bright_isolated']}")
+                     f"{_fmt(a['bias'], '+.4f')}; off > {OUTLIER_TOLERANCE:.0%} at S/N > {OUTLIER_SNR:g} "
+                     f"with no peak within {ISOLATION_ARCSEC:g}\": {a['outliers']} of {a['n_bright_isolated']}")
     return lines
 
 

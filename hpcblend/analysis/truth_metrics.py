@@ -34,12 +34,19 @@ from hpcblend.io.catalog import read_table
 from hpcblend.io.json_values import json_default
 from hpcblend.simulate.blend_sets import read_blend_truth
 
-__all__ = ["ESTIMATORS", "MAX_MASKED_FRACTION", "STATUSES", "flux_accuracy", "format_accuracy", "main"]
+__all__ = ["ESTIMATORS", "ISOLATION_ARCSEC", "MAX_MASKED_FRACTION", "OUTLIER_SNR", "OUTLIER_TOLERANCE", "SNR_MIN",
+           "STATUSES", "flux_accuracy", "format_accuracy", "main"]
 
 #: Flux estimators scored: (name, catalog column pattern).
 ESTIMATORS = (("model", "flux_model_{b}"), ("conserving", "flux_{b}"))
 #: A peak with more of its i-band light than this on masked (e.g. saturated) pixels is not scored.
 MAX_MASKED_FRACTION: float = 0.05
+#: Default criteria: a source is scored in a band where its S/N exceeds ``SNR_MIN``; an outlier has S/N_i above
+#: ``OUTLIER_SNR``, no other peak within ``ISOLATION_ARCSEC`` (arcsec) and |Δf/f| above ``OUTLIER_TOLERANCE``.
+SNR_MIN: float = 10.0
+OUTLIER_SNR: float = 50.0
+ISOLATION_ARCSEC: float = 1.0
+OUTLIER_TOLERANCE: float = 0.1
 #: Status of a truth peak, in order of precedence; only "ok" peaks are scored.
 STATUSES = ("ok", "missing", "parent_failed", "not_fitted", "saturated", "masked")
 
@@ -137,8 +144,9 @@ def _outliers(rows: dict, dff: dict, snr_min: float, isolation_arcsec: float, to
     return out
 
 
-def flux_accuracy(catalog_path: Union[str, os.PathLike], blend_paths_or_glob, *, snr_min: float = 10.0,
-                  outlier_snr: float = 50.0, isolation_arcsec: float = 1.0, outlier_tolerance: float = 0.1,
+def flux_accuracy(catalog_path: Union[str, os.PathLike], blend_paths_or_glob, *, snr_min: float = SNR_MIN,
+                  outlier_snr: float = OUTLIER_SNR, isolation_arcsec: float = ISOLATION_ARCSEC,
+                  outlier_tolerance: float = OUTLIER_TOLERANCE,
                   truth: str = "image") -> dict:
     """Relative flux errors of a run's children against the truth in the blend files.
 
@@ -236,7 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("catalog")
     p.add_argument("blends", nargs="+", help="the blend files: files, directories or glob patterns (quote them)")
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON")
-    p.add_argument("--snr-min", type=float, default=10.0, help="score sources with S/N in the band above this")
+    p.add_argument("--snr-min", type=float, default=SNR_MIN, help="score sources with S/N in the band above this")
     p.add_argument("--truth", choices=("image", "total"), default="image",
                    help="f_true: the flux inside the blend's box (default) or the whole profile's")
     p.add_argument("--top", type=int, default=20, metavar="N", help="list at most N outliers")
