@@ -31,8 +31,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from hpcblend.analysis.truth_metrics import (ISOLATION_ARCSEC, MAX_MASKED_FRACTION, OUTLIER_SNR,
-                                             OUTLIER_TOLERANCE, SNR_MIN)
+from hpcblend.analysis.truth_metrics import (ISOLATION_ARCSEC, OUTLIER_SNR, OUTLIER_TOLERANCE, SNR_MIN, _stats,
+                                             _truth_status)
 from hpcblend.config import DeblendConfig
 from hpcblend.deblend import build_observation, deblend_blend, warm_up
 from hpcblend.errors import InputError, is_programming_error
@@ -53,7 +53,6 @@ REFERENCE_README: str = "../shared/reference/README.txt"
 
 #: Band of the per-child model-flux comparison (the middle band when a blend has no such band).
 FLUX_BAND: str = "i"
-
 
 
 @dataclass(frozen=True)
@@ -269,8 +268,8 @@ def _hpcblend_row(blend: BlendData, config: DeblendConfig) -> dict:
 def _truth_row(path: str, blend: BlendData) -> dict:
     """The truth a simulated blend file carries, in :data:`FLUX_BAND` per peak; empty for a file without truth.
 
-    Scored: S/N > ``SNR_MIN``, not saturated, at most ``MAX_MASKED_FRACTION`` of its light masked; bright and
-    isolated: also S/N > ``OUTLIER_SNR`` and no other peak within ``ISOLATION_ARCSEC``
+    Scored: S/N > ``SNR_MIN`` and a truth status "ok" (neither saturated nor masked); bright and isolated:
+    also S/N > ``OUTLIER_SNR`` and no other peak within ``ISOLATION_ARCSEC``
     (:mod:`hpcblend.analysis.truth_metrics`).
     """
     try:
@@ -281,38 +280,37 @@ def _truth_row(path: str, blend: BlendData) -> dict:
         return {}
     b = _flux_band(blend)
     snr = np.asarray(t["snr"], dtype=np.float64)[:, b]
-    scored = ~np.asarray(t["saturated"], bool) & (np.asarray(t["masked_fraction"]) <= MAX_MASKED_FRACTION)
-    scored &= snr > SNR_MIN
+    scored = (_truth_status(t) == "ok") & (snr > SNR_MIN)
     isolated = np.asarray(t["nn_arcsec"], dtype=np.float64) >= ISOLATION_ARCSEC
     return dict(truth_flux=[float(v) for v in np.asarray(t["flux_image"], dtype=np.float64)[:, b]],
-                truth_scored=[bool(v) for v in scored],
+                truth_snr=[float(v) for v in snr], truth_scored=[bool(v) for v in scored],
                 truth_bright_isolated=[bool(v) for v in scored & (snr > OUTLIER_SNR) & isolated])
 
 
 def _truth_accuracy(rows: Sequence[dict], prefix: str) -> Optional[dict]:
     """Model flux against the truth (Δf/f = (f − f_true)/f_true) of one deblender over the rows with truth.
 
-    Returns None when no row has truth; else ``n``, ``bias`` (median Δf/f), ``median_abs``, ``p90_abs``,
-    ``n_bright_isolated`` and ``outliers`` (bright isolated sources off by more than the tolerance; a
-    source the deblender did not model, NaN, counts as one).
+    Returns None when no row has truth; else ``n``, ``bias`` (median Δf/f), ``median_abs``, ``p90_abs`` and
+    ``noise`` (median 1/S/N) of the modelled sources (:func:`hpcblend.analysis.truth_metrics._stats`),
+    ``n_not_modelled``, ``n_bright_isolated`` and ``outliers`` (bright isolated sources off by more than the
+    tolerance; a source the deblender did not model, NaN, counts as one).
     """
-    dff, bright = [], []
+    dff, snr, bright = [], [], []
     for r in rows:
         if "truth_flux" not in r:
             continue
         f = np.asarray(r[prefix + "flux_model"], dtype=np.float64)
         f_true = np.asarray(r["truth_flux"])
         d = (f - f_true) / f_true
-        dff.append(d[np.asarray(r["truth_scored"])])
+        scored = np.asarray(r["truth_scored"])
+        dff.append(d[scored])
+        snr.append(np.asarray(r["truth_snr"])[scored])
         bright.append(d[np.asarray(r["truth_bright_isolated"])])
     if not dff:
         return None
     d, db = np.concatenate(dff), np.concatenate(bright)
-    ok = np.isfinite(d)
-    q = (lambda v, p: float(np.percentile(v, p))) if ok.any() else (lambda v, p: float("nan"))
-    return dict(band=FLUX_BAND, n=int(ok.sum()), n_not_modelled=int((~ok).sum()), bias=q(d[ok], 50),
-                median_abs=q(np.abs(d[ok]), 50), p90_abs=q(np.abs(d[ok]), 90), n_bright_isolated=int(db.size),
-                outliers=int(np.sum(~(np.abs(db) <= OUTLIER_TOLERANCE))))
+    return dict(band=FLUX_BAND, n_not_modelled=int((~np.isfinite(d)).sum()), **_stats(d, np.concatenate(snr)),
+                n_bright_isolated=int(db.size), outliers=int(np.sum(~(np.abs(db) <= OUTLIER_TOLERANCE))))
 
 
 def _reference_row(runner: ScarletLiteRunner, blend: BlendData) -> dict:
@@ -443,8 +441,8 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
         reference's figures and settings, or None), ``reference_status``
         (None, "ok" or the notice), ``comparison`` (ratios, or None), ``truth`` (for files
         with truth: ``hpcblend`` and ``scarlet_lite`` model-flux accuracy in :data:`FLUX_BAND` by the
-        criteria of ``hpcblend truth``, :mod:`hpcblend.analysis.truth_metrics`; None otherwise) and ``blends`` (one row per blend; reference fields prefixed ``ref_``,
-        truth fields ``truth_``).
+        criteria of ``hpcblend truth``, :mod:`hpcblend.analysis.truth_metrics`; None otherwise) and
+        ``blends`` (one row per blend; reference fields prefixed ``ref_``, truth fields ``truth_``).
 
     Raises
     ------

@@ -72,6 +72,13 @@ def _files_of_blends(blends: np.ndarray, paths: list) -> dict:
     return out
 
 
+def _truth_status(t: dict) -> np.ndarray:
+    """Per truth peak of one file (:func:`read_blend_truth`'s dict), shape (N,) str: "saturated", "masked"
+    (more than ``MAX_MASKED_FRACTION`` of its i-band light on masked pixels) or "ok" (scorable)."""
+    masked = np.asarray(t["masked_fraction"], dtype=np.float64) > MAX_MASKED_FRACTION
+    return np.where(np.asarray(t["saturated"], dtype=bool), "saturated", np.where(masked, "masked", "ok"))
+
+
 def _peak_rows(paths: list, blends: np.ndarray, src: np.ndarray, truth_key: str) -> dict:
     """Every truth peak of ``paths`` with its status and measured fluxes: arrays over the N peaks."""
     row_of_file = _files_of_blends(blends, paths)
@@ -92,12 +99,11 @@ def _peak_rows(paths: list, blends: np.ndarray, src: np.ndarray, truth_key: str)
         failed = bi is not None and bool(blends["flag_failed"][bi] or blends["flag_skipped_too_many_peaks"][bi]
                                          or blends["flag_skipped_too_large"][bi])
         pid = int(blends["id"][bi]) if bi is not None else -1
+        truth_status = _truth_status(t)
         for k in range(t["n_peaks"]):
             i = key.get((pid, k)) if bi is not None else None
             status = ("missing" if i is None else "parent_failed" if failed
-                      else "not_fitted" if any(bool(src[c][i]) for c in drop)
-                      else "saturated" if t["saturated"][k]
-                      else "masked" if t["masked_fraction"][k] > MAX_MASKED_FRACTION else "ok")
+                      else "not_fitted" if any(bool(src[c][i]) for c in drop) else str(truth_status[k]))
             for est, pattern in ESTIMATORS:
                 cols[est].append([float(src[pattern.format(b=b)][i]) if i is not None else np.nan for b in bands])
             cols["file"].append(path)
