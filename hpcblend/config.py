@@ -52,10 +52,8 @@ class InputConfig:
     bands : tuple of str or None
         Band names expected in every blend (e.g. ``[g, r, i, z, y]``); a blend with another band count becomes a
         flagged row. None: taken from the first readable blend.
-    cache_dir : str
-        Where ``kind: demo`` writes its synthetic blends.
-    n_demo_blends : int
-        Number of synthetic blends for ``kind: demo``.
+    cache_dir, n_demo_blends : str, int
+        Where ``kind: demo`` writes its synthetic blends, and how many.
     tract_dir : str
         ``kind: tract``: directory holding ``coadd_<band>.fits`` and ``psf_<band>.fits`` (relative to the job
         file's directory).
@@ -67,8 +65,7 @@ class InputConfig:
         Border added around each inner box to make the outer box, pixels (HSC: 100). A source belongs to the
         patch whose inner box holds its peak.
     simulate : SimulateConfig
-        ``kind: tract``: simulate the tract into ``tract_dir`` first when it has no coadds (the built-in job
-        does this).
+        ``kind: tract``: simulate the tract into ``tract_dir`` first when it has no coadds (the built-in job does this).
     """
 
     kind: str = "blends"
@@ -266,10 +263,11 @@ class DeblendConfig:
         reaches) as independent sub-blends, each on its own crop and to its own convergence
         (:mod:`hpcblend.deblend.subblends`); ``/blends.n_sub_blends`` says how many a parent had. False: every
         parent in one piece.
-    slope_peak_ratio, slope_peak_box : float, int
+    slope_peak_ratio, slope_peak_box, slope_peak_resolved_snr : float, int, float
         A peak on a brighter source's slope (``slope_peak_ratio`` of its detection value explained by that
         source's monotonic profile) keeps its box within ``slope_peak_box`` px of its peak, so it cannot take
-        the brighter source's outskirts (:func:`hpcblend.deblend.initialization.slope_peak_caps`); 0: off.
+        the brighter source's outskirts, or within the model PSF's 2 px below detection S/N
+        ``slope_peak_resolved_snr`` (:func:`hpcblend.deblend.initialization.slope_peak_caps`); 0: off.
     """
 
     model_psf_sigma: float = 0.8
@@ -301,6 +299,7 @@ class DeblendConfig:
     sub_blends: bool = True
     slope_peak_ratio: float = 0.4
     slope_peak_box: int = 4
+    slope_peak_resolved_snr: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -467,7 +466,8 @@ _NON_NEGATIVE = {("run", "numba_threads"), ("run", "write_every_units"), ("profi
                  ("detect", "min_peak_separation"), ("detect", "min_prominence"), ("measure", "forced_pad"),
                  ("deblend", "min_iter"), ("deblend", "bg_thresh"), ("deblend", "box_margin"),
                  ("deblend", "sed_ridge"), ("deblend", "init_deconvolve"), ("deblend", "psf_regularization"),
-                 ("deblend", "slope_peak_ratio"), ("deblend", "slope_peak_box")}
+                 ("deblend", "slope_peak_ratio"), ("deblend", "slope_peak_box"),
+                 ("deblend", "slope_peak_resolved_snr")}
 
 
 def _validate(job: JobConfig, source: str) -> JobConfig:

@@ -75,7 +75,8 @@ def test_hsc_cosmos_35(hsc35_result):
     assert r.fitted and r.converged
     assert not any(r.flags.values()), r.flags
     assert np.all(r.children["flux_model"] >= 0)
-    assert np.all(r.children["flux"] >= 0)
+    # flux-conserving fluxes sum the data, which noise can take below 0 for a faint child (child 5: -0.006 in r)
+    assert np.all(r.children["flux"] >= -3 * r.children["flux_err"])
     assert np.all(np.isfinite(r.children["flux"]))
     # measured 1.268 (two components for the two bright galaxies; one component per source: 1.340)
     assert r.chi2_per_pixel <= 1.30, r.chi2_per_pixel
@@ -217,7 +218,7 @@ def test_slope_peak_caps_mark_a_bump_on_a_brighter_slope_only():
     for far, expect in ((False, [0, config.slope_peak_box]), (True, [0, 0])):
         blend, _ = _ridge_blend(0, far=far)
         obs = build_observation(blend, config)
-        detect, threshold = _detection_image(obs, config)
+        detect, threshold, _ = _detection_image(obs, config)
         peaks = np.asarray(blend.peaks, dtype=np.int64)
         morphs = np.zeros((2,) + detect.shape, dtype=np.float32)
         for i, (py, px) in enumerate(peaks):
@@ -226,6 +227,33 @@ def test_slope_peak_caps_mark_a_bump_on_a_brighter_slope_only():
         assert slope_peak_caps(detect, threshold, peaks, morphs, config).tolist() == expect
         off = dataclasses.replace(config, slope_peak_ratio=0.0)
         assert slope_peak_caps(detect, threshold, peaks, morphs, off).tolist() == [0, 0]
+
+
+def test_slope_peak_below_the_resolved_snr_keeps_the_model_psf_box():
+    """With the detection noise given, a slope peak fainter than deblend.slope_peak_resolved_snr gets the
+    compact start's box (the model PSF's, 2 px), one at or above it deblend.slope_peak_box; the brighter
+    source is never limited."""
+    import dataclasses
+
+    from hpcblend.deblend import build_observation
+    from hpcblend.deblend.initialization import _detection_image, slope_peak_caps
+    from hpcblend.kernels.initialization import COMPACT_HALF_SIZE
+
+    config = DeblendConfig()
+    blend, _ = _ridge_blend(0)
+    obs = build_observation(blend, config)
+    detect, threshold, sigma_det = _detection_image(obs, config)
+    peaks = np.asarray(blend.peaks, dtype=np.int64)
+    morphs = np.zeros((2,) + detect.shape, dtype=np.float32)
+    morphs[0, 20:44, 10:40] = 1.0
+    morphs[1, 29:36, 30:37] = 1.0
+    snr = float(detect[peaks[1, 0], peaks[1, 1]]) / sigma_det
+    assert snr > 1.0
+    for resolved_snr, expect in ((1.01 * snr, [0, COMPACT_HALF_SIZE]), (0.99 * snr, [0, config.slope_peak_box]),
+                                 (0.0, [0, config.slope_peak_box])):
+        cfg = dataclasses.replace(config, slope_peak_resolved_snr=resolved_snr)
+        assert slope_peak_caps(detect, threshold, peaks, morphs, cfg, None, sigma_det).tolist() == expect
+        assert slope_peak_caps(detect, threshold, peaks, morphs, cfg).tolist() == [0, config.slope_peak_box]
 
 
 def test_faint_peak_on_a_bar_keeps_to_its_box_and_takes_less_of_the_bar():

@@ -112,8 +112,8 @@ def component_layout(obs: Observation, child_peaks: np.ndarray, config: DeblendC
     return owner, np.arange(len(owner)) >= n_children
 
 
-def _detection_image(obs: Observation, config: DeblendConfig) -> Tuple[np.ndarray, float]:
-    """The image the morphologies are cut from, (H, W) float32, and its threshold (counts).
+def _detection_image(obs: Observation, config: DeblendConfig) -> Tuple[np.ndarray, float, float]:
+    """The image the morphologies are cut from, (H, W) float32, its threshold and its noise σ_det (counts).
 
     The detection image (:func:`detection_image`) lives in the observed frame, morphologies in
     the model frame (model PSF): with ``init_deconvolve > 0`` it is deconvolved by the band-weighted
@@ -133,7 +133,7 @@ def _detection_image(obs: Observation, config: DeblendConfig) -> Tuple[np.ndarra
         sharp = scipy.fft.irfft2(spec, s=(hp, wp), workers=1)[:h, :w]
         sharp = np.where(detect > threshold, np.maximum(sharp, 0), 0)
         detect = sharp.astype(np.float32)
-    return detect, threshold
+    return detect, threshold, sigma_det
 
 
 def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfig,
@@ -166,7 +166,7 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
         :func:`slope_peak_caps`: box limits the fit keeps (0: none).
     """
     h, w = obs.images.shape[1:]
-    detect, threshold = _detection_image(obs, config)
+    detect, threshold, sigma_det = _detection_image(obs, config)
     k = peaks.shape[0]
     morphs = np.zeros((k, h, w), dtype=np.float32)
     boxes = np.zeros((k, 4), dtype=np.int64)
@@ -176,7 +176,7 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
         if core is not None and core[i]:
             m = morphs[i]
             m[m < config.core_fraction] = 0.0
-    caps = slope_peak_caps(detect, threshold, peaks, morphs, config, obs.no_data)
+    caps = slope_peak_caps(detect, threshold, peaks, morphs, config, obs.no_data, sigma_det)
     for i in np.flatnonzero(caps):
         _cap_box(morphs[i], boxes[i], peaks[i], int(caps[i]))
     conv = convolve_sources(morphs, obs, boxes)
@@ -187,7 +187,8 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
 
 
 def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, morphs: np.ndarray,
-                    config: DeblendConfig, no_data: Optional[np.ndarray] = None) -> np.ndarray:
+                    config: DeblendConfig, no_data: Optional[np.ndarray] = None,
+                    sigma_det: Optional[float] = None) -> np.ndarray:
     """Box limits of faint peaks sitting on a brighter source's slope.
 
     A peak ``i`` whose detection-image value ``D_i`` is at least ``config.slope_peak_ratio`` explained by a
@@ -197,7 +198,11 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
     saddle towards ``j`` is small, is a bump on ``j``'s slope: a knot of ``j`` or a faint neighbour
     in front of it. Left free, its monotonic morphology extends downhill along ``j``'s outskirts and
     takes their light (a faint galaxy 1.5″ from a bright irregular one got 3.9× its flux, the bright one
-    −24 %). Its box is limited to ``config.slope_peak_box`` pixels from its peak.
+    −24 %). Its box is limited to ``config.slope_peak_box`` pixels from its peak; a slope peak fainter than
+    ``config.slope_peak_resolved_snr`` (its S/N in ``detect``), which the data cannot resolve from the
+    slope it sits on, to the compact start's box, the model PSF's
+    (:data:`hpcblend.kernels.initialization.COMPACT_HALF_SIZE`): at 4 px its morphology still held a
+    pedestal of the bright source's light (profiling/README.md, "Deblender accuracy: slope peaks").
 
     Parameters
     ----------
@@ -214,6 +219,9 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
         :attr:`Observation.no_data`: a peak on such a pixel (a saturated core, a bleed trail) has no
         measured height and is never limited (a limited box stays limited through the fit: a galaxy whose
         peak a masked column crossed kept 4 px, χ²/px 1.2 → 40).
+    sigma_det : float, optional
+        Noise σ of ``detect`` (counts): with it, slope peaks below ``config.slope_peak_resolved_snr`` get
+        the compact box; without it, every slope peak gets ``config.slope_peak_box``.
 
     Returns
     -------
@@ -244,6 +252,9 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
         idx = np.flatnonzero(near)
         under[idx] = np.maximum(under[idx], height[j] * profile[py[idx] - y0, px[idx] - x0])
         caps[idx[under[idx] >= config.slope_peak_ratio * height[idx]]] = config.slope_peak_box
+    if sigma_det is not None and sigma_det > 0:
+        unresolved = caps.astype(bool) & (height < config.slope_peak_resolved_snr * sigma_det)
+        caps[unresolved] = min(initialization.COMPACT_HALF_SIZE, config.slope_peak_box)
     return caps
 
 
