@@ -266,8 +266,8 @@ class DeblendConfig:
     slope_peak_ratio, slope_peak_box, slope_peak_resolved_snr : float, int, float
         A peak on a brighter source's slope (``slope_peak_ratio`` of its detection value explained by that
         source's monotonic profile) keeps its box within ``slope_peak_box`` px of its peak, so it cannot take
-        the brighter source's outskirts, or within the model PSF's 2 px below detection S/N
-        ``slope_peak_resolved_snr`` (:func:`hpcblend.deblend.initialization.slope_peak_caps`); 0: off.
+        its outskirts; within the model PSF's 2 px below detection S/N ``slope_peak_resolved_snr`` or rising
+        < 10σ above that profile (:func:`hpcblend.deblend.initialization.slope_peak_caps`); 0: off.
     """
 
     model_psf_sigma: float = 0.8

@@ -249,11 +249,42 @@ def test_slope_peak_below_the_resolved_snr_keeps_the_model_psf_box():
     morphs[1, 29:36, 30:37] = 1.0
     snr = float(detect[peaks[1, 0], peaks[1, 1]]) / sigma_det
     assert snr > 1.0
-    for resolved_snr, expect in ((1.01 * snr, [0, COMPACT_HALF_SIZE]), (0.99 * snr, [0, config.slope_peak_box]),
-                                 (0.0, [0, config.slope_peak_box])):
+    for resolved_snr, expect in ((1.01 * snr, [0, COMPACT_HALF_SIZE]), (0.0, [0, config.slope_peak_box])):
         cfg = dataclasses.replace(config, slope_peak_resolved_snr=resolved_snr)
         assert slope_peak_caps(detect, threshold, peaks, morphs, cfg, None, sigma_det).tolist() == expect
         assert slope_peak_caps(detect, threshold, peaks, morphs, cfg).tolist() == [0, config.slope_peak_box]
+
+
+def test_high_slope_peak_rising_little_above_the_slope_keeps_the_model_psf_box():
+    """A slope peak above deblend.slope_peak_resolved_snr but rising less than SLOPE_PEAK_RESOLVED_RISE σ above
+    the brighter source's profile (high only by that source's light) gets the compact box; one rising more,
+    deblend.slope_peak_box unless it is below slope_peak_resolved_snr; slope_peak_resolved_snr 0 turns both
+    tests off."""
+    import dataclasses
+
+    from hpcblend.deblend.initialization import SLOPE_PEAK_RESOLVED_RISE, slope_peak_caps
+    from hpcblend.kernels.initialization import COMPACT_HALF_SIZE, init_morphology
+
+    config = DeblendConfig()
+    yy, xx = np.mgrid[0:48, 0:48]
+    host = 100.0 * np.exp(-((yy - 24) ** 2 + (xx - 16) ** 2) / (2 * 12.0 ** 2))  # σ_det = 1: S/N 100
+    peaks = np.array([[24, 16], [24, 26]], dtype=np.int64)
+    morphs = np.zeros((2, 48, 48), dtype=np.float32)
+    morphs[0, 4:44, 0:40] = 1.0
+    morphs[1, 21:28, 23:30] = 1.0
+    for amplitude, expect in ((5.0, COMPACT_HALF_SIZE), (25.0, config.slope_peak_box)):
+        detect = (host + amplitude * np.exp(-((yy - 24) ** 2 + (xx - 26) ** 2) / 2.0)).astype(np.float32)
+        profile = np.zeros_like(detect)
+        init_morphology(detect, 24, 16, 1.0, False, 0, profile)
+        rise = detect[24, 26] - detect[24, 16] * profile[24, 26]
+        assert (rise < SLOPE_PEAK_RESOLVED_RISE) == (expect == COMPACT_HALF_SIZE)
+        height = float(detect[24, 26])
+        assert height > config.slope_peak_resolved_snr  # resolved by its height alone
+        assert slope_peak_caps(detect, 1.0, peaks, morphs, config, None, 1.0).tolist() == [0, expect]
+        faint = dataclasses.replace(config, slope_peak_resolved_snr=1.01 * height)
+        assert slope_peak_caps(detect, 1.0, peaks, morphs, faint, None, 1.0).tolist() == [0, COMPACT_HALF_SIZE]
+        off = dataclasses.replace(config, slope_peak_resolved_snr=0.0)
+        assert slope_peak_caps(detect, 1.0, peaks, morphs, off, None, 1.0).tolist() == [0, config.slope_peak_box]
 
 
 def test_faint_peak_on_a_bar_keeps_to_its_box_and_takes_less_of_the_bar():

@@ -19,7 +19,7 @@ from hpcblend.config import DeblendConfig
 from hpcblend.deblend.observation import Observation, convolve_sources
 from hpcblend.kernels import initialization
 
-__all__ = ["DEAD_SOURCE_SED_FRACTION", "SLOPE_PEAK_REACH", "detection_image", "detection_snr", "component_layout",
+__all__ = ["DEAD_SOURCE_SED_FRACTION", "SLOPE_PEAK_REACH", "SLOPE_PEAK_RESOLVED_RISE", "detection_image", "detection_snr", "component_layout",
            "initialize_sources", "slope_peak_caps"]
 
 #: A source whose initial SED fit gives no flux in any band starts at this fraction of the noise σ_b
@@ -27,6 +27,9 @@ __all__ = ["DEAD_SOURCE_SED_FRACTION", "SLOPE_PEAK_REACH", "detection_image", "d
 DEAD_SOURCE_SED_FRACTION = 0.1
 #: A peak can be on the slope of a brighter peak at most this far away (pixels, Chebyshev).
 SLOPE_PEAK_REACH = 24
+#: A slope peak rising less than this above the brighter source's profile (σ_det of the detection image)
+#: is not resolved from the slope, however high it is (:func:`slope_peak_caps`).
+SLOPE_PEAK_RESOLVED_RISE = 10.0
 
 
 def detection_image(obs: Observation) -> Tuple[np.ndarray, float]:
@@ -198,11 +201,14 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
     saddle towards ``j`` is small, is a bump on ``j``'s slope: a knot of ``j`` or a faint neighbour
     in front of it. Left free, its monotonic morphology extends downhill along ``j``'s outskirts and
     takes their light (a faint galaxy 1.5″ from a bright irregular one got 3.9× its flux, the bright one
-    −24 %). Its box is limited to ``config.slope_peak_box`` pixels from its peak; a slope peak fainter than
-    ``config.slope_peak_resolved_snr`` (its S/N in ``detect``), which the data cannot resolve from the
-    slope it sits on, to the compact start's box, the model PSF's
+    −24 %). Its box is limited to ``config.slope_peak_box`` pixels from its peak; a slope peak the data
+    cannot resolve from the slope it sits on, to the compact start's box, the model PSF's
     (:data:`hpcblend.kernels.initialization.COMPACT_HALF_SIZE`): at 4 px its morphology still held a
     pedestal of the bright source's light (profiling/README.md, "Deblender accuracy: slope peaks").
+    Unresolved: fainter than ``config.slope_peak_resolved_snr`` (its S/N in ``detect``), or rising less
+    than :data:`SLOPE_PEAK_RESOLVED_RISE` σ_det above ``j``'s profile, ``D_i − D_j S_j(p_i)`` (a faint
+    neighbour near a very bright core is high only by the core's light: one 7 px from a galaxy of
+    S/N 400 got 8× its flux with 4 px).
 
     Parameters
     ----------
@@ -220,8 +226,8 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
         measured height and is never limited (a limited box stays limited through the fit: a galaxy whose
         peak a masked column crossed kept 4 px, χ²/px 1.2 → 40).
     sigma_det : float, optional
-        Noise σ of ``detect`` (counts): with it, slope peaks below ``config.slope_peak_resolved_snr`` get
-        the compact box; without it, every slope peak gets ``config.slope_peak_box``.
+        Noise σ of ``detect`` (counts): with it (and ``config.slope_peak_resolved_snr > 0``), unresolved
+        slope peaks get the compact box; without it, every slope peak gets ``config.slope_peak_box``.
 
     Returns
     -------
@@ -252,8 +258,10 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
         idx = np.flatnonzero(near)
         under[idx] = np.maximum(under[idx], height[j] * profile[py[idx] - y0, px[idx] - x0])
         caps[idx[under[idx] >= config.slope_peak_ratio * height[idx]]] = config.slope_peak_box
-    if sigma_det is not None and sigma_det > 0:
-        unresolved = caps.astype(bool) & (height < config.slope_peak_resolved_snr * sigma_det)
+    if sigma_det is not None and sigma_det > 0 and config.slope_peak_resolved_snr > 0:
+        rise = height - under  # above the brighter source's profile; 0 where no dip separates them
+        unresolved = caps.astype(bool) & ((height < config.slope_peak_resolved_snr * sigma_det)
+                                          | (rise < SLOPE_PEAK_RESOLVED_RISE * sigma_det))
         caps[unresolved] = min(initialization.COMPACT_HALF_SIZE, config.slope_peak_box)
     return caps
 
