@@ -283,6 +283,8 @@ def test_high_slope_peak_rising_little_above_the_slope_keeps_the_model_psf_box()
         assert slope_peak_caps(detect, 1.0, peaks, morphs, config, None, 1.0).tolist() == [0, expect]
         faint = dataclasses.replace(config, slope_peak_resolved_snr=1.01 * height)
         assert slope_peak_caps(detect, 1.0, peaks, morphs, faint, None, 1.0).tolist() == [0, COMPACT_HALF_SIZE]
+        just_resolved = dataclasses.replace(config, slope_peak_resolved_snr=0.99 * height)
+        assert slope_peak_caps(detect, 1.0, peaks, morphs, just_resolved, None, 1.0).tolist() == [0, expect]
         off = dataclasses.replace(config, slope_peak_resolved_snr=0.0)
         assert slope_peak_caps(detect, 1.0, peaks, morphs, off, None, 1.0).tolist() == [0, config.slope_peak_box]
 

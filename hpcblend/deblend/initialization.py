@@ -19,8 +19,8 @@ from hpcblend.config import DeblendConfig
 from hpcblend.deblend.observation import Observation, convolve_sources
 from hpcblend.kernels import initialization
 
-__all__ = ["DEAD_SOURCE_SED_FRACTION", "SLOPE_PEAK_REACH", "SLOPE_PEAK_RESOLVED_RISE", "detection_image", "detection_snr", "component_layout",
-           "initialize_sources", "slope_peak_caps"]
+__all__ = ["DEAD_SOURCE_SED_FRACTION", "SLOPE_PEAK_REACH", "SLOPE_PEAK_RESOLVED_RISE", "detection_image",
+           "detection_snr", "component_layout", "initialize_sources", "slope_peak_caps"]
 
 #: A source whose initial SED fit gives no flux in any band starts at this fraction of the noise σ_b
 #: in every band, so that the fit can still grow it (a zero SED has a zero morphology gradient).
