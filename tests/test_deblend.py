@@ -231,8 +231,9 @@ def test_slope_peak_caps_mark_a_bump_on_a_brighter_slope_only():
 
 def test_slope_peak_below_the_resolved_snr_keeps_the_model_psf_box():
     """With the detection noise given, a slope peak fainter than deblend.slope_peak_resolved_snr gets the
-    compact start's box (the model PSF's, 2 px), one at or above it deblend.slope_peak_box; the brighter
-    source is never limited."""
+    compact start's box (the model PSF's, 2 px); with slope_peak_resolved_snr 0, or without the noise,
+    deblend.slope_peak_box; the brighter source is never limited. (This peak rises less than
+    SLOPE_PEAK_RESOLVED_RISE above the slope, so the case just above the threshold is in the next test.)"""
     import dataclasses
 
     from hpcblend.deblend import build_observation
