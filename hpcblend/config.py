@@ -267,7 +267,7 @@ class DeblendConfig:
         A peak on a brighter source's slope (``slope_peak_ratio`` of its detection value explained by that
         source's monotonic profile) keeps its box within ``slope_peak_box`` px of its peak, so it cannot take
         its outskirts; within the model PSF's 2 px below detection S/N ``slope_peak_resolved_snr`` or rising
-        < 10σ above that profile (:func:`hpcblend.deblend.initialization.slope_peak_caps`); 0: off.
+        < 10σ above it, then from 20 % explained (:func:`hpcblend.deblend.initialization.slope_peak_caps`); 0: off.
     """
 
     model_psf_sigma: float = 0.8

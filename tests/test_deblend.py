@@ -290,6 +290,41 @@ def test_high_slope_peak_rising_little_above_the_slope_keeps_the_model_psf_box()
         assert slope_peak_caps(detect, 1.0, peaks, morphs, off, None, 1.0).tolist() == [0, config.slope_peak_box]
 
 
+def test_unresolved_slope_peak_is_limited_with_less_of_the_slope_under_it():
+    """A slope peak the data cannot resolve (below deblend.slope_peak_resolved_snr) gets the model PSF's box once
+    SLOPE_PEAK_UNRESOLVED_RATIO of its detection value is the brighter source's profile; a resolved one with the
+    same share stays free (it needs deblend.slope_peak_ratio); below that share neither is limited; with the
+    unresolved test off (slope_peak_resolved_snr 0) the unresolved one needs slope_peak_ratio too."""
+    import dataclasses
+
+    from hpcblend.deblend.initialization import SLOPE_PEAK_RESOLVED_RISE, SLOPE_PEAK_UNRESOLVED_RATIO, slope_peak_caps
+    from hpcblend.kernels.initialization import COMPACT_HALF_SIZE, init_morphology
+
+    config = DeblendConfig()
+    assert SLOPE_PEAK_UNRESOLVED_RATIO < config.slope_peak_ratio
+    yy, xx = np.mgrid[0:48, 0:48]
+    peaks = np.array([[24, 16], [24, 26]], dtype=np.int64)
+    morphs = np.zeros((2, 48, 48), dtype=np.float32)
+    morphs[0, 4:44, 0:40] = 1.0  # flux ranks the host first
+    morphs[1, 21:28, 23:30] = 1.0
+    off = dataclasses.replace(config, slope_peak_resolved_snr=0.0)
+    # (host amplitude, bump amplitude) in σ_det = 1: unresolved with 20-40 %, resolved with 20-40 %, unresolved < 20 %
+    for host_amp, bump, resolved, in_band, expect in ((10.0, 16.5, False, True, COMPACT_HALF_SIZE),
+                                                      (30.0, 60.0, True, True, 0), (4.0, 20.0, False, False, 0)):
+        detect = (host_amp * np.exp(-((yy - 24) ** 2 + (xx - 16) ** 2) / (2 * 12.0 ** 2))
+                  + bump * np.exp(-((yy - 24) ** 2 + (xx - 26) ** 2) / 2.0)).astype(np.float32)
+        profile = np.zeros_like(detect)
+        init_morphology(detect, 24, 16, 1.0, False, 0, profile)
+        height = float(detect[24, 26])
+        share = float(detect[24, 16] * profile[24, 26]) / height
+        assert share < config.slope_peak_ratio
+        assert (share >= SLOPE_PEAK_UNRESOLVED_RATIO) == in_band
+        assert (height >= config.slope_peak_resolved_snr
+                and height * (1 - share) >= SLOPE_PEAK_RESOLVED_RISE) == resolved
+        assert slope_peak_caps(detect, 1.0, peaks, morphs, config, None, 1.0).tolist() == [0, expect]
+        assert slope_peak_caps(detect, 1.0, peaks, morphs, off, None, 1.0).tolist() == [0, 0]
+
+
 def test_faint_peak_on_a_bar_keeps_to_its_box_and_takes_less_of_the_bar():
     """The faint galaxy's morphology stays within deblend.slope_peak_box of its peak and its model flux is
     lower than without the limit (it took the bar's light: 1.4-1.9x its flux), at no cost in chi2."""

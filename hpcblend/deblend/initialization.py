@@ -19,8 +19,8 @@ from hpcblend.config import DeblendConfig
 from hpcblend.deblend.observation import Observation, convolve_sources
 from hpcblend.kernels import initialization
 
-__all__ = ["DEAD_SOURCE_SED_FRACTION", "SLOPE_PEAK_REACH", "SLOPE_PEAK_RESOLVED_RISE", "detection_image",
-           "detection_snr", "component_layout", "initialize_sources", "slope_peak_caps"]
+__all__ = ["DEAD_SOURCE_SED_FRACTION", "SLOPE_PEAK_REACH", "SLOPE_PEAK_RESOLVED_RISE", "SLOPE_PEAK_UNRESOLVED_RATIO",
+           "detection_image", "detection_snr", "component_layout", "initialize_sources", "slope_peak_caps"]
 
 #: A source whose initial SED fit gives no flux in any band starts at this fraction of the noise σ_b
 #: in every band, so that the fit can still grow it (a zero SED has a zero morphology gradient).
@@ -30,6 +30,9 @@ SLOPE_PEAK_REACH = 24
 #: A slope peak rising less than this above the brighter source's profile (σ_det of the detection image)
 #: is not resolved from the slope, however high it is (:func:`slope_peak_caps`).
 SLOPE_PEAK_RESOLVED_RISE = 10.0
+#: A slope peak the data cannot resolve from the slope gets the model PSF's box once this share of its detection
+#: value is the brighter source's profile; a resolved one needs ``slope_peak_ratio`` (:func:`slope_peak_caps`).
+SLOPE_PEAK_UNRESOLVED_RATIO = 0.2
 
 
 def detection_image(obs: Observation) -> Tuple[np.ndarray, float]:
@@ -208,7 +211,11 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
     Unresolved: fainter than ``config.slope_peak_resolved_snr`` (its S/N in ``detect``), or rising less
     than :data:`SLOPE_PEAK_RESOLVED_RISE` σ_det above ``j``'s profile, ``D_i − D_j S_j(p_i)`` (a faint
     neighbour near a very bright core is high only by the core's light: one 7 px from a galaxy of
-    S/N 400 got 8× its flux with 4 px).
+    S/N 400 got 8× its flux with 4 px). An unresolved peak needs less of the slope under it: a share of
+    :data:`SLOPE_PEAK_UNRESOLVED_RATIO` (its free morphology cannot be told from the slope's light, and took
+    it: the simulated bright set's faint neighbours, 28 → 26 % median error, the set 10.0 → 8.5 %). The
+    brighter sources are taken brightest first; the first whose profile reaches that share at ``p_i``
+    settles the peak (``D_j S_j(p_i)``, in the rise too, is the highest profile up to it).
 
     Parameters
     ----------
@@ -243,10 +250,13 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
     unknown = np.zeros(k, dtype=bool) if no_data is None else no_data[py, px]
     flux = height * morphs.reshape(k, -1).sum(axis=1, dtype=np.float64)
     h, w = detect.shape
-    under = np.zeros(k)
+    resolving = sigma_det is not None and sigma_det > 0 and config.slope_peak_resolved_snr > 0
+    ratio = min(SLOPE_PEAK_UNRESOLVED_RATIO, config.slope_peak_ratio) if resolving else config.slope_peak_ratio
+    marked = np.zeros(k, dtype=bool)
+    under = np.zeros(k)  # brighter sources' monotonic profile at each peak, brightest first, until one marks it
     for j in np.argsort(-flux):
         near = ((flux < flux[j]) & (np.abs(py - py[j]) <= SLOPE_PEAK_REACH)
-                & (np.abs(px - px[j]) <= SLOPE_PEAK_REACH) & ~caps.astype(bool) & ~unknown
+                & (np.abs(px - px[j]) <= SLOPE_PEAK_REACH) & ~marked & ~unknown
                 & ((py != py[j]) | (px != px[j])))  # not a component of the same source (its core)
         if not near.any() or not height[j] > threshold:
             continue
@@ -257,11 +267,12 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
                                        threshold, False, 0, profile)
         idx = np.flatnonzero(near)
         under[idx] = np.maximum(under[idx], height[j] * profile[py[idx] - y0, px[idx] - x0])
-        caps[idx[under[idx] >= config.slope_peak_ratio * height[idx]]] = config.slope_peak_box
-    if sigma_det is not None and sigma_det > 0 and config.slope_peak_resolved_snr > 0:
+        marked[idx[under[idx] >= ratio * height[idx]]] = True
+    caps[marked & (under >= config.slope_peak_ratio * height)] = config.slope_peak_box
+    if resolving:
         rise = height - under  # above the brighter source's profile; 0 where no dip separates them
-        unresolved = caps.astype(bool) & ((height < config.slope_peak_resolved_snr * sigma_det)
-                                          | (rise < SLOPE_PEAK_RESOLVED_RISE * sigma_det))
+        unresolved = marked & ((height < config.slope_peak_resolved_snr * sigma_det)
+                               | (rise < SLOPE_PEAK_RESOLVED_RISE * sigma_det))
         caps[unresolved] = min(initialization.COMPACT_HALF_SIZE, config.slope_peak_box)
     return caps
 
