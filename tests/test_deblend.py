@@ -256,6 +256,25 @@ def test_slope_peak_below_the_resolved_snr_keeps_the_model_psf_box():
         assert slope_peak_caps(detect, threshold, peaks, morphs, cfg).tolist() == [0, config.slope_peak_box]
 
 
+def _host_with_bump(host_amp: float, bump: float):
+    """A broad host (Gaussian σ 12 px, peak ``host_amp``) at (24, 16) and a bump (σ 1 px, peak ``bump``) on its
+    slope at (24, 26), as a detection image of noise σ_det = 1, with the peaks, flat morphologies that rank the host
+    brighter, the bump's height and the share of it the host's monotonic profile explains."""
+    from hpcblend.kernels.initialization import init_morphology
+
+    yy, xx = np.mgrid[0:48, 0:48]
+    detect = (host_amp * np.exp(-((yy - 24) ** 2 + (xx - 16) ** 2) / (2 * 12.0 ** 2))
+              + bump * np.exp(-((yy - 24) ** 2 + (xx - 26) ** 2) / 2.0)).astype(np.float32)
+    peaks = np.array([[24, 16], [24, 26]], dtype=np.int64)
+    morphs = np.zeros((2, 48, 48), dtype=np.float32)
+    morphs[0, 4:44, 0:40] = 1.0
+    morphs[1, 21:28, 23:30] = 1.0
+    profile = np.zeros_like(detect)
+    init_morphology(detect, 24, 16, 1.0, False, 0, profile)
+    height = float(detect[24, 26])
+    return detect, peaks, morphs, height, float(detect[24, 16] * profile[24, 26]) / height
+
+
 def test_high_slope_peak_rising_little_above_the_slope_keeps_the_model_psf_box():
     """A slope peak above deblend.slope_peak_resolved_snr but rising less than SLOPE_PEAK_RESOLVED_RISE σ above
     the brighter source's profile (high only by that source's light) gets the compact box; one rising more,
@@ -264,22 +283,13 @@ def test_high_slope_peak_rising_little_above_the_slope_keeps_the_model_psf_box()
     import dataclasses
 
     from hpcblend.deblend.initialization import SLOPE_PEAK_RESOLVED_RISE, slope_peak_caps
-    from hpcblend.kernels.initialization import COMPACT_HALF_SIZE, init_morphology
+    from hpcblend.kernels.initialization import COMPACT_HALF_SIZE
 
     config = DeblendConfig()
-    yy, xx = np.mgrid[0:48, 0:48]
-    host = 100.0 * np.exp(-((yy - 24) ** 2 + (xx - 16) ** 2) / (2 * 12.0 ** 2))  # σ_det = 1: S/N 100
-    peaks = np.array([[24, 16], [24, 26]], dtype=np.int64)
-    morphs = np.zeros((2, 48, 48), dtype=np.float32)
-    morphs[0, 4:44, 0:40] = 1.0
-    morphs[1, 21:28, 23:30] = 1.0
     for amplitude, expect in ((5.0, COMPACT_HALF_SIZE), (25.0, config.slope_peak_box)):
-        detect = (host + amplitude * np.exp(-((yy - 24) ** 2 + (xx - 26) ** 2) / 2.0)).astype(np.float32)
-        profile = np.zeros_like(detect)
-        init_morphology(detect, 24, 16, 1.0, False, 0, profile)
-        rise = detect[24, 26] - detect[24, 16] * profile[24, 26]
+        detect, peaks, morphs, height, share = _host_with_bump(100.0, amplitude)  # host S/N 100
+        rise = height * (1.0 - share)
         assert (rise < SLOPE_PEAK_RESOLVED_RISE) == (expect == COMPACT_HALF_SIZE)
-        height = float(detect[24, 26])
         assert height > config.slope_peak_resolved_snr  # resolved by its height alone
         assert slope_peak_caps(detect, 1.0, peaks, morphs, config, None, 1.0).tolist() == [0, expect]
         faint = dataclasses.replace(config, slope_peak_resolved_snr=1.01 * height)
@@ -298,25 +308,15 @@ def test_unresolved_slope_peak_is_limited_with_less_of_the_slope_under_it():
     import dataclasses
 
     from hpcblend.deblend.initialization import SLOPE_PEAK_RESOLVED_RISE, SLOPE_PEAK_UNRESOLVED_RATIO, slope_peak_caps
-    from hpcblend.kernels.initialization import COMPACT_HALF_SIZE, init_morphology
+    from hpcblend.kernels.initialization import COMPACT_HALF_SIZE
 
     config = DeblendConfig()
     assert SLOPE_PEAK_UNRESOLVED_RATIO < config.slope_peak_ratio
-    yy, xx = np.mgrid[0:48, 0:48]
-    peaks = np.array([[24, 16], [24, 26]], dtype=np.int64)
-    morphs = np.zeros((2, 48, 48), dtype=np.float32)
-    morphs[0, 4:44, 0:40] = 1.0  # flux ranks the host first
-    morphs[1, 21:28, 23:30] = 1.0
     off = dataclasses.replace(config, slope_peak_resolved_snr=0.0)
     # (host amplitude, bump amplitude) in σ_det = 1: unresolved with 20-40 %, resolved with 20-40 %, unresolved < 20 %
     for host_amp, bump, resolved, in_band, expect in ((10.0, 16.5, False, True, COMPACT_HALF_SIZE),
                                                       (30.0, 60.0, True, True, 0), (4.0, 20.0, False, False, 0)):
-        detect = (host_amp * np.exp(-((yy - 24) ** 2 + (xx - 16) ** 2) / (2 * 12.0 ** 2))
-                  + bump * np.exp(-((yy - 24) ** 2 + (xx - 26) ** 2) / 2.0)).astype(np.float32)
-        profile = np.zeros_like(detect)
-        init_morphology(detect, 24, 16, 1.0, False, 0, profile)
-        height = float(detect[24, 26])
-        share = float(detect[24, 16] * profile[24, 26]) / height
+        detect, peaks, morphs, height, share = _host_with_bump(host_amp, bump)
         assert share < config.slope_peak_ratio
         assert (share >= SLOPE_PEAK_UNRESOLVED_RATIO) == in_band
         assert (height >= config.slope_peak_resolved_snr

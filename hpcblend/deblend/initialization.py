@@ -214,8 +214,9 @@ def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, mor
     S/N 400 got 8× its flux with 4 px). An unresolved peak needs less of the slope under it: a share of
     :data:`SLOPE_PEAK_UNRESOLVED_RATIO` (its free morphology cannot be told from the slope's light, and took
     it: the simulated bright set's faint neighbours, 28 → 26 % median error, the set 10.0 → 8.5 %). The
-    brighter sources are taken brightest first; the first whose profile reaches that share at ``p_i``
-    settles the peak (``D_j S_j(p_i)``, in the rise too, is the highest profile up to it).
+    brighter sources are taken brightest first, and the first whose profile reaches that share at ``p_i``
+    settles the peak: the profile value used, in the share and in the rise, is the highest among the
+    brighter sources taken up to that one.
 
     Parameters
     ----------
