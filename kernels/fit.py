@@ -14,8 +14,9 @@ Optimisers:
 * ``OPT_FISTA`` — accelerated proximal gradient (Beck & Teboulle 2009) with
   per-source step sizes ``1/L`` from Lipschitz bounds of each block, the
   adaptive restart of O'Donoghue & Candès (2015), and a divergence guard: a
-  loss more than ``DIVERGENCE_TOL`` above the best one so far sends the fit
-  back to the best state with half the step (see :func:`fit_blend`).
+  loss more than ``DIVERGENCE_TOL`` above the best one so far, or rising by more
+  than ``OSCILLATION_TOL`` at every other evaluation, sends the fit back to the
+  best state with half the step (see :func:`fit_blend`).
 
 Every fit returns the best state it evaluated when its last one ended higher
 (by more than ``e_rel``) or was not evaluated (``max_iter`` reached).
@@ -39,14 +40,15 @@ from .convolution import convolve_bands
 from .fit_steps import (ADAPROX_BETA1, ADAPROX_BETA2, adaprox_update, extrapolate, fista_update, neighbour_sums,
                         prox_source, restore, snapshot, support_sum, symmetric_box, SUPPORT_BLOCK)
 
-__all__ = ["OPT_ADAPROX", "OPT_FISTA", "STATUS_OK", "STATUS_NONFINITE", "DIVERGENCE_TOL", "MIN_STEP_MULT",
-           "FitSettings", "render_model", "blend_loss", "fit_blend"]
+__all__ = ["OPT_ADAPROX", "OPT_FISTA", "STATUS_OK", "STATUS_NONFINITE", "DIVERGENCE_TOL", "OSCILLATION_TOL",
+           "MIN_STEP_MULT", "FitSettings", "render_model", "blend_loss", "fit_blend"]
 
 OPT_ADAPROX = 0
 OPT_FISTA = 1
 STATUS_OK = 0
 STATUS_NONFINITE = 1
 DIVERGENCE_TOL = 0.1  # FISTA: a loss this far (relative) above the best one so far is a divergence
+OSCILLATION_TOL = 0.01  # FISTA: rise, fall, rise, each rise this large (relative): the step is too long
 MIN_STEP_MULT = 0.125  # FISTA: the divergence guard halves the step at most down to this fraction
 
 
@@ -63,8 +65,9 @@ class FitSettings(NamedTuple):
     max_iter, min_iter : int
         Iteration bounds.
     e_rel : float
-        Converged when ``|L_t − L_{t−1}| < e_rel · |L_t|`` and ``t ≥ min_iter``, with ``L_{t−1}``
-        the loss of the state iteration t stepped from, unless ``L_{t−1}`` itself was a rise
+        Converged when ``|L_t − L_{t−1}| < e_rel · m · |L_t|`` and ``t ≥ min_iter``, with ``L_{t−1}``
+        the loss of the state iteration t stepped from and ``m`` FISTA's step multiplier (1 until the
+        divergence guard halves the step; 1 for adaprox), unless ``L_{t−1}`` itself was a rise
         (``L_{t−1} > L_{t−2}``).
     bg_thresh : float
         Morphology threshold in units of the source's noise level (0 disables).
@@ -80,8 +83,9 @@ class FitSettings(NamedTuple):
         FISTA step as a fraction of 1/L (L from Gershgorin row-sum bounds,
         per pixel for morphologies and per band for SEDs). The divergence guard
         halves it (down to ``MIN_STEP_MULT × step_scale``) each time the loss
-        rises more than ``DIVERGENCE_TOL`` above the best loss so far, after
-        putting the best state back.
+        rises more than ``DIVERGENCE_TOL`` above the best loss so far, or
+        oscillates (rises more than ``OSCILLATION_TOL`` now and two evaluations
+        before, with a fall between), after putting the best state back.
     """
 
     optimizer: int
@@ -357,6 +361,14 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, box_cap, sed,
     stop it). The fit goes back to the best state, restarts the momentum there and halves the
     step; once the step is at its floor (``MIN_STEP_MULT``), it stops at the best state.
 
+    A step can also be too long without a rise of ``DIVERGENCE_TOL``: around a saturated star of
+    S/N ~5·10⁴ with most of its core masked, the loss rose 2–7 % and fell again by turns, and the
+    convergence test fired on a small fall between two large ones (χ²/px 45; it reaches 1.1). So a
+    rise of more than ``OSCILLATION_TOL`` at this evaluation and two evaluations before, with no such
+    rise between (rise, fall, rise), is treated as a divergence too (above the step floor only). With
+    a halved step every change of the loss is smaller, so the convergence tolerance is scaled by the
+    step multiplier: a shorter step must also change the loss less before the fit counts as converged.
+
     The states FISTA evaluates are its extrapolated points ``x + momentum (x − x_prev)``, which
     the constraints (monotonicity above all) need not hold. For most sources the difference is
     below the noise; for a star of S/N ~10⁴ it is not: its best point could lie 20 % of the loss
@@ -392,13 +404,12 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, box_cap, sed,
     momentum, t_fista, n_iter, converged, status = 0.0, 1.0, 0, False, STATUS_OK
     # the best state evaluated so far, its loss and (FISTA) its gradient
     best_loss = np.inf
-    sed_best = sed.copy()
+    sed_best, boxes_best, alive_best = sed.copy(), boxes.copy(), alive.copy()
     morph_best = np.zeros(morph.shape, dtype=np.float32)
-    boxes_best = boxes.copy()
-    alive_best = alive.copy()
     grad_best = np.zeros((nb, hp, wp), dtype=np.float32)
     prev_loss = np.inf  # loss of the state the current one was stepped from
     rose = fell = False  # at the previous evaluation the loss went up / fell by more than e_rel
+    rose_one_before = rose_two_before = False  # the loss rose more than OSCILLATION_TOL one / two evaluations before
     evaluated = False  # the current state is the one evaluated last
     step_mult = 1.0  # FISTA: step_scale multiplier, halved by the divergence guard
     for it in range(settings.max_iter):
@@ -412,17 +423,20 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, box_cap, sed,
         # converged: a small change, but not right after the loss went up (a step from a worse state
         # can land as high as that state), nor a small rise right after a large fall (momentum
         # overshooting a steady descent): neither is convergence
-        if (it >= settings.min_iter and not rose and abs(prev_loss - loss) < e_rel * abs(loss)
+        if (it >= settings.min_iter and not rose and abs(prev_loss - loss) < e_rel * step_mult * abs(loss)
                 and not (fell and loss > prev_loss)):
             converged = True
             break
-        rose = loss > prev_loss
-        fell = prev_loss - loss > e_rel * abs(loss)
+        rose, fell = loss > prev_loss, prev_loss - loss > e_rel * abs(loss)
+        rose_now = loss - prev_loss > OSCILLATION_TOL * abs(loss)
+        # rise, fall, rise: the step is too long (see Notes; at the step floor it cannot be halved again)
+        oscillating = rose_now and rose_two_before and not rose_one_before and step_mult > MIN_STEP_MULT
+        rose_two_before, rose_one_before = rose_one_before, rose_now
         improved = loss <= best_loss
         if improved:
             best_loss = loss
             snapshot(sed, morph, boxes, alive, sed_best, morph_best, boxes_best, alive_best)
-        if fista and loss > (1.0 + DIVERGENCE_TOL) * best_loss:
+        if fista and (loss > (1.0 + DIVERGENCE_TOL) * best_loss or oscillating):
             # divergence guard (see Notes): back to the best state, no momentum, half the step
             stop, projected, step_mult = _return_to_best(sed, morph, boxes, alive, sed_best, morph_best, boxes_best,
                                                          alive_best, sed_prev, m1, m2, m3, peaks, noise_rms,
@@ -430,10 +444,9 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, box_cap, sed,
             if stop:
                 break  # not converged; the best state is returned
             t_fista = 1.0
-            rose = False
+            rose = rose_one_before = rose_two_before = False
             if projected:  # evaluated afresh, its loss the new reference
-                best_loss = np.inf
-                prev_loss = np.inf
+                best_loss = prev_loss = np.inf
                 evaluated = False
                 continue
             grad = grad_best
@@ -446,13 +459,10 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, box_cap, sed,
                 grad_best = grad  # a new array each iteration: keep a reference, no copy
             prev_loss = loss
         evaluated = False
-        t = it + 1
-        bc1 = 1.0 - ADAPROX_BETA1 ** t
-        bc2 = 1.0 - ADAPROX_BETA2 ** t
+        bc1, bc2 = 1.0 - ADAPROX_BETA1 ** (it + 1), 1.0 - ADAPROX_BETA2 ** (it + 1)
         if fista:
             t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t_fista * t_fista))
-            momentum = (t_fista - 1.0) / t_new
-            t_fista = t_new
+            momentum, t_fista = (t_fista - 1.0) / t_new, t_new
             neighbour_sums(sed, boxes, alive, kernel_radius, neighbour_sed)
             support_sum(morph, boxes, alive, support, support_block_max)
         _step_sources(settings, settings.step_scale * step_mult, momentum, bc1, bc2, grad, curvature, noise_rms,

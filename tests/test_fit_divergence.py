@@ -156,9 +156,12 @@ def _residual_and_loss(sed, morph, boxes, alive, images, weights, transfer, hp, 
 
 
 def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, boxes, noise_rms,
-                        max_iter, min_iter, e_rel, bg_thresh, margin, kernel_radius, step_scale, caps=None):
+                        max_iter, min_iter, e_rel, bg_thresh, margin, kernel_radius, step_scale, caps=None,
+                        oscillation_test=True):
     """FISTA of :func:`hpcblend.kernels.fit.fit_blend` (monotonic, not symmetric), whole-array NumPy.
 
+    ``oscillation_test=False``: the loop as it was before the oscillation test (no return to the best
+    state on rise-fall-rise, convergence tolerance not scaled with the step).
     Returns (loss history, sed, morph, boxes, alive, converged, number of returns to the best state).
     """
     sed, morph, boxes = sed.copy(), morph.copy(), boxes.copy()
@@ -169,6 +172,7 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
     t_f, momentum, step_mult = 1.0, 0.0, 1.0
     best_loss, best, grad_best = np.inf, None, None
     prev_loss, rose, fell, evaluated = np.inf, False, False, False
+    rose_one_before = rose_two_before = False  # rises above OSCILLATION_TOL one / two evaluations before
     losses, converged, n_back = [], False, 0
     for it in range(max_iter):
         res, loss = _residual_and_loss(sed, morph, boxes, alive, images, weights, transfer, hp, wp)
@@ -176,23 +180,29 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
         evaluated = True
         if not math.isfinite(loss):
             break
-        # a small change, not right after a rise, and not a rise right after a fall larger than e_rel
-        if (it >= min_iter and not rose and abs(prev_loss - loss) < e_rel * abs(loss)
+        # a small change (e_rel scaled with the step), not right after a rise, and not a rise right after
+        # a fall larger than e_rel
+        if (it >= min_iter and not rose and abs(prev_loss - loss) < e_rel * (step_mult if oscillation_test else 1.0) * abs(loss)
                 and not (fell and loss > prev_loss)):
             converged = True
             break
         rose, fell = loss > prev_loss, prev_loss - loss > e_rel * abs(loss)
+        rose_now = loss - prev_loss > fit.OSCILLATION_TOL * abs(loss)
+        # rise, fall, rise: an oscillation (above the step floor)
+        oscillating = (oscillation_test and rose_now and rose_two_before and not rose_one_before
+                       and step_mult > fit.MIN_STEP_MULT)
+        rose_two_before, rose_one_before = rose_one_before, rose_now
         improved = loss <= best_loss
         if improved:
             best_loss, best = loss, (sed.copy(), morph.copy(), boxes.copy(), alive.copy())
-        if loss > (1 + fit.DIVERGENCE_TOL) * best_loss:  # back to the best state, half the step
+        if loss > (1 + fit.DIVERGENCE_TOL) * best_loss or oscillating:  # back to the best state, half the step
             n_back += 1
             sed, morph, boxes, alive = (a.copy() for a in best)
             sed_prev, morph_prev = sed.copy(), morph.copy()
             if step_mult <= fit.MIN_STEP_MULT:
                 break
             step_mult = max(0.5 * step_mult, fit.MIN_STEP_MULT)
-            t_f, rose = 1.0, False
+            t_f, rose, rose_one_before, rose_two_before = 1.0, False, False, False
             # an extrapolated best state outside the constraints is projected and evaluated afresh
             before = (sed.copy(), morph.copy(), boxes.copy(), alive.copy())
             for k in np.flatnonzero(alive):
