@@ -198,7 +198,7 @@ class DeblendConfig:
     optimizer : str
         ``"adaprox"`` (proximal AMSGrad, scarlet's default) or ``"fista"``.
     e_rel : float
-        Relative loss change that ends the fit (unless it follows a rise, or is a rise after a larger fall).
+        Relative loss change that ends the fit, times FISTA's step multiplier (``kernels.fit.FitSettings``).
     min_iter, max_iter : int
         Iteration bounds.
     bg_thresh : float
@@ -234,7 +234,7 @@ class DeblendConfig:
         morphologies, per band for SEDs). The bound is usually loose, so steps of 2/L descend: on the 164 HSC
         blends 2.0 took 23 % fewer iterations than 1.0 and gave a lower median chi2. For a bright, extended
         source under near-uniform (sky-only) weights it is tight and 2/L overshoots; the fit's divergence guard
-        then returns to the best state and halves the step (``kernels.fit``).
+        (a large rise, or rise-fall-rise) then returns to the best state and halves the step (``kernels.fit``).
     box_margin : int
         Zero pixels kept around each source's support so its box can grow.
     sed_ridge : float

@@ -182,7 +182,8 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
             break
         # a small change (e_rel scaled with the step), not right after a rise, and not a rise right after
         # a fall larger than e_rel
-        if (it >= min_iter and not rose and abs(prev_loss - loss) < e_rel * (step_mult if oscillation_test else 1.0) * abs(loss)
+        tolerance = e_rel * (step_mult if oscillation_test else 1.0)
+        if (it >= min_iter and not rose and abs(prev_loss - loss) < tolerance * abs(loss)
                 and not (fell and loss > prev_loss)):
             converged = True
             break

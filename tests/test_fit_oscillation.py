@@ -52,7 +52,8 @@ def _chi2_per_pixel(obs, sed, morph, boxes, alive):
     model = np.zeros(obs.images.shape, dtype=np.float32)
     fit.render_model(sed, morph, boxes, np.asarray(alive, dtype=np.bool_), model)
     residual = np.zeros(obs.images.shape, dtype=np.float32)
-    return 2.0 * fit.blend_loss(model, obs.images, obs.weights, obs.transfer, hp, wp, residual) / (obs.weights > 0).sum()
+    loss = fit.blend_loss(model, obs.images, obs.weights, obs.transfer, hp, wp, residual)
+    return 2.0 * loss / (obs.weights > 0).sum()
 
 
 def test_saturated_star_fit_does_not_stop_on_a_lull_between_oscillations():
