@@ -15,36 +15,16 @@ faint galaxies, 64 × 64 px) fails the same way with the loop as it was
 iteration 41 ends the fit at χ²/px ~340.
 """
 
-import dataclasses
-
 import numpy as np
 
 from hpcblend.config import DeblendConfig
 from hpcblend.deblend import build_observation, deblend_blend, initialize_sources
 from hpcblend.io.masks import MASK_PLANES
 from hpcblend.kernels import fit
-from hpcblend.simulate.synthetic import make_synthetic_blend
+from hpcblend.simulate.synthetic import make_saturated_star_blend
 from test_fit_divergence import fit_blend_reference
 
 SAT = 1 << MASK_PLANES["SAT"]
-
-
-def saturated_star_blend(seed=41, star=(37.62, 26.63), star_flux=2.41e6, saturation=0.0506, shape=(64, 64)):
-    """A point-like star (``star_flux`` counts per band) and three faint exponential galaxies placed at random
-    (seeded), noise σ = 1; pixels above ``saturation`` × the brightest are clipped there and flagged SAT."""
-    rng = np.random.default_rng(seed)
-    centers = np.vstack([star, rng.uniform(6, shape[0] - 6, size=(3, 2))])
-    blend, _ = make_synthetic_blend(seed, shape=shape, centers=centers, profile="exponential", flux_range=(3e3, 6e3),
-                                    sizes=(1.5, 3.5), psf_sigma=1.6, edge_margin=0.0)
-    point, _ = make_synthetic_blend(seed, shape=shape, centers=centers[:1], profile="gaussian", flux_range=(1.0, 1.0),
-                                    sizes=(0.05, 0.05), psf_sigma=1.6, noise_sigma=1e-9, edge_margin=0.0)
-    unit = point.images / point.images.sum(axis=(1, 2), keepdims=True)
-    images = blend.images + (unit * star_flux).astype(np.float32)
-    level = saturation * images.max(axis=(1, 2), keepdims=True)
-    clipped = images >= level
-    mask = np.where(clipped, SAT, 0).astype(np.int32)
-    return dataclasses.replace(blend, images=np.where(clipped, level, images).astype(np.float32), mask=mask,
-                               footprint=np.ones(shape, bool))
 
 
 def _chi2_per_pixel(obs, sed, morph, boxes, alive):
@@ -57,7 +37,7 @@ def _chi2_per_pixel(obs, sed, morph, boxes, alive):
 
 
 def test_saturated_star_fit_does_not_stop_on_a_lull_between_oscillations():
-    blend = saturated_star_blend()
+    blend, _ = make_saturated_star_blend(41, (37.62, 26.63), 2.41e6, saturation=0.0506)
     config = DeblendConfig()
     assert (blend.mask[:, blend.peaks[0, 0], blend.peaks[0, 1]] & SAT).all()  # the star's core is masked
     obs = build_observation(blend, config)

@@ -1,6 +1,9 @@
 """A saturated star keeps its peak and its model (its masked core must not hand its wings to the neighbours)."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -8,7 +11,7 @@ from hpcblend.config import DeblendConfig
 from hpcblend.deblend import deblend_blend
 from hpcblend.io.blends import PEAK_MASKED, classify_peaks, read_blend, write_blend
 from hpcblend.io.masks import MASK_PLANES
-from hpcblend.simulate.synthetic import make_synthetic_blend
+from hpcblend.simulate.synthetic import make_saturated_star_blend, make_synthetic_blend
 
 SAT = 1 << MASK_PLANES["SAT"]
 
@@ -16,24 +19,9 @@ SAT = 1 << MASK_PLANES["SAT"]
 def _star_and_neighbours(seed=0, saturate=True):
     """A bright point-like source at the centre of 81x81 px and three faint galaxies 12-20 px away; the
     star's pixels above 5 % of its peak are clipped there and flagged SAT (as a coadd's saturated core)."""
-    centers = np.array([[40.0, 40.0], [40.0, 56.0], [25.0, 33.0], [55.0, 28.0]])
-    blend, truth = make_synthetic_blend(seed, shape=(81, 81), centers=centers, profile="exponential",
-                                        flux_range=(3e3, 6e3), sizes=(1.5, 2.5), psf_sigma=1.6)
-    star_flux = np.full(blend.n_bands, 4e6)
-    star, _ = make_synthetic_blend(seed, shape=(81, 81), centers=centers[:1], profile="gaussian",
-                                   flux_range=(1.0, 1.0), sizes=(0.05, 0.05), psf_sigma=1.6, noise_sigma=1e-9)
-    unit = star.images / star.images.sum(axis=(1, 2), keepdims=True)
-    images = blend.images + (unit * star_flux[:, None, None]).astype(np.float32)
-    mask = np.zeros(images.shape, dtype=np.int32)
-    if saturate:
-        level = 0.05 * images.max(axis=(1, 2), keepdims=True)
-        clipped = images >= level
-        images = np.where(clipped, level, images).astype(np.float32)
-        mask[clipped] |= SAT
-    flux = np.asarray(truth["flux"], dtype=np.float64)
-    flux[0] += star_flux
-    out = dataclasses.replace(blend, images=images, mask=mask, footprint=np.ones((81, 81), bool))
-    return out, flux
+    return make_saturated_star_blend(seed, (40.0, 40.0), 4e6, saturation=0.05 if saturate else None, shape=(81, 81),
+                                     galaxy_yx=np.array([[40.0, 56.0], [25.0, 33.0], [55.0, 28.0]]),
+                                     galaxy_sizes=(1.5, 2.5))
 
 
 def test_a_peak_on_a_saturated_core_is_kept_and_other_masked_peaks_are_not():
@@ -133,3 +121,21 @@ def test_detection_image_averages_the_bands_with_data():
     full = (bw[:, None] * blend.images[:, 20, 20:25]).sum(axis=0) / bw.sum()
     np.testing.assert_allclose(detect[20, 20:25], full, rtol=1e-6)
     assert sigma == 1.0 / np.sqrt(bw.sum())
+
+
+def test_stars_set_script_writes_readable_blends_with_saturated_cores(tmp_path):
+    """``profiling/make_blend_sets.py --set stars`` (the saturated-star set of profiling/README) is seeded and
+    readable: every star's peak is on SAT pixels in every band, and the same seed gives the same bytes."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "profiling",
+                          "make_blend_sets.py")
+    for out in ("a", "b"):
+        r = subprocess.run([sys.executable, script, str(tmp_path / out), "--set", "stars", "--n", "3", "--seed", "2"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+    names = sorted(os.listdir(tmp_path / "a"))
+    assert len(names) == 3 and names == sorted(os.listdir(tmp_path / "b"))
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+        blend = read_blend(str(tmp_path / "a" / name))
+        cy, cx = blend.peaks[0]
+        assert np.all(blend.mask[:, cy, cx] & SAT) and blend.footprint.all()

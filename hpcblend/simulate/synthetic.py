@@ -35,14 +35,18 @@ import math
 import os
 from typing import Optional, Sequence, Union
 
+import dataclasses
+
 import numpy as np
 
 from hpcblend.io.blends import DEFAULT_BANDS
 from hpcblend.io.blends import BlendData, blend_arrays
+from hpcblend.io.masks import MASK_PLANES
 from hpcblend.io.npz import atomic_write, npz_bytes
 
 __all__ = [
     "make_synthetic_blend",
+    "make_saturated_star_blend",
     "double_gaussian_psf",
     "write_demo_blends",
     "DEMO_BLEND_SPECS",
@@ -437,6 +441,66 @@ def make_synthetic_blend(
 
 
 #: The demo collection: (shape, n_sources, profile, sizes, fixed centres or None), ids 1.. in order.
+def make_saturated_star_blend(seed: int, star_yx: Sequence[float], star_flux: float,
+                              saturation: Optional[float] = 0.05, shape: Sequence[int] = (64, 64),
+                              galaxy_yx: Optional[np.ndarray] = None, n_galaxies: int = 3,
+                              galaxy_sizes: Sequence[float] = (1.5, 3.5), psf_sigma: float = 1.6) -> tuple:
+    """A bright point-like star with a saturated, masked core among faint galaxies.
+
+    :func:`make_synthetic_blend` draws K = 1 + n_galaxies exponential sources of 3000–6000 counts,
+    the first at ``star_yx`` (the star's peak) and the others at ``galaxy_yx`` (default: uniform in
+    the image at least 6 px from its edges, seeded), noise σ = 1; the star (a Gaussian of σ 0.05 px
+    through the same PSF) adds ``star_flux`` counts per band at ``star_yx``. Pixels at or above
+    ``saturation`` × the band's brightest pixel are clipped at that level and flagged ``SAT``, as a
+    coadd's saturated core. The footprint is the whole image.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the galaxies' positions, shapes, fluxes and noise.
+    star_yx : (float, float)
+        Star centre (y, x), pixels.
+    star_flux : float
+        Star flux per band (counts).
+    saturation : float or None
+        Clip level as a fraction of each band's brightest pixel; None: no clipping, no mask.
+    shape : (H, W)
+    galaxy_yx : ndarray, shape (n_galaxies, 2), optional
+    n_galaxies : int
+        Galaxies drawn when ``galaxy_yx`` is not given.
+    galaxy_sizes : (lo, hi)
+        Half-light radius range of the galaxies (pixels).
+    psf_sigma : float
+        Core σ of the double-Gaussian PSF in every band (pixels).
+
+    Returns
+    -------
+    blend : BlendData
+        Peaks: the star first, then the galaxies.
+    flux : ndarray, shape (K, B)
+        True flux of each peak's sources per band (counts; the star's includes the faint source under it).
+    """
+    if galaxy_yx is None:
+        galaxy_yx = np.random.default_rng(seed).uniform(6, shape[0] - 6, size=(n_galaxies, 2))
+    centers = np.vstack([np.asarray(star_yx, dtype=float)[None], np.asarray(galaxy_yx, dtype=float)])
+    blend, truth = make_synthetic_blend(seed, shape=shape, centers=centers, profile="exponential",
+                                        flux_range=(3e3, 6e3), sizes=galaxy_sizes, psf_sigma=psf_sigma,
+                                        edge_margin=0.0)
+    point, _ = make_synthetic_blend(seed, shape=shape, centers=centers[:1], profile="gaussian", flux_range=(1.0, 1.0),
+                                    sizes=(0.05, 0.05), psf_sigma=psf_sigma, noise_sigma=1e-9, edge_margin=0.0)
+    unit = point.images / point.images.sum(axis=(1, 2), keepdims=True)
+    images = blend.images + (unit * star_flux).astype(np.float32)
+    mask = np.zeros(images.shape, dtype=np.int32)
+    if saturation is not None:
+        level = saturation * images.max(axis=(1, 2), keepdims=True)
+        clipped = images >= level
+        images = np.where(clipped, level, images).astype(np.float32)
+        mask[clipped] |= 1 << MASK_PLANES["SAT"]
+    flux = np.array(truth["flux"], dtype=np.float64)
+    flux[0] += star_flux
+    return dataclasses.replace(blend, images=images, mask=mask, footprint=np.ones(tuple(shape), bool)), flux
+
+
 DEMO_BLEND_SPECS: tuple = (
     ((30, 30), 1, "gaussian", (1.0, 2.5), None),
     ((36, 40), 2, "sersic", (1.0, 2.0), None),
