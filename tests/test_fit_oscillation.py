@@ -19,12 +19,10 @@ import numpy as np
 
 from hpcblend.config import DeblendConfig
 from hpcblend.deblend import build_observation, deblend_blend, initialize_sources
-from hpcblend.io.masks import MASK_PLANES
 from hpcblend.kernels import fit
 from hpcblend.simulate.synthetic import make_saturated_star_blend
 from test_fit_divergence import fit_blend_reference
-
-SAT = 1 << MASK_PLANES["SAT"]
+from test_saturated_stars import SAT
 
 
 def _chi2_per_pixel(obs, sed, morph, boxes, alive):

@@ -31,17 +31,16 @@ how much landed in the image.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Optional, Sequence, Union
-
-import dataclasses
 
 import numpy as np
 
 from hpcblend.io.blends import DEFAULT_BANDS
 from hpcblend.io.blends import BlendData, blend_arrays
-from hpcblend.io.masks import MASK_PLANES
+from hpcblend.io.masks import mask_bits
 from hpcblend.io.npz import atomic_write, npz_bytes
 
 __all__ = [
@@ -440,7 +439,6 @@ def make_synthetic_blend(
     return blend, truth
 
 
-#: The demo collection: (shape, n_sources, profile, sizes, fixed centres or None), ids 1.. in order.
 def make_saturated_star_blend(seed: int, star_yx: Sequence[float], star_flux: float,
                               saturation: Optional[float] = 0.05, shape: Sequence[int] = (64, 64),
                               galaxy_yx: Optional[np.ndarray] = None, n_galaxies: int = 3,
@@ -449,7 +447,7 @@ def make_saturated_star_blend(seed: int, star_yx: Sequence[float], star_flux: fl
 
     :func:`make_synthetic_blend` draws K = 1 + n_galaxies exponential sources of 3000–6000 counts,
     the first at ``star_yx`` (the star's peak) and the others at ``galaxy_yx`` (default: uniform in
-    the image at least 6 px from its edges, seeded), noise σ = 1; the star (a Gaussian of σ 0.05 px
+    the image at least 6 px from its edges, seeded), noise σ = 1 (counts); the star (a Gaussian of σ 0.05 px
     through the same PSF) adds ``star_flux`` counts per band at ``star_yx``. Pixels at or above
     ``saturation`` × the band's brightest pixel are clipped at that level and flagged ``SAT``, as a
     coadd's saturated core. The footprint is the whole image.
@@ -479,9 +477,15 @@ def make_saturated_star_blend(seed: int, star_yx: Sequence[float], star_flux: fl
         Peaks: the star first, then the galaxies.
     flux : ndarray, shape (K, B)
         True flux of each peak's sources per band (counts; the star's includes the faint source under it).
+
+    Raises
+    ------
+    ValueError
+        From :func:`make_synthetic_blend`: a size, flux or PSF argument out of range.
     """
     if galaxy_yx is None:
-        galaxy_yx = np.random.default_rng(seed).uniform(6, shape[0] - 6, size=(n_galaxies, 2))
+        galaxy_yx = np.random.default_rng(seed).uniform(6, np.array([shape[0] - 6, shape[1] - 6]),
+                                                        size=(n_galaxies, 2))
     centers = np.vstack([np.asarray(star_yx, dtype=float)[None], np.asarray(galaxy_yx, dtype=float)])
     blend, truth = make_synthetic_blend(seed, shape=shape, centers=centers, profile="exponential",
                                         flux_range=(3e3, 6e3), sizes=galaxy_sizes, psf_sigma=psf_sigma,
@@ -495,12 +499,13 @@ def make_saturated_star_blend(seed: int, star_yx: Sequence[float], star_flux: fl
         level = saturation * images.max(axis=(1, 2), keepdims=True)
         clipped = images >= level
         images = np.where(clipped, level, images).astype(np.float32)
-        mask[clipped] |= 1 << MASK_PLANES["SAT"]
+        mask[clipped] |= mask_bits("SAT")
     flux = np.array(truth["flux"], dtype=np.float64)
     flux[0] += star_flux
     return dataclasses.replace(blend, images=images, mask=mask, footprint=np.ones(tuple(shape), bool)), flux
 
 
+#: The demo collection: (shape, n_sources, profile, sizes, fixed centres or None), ids 1.. in order.
 DEMO_BLEND_SPECS: tuple = (
     ((30, 30), 1, "gaussian", (1.0, 2.5), None),
     ((36, 40), 2, "sersic", (1.0, 2.0), None),
