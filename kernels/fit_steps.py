@@ -23,12 +23,15 @@ from numba import njit
 
 from .convolution import correlate_bands
 from .operators import (prox_monotonic, prox_positive, prox_symmetric, prox_threshold, prox_threshold_monotonic,
-                        scale_nonzero_box)
+                        prox_threshold_monotonic_exact, scale_nonzero_box)
 
-__all__ = ["SUPPORT_BLOCK", "ADAPROX_BETA1", "ADAPROX_BETA2", "ADAPROX_EPS", "curvature_bound", "symmetric_box",
-           "prox_source", "support_sum", "neighbour_sums", "snapshot", "restore", "adaprox_update", "fista_update",
+__all__ = ["EXACT_SWEEPS", "SUPPORT_BLOCK", "ADAPROX_BETA1", "ADAPROX_BETA2", "ADAPROX_EPS", "curvature_bound",
+           "symmetric_box", "prox_source", "support_sum", "neighbour_sums", "snapshot", "restore", "adaprox_update", "fista_update",
            "extrapolate"]
 
+#: Sweeps (out from the peak and back) of the exact monotonicity projection per step of a stalled fit, from the
+#: previous step's multipliers (:func:`prox_source`).
+EXACT_SWEEPS = 1
 SUPPORT_BLOCK = 8  # pixels: block size of the coarse maxima of Σ_k S_k used for SED steps
 #: Adaprox (AMSGrad) decay of the first moment: Reddi et al. 2018's and scarlet's default.
 ADAPROX_BETA1 = 0.9
@@ -100,7 +103,10 @@ def prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monoto
     from the peak along each axis when ``cap > 0`` (a faint peak on a brighter source's slope,
     :func:`hpcblend.deblend.initialization.slope_peak_caps`; the morphology beyond is zeroed); the
     optimiser state ``m1``, ``m2``, ``m3`` (K, H, W) of pixels leaving it is set to zero (``m1`` and ``m3``
-    may be (K, 0, 0): FISTA keeps no such state).
+    may be (K, 0, 0): FISTA keeps no such state). Once a FISTA fit has stalled (:func:`hpcblend.kernels.fit.fit_blend`,
+    Notes), ``m3`` (K, H, W) holds the multipliers of the exact monotonicity projection
+    (:func:`prox_threshold_monotonic_exact`), which then comes before the ring pass; they follow the
+    morphology's normalisation.
     """
     nb = sed.shape[1]
     for b in range(nb):
@@ -110,7 +116,13 @@ def prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monoto
     y0, y1, x0, x1 = boxes[k, 0], boxes[k, 1], boxes[k, 2], boxes[k, 3]
     mk = morph[k]
     threshold = _morph_threshold(sed[k], noise_rms, bg_thresh) if bg_thresh > 0.0 else 0.0
-    if monotonic and not symmetric:
+    exact = m3.shape[1] > 0 and m1.shape[1] == 0  # FISTA keeps the multipliers of the exact projection in m3
+    if monotonic and not symmetric and exact:
+        # nearest monotonic point (EXACT_SWEEPS from the last step's multipliers, so nearly), then the ring
+        # pass: exactly in the set, and its support cut at the first empty ring as in every other step
+        prox_threshold_monotonic_exact(mk, m3[k], threshold, cy, cx, y0, y1, x0, x1, EXACT_SWEEPS, 0.0)
+        prox_threshold_monotonic(mk, threshold, cy, cx, y0, y1, x0, x1)
+    elif monotonic and not symmetric:
         # one ring pass: threshold, positivity and monotonicity (see prox_threshold_monotonic)
         prox_threshold_monotonic(mk, threshold, cy, cx, y0, y1, x0, x1)
         if mk[cy, cx] < 0.0:
@@ -143,6 +155,10 @@ def prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monoto
     ny0, ny1, nx0, nx1 = scale_nonzero_box(mk, 1.0 / norm, cy, cx, y0, y1, x0, x1)
     for b in range(nb):
         sed[k, b] *= norm
+    if exact:
+        for y in range(y0, y1):
+            for x in range(x0, x1):
+                m3[k, y, x] /= norm
     # resize: non-zero support plus a margin of zeros to grow into
     ny0 = max(ny0 - margin, 0)
     ny1 = min(ny1 + margin, h)
@@ -162,9 +178,10 @@ def prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, bg_thresh, monoto
             if y < ny0 or y >= ny1 or x < nx0 or x >= nx1:
                 mk[y, x] = 0.0
                 m2[k, y, x] = 0.0
+                if m3.shape[1] > 0:
+                    m3[k, y, x] = 0.0
                 if moments:
                     m1[k, y, x] = 0.0
-                    m3[k, y, x] = 0.0
     boxes[k, 0] = ny0
     boxes[k, 1] = ny1
     boxes[k, 2] = nx0

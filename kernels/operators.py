@@ -12,7 +12,8 @@ weights being the cosines of the angles between the neighbour's offset and
 that direction. Along the eight principal rays (rows, columns, diagonals)
 only the on-ray neighbour qualifies, so the profile is non-increasing along
 them exactly; elsewhere the cap interpolates between the two neighbours that
-bracket the ray.
+bracket the ray. The ring pass maps into that set but not to its nearest point;
+:func:`prox_threshold_monotonic_exact` finds the nearest point (the Euclidean projection).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from numba import njit
 __all__ = [
     "prox_monotonic",
     "prox_threshold_monotonic",
+    "prox_threshold_monotonic_exact",
     "monotonic_rings",
     "scale_nonzero_box",
     "prox_symmetric",
@@ -94,13 +96,15 @@ _INV_SQRT2 = 0.7071067811865476
 
 
 @njit(nogil=True, cache=True)
-def _monotonic_cap(morph, y, x, cy, cx, y0, y1, x0, x1):
-    """:func:`monotonic_reference` in closed form (no square roots).
+def _inner_neighbours(y, x, cy, cx):
+    """The inner neighbours of pixel (y, x) (not the peak) that :func:`monotonic_reference` averages.
 
-    With ``ady = |y − cy|``, ``adx = |x − cx|``: on the axes and diagonals one
-    neighbour qualifies; for ``ady > adx`` the vertical (cosine ``ady/r``) and
-    the diagonal neighbour (cosine ``(ady + adx)/(√2 r)``) do, and the common
-    ``1/r`` cancels in the weighted mean (symmetrically for ``adx > ady``).
+    With ``ady = |y − cy|``, ``adx = |x − cx|``: on the axes and diagonals one neighbour qualifies;
+    for ``ady > adx`` the vertical (cosine ``ady/r``) and the diagonal neighbour (cosine
+    ``(ady + adx)/(√2 r)``) do, and the common ``1/r`` cancels in the weighted mean (symmetrically
+    for ``adx > ady``). Returns ``(py, px, wp, qy, qx, wq)``: the cap is
+    ``(wp · morph[py, px] + wq · morph[qy, qx]) / (wp + wq)`` (``wq = 0`` and ``(qy, qx) = (py, px)``
+    when one neighbour qualifies). Inner neighbours of a box pixel lie in the box (it holds the peak).
     """
     ady = y - cy
     sy = -1
@@ -113,22 +117,26 @@ def _monotonic_cap(morph, y, x, cy, cx, y0, y1, x0, x1):
         adx = -adx
         sx = 1
     if adx == 0:
-        ny, nx = y + sy, x
-        return morph[ny, nx] if (ny >= y0 and ny < y1) else 0.0
+        return y + sy, x, 1.0, y + sy, x, 0.0
     if ady == 0:
-        ny, nx = y, x + sx
-        return morph[ny, nx] if (nx >= x0 and nx < x1) else 0.0
-    ny = y + sy
-    nx = x + sx
-    vd = morph[ny, nx] if (ny >= y0 and ny < y1 and nx >= x0 and nx < x1) else 0.0
+        return y, x + sx, 1.0, y, x + sx, 0.0
     if ady == adx:
-        return vd
+        return y + sy, x + sx, 1.0, y + sy, x + sx, 0.0
     wd = (ady + adx) * _INV_SQRT2
     if ady > adx:
-        va = morph[ny, x] if (ny >= y0 and ny < y1) else 0.0
-        return (ady * va + wd * vd) / (ady + wd)
-    va = morph[y, nx] if (nx >= x0 and nx < x1) else 0.0
-    return (adx * va + wd * vd) / (adx + wd)
+        return y + sy, x, float(ady), y + sy, x + sx, wd
+    return y, x + sx, float(adx), y + sy, x + sx, wd
+
+
+@njit(nogil=True, cache=True)
+def _monotonic_cap(morph, y, x, cy, cx, y0, y1, x0, x1):
+    """:func:`monotonic_reference` in closed form (no square roots; :func:`_inner_neighbours`)."""
+    py, px, wp, qy, qx, wq = _inner_neighbours(y, x, cy, cx)
+    vp = morph[py, px] if (py >= y0 and py < y1 and px >= x0 and px < x1) else 0.0
+    if wq == 0.0:
+        return vp
+    vq = morph[qy, qx] if (qy >= y0 and qy < y1 and qx >= x0 and qx < x1) else 0.0
+    return (wp * vp + wq * vq) / (wp + wq)
 
 
 @njit(nogil=True, cache=True)
@@ -383,3 +391,120 @@ def nonzero_box(morph, cy, cx, y0, y1, x0, x1):
         Half-open bounds in pixels.
     """
     return scale_nonzero_box(morph, 1.0, cy, cx, y0, y1, x0, x1)
+
+
+@njit(nogil=True, cache=True)
+def _dual_step(morph, dual, y, x, cy, cx, y0, y1, x0, x1):
+    """One coordinate step of Hildreth's method on pixel (y, x)'s monotonicity constraint.
+
+    Returns the change of its dual variable (0 when the constraint is inactive and satisfied).
+    """
+    py, px, wp, qy, qx, wq = _inner_neighbours(y, x, cy, cx)
+    a = wp / (wp + wq)
+    b = wq / (wp + wq)
+    pin = py >= y0 and py < y1 and px >= x0 and px < x1
+    qin = b > 0.0 and qy >= y0 and qy < y1 and qx >= x0 and qx < x1
+    ref = 0.0
+    norm2 = 1.0
+    if pin:
+        ref += a * morph[py, px]
+        norm2 += a * a
+    if qin:
+        ref += b * morph[qy, qx]
+        norm2 += b * b
+    lam = dual[y, x]
+    new = lam + (morph[y, x] - ref) / norm2
+    if new < 0.0:
+        new = 0.0
+    d = new - lam
+    if d != 0.0:
+        dual[y, x] = new
+        morph[y, x] -= d
+        if pin:
+            morph[py, px] += a * d
+        if qin:
+            morph[qy, qx] += b * d
+    return d
+
+
+@njit(nogil=True, cache=True)
+def prox_threshold_monotonic_exact(morph, dual, threshold, cy, cx, y0, y1, x0, x1, max_sweeps, tol):
+    """Euclidean projection onto weighted radial monotonicity (after a threshold), in place.
+
+    The set is the one :func:`prox_threshold_monotonic` maps into, every pixel at most the weighted
+    mean of its inner neighbours (:func:`monotonic_reference`, Melchior et al. 2018, Sect. 2.3), but
+    the point returned is the nearest one in it: a pixel above the cap its inner neighbours set may
+    raise them instead of being clipped (the ring pass only ever lowers pixels, which can take a
+    fit's every step uphill, :func:`hpcblend.kernels.fit.fit_blend`, Notes). Pixels of the box below
+    ``threshold`` or below 0 (not the peak) are zeroed first. Solved by Hildreth's dual coordinate
+    ascent (Hildreth 1957, Naval Research Logistics Quarterly 4, 79): ``morph = y − Aᵀλ``, one
+    multiplier ``λ_i ≥ 0`` per pixel for its constraint ``x_i − cap_i(x) ≤ 0``, each set in turn to
+    satisfy its constraint or to 0, swept ring by ring out from the peak and back in, until no
+    multiplier moves by more than ``tol`` times the peak's value or after ``max_sweeps`` sweeps.
+    Started from the multipliers given (warm start: a fit's next step needs only a few sweeps).
+    Negative pixels are clipped at the end. Pixels that are 0 with no multiplier are skipped.
+
+    Parameters
+    ----------
+    morph : ndarray, shape (H, W), float32 or float64
+        Modified in place inside the box.
+    dual : ndarray, shape (H, W), float32 or float64
+        The multipliers: read as the starting point (zeros for a cold start) and left holding the
+        final ones; zero outside the box.
+    threshold : float
+        Morphology units; 0 keeps every non-negative pixel.
+    cy, cx : int
+        Peak pixel (y, x); must lie inside the box. It has no constraint of its own.
+    y0, y1, x0, x1 : int
+        Box (half-open, pixels); neighbours outside it count as zero.
+    max_sweeps : int
+    tol : float
+        0 runs ``max_sweeps`` sweeps.
+
+    Returns
+    -------
+    sweeps : int
+        Sweeps done.
+    """
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            if (morph[y, x] < threshold or morph[y, x] < 0.0) and not (y == cy and x == cx):
+                morph[y, x] = 0.0
+    for y in range(y0, y1):  # warm start: morph = y − Aᵀλ
+        for x in range(x0, x1):
+            lam = dual[y, x]
+            if lam > 0.0 and not (y == cy and x == cx):
+                py, px, wp, qy, qx, wq = _inner_neighbours(y, x, cy, cx)
+                morph[y, x] -= lam
+                morph[py, px] += wp / (wp + wq) * lam
+                if wq > 0.0:
+                    morph[qy, qx] += wq / (wp + wq) * lam
+    rmax = max(cy - y0, y1 - 1 - cy, cx - x0, x1 - 1 - cx)
+    sweeps = 0
+    while sweeps < max_sweeps:
+        sweeps += 1
+        dmax = 0.0
+        for step in range(2 * rmax):
+            ring = step + 1 if step < rmax else 2 * rmax - step
+            ya = max(cy - ring, y0)
+            yb = min(cy + ring, y1 - 1)
+            for y in range(ya, yb + 1):
+                if y == cy - ring or y == cy + ring:
+                    x = max(cx - ring, x0)
+                    xstep = 1
+                else:
+                    x = cx - ring
+                    xstep = 2 * ring
+                while x <= min(cx + ring, x1 - 1):
+                    if x >= x0 and (morph[y, x] > 0.0 or dual[y, x] > 0.0):
+                        d = abs(_dual_step(morph, dual, y, x, cy, cx, y0, y1, x0, x1))
+                        if d > dmax:
+                            dmax = d
+                    x += xstep
+        if dmax <= tol * abs(morph[cy, cx]):
+            break
+    for y in range(y0, y1):
+        for x in range(x0, x1):
+            if morph[y, x] < 0.0:
+                morph[y, x] = 0.0
+    return sweeps

@@ -10,7 +10,7 @@ the convergence tolerance with the step multiplier.
 
 The case below (a star of 2.4·10⁶ counts per band clipped at 5 % of its peak and flagged SAT, three
 faint galaxies, 64 × 64 px) fails the same way with the loop as it was
-(:func:`test_fit_divergence.fit_blend_reference` with ``oscillation_test=False``): after a rise of
+(:func:`fit_reference.fit_blend_reference` with ``oscillation_test=False``): after a rise of
 7 %, a fall and a rise of 3 %, the loss falls 1–2 % per iteration, and a fall of 0.1 % at
 iteration 41 ends the fit at χ²/px ~340.
 """
@@ -21,7 +21,7 @@ from hpcblend.config import DeblendConfig
 from hpcblend.deblend import build_observation, deblend_blend, initialize_sources
 from hpcblend.kernels import fit
 from hpcblend.simulate.synthetic import make_saturated_star_blend
-from test_fit_divergence import fit_blend_reference
+from fit_reference import fit_blend_reference
 from test_saturated_stars import SAT
 
 

@@ -6,6 +6,7 @@ from scipy.signal import fftconvolve
 
 from hpcblend.deblend.component_models import ComponentModels
 from hpcblend.kernels import convolution, fit, fit_steps, initialization, operators, psf
+from fit_reference import monotonic_cap
 
 # ---------------------------------------------------------------- PSF kernels
 
@@ -290,24 +291,6 @@ def test_prox_threshold():
 # ------------------------------------------ monotonicity: fused/early-stopping kernels vs a plain reference
 
 
-def _monotonic_reference_py(morph, y, x, cy, cx, y0, y1, x0, x1):
-    """Plain-Python weighted mean of the inner neighbours (cosine weights, Melchior et al. 2018, Sect. 2.3)."""
-    dy, dx = cy - y, cx - x
-    r = np.hypot(dy, dx)
-    wsum = vsum = 0.0
-    sy, sx = int(np.sign(dy)), int(np.sign(dx))
-    for i, (oy, ox) in enumerate(((sy, 0), (0, sx), (sy, sx))):
-        if (oy, ox) == (0, 0) or (i == 2 and (sy == 0 or sx == 0)):
-            continue
-        cos = (oy * dy + ox * dx) / (np.hypot(oy, ox) * r)
-        if cos > 1 / np.sqrt(2) + 1e-9:
-            ny, nx = y + oy, x + ox
-            v = morph[ny, nx] if (y0 <= ny < y1 and x0 <= nx < x1) else 0.0
-            wsum += cos
-            vsum += cos * v
-    return vsum / wsum
-
-
 def _threshold_monotonic_py(img, thr, cy, cx, y0, y1, x0, x1):
     """Threshold (peak kept), then ring-by-ring monotonic caps over the whole box, then positivity."""
     out = img.copy()
@@ -321,7 +304,7 @@ def _threshold_monotonic_py(img, thr, cy, cx, y0, y1, x0, x1):
             for x in range(x0, x1):
                 if max(abs(y - cy), abs(x - cx)) != ring:
                     continue
-                ref = _monotonic_reference_py(out, y, x, cy, cx, y0, y1, x0, x1)
+                ref = monotonic_cap(out, y, x, cy, cx, y0, y1, x0, x1)
                 out[y, x] = max(min(out[y, x], ref), 0.0)
     return out
 
