@@ -146,8 +146,9 @@ def model_memory_bytes(n_components: int, n_bands: int, frame_shape) -> int:
     """Upper bound of the deblender's model arrays for a blend (bytes), the ``max_model_memory_mb`` guard.
 
     Per component and frame pixel: the morphology and, in the fit, its best state and the optimiser's
-    state (FISTA: the previous iterate; adaprox: three moment arrays), float32 each: 12 bytes with FISTA,
-    20 with adaprox, counted as 24. The convolved components are stored over their own grown boxes
+    state (FISTA: the previous iterate, and the exact monotonicity projection's multipliers once a fit
+    stalls; adaprox: three moment arrays), float32 each: 12 bytes with FISTA (16 once stalled), 20 with
+    adaprox, counted as 24. The convolved components are stored over their own grown boxes
     (:class:`~hpcblend.deblend.component_models.ComponentModels`), not per frame pixel, and a large
     parent's children's models are rendered one at a time. Per band and frame pixel, the blend's own
     planes (data, weights, curvature, model, residual, gradient: ~32 bytes). Measured (peak RSS of the
