@@ -93,6 +93,15 @@ def _prox_morph_exact(img, dual, thr, cy, cx, y0, y1, x0, x1, sweeps=fit_steps.E
     box[box < 0] = 0.0
 
 
+def _settled(losses, tolerance):
+    """True unless the loss fell by more than ``SETTLE_WINDOW × SETTLE_RATE × tolerance`` (relative to the
+    last loss) over the last ``SETTLE_WINDOW`` evaluations."""
+    window = fit.SETTLE_WINDOW
+    if len(losses) <= window:
+        return True
+    return losses[-1 - window] - losses[-1] < window * fit.SETTLE_RATE * tolerance * abs(losses[-1])
+
+
 def _convolve(img, transfer, hp, wp, adjoint=False):
     h, w = img.shape[1:]
     spec = scipy.fft.rfft2(img, s=(hp, wp), workers=1)
@@ -114,13 +123,14 @@ def _residual_and_loss(sed, morph, boxes, alive, images, weights, transfer, hp, 
 
 def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, boxes, noise_rms,
                         max_iter, min_iter, e_rel, bg_thresh, margin, kernel_radius, step_scale, caps=None,
-                        oscillation_test=True, stall_switch=True):
+                        oscillation_test=True, stall_switch=True, lull_test=True):
     """FISTA of :func:`hpcblend.kernels.fit.fit_blend` (monotonic, not symmetric), whole-array NumPy.
 
     ``oscillation_test=False``: the loop as it was before the oscillation test (no return to the best
     state on rise-fall-rise, convergence tolerance not scaled with the step). ``stall_switch=False``: the
     loop as it was before the stall test (after ``STALL_RISES`` rises in a row, back to the best state and
-    exact monotonicity projections from then on).
+    exact monotonicity projections from then on). ``lull_test=False``: convergence on one small change
+    even amid a steep descent (:func:`_settled` not required).
     Returns (loss history, sed, morph, boxes, alive, converged, number of returns to the best state).
     """
     sed, morph, boxes = sed.copy(), morph.copy(), boxes.copy()
@@ -144,7 +154,7 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
         # a fall larger than e_rel
         tolerance = e_rel * (step_mult if oscillation_test else 1.0)
         if (it >= min_iter and not rose and abs(prev_loss - loss) < tolerance * abs(loss)
-                and not (fell and loss > prev_loss)):
+                and not (fell and loss > prev_loss) and (not lull_test or _settled(losses, tolerance))):
             converged = True
             break
         rose, fell = loss > prev_loss, prev_loss - loss > e_rel * abs(loss)
@@ -309,7 +319,7 @@ def adaprox_reference(images, weights, transfer, hp, wp, peaks, sed, morph, boxe
         evaluated = True
         if not math.isfinite(loss):
             break
-        if it >= min_iter and not rose and abs(prev_loss - loss) < e_rel * abs(loss):
+        if it >= min_iter and not rose and abs(prev_loss - loss) < e_rel * abs(loss) and _settled(losses, e_rel):
             converged = True
             break
         rose = loss > prev_loss
