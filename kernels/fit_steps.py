@@ -26,8 +26,8 @@ from .operators import (prox_monotonic, prox_positive, prox_symmetric, prox_thre
                         prox_threshold_monotonic_exact, scale_nonzero_box)
 
 __all__ = ["EXACT_SWEEPS", "SUPPORT_BLOCK", "ADAPROX_BETA1", "ADAPROX_BETA2", "ADAPROX_EPS", "curvature_bound",
-           "symmetric_box", "prox_source", "support_sum", "neighbour_sums", "snapshot", "restore", "adaprox_update", "fista_update",
-           "extrapolate"]
+           "symmetric_box", "prox_source", "support_sum", "neighbour_sums", "snapshot", "restore", "adaprox_update",
+           "fista_update", "extrapolate"]
 
 #: Sweeps (out from the peak and back) of the exact monotonicity projection per step of a stalled fit, from the
 #: previous step's multipliers (:func:`prox_source`).

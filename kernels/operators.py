@@ -394,22 +394,18 @@ def nonzero_box(morph, cy, cx, y0, y1, x0, x1):
 
 
 @njit(nogil=True, cache=True)
-def _dual_step(morph, dual, y, x, cy, cx, y0, y1, x0, x1):
+def _dual_step(morph, dual, y, x, cy, cx):
     """One coordinate step of Hildreth's method on pixel (y, x)'s monotonicity constraint.
 
-    Returns the change of its dual variable (0 when the constraint is inactive and satisfied).
+    Returns the change of its dual variable (0 when the constraint is inactive and satisfied). The
+    inner neighbours of a box pixel lie in the box (:func:`_inner_neighbours`).
     """
     py, px, wp, qy, qx, wq = _inner_neighbours(y, x, cy, cx)
     a = wp / (wp + wq)
     b = wq / (wp + wq)
-    pin = py >= y0 and py < y1 and px >= x0 and px < x1
-    qin = b > 0.0 and qy >= y0 and qy < y1 and qx >= x0 and qx < x1
-    ref = 0.0
-    norm2 = 1.0
-    if pin:
-        ref += a * morph[py, px]
-        norm2 += a * a
-    if qin:
+    ref = a * morph[py, px]
+    norm2 = 1.0 + a * a
+    if b > 0.0:
         ref += b * morph[qy, qx]
         norm2 += b * b
     lam = dual[y, x]
@@ -420,9 +416,8 @@ def _dual_step(morph, dual, y, x, cy, cx, y0, y1, x0, x1):
     if d != 0.0:
         dual[y, x] = new
         morph[y, x] -= d
-        if pin:
-            morph[py, px] += a * d
-        if qin:
+        morph[py, px] += a * d
+        if b > 0.0:
             morph[qy, qx] += b * d
     return d
 
@@ -497,7 +492,7 @@ def prox_threshold_monotonic_exact(morph, dual, threshold, cy, cx, y0, y1, x0, x
                     xstep = 2 * ring
                 while x <= min(cx + ring, x1 - 1):
                     if x >= x0 and (morph[y, x] > 0.0 or dual[y, x] > 0.0):
-                        d = abs(_dual_step(morph, dual, y, x, cy, cx, y0, y1, x0, x1))
+                        d = abs(_dual_step(morph, dual, y, x, cy, cx))
                         if d > dmax:
                             dmax = d
                     x += xstep
