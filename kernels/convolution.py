@@ -17,7 +17,7 @@ import numpy as np
 import rocket_fft  # noqa: F401  (registers numpy.fft for numba)
 from numba import njit
 
-__all__ = ["block_row", "convolve_bands", "correlate_bands", "convolve_morphology"]
+__all__ = ["block_row", "convolve_bands", "correlate_bands", "convolve_morphology", "convolve_box", "convolve_components"]
 
 
 @njit(nogil=True, cache=True)
@@ -153,3 +153,44 @@ def block_row(offsets, grown, c, b, y):
     """
     gy0, gy1, gx0, gx1 = grown[c, 0], grown[c, 1], grown[c, 2], grown[c, 3]
     return offsets[c] + (b * (gy1 - gy0) + y - gy0) * (gx1 - gx0) - gx0
+
+
+@njit(nogil=True, cache=True)
+def convolve_components(morphs, boxes, components, transfer, n1, n2, radius, offsets, grown, flat, on_frame):
+    """Convolve several morphologies with every band's kernel into their blocks, in one call.
+
+    Each component ``c`` of ``components`` is convolved as :func:`convolve_box` does on the small
+    ``(n1, n2)`` grid, or, with ``on_frame``, as :func:`convolve_morphology` does on the frame's
+    padded grid ``(n1, n2) = (Hp, Wp)`` (the same values, computed the same way); the result over its
+    grown box ``grown[c]`` goes into its block of ``flat`` (the layout of :func:`block_row`).
+
+    Parameters
+    ----------
+    morphs : ndarray, shape (C, H, W), float32
+        Zero outside each component's box.
+    boxes : ndarray, shape (C, 4), int64
+        Boxes (y0, y1, x0, x1), half-open, pixels.
+    components : ndarray, shape (N,), int64
+        The components to convolve (all on grids of one size).
+    transfer : ndarray, shape (B, n1, n2 // 2 + 1), complex64
+        Transfer functions of the kernels on the ``(n1, n2)`` grid.
+    n1, n2 : int
+    radius : int
+        Kernel radius r (pixels).
+    offsets : ndarray, shape (C + 1,), int64
+    grown : ndarray, shape (C, 4), int64
+        Each component's box grown by r and clipped to the frame.
+    flat : ndarray, float32
+        The blocks, written for the components given.
+    on_frame : bool
+    """
+    nb = transfer.shape[0]
+    for i in range(components.shape[0]):
+        c = components[i]
+        gy0, gy1, gx0, gx1 = grown[c, 0], grown[c, 1], grown[c, 2], grown[c, 3]
+        block = flat[offsets[c]:offsets[c + 1]].reshape((nb, gy1 - gy0, gx1 - gx0))
+        if on_frame:
+            full = convolve_morphology(morphs[c], transfer, n1, n2)
+            block[:, :, :] = full[:, gy0:gy1, gx0:gx1]
+        else:
+            convolve_box(morphs[c], boxes[c, 0], boxes[c, 1], boxes[c, 2], boxes[c, 3], transfer, n1, n2, radius, block)

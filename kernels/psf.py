@@ -10,6 +10,7 @@ with a *difference kernel* ``D_b`` such that ``P_b ≈ D_b * P_model``
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -127,19 +128,27 @@ def psf_difference_kernels(psfs: np.ndarray, model_psf: np.ndarray, regularizati
     # centres sit at pixel (0, 0), so even grid sides are fine
     shape = tuple(next_smooth_length(max(a, b) + 2 * padding) for a, b in zip(psfs.shape[1:], model_psf.shape))
     grid_p = np.zeros((psfs.shape[0],) + shape)
-    grid_m = np.zeros(shape)
     _place_at_origin(psfs, grid_p)
-    _place_at_origin(model_psf[None], grid_m[None])
-    p_hat = np.fft.rfft2(grid_p)
-    m_hat = np.fft.rfft2(grid_m)
+    model_psf = np.ascontiguousarray(model_psf, dtype=np.float64)
+    p_hat = scipy.fft.rfft2(grid_p, workers=1)
+    p_hat *= _deconvolution_filter(model_psf.tobytes(), model_psf.shape, shape, float(regularization))[None]
+    d = np.fft.irfft2(p_hat, s=shape)
+    ph, pw = psfs.shape[1:]
+    out = np.roll(d, (ph // 2, pw // 2), axis=(1, 2))[:, :ph, :pw]  # centre (0, 0) back to (ph // 2, pw // 2)
+    return out / out.sum(axis=(1, 2), keepdims=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _deconvolution_filter(model_bytes: bytes, model_shape: tuple, shape: tuple, regularization: float) -> np.ndarray:
+    """``conj(P̂_m) / (|P̂_m|² + λ·max|P̂_m|²)`` on the ``shape`` grid (read-only), for the float64 model PSF
+    given by its bytes and shape: every blend of a run has the same model PSF, so it is made once."""
+    grid_m = np.zeros(shape)
+    _place_at_origin(np.frombuffer(model_bytes, dtype=np.float64).reshape((1,) + tuple(model_shape)), grid_m[None])
+    m_hat = scipy.fft.rfft2(grid_m, workers=1)
     power = np.abs(m_hat) ** 2
     filt = np.conj(m_hat) / (power + regularization * power.max())
-    d = np.fft.irfft2(p_hat * filt[None], s=shape)
-    ph, pw = psfs.shape[1:]
-    ys = (np.arange(ph) - ph // 2) % shape[0]
-    xs = (np.arange(pw) - pw // 2) % shape[1]
-    out = d[:, ys[:, None], xs[None, :]]
-    return out / out.sum(axis=(1, 2), keepdims=True)
+    filt.flags.writeable = False
+    return filt
 
 
 def _place_at_origin(images: np.ndarray, grid: np.ndarray) -> None:
@@ -196,14 +205,9 @@ def kernel_radius_for_tolerance(kernel: np.ndarray, tolerance: float) -> int:
     if k.ndim == 2:
         k = k[None]
     ny, nx = k.shape[-2:]
-    yy, xx = np.indices((ny, nx))
-    cheb = np.maximum(np.abs(yy - ny // 2), np.abs(xx - nx // 2))
-    radius = 0
-    for plane in k:
-        above = plane > tolerance * plane.max()
-        if above.any():
-            radius = max(radius, int(cheb[above].max()))
-    return radius
+    cheb = np.maximum(np.abs(np.arange(ny) - ny // 2)[:, None], np.abs(np.arange(nx) - nx // 2)[None, :])
+    above = (k > tolerance * k.max(axis=(1, 2), keepdims=True)).any(axis=0)
+    return int(cheb[above].max()) if above.any() else 0
 
 
 def crop_kernel(kernel: np.ndarray, radius: int, renormalize: bool = True) -> np.ndarray:

@@ -361,6 +361,37 @@ def test_init_morphology_matches_reference(symmetric):
         assert out[cy, cx] == 1.0
 
 
+def test_convolve_components_fills_each_block_as_the_single_convolutions_do():
+    """One call over several components, on the frame's grid or a small one, writes each block exactly as
+    convolve_morphology (frame) and convolve_box (small grid) give it, and no other block."""
+    from hpcblend.deblend.component_models import ComponentModels, grown_boxes
+
+    rng = np.random.default_rng(5)
+    h, w, r = 40, 44, 6
+    kernels = np.stack([_gauss2d((2 * r + 1, 2 * r + 1), s, s + 0.3) for s in (1.2, 2.0)])
+    boxes = np.array([[10, 22, 8, 19], [0, 9, 25, 40], [3, 40, 0, 44]], dtype=np.int64)
+    morphs = np.zeros((3, h, w), np.float32)
+    for c, (y0, y1, x0, x1) in enumerate(boxes):
+        morphs[c, y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0))
+    hp, wp = psf.fft_shape_for((h, w), r)
+    n = 48
+    frame_transfer = psf.kernel_transfer_function(kernels, (hp, wp))
+    small_transfer = psf.kernel_transfer_function(kernels, (n, n))
+    out = ComponentModels.zeros(grown_boxes(boxes, r, (h, w)), 2, (h, w))
+    convolution.convolve_components(morphs, boxes, np.array([0, 1]), small_transfer, n, n, r, out.offsets, out.grown,
+                                    out.flat, False)
+    assert not out.component(2).any()
+    convolution.convolve_components(morphs, boxes, np.array([2]), frame_transfer, hp, wp, r, out.offsets, out.grown,
+                                    out.flat, True)
+    for c in range(2):
+        single = np.zeros_like(out.component(c))
+        convolution.convolve_box(morphs[c], *boxes[c], small_transfer, n, n, r, single)
+        np.testing.assert_array_equal(out.component(c), single)
+    gy0, gy1, gx0, gx1 = out.grown[2]
+    frame = np.asarray(convolution.convolve_morphology(morphs[2], frame_transfer, hp, wp))
+    np.testing.assert_array_equal(out.component(2), frame[:, gy0:gy1, gx0:gx1])
+
+
 @pytest.mark.parametrize("box", [(10, 22, 8, 19), (0, 9, 25, 40), (3, 40, 0, 44)])
 def test_convolve_box_matches_frame_convolution(box):
     """A box convolved on its own small grid equals the full-frame convolution (and fftconvolve)."""

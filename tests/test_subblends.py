@@ -33,6 +33,27 @@ def test_labels_join_overlapping_grown_boxes_and_the_components_of_one_child():
     assert n == 3 and labels[0] == labels[3]
 
 
+def test_one_group_shortcut_agrees_with_the_sparse_graph_labels():
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from hpcblend.deblend.subblends import _reaches_all
+
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(300):
+        c = int(rng.integers(1, 12))
+        adjacency = rng.random((c, c)) < rng.uniform(0.05, 0.6)
+        adjacency = adjacency | adjacency.T
+        n, _ = connected_components(csr_matrix(adjacency), directed=False)
+        assert _reaches_all(adjacency) == (n == 1)
+        seen.add(n == 1)
+    assert seen == {True, False}
+    chain = np.array([[0, 10, 20 * i, 20 * i + 10] for i in range(6)])  # joined only through its neighbours
+    n, labels = sub_blend_labels(chain, np.arange(6), reach=6)
+    assert n == 1 and not labels.any()
+
+
 def test_crop_observation_weights_only_the_groups_domain():
     blend, _ = _clusters(0, n_clusters=2)
     from hpcblend.deblend.observation import build_observation

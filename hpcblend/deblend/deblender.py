@@ -21,7 +21,6 @@ from typing import Optional, Tuple
 import numpy as np
 
 from hpcblend.config import DeblendConfig
-from hpcblend.deblend.component_models import ComponentModels, grown_boxes
 from hpcblend.deblend.fitting import fit_settings
 from hpcblend.deblend.initialization import component_layout, initialize_sources
 from hpcblend.deblend.observation import DifferenceKernels, Observation, build_observation, convolve_sources
@@ -225,13 +224,10 @@ def warm_up() -> float:
                       footprint=np.ones((h, w), bool), psfs=np.array([p, p]), peaks=np.array([[7, 7]]))
     for opt in ("adaprox", "fista"):
         deblend_blend(blend, DeblendConfig(max_iter=6, optimizer=opt))
-    # kernels the tiny blend does not reach: small-grid source convolutions, batched band convolutions
+    # kernels the tiny blend does not reach: batched band convolutions (the source convolutions on small grids are
+    # the same compiled convolve_components as on the frame's grid)
     obs = build_observation(blend, DeblendConfig())
     hp, wp = obs.fft_shape
     convolution.convolve_bands(obs.images, obs.transfer, hp, wp)
     convolution.correlate_bands(obs.images, obs.transfer, hp, wp)
-    n, r = 2 * obs.kernel_radius + 3, obs.kernel_radius
-    block = ComponentModels.zeros(grown_boxes([[6, 9, 6, 9]], r, (h, w)), obs.images.shape[0], (h, w)).component(0)
-    convolution.convolve_box(obs.images[0], 6, 9, 6, 9, psf.kernel_transfer_function(obs.diff_kernels, (n, n)), n, n,
-                             r, block)
     return time.perf_counter() - t0

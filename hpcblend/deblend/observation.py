@@ -10,6 +10,7 @@ inputs and builds it; :func:`convolve_sources` convolves morphologies to every b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
@@ -45,15 +46,19 @@ class DifferenceKernels:
 
     Keys are the PSF stack's bytes (BLAKE2b) and the three deblender settings the kernels depend on
     (``model_psf_sigma``, ``psf_regularization``, ``kernel_tolerance``); a cache holds every PSF it
-    was given (a patch has one; a blend collection usually one per file).
+    was given (a patch has one; a blend collection usually one per file). A cache made for one blend alone
+    (``single=True``, what :func:`build_observation` makes when given none) is asked about one PSF stack and
+    one configuration only, so it keys them by nothing and spends no time hashing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, single: bool = False) -> None:
         self._kernels: Dict[tuple, Tuple[np.ndarray, np.ndarray, int]] = {}
         self._transfer: Dict[tuple, np.ndarray] = {}
+        self._single = bool(single)
 
-    @staticmethod
-    def _key(psfs: np.ndarray, config: DeblendConfig) -> tuple:
+    def _key(self, psfs: np.ndarray, config: DeblendConfig) -> tuple:
+        if self._single:
+            return ()
         digest = hashlib.blake2b(np.ascontiguousarray(psfs).tobytes(), digest_size=16).digest()
         return (psfs.shape, digest, float(config.model_psf_sigma), float(config.psf_regularization),
                 float(config.kernel_tolerance))
@@ -216,7 +221,7 @@ def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional
     var = np.asarray(blend.variance, dtype=np.float64)
     noise_rms = np.array([np.sqrt(np.median(var[b][good[b]])) for b in range(images.shape[0])])
     psfs = _check_psfs(blend)
-    cache = kernels if kernels is not None else DifferenceKernels()
+    cache = kernels if kernels is not None else DifferenceKernels(single=True)
     diff_kernels, model_psf, key = cache.kernels(psfs, config)
     radius = diff_kernels.shape[-1] // 2
     fft_shape = psf.fft_shape_for(images.shape[1:], radius)
@@ -254,18 +259,27 @@ def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: np.ndarray) ->
     r = obs.kernel_radius
     frame = morphs.shape[1:]
     out = ComponentModels.zeros(grown_boxes(boxes, r, frame), obs.images.shape[0], frame)
-    for k in range(morphs.shape[0]):
-        y0, y1, x0, x1 = (int(v) for v in boxes[k])
+    by_side: Dict[int, list] = {}  # grid side → components (0: the frame's grid)
+    for k, (y0, y1, x0, x1) in enumerate(np.asarray(boxes).tolist()):
         if y1 <= y0 or x1 <= x0:
             continue
-        block = out.component(k)
-        n = psf.next_smooth_length(max(y1 - y0, x1 - x0) + 2 * r, SMALL_GRID_PRIMES)
-        if SMALL_GRID_AREA_DIVISOR * n * n >= hp * wp:
-            gy0, gy1, gx0, gx1 = out.grown[k]
-            block[...] = convolution.convolve_morphology(morphs[k], obs.transfer, hp, wp)[:, gy0:gy1, gx0:gx1]
-            continue
-        transfer = obs.box_transfer.get(n)
-        if transfer is None:
-            transfer = obs.box_transfer[n] = obs.transfer_on((n, n))
-        convolution.convolve_box(morphs[k], y0, y1, x0, x1, transfer, n, n, r, block)
+        n = _small_grid_side(max(y1 - y0, x1 - x0) + 2 * r)
+        by_side.setdefault(0 if SMALL_GRID_AREA_DIVISOR * n * n >= hp * wp else n, []).append(k)
+    boxes = np.ascontiguousarray(boxes, dtype=np.int64)
+    for n, components in by_side.items():
+        if n == 0:
+            transfer, n1, n2 = obs.transfer, hp, wp
+        else:
+            transfer = obs.box_transfer.get(n)
+            if transfer is None:
+                transfer = obs.box_transfer[n] = obs.transfer_on((n, n))
+            n1 = n2 = n
+        convolution.convolve_components(morphs, boxes, np.array(components, dtype=np.int64), transfer, n1, n2, r,
+                                        out.offsets, out.grown, out.flat, n == 0)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _small_grid_side(n: int) -> int:
+    """:func:`hpcblend.kernels.psf.next_smooth_length` on the :data:`SMALL_GRID_PRIMES` ladder (cached)."""
+    return psf.next_smooth_length(n, SMALL_GRID_PRIMES)

@@ -109,6 +109,19 @@ def _grown(boxes: np.ndarray, reach: int) -> np.ndarray:
     return b
 
 
+def _reaches_all(adjacency: np.ndarray) -> bool:
+    """True when every node of the (C, C) symmetric bool ``adjacency`` is reachable from node 0 (one group)."""
+    if len(adjacency) == 0:
+        return False
+    reached = adjacency[0].copy()
+    reached[0] = True
+    while True:
+        grown = adjacency[reached].any(axis=0) | reached
+        if grown.all() or (grown == reached).all():
+            return bool(grown.all())
+        reached = grown
+
+
 def sub_blend_labels(boxes: np.ndarray, owner: np.ndarray, reach: int) -> Tuple[int, np.ndarray]:
     """Group components whose boxes, each grown by ``reach``, overlap (transitively).
 
@@ -132,6 +145,8 @@ def sub_blend_labels(boxes: np.ndarray, owner: np.ndarray, reach: int) -> Tuple[
     overlap = ((b[:, None, 0] < b[None, :, 1]) & (b[None, :, 0] < b[:, None, 1])
                & (b[:, None, 2] < b[None, :, 3]) & (b[None, :, 2] < b[:, None, 3]))
     overlap |= np.asarray(owner)[:, None] == np.asarray(owner)[None, :]
+    if _reaches_all(overlap):  # the usual case inside one footprint; no sparse graph to build
+        return 1, np.zeros(len(b), dtype=np.int64)
     n, labels = connected_components(csr_matrix(overlap), directed=False)
     _, first = np.unique(labels, return_index=True)
     renumber = np.empty(n, dtype=np.int64)
