@@ -74,6 +74,10 @@ def test_bench_deblend_beside_reference(blend_files, tmp_path, capfd):
         assert ref["total_s"] > 0 and ref["exceptions"] == 0 and ref["iterations_total"] > 0
         cmp_ = report["comparison"]
         assert cmp_["total_wall_ratio"] == pytest.approx(ref["total_s"] / report["summary"]["total_s"])
+        summary = report["summary"]
+        assert cmp_["init_fit_ratio"] == pytest.approx((ref["init_s"] + ref["fit_s"])
+                                                       / (summary["init_s"] + summary["fit_s"]))
+        assert summary["init_s"] + summary["fit_s"] < summary["total_s"]  # the measurement is in the total only
         assert cmp_["per_blend_wall_ratio"]["n"] == len(blend_files)
         assert cmp_["flux_ratio"]["n"] >= 4  # 2 + 3 children, one may have no flux in one of the two
         assert 0.5 < cmp_["flux_ratio"]["median"] < 2.0
