@@ -132,7 +132,7 @@ def psf_difference_kernels(psfs: np.ndarray, model_psf: np.ndarray, regularizati
     model_psf = np.ascontiguousarray(model_psf, dtype=np.float64)
     p_hat = scipy.fft.rfft2(grid_p, workers=1)
     p_hat *= _deconvolution_filter(model_psf.tobytes(), model_psf.shape, shape, float(regularization))[None]
-    d = np.fft.irfft2(p_hat, s=shape)
+    d = np.fft.irfft2(p_hat, s=shape)  # numpy's c2r (scipy's rounds the last bit differently): the kernels as before
     ph, pw = psfs.shape[1:]
     out = np.roll(d, (ph // 2, pw // 2), axis=(1, 2))[:, :ph, :pw]  # centre (0, 0) back to (ph // 2, pw // 2)
     return out / out.sum(axis=(1, 2), keepdims=True)
