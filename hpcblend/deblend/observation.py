@@ -258,14 +258,14 @@ def convolve_sources(morphs: np.ndarray, obs: Observation, boxes: np.ndarray) ->
     hp, wp = obs.fft_shape
     r = obs.kernel_radius
     frame = morphs.shape[1:]
+    boxes = np.ascontiguousarray(boxes, dtype=np.int64)
     out = ComponentModels.zeros(grown_boxes(boxes, r, frame), obs.images.shape[0], frame)
     by_side: Dict[int, list] = {}  # grid side → components (0: the frame's grid)
-    for k, (y0, y1, x0, x1) in enumerate(np.asarray(boxes).tolist()):
+    for k, (y0, y1, x0, x1) in enumerate(boxes.tolist()):
         if y1 <= y0 or x1 <= x0:
             continue
         n = _small_grid_side(max(y1 - y0, x1 - x0) + 2 * r)
         by_side.setdefault(0 if SMALL_GRID_AREA_DIVISOR * n * n >= hp * wp else n, []).append(k)
-    boxes = np.ascontiguousarray(boxes, dtype=np.int64)
     for n, components in by_side.items():
         if n == 0:
             transfer, n1, n2 = obs.transfer, hp, wp
