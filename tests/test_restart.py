@@ -5,8 +5,8 @@ timeout, not a stuck suite), interrupts it, resumes, and compares the catalog
 with an uninterrupted run's row for row.
 """
 
-import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from hpcblend.io.catalog import read_table
+from rank_kill import kill_rank_in_a_unit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WRAPPER = os.path.join(ROOT, "bin", "hpcblend-mpirun")
@@ -82,30 +83,28 @@ def test_kill_one_rank_then_resume_gives_identical_catalog(tmp_path, shared_data
     out = str(tmp_path / "killed.h5")
     proc = subprocess.Popen([WRAPPER, "-n", "2", "run", job, "--output", out], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    inflight = out + ".log/rank_1.inflight"
-    victim = None
+    marker = out + ".log/rank_1.inflight"
+    killed = None
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if _rounds(out) >= 2 and os.path.exists(inflight):
-            try:
-                rec = json.load(open(inflight))
-            except ValueError:
-                continue
-            if rec.get("unit"):
-                victim = rec["pid"]
-                os.kill(victim, signal.SIGKILL)
+        if _rounds(out) >= 2:
+            killed = kill_rank_in_a_unit(marker)  # stopped, re-read, killed only inside the unit it names
+            if killed is not None:
                 break
         time.sleep(0.02)
     text, _ = proc.communicate(timeout=120)
-    assert victim is not None, "the run ended before a rank could be killed:\n" + text[-3000:]
+    assert killed is not None, "the run ended before a rank could be killed:\n" + text[-3000:]
     assert proc.returncode != 0
-    assert "rank 1" in text and "was working on unit" in text, text[-3000:]
+    lost = rf"hpcblend-mpirun: rank 1 \([^)]*pid {killed['pid']}\) was working on unit {re.escape(killed['path'])} "
+    assert re.search(lost, text), text[-3000:]
     rounds_before = _rounds(out)
     assert rounds_before >= 2
     r = subprocess.run([WRAPPER, "-n", "2", "run", job, "--output", out, "--resume"], env=_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "did not finish it" in r.stderr  # the resumed run reports the unit lost in the kill
+    # the resumed run reports the unit lost in the kill
+    assert re.search(rf"previous run: rank 1 .* was working on {re.escape(killed['path'])} since .* did not finish it",
+                     r.stderr), r.stderr[-3000:]
     _compare(out, _reference(tmp_path, job))
 
 

@@ -17,10 +17,8 @@ a hang fails the test instead of blocking the run.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 import pytest
 
 from hpcblend.io.catalog import read_json_group, read_table
+from rank_kill import kill_rank_in_a_unit
 from test_slurm import (JOB_TIMEOUT, LOCAL_SLURM, REPO, Cluster, _direct_run, _sbin_path, assert_same_rows,
                         require_local_slurm)
 
@@ -109,45 +108,14 @@ def _wait_until(cluster: Cluster, jid: int, ready, what: str) -> None:
         time.sleep(0.02)
 
 
-def _read_marker(path: Path) -> dict | None:
-    """An in-flight marker's record; None while it is missing, empty or half-written."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _proc_state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "gone"
-
-
 def _kill_rank_1_in_a_unit(marker: Path) -> dict | None:
-    """If rank 1 is inside a unit: SIGKILL it there and return its marker's record, else None.
+    """If rank 1 is inside a unit: SIGKILL it there (after checking it runs on n2) and return its marker's record."""
 
-    The rank is stopped (SIGSTOP) before its marker is read again, so the unit the record names is
-    the one it dies in (a rank between two units rewrites the marker); one not inside a unit
-    after all is let go on (SIGCONT).
-    """
-    rec = _read_marker(marker)
-    if not rec or not rec.get("unit"):
-        return None
-    pid = int(rec["pid"])
-    os.kill(pid, signal.SIGSTOP)
-    t0 = time.monotonic()
-    while _proc_state(pid) not in ("T", "t", "gone") and time.monotonic() - t0 < 2:
-        time.sleep(0.001)
-    rec = _read_marker(marker)
-    if rec and rec.get("unit") and int(rec["pid"]) == pid:
-        # the process really is the rank on n2 (Slurm's node name in its environment)
+    def on_n2(pid: int) -> None:  # the process really is the rank on n2 (Slurm's node name in its environment)
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert b"SLURMD_NODENAME=n2" in environ, f"pid {pid} of rank 1 does not run on n2"
-        os.kill(pid, signal.SIGKILL)
-        return rec
-    os.kill(pid, signal.SIGCONT)
-    return None
+
+    return kill_rank_in_a_unit(marker, check=on_n2)
 
 
 def test_two_node_multi_node_sbatch_matches_direct_run(two_node_cluster, tract_reference):
