@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from hpcblend.analysis.bench import load_scarlet_lite
+from hpcblend.analysis.bench import FAR_WORSE_CHI2_FACTOR, _far_worse_fits, load_scarlet_lite
 from hpcblend.cli import main
 from hpcblend.io.blends import write_blend
 from hpcblend.simulate.synthetic import make_synthetic_blend
@@ -84,8 +84,33 @@ def test_bench_deblend_beside_reference(blend_files, tmp_path, capfd):
         for row in report["blends"]:
             assert row["ref_wall"] > 0 and np.isfinite(row["ref_chi2_per_pixel"])
         assert "scarlet_lite/hpcblend" in text and "largest blend" in text
+        fw = cmp_["far_worse_fits"]
+        assert fw["rest_n"] + fw["scarlet_lite"]["n"] + fw["hpcblend"]["n"] == len(blend_files)
+        assert "the other's chi2/px" in text
     else:
         _check_notice(report, text)
+
+
+def test_far_worse_fits_are_counted_both_ways_and_left_out_of_the_like_for_like_ratio():
+    def row(chi2, ref_chi2, wall, ref_wall):
+        return dict(chi2_per_pixel=chi2, ref_chi2_per_pixel=ref_chi2, wall=wall, ref_wall=ref_wall)
+
+    f = FAR_WORSE_CHI2_FACTOR
+    rows = [row(1.0, 1.1, 1.0, 10.0),             # alike
+            row(1.2, 1.0, 2.0, 12.0),             # alike
+            row(1.0, 1.01 * f, 3.0, 0.5),         # scarlet_lite stopped early and wrong
+            row(2.0, float("nan"), 1.0, 0.1),     # scarlet_lite's chi2 not finite: far worse too
+            row(1.01 * f * 1.5, 1.5, 4.0, 9.0),   # hpcblend far worse
+            row(float("nan"), float("nan"), 1.0, 1.0)]  # neither finite: neither far worse
+    fw = _far_worse_fits(rows)
+    assert fw["factor"] == f
+    assert fw["scarlet_lite"] == dict(n=2, hpcblend_s=4.0, scarlet_lite_s=0.6)
+    assert fw["hpcblend"] == dict(n=1, hpcblend_s=4.0, scarlet_lite_s=9.0)
+    assert fw["rest_n"] == 3
+    assert fw["rest_wall_ratio"] == pytest.approx((10.0 + 12.0 + 1.0) / (1.0 + 2.0 + 1.0))
+    at_the_factor = _far_worse_fits([row(1.0, f, 1.0, 2.0)])  # "more than" the factor, not "at"
+    assert at_the_factor["scarlet_lite"]["n"] == 0 and at_the_factor["rest_n"] == 1
+    assert np.isnan(_far_worse_fits([row(1.0, 3 * f, 1.0, 2.0)])["rest_wall_ratio"])
 
 
 def _check_notice(report, text):
