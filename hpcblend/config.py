@@ -202,8 +202,10 @@ class DeblendConfig:
     min_iter, max_iter : int
         Iteration bounds.
     bg_thresh : float
-        Morphologies are thresholded at ``bg_thresh × σ`` of each source's optimal band combination (0
-        disables).
+        Morphologies are thresholded at ``bg_thresh × σ`` of each source's optimal band combination during the
+        fit (0 disables). 0.5, not scarlet's 1: at 1σ per pixel a galaxy's faint wings were cut (profiling/README).
+    init_bg_thresh : float
+        The initial morphologies' threshold, × σ of the detection image (scarlet_lite's ``initial_bg_thresh``).
     monotonic, symmetric : bool
         Morphology constraints. ``symmetric`` is point symmetry about the peak *pixel* (the Euclidean
         projection, Melchior et al. 2018, Sect. 2.3), without scarlet's sub-pixel centring: a bright source
@@ -214,10 +216,9 @@ class DeblendConfig:
         compact core plus a halo, each with its own SED (scarlet_lite's two-component sources for bright
         objects, e.g. bulge and disk); its child is their sum.
     multi_component_snr : float
-        Detection-image S/N at the peak above which a source gets two components. 500 (measured):
-        hsc_cosmos_35's two bright galaxies (S/N 1512 and 568) get a core, which takes its chi2/pixel from 1.34
-        to 1.27; lower thresholds gave no better chi2 there but more cost on the 164 HSC blends and more flux
-        swapping between close single-profile sources in the synthetic tests.
+        Detection-image S/N at the peak above which a source gets two components. 500 (measured): hsc_cosmos_35's
+        two bright galaxies (S/N 1512, 568) get a core (chi2/pixel 1.34 → 1.27); lower thresholds cost more on the
+        164 HSC blends and swap more flux between close single-profile sources in the synthetic tests.
     core_fraction : float
         The core starts as the source's initial morphology where it is above this fraction of its peak.
     init_symmetric : bool
@@ -252,12 +253,10 @@ class DeblendConfig:
     max_area_times_peaks : float
         Blends with ``footprint_area × n_peaks`` above this are skipped (``flag_skipped_too_large``).
     max_model_memory_mb : float
-        Blends whose model arrays would need more than this many MB are skipped (``flag_skipped_too_large``):
-        the fit holds ``(components, H, W)`` float32 arrays over the blend's frame
-        (:func:`hpcblend.deblend.result.model_memory_bytes`: ~250 MB for 94 peaks on 295 × 324 px), so memory
-        grows as peaks × frame area; a parent that would exhaust a rank's memory becomes a flagged row instead
-        of killing the rank (which stops the job, and ``--resume`` would meet the same parent again). Size it
-        to the memory per rank (Slurm ``--mem-per-cpu``) less the patch's own arrays.
+        Blends whose ``(components, H, W)`` float32 model arrays would need more MB are skipped
+        (``flag_skipped_too_large``; :func:`hpcblend.deblend.result.model_memory_bytes`: ~250 MB for 94 peaks on
+        295 × 324 px), a flagged row instead of a killed rank that ``--resume`` would meet again. Size it to the
+        memory per rank (Slurm ``--mem-per-cpu``) less the patch's own arrays.
     sub_blends : bool
         Fit groups of sources whose models cannot meet (boxes farther apart than the PSF-difference kernel
         reaches) as independent sub-blends, each on its own crop and to its own convergence
@@ -277,7 +276,8 @@ class DeblendConfig:
     e_rel: float = 1e-3
     min_iter: int = 5
     max_iter: int = 300
-    bg_thresh: float = 1.0
+    bg_thresh: float = 0.5
+    init_bg_thresh: float = 1.0
     monotonic: bool = True
     symmetric: bool = False
     max_components: int = 2
@@ -464,9 +464,9 @@ _NON_NEGATIVE = {("run", "numba_threads"), ("run", "write_every_units"), ("profi
                  ("profile", "gallery_flagged"), ("profile", "gallery_slowest"),
                  ("input", "patch_overlap"), ("input", "tract"), ("detect", "grow"), ("detect", "pad"),
                  ("detect", "min_peak_separation"), ("detect", "min_prominence"), ("measure", "forced_pad"),
-                 ("deblend", "min_iter"), ("deblend", "bg_thresh"), ("deblend", "box_margin"),
-                 ("deblend", "sed_ridge"), ("deblend", "init_deconvolve"), ("deblend", "psf_regularization"),
-                 ("deblend", "slope_peak_ratio"), ("deblend", "slope_peak_box"),
+                 ("deblend", "min_iter"), ("deblend", "bg_thresh"), ("deblend", "init_bg_thresh"),
+                 ("deblend", "box_margin"), ("deblend", "sed_ridge"), ("deblend", "init_deconvolve"),
+                 ("deblend", "psf_regularization"), ("deblend", "slope_peak_ratio"), ("deblend", "slope_peak_box"),
                  ("deblend", "slope_peak_resolved_snr")}
 
 

@@ -248,3 +248,11 @@ def test_keep_freed_memory_setting():
     assert job.run.keep_freed_memory is False
     with pytest.raises(ConfigError, match="keep_freed_memory"):
         job_from_dict(apply_overrides({"input": {"kind": "demo"}}, ["run.keep_freed_memory=[1]"]))
+
+
+def test_negative_morphology_thresholds_name_their_key():
+    for key in ("deblend.bg_thresh", "deblend.init_bg_thresh"):
+        with pytest.raises(ConfigError, match=f"key '{key}': must be >= 0"):
+            default_job((f"{key}=-1",))
+    job = default_job(("deblend.init_bg_thresh=2.0",))
+    assert job.deblend.init_bg_thresh == 2.0 and job.deblend.bg_thresh == 0.5

@@ -3,7 +3,7 @@
 scarlet's initialisation (Melchior et al. 2018, Sect. 3.1, as scarlet_lite does it): every peak
 starts as a source whose morphology is cut from the detection image ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²``
 (optionally deconvolved to the model frame), made monotonic (and symmetric) about its peak, above
-``bg_thresh`` times the detection noise; SEDs come from one joint non-negative least-squares fit
+``init_bg_thresh`` times the detection noise; SEDs come from one joint non-negative least-squares fit
 per band. A peak whose detection S/N reaches ``multi_component_snr`` gets a second, compact
 *core* component (:func:`component_layout`).
 """
@@ -124,11 +124,11 @@ def _detection_image(obs: Observation, config: DeblendConfig) -> Tuple[np.ndarra
     The detection image (:func:`detection_image`) lives in the observed frame, morphologies in
     the model frame (model PSF): with ``init_deconvolve > 0`` it is deconvolved by the band-weighted
     difference kernel (Tikhonov) for the *shapes*, keeping the support where the observed detection
-    image is above the threshold ``bg_thresh × σ_det``.
+    image is above the threshold ``init_bg_thresh × σ_det``.
     """
     h, w = obs.images.shape[1:]
     detect, sigma_det = detection_image(obs)
-    threshold = config.bg_thresh * sigma_det
+    threshold = config.init_bg_thresh * sigma_det
     if config.init_deconvolve > 0:
         hp, wp = obs.fft_shape
         band_weight = 1.0 / obs.noise_rms ** 2
@@ -148,7 +148,7 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
 
     Morphologies come from the detection image ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²``
     via :func:`hpcblend.kernels.initialization.init_morphology` (threshold
-    ``bg_thresh × σ_det``); SEDs from a joint non-negative least-squares fit
+    ``init_bg_thresh × σ_det``); SEDs from a joint non-negative least-squares fit
     per band (:func:`hpcblend.kernels.initialization.fit_seds`).
 
     Parameters
