@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from hpcblend.analysis.bench import FAR_WORSE_CHI2_FACTOR, _far_worse_fits, load_scarlet_lite
+from hpcblend.analysis.bench import FAR_WORSE_CHI2_FACTOR, _far_worse_fits, _far_worse_line, load_scarlet_lite
 from hpcblend.cli import main
 from hpcblend.io.blends import write_blend
 from hpcblend.simulate.synthetic import make_synthetic_blend
@@ -110,7 +110,13 @@ def test_far_worse_fits_are_counted_both_ways_and_left_out_of_the_like_for_like_
     assert fw["rest_wall_ratio"] == pytest.approx((10.0 + 12.0 + 1.0) / (1.0 + 2.0 + 1.0))
     at_the_factor = _far_worse_fits([row(1.0, f, 1.0, 2.0)])  # "more than" the factor, not "at"
     assert at_the_factor["scarlet_lite"]["n"] == 0 and at_the_factor["rest_n"] == 1
-    assert np.isnan(_far_worse_fits([row(1.0, 3 * f, 1.0, 2.0)])["rest_wall_ratio"])
+    none_left = _far_worse_fits([row(1.0, 3 * f, 1.0, 2.0)])
+    assert np.isnan(none_left["rest_wall_ratio"]) and none_left["rest_n"] == 0
+    assert _far_worse_line(none_left).endswith("; no other blend to compare")
+    line = _far_worse_line(fw)
+    assert "scarlet_lite on 2 blends (scarlet_lite 0.600 s, hpcblend 4.000 s there)" in line
+    assert "hpcblend on 1 (hpcblend 4.000 s, scarlet_lite 9.000 s)" in line
+    assert line.endswith("total wall ratio over the other 3 blends 5.75x")
 
 
 def _check_notice(report, text):

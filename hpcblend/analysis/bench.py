@@ -264,6 +264,16 @@ def _far_worse_fits(both: Sequence[dict]) -> dict:
                 rest_n=rest["n"], rest_wall_ratio=ratio)
 
 
+def _far_worse_line(fw: dict) -> str:
+    """The report's line of :func:`_far_worse_fits`' figures."""
+    ref, hp = fw["scarlet_lite"], fw["hpcblend"]
+    rest = (f"total wall ratio over the other {fw['rest_n']} blends {_fmt(fw['rest_wall_ratio'], '.2f')}x"
+            if fw["rest_n"] else "no other blend to compare")
+    return (f"fits ending at > {fw['factor']:g}x the other's chi2/px: scarlet_lite on {ref['n']} blends "
+            f"(scarlet_lite {ref['scarlet_lite_s']:.3f} s, hpcblend {ref['hpcblend_s']:.3f} s there), hpcblend on "
+            f"{hp['n']} (hpcblend {hp['hpcblend_s']:.3f} s, scarlet_lite {hp['scarlet_lite_s']:.3f} s); {rest}")
+
+
 def _reference_runner(reference: Optional[str], config: DeblendConfig, note: Callable[[str], None]):
     if reference is None:
         return None, None
@@ -415,12 +425,7 @@ def format_report(report: dict, top: int = 10) -> list:
     lb = c["largest_blend"]
     lines.append(f"largest blend {lb['file']} ({lb['n_peaks']} peaks, area {lb['area']}): hpcblend "
                  f"{lb['hpcblend_s']:.3f} s, scarlet_lite {lb['scarlet_lite_s']:.3f} s, ratio {lb['ratio']:.2f}x")
-    fw = c["far_worse_fits"]
-    lines.append(f"fits ending at > {fw['factor']:g}x the other's chi2/px: scarlet_lite on {fw['scarlet_lite']['n']} "
-                 f"blends (scarlet_lite {fw['scarlet_lite']['scarlet_lite_s']:.3f} s, hpcblend "
-                 f"{fw['scarlet_lite']['hpcblend_s']:.3f} s there), hpcblend on {fw['hpcblend']['n']} (hpcblend "
-                 f"{fw['hpcblend']['hpcblend_s']:.3f} s, scarlet_lite {fw['hpcblend']['scarlet_lite_s']:.3f} s); total wall "
-                 f"ratio over the other {fw['rest_n']} blends {_fmt(fw['rest_wall_ratio'], '.2f')}x")
+    lines.append(_far_worse_line(c["far_worse_fits"]))
     both("chi2/px median", hp["chi2_median"], ref["chi2_median"], ratio=False)
     both("chi2/px p90", hp["chi2_p90"], ref["chi2_p90"], ratio=False)
     both("iterations total", hp["iterations_total"], ref["iterations_total"], spec=".0f", ratio=False)
