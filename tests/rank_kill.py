@@ -8,19 +8,12 @@ the marker again, and kills it only if it is still inside the unit the marker na
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from pathlib import Path
 
-
-def read_marker(path) -> dict | None:
-    """An in-flight marker's record; None while it is missing, empty or half-written."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
+from hpcblend.parallel.markers import inflight_units
 
 
 def proc_state(pid: int) -> str:
@@ -31,20 +24,23 @@ def proc_state(pid: int) -> str:
         return "gone"
 
 
-def kill_rank_in_a_unit(marker, check=None) -> dict | None:
-    """If the marker's rank is inside a unit: SIGKILL it there and return the marker's record, else None.
+def kill_rank_in_a_unit(out, rank: int, check=None) -> dict | None:
+    """If ``rank`` of the run writing ``out`` is inside a unit: SIGKILL it there and return its marker's record.
 
     The rank is stopped (SIGSTOP) before its marker is read again, so the unit the record names is
-    the one it dies in; one not inside a unit after all is let go on (SIGCONT).
+    the one it dies in; one not inside a unit after all is let go on (SIGCONT) and None is returned.
+    Markers are read with :func:`hpcblend.parallel.markers.inflight_units` (a missing or half-written
+    one counts as none).
 
     Parameters
     ----------
-    marker : str or Path
-        The rank's ``rank_<r>.inflight``.
+    out : str or Path
+        The run's catalog (its markers are in ``<out>.log``).
+    rank : int
     check : callable, optional
         Called with the stopped process's pid before the kill (an assertion on where it runs).
     """
-    rec = read_marker(marker)
+    rec = inflight_units(str(out)).get(rank)
     if not rec or not rec.get("unit"):
         return None
     pid = int(rec["pid"])
@@ -52,7 +48,7 @@ def kill_rank_in_a_unit(marker, check=None) -> dict | None:
     t0 = time.monotonic()
     while proc_state(pid) not in ("T", "t", "gone") and time.monotonic() - t0 < 2:
         time.sleep(0.001)
-    rec = read_marker(marker)
+    rec = inflight_units(str(out)).get(rank)
     if rec and rec.get("unit") and int(rec["pid"]) == pid:
         if check is not None:
             check(pid)

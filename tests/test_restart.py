@@ -83,12 +83,11 @@ def test_kill_one_rank_then_resume_gives_identical_catalog(tmp_path, shared_data
     out = str(tmp_path / "killed.h5")
     proc = subprocess.Popen([WRAPPER, "-n", "2", "run", job, "--output", out], env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    marker = out + ".log/rank_1.inflight"
     killed = None
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if _rounds(out) >= 2:
-            killed = kill_rank_in_a_unit(marker)  # stopped, re-read, killed only inside the unit it names
+            killed = kill_rank_in_a_unit(out, 1)  # stopped, re-read, killed only inside the unit it names
             if killed is not None:
                 break
         time.sleep(0.02)

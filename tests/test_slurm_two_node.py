@@ -108,14 +108,14 @@ def _wait_until(cluster: Cluster, jid: int, ready, what: str) -> None:
         time.sleep(0.02)
 
 
-def _kill_rank_1_in_a_unit(marker: Path) -> dict | None:
+def _kill_rank_1_in_a_unit(cat: Path) -> dict | None:
     """If rank 1 is inside a unit: SIGKILL it there (after checking it runs on n2) and return its marker's record."""
 
     def on_n2(pid: int) -> None:  # the process really is the rank on n2 (Slurm's node name in its environment)
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         assert b"SLURMD_NODENAME=n2" in environ, f"pid {pid} of rank 1 does not run on n2"
 
-    return kill_rank_in_a_unit(marker, check=on_n2)
+    return kill_rank_in_a_unit(cat, 1, check=on_n2)
 
 
 def test_two_node_multi_node_sbatch_matches_direct_run(two_node_cluster, tract_reference):
@@ -150,13 +150,12 @@ def test_two_node_rank_lost_on_n2_then_resume_gives_the_same_catalog(two_node_cl
     run_dir = c.run_dir(name, jid)
     cat = run_dir / "catalog.h5"
     rank0 = run_dir / "logs" / "rank_0.log"
-    marker = Path(f"{cat}.log") / "rank_1.inflight"
     killed = {}
 
     def kill_when_ready() -> bool:  # two write rounds in the catalog, and rank 1 inside a unit
         if not (rank0.exists() and "round 2 written" in rank0.read_text(errors="replace")):
             return False
-        killed["rec"] = _kill_rank_1_in_a_unit(marker)
+        killed["rec"] = _kill_rank_1_in_a_unit(cat)
         return killed["rec"] is not None
 
     _wait_until(c, jid, kill_when_ready, "rank 1 was killed inside a unit after two write rounds")
