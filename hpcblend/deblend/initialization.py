@@ -61,14 +61,26 @@ def detection_image(obs: Observation) -> Tuple[np.ndarray, float]:
     return detect.astype(np.float32), float(1.0 / np.sqrt(band_weight.sum()))
 
 
+def _band_weighted_sum(band_weight: np.ndarray, planes: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """``Σ_b w_b planes_b`` over the first axis of ``planes`` (B, ...), accumulated band by band in ``dtype``.
+
+    Not ``np.tensordot``: a BLAS product splits its sums by the BLAS thread count (a Slurm job sets it to
+    ``--cpus-per-task``), and the last bits it changes reached 4e-5 of a fitted flux on real HSC blends.
+    """
+    total = np.zeros(planes.shape[1:], dtype=dtype)
+    for b in range(planes.shape[0]):
+        total += dtype(band_weight[b]) * planes[b].astype(dtype, copy=False)
+    return total
+
+
 def _band_mean(images: np.ndarray, has_data: np.ndarray, band_weight: np.ndarray) -> np.ndarray:
     """:func:`detection_image`'s band-weighted mean over the bands with data, float64, for pixels laid out as
     ``images`` (B, ...) with ``has_data`` (B, ...) bool: whole frames or selected pixels alike."""
     total = band_weight.sum()
-    mean = np.tensordot(band_weight, images, axes=1) / total
+    mean = _band_weighted_sum(band_weight, images) / total
     partial = has_data.any(axis=0) & ~has_data.all(axis=0)
     if partial.any():
-        mean[partial] *= total / np.tensordot(band_weight, has_data[:, partial], axes=1)
+        mean[partial] *= total / _band_weighted_sum(band_weight, has_data[:, partial])
     return mean
 
 
@@ -132,7 +144,7 @@ def _detection_image(obs: Observation, config: DeblendConfig) -> Tuple[np.ndarra
     if config.init_deconvolve > 0:
         hp, wp = obs.fft_shape
         band_weight = 1.0 / obs.noise_rms ** 2
-        t = np.tensordot((band_weight / band_weight.sum()).astype(np.float32), obs.transfer, axes=1)
+        t = _band_weighted_sum((band_weight / band_weight.sum()).astype(np.float32), obs.transfer, np.complex64)
         spec = scipy.fft.rfft2(detect, s=(hp, wp), workers=1)
         power = (t.real ** 2 + t.imag ** 2).astype(np.float32)
         spec *= np.conj(t) / (power + np.float32(config.init_deconvolve))

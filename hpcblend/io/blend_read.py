@@ -192,7 +192,7 @@ def _psfs(path: str, psfs: np.ndarray, band_names: tuple, tolerance: float) -> t
     cy, cx = (psfs.shape[1] - 1) / 2.0, (psfs.shape[2] - 1) / 2.0
     yy = np.arange(psfs.shape[1], dtype=np.float64) - cy
     xx = np.arange(psfs.shape[2], dtype=np.float64) - cx
-    return psfs, np.stack([psfs.sum(axis=2) @ yy, psfs.sum(axis=1) @ xx], axis=1)
+    return psfs, np.stack([(psfs.sum(axis=2) * yy).sum(axis=1), (psfs.sum(axis=1) * xx).sum(axis=1)], axis=1)
 
 
 def _clean_pixels(path: str, m: dict, mask: np.ndarray, footprint: np.ndarray, band_names: tuple) -> tuple:
