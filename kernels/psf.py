@@ -1,6 +1,9 @@
 """PSF kernels: the Gaussian model PSF and per-band PSF-difference kernels.
 
-Plain NumPy (these run once per blend, outside the fit loop).
+Plain NumPy (these run once per blend, outside the fit loop), except the deconvolution of
+:func:`psf_difference_kernels`, which runs compiled (Numba + rocket-fft) in one call: its numpy and
+scipy transforms on 60² grids cost Python overhead five times their arithmetic (tested against
+:func:`psf_difference_kernels_reference`).
 
 The deblender models every source at a common, narrow *model PSF*
 ``P_model`` (a circular Gaussian) and maps the model into each observed band
@@ -14,13 +17,16 @@ import functools
 import math
 
 import numpy as np
+import rocket_fft  # noqa: F401  (registers numpy.fft for numba)
 import scipy.fft
 import scipy.special
+from numba import njit
 
 __all__ = [
     "gaussian_psf",
     "psf_difference_kernel",
     "psf_difference_kernels",
+    "psf_difference_kernels_reference",
     "kernel_radius_for_tolerance",
     "crop_kernel",
     "fft_shape_for",
@@ -66,12 +72,12 @@ def gaussian_psf(size: int, sigma: float = 0.8) -> np.ndarray:
     return psf / psf.sum()
 
 
-def _pad_centered(image: np.ndarray, shape: tuple) -> np.ndarray:
-    """Zero-pad and/or centre-crop an odd-sided image to odd ``shape`` keeping its centre pixel."""
-    out = np.zeros(shape, dtype=np.float64)
+def _pad_centered(images: np.ndarray, shape: tuple) -> np.ndarray:
+    """Zero-pad and/or centre-crop odd-sided images (..., h, w) to odd ``shape`` keeping their centre pixel."""
+    out = np.zeros(images.shape[:-2] + tuple(shape), dtype=np.float64)
     src = []
     dst = []
-    for n_in, n_out in zip(image.shape, shape):
+    for n_in, n_out in zip(images.shape[-2:], shape):
         if n_in <= n_out:
             o = (n_out - n_in) // 2
             src.append(slice(0, n_in))
@@ -80,7 +86,7 @@ def _pad_centered(image: np.ndarray, shape: tuple) -> np.ndarray:
             o = (n_in - n_out) // 2
             src.append(slice(o, o + n_out))
             dst.append(slice(0, n_out))
-    out[tuple(dst)] = image[tuple(src)]
+    out[(Ellipsis,) + tuple(dst)] = images[(Ellipsis,) + tuple(src)]
     return out
 
 
@@ -120,22 +126,65 @@ def psf_difference_kernels(psfs: np.ndarray, model_psf: np.ndarray, regularizati
     ValueError
         If the PSF stack is not 3-D or an image does not have odd sides.
     """
-    psfs = np.asarray(psfs, dtype=np.float64)
+    psfs, model_psf, shape = _difference_grid(psfs, model_psf, padding)
+    filt = _deconvolution_filter(model_psf.tobytes(), model_psf.shape, shape, float(regularization))
+    return _deconvolve_on_grid(psfs, filt, shape[0], shape[1])
+
+
+def psf_difference_kernels_reference(psfs: np.ndarray, model_psf: np.ndarray, regularization: float = 1e-7,
+                                     padding: int = 8) -> np.ndarray:
+    """:func:`psf_difference_kernels` in plain NumPy/SciPy (the reference its compiled core is tested against)."""
+    psfs, model_psf, shape = _difference_grid(psfs, model_psf, padding)
+    grid_p = np.zeros((psfs.shape[0],) + shape)
+    _place_at_origin(psfs, grid_p)
+    p_hat = scipy.fft.rfft2(grid_p, workers=1)
+    p_hat *= _deconvolution_filter(model_psf.tobytes(), model_psf.shape, shape, float(regularization))[None]
+    d = scipy.fft.irfft2(p_hat, s=shape, workers=1)
+    ph, pw = psfs.shape[1:]
+    out = np.roll(d, (ph // 2, pw // 2), axis=(1, 2))[:, :ph, :pw]  # centre (0, 0) back to (ph // 2, pw // 2)
+    return out / out.sum(axis=(1, 2), keepdims=True)
+
+
+def _difference_grid(psfs: np.ndarray, model_psf: np.ndarray, padding: int) -> tuple:
+    """Checked float64 ``psfs`` (B, Ph, Pw) and ``model_psf``, and the transform grid of
+    :func:`psf_difference_kernels`; ValueError for even sides or wrong dimensions."""
+    psfs = np.ascontiguousarray(psfs, dtype=np.float64)
     if psfs.ndim != 3 or psfs.shape[1] % 2 == 0 or psfs.shape[2] % 2 == 0:
         raise ValueError(f"psf_difference_kernels: psfs must be (B, Ph, Pw) with odd sides, got {psfs.shape}")
     if model_psf.ndim != 2 or model_psf.shape[0] % 2 == 0 or model_psf.shape[1] % 2 == 0:
         raise ValueError(f"psf_difference_kernels: model_psf must be 2-D with odd sides, got {model_psf.shape}")
     # centres sit at pixel (0, 0), so even grid sides are fine
     shape = tuple(next_smooth_length(max(a, b) + 2 * padding) for a, b in zip(psfs.shape[1:], model_psf.shape))
-    grid_p = np.zeros((psfs.shape[0],) + shape)
-    _place_at_origin(psfs, grid_p)
-    model_psf = np.ascontiguousarray(model_psf, dtype=np.float64)
-    p_hat = scipy.fft.rfft2(grid_p, workers=1)
-    p_hat *= _deconvolution_filter(model_psf.tobytes(), model_psf.shape, shape, float(regularization))[None]
-    d = np.fft.irfft2(p_hat, s=shape)  # numpy's c2r (scipy's rounds the last bit differently): the kernels as before
-    ph, pw = psfs.shape[1:]
-    out = np.roll(d, (ph // 2, pw // 2), axis=(1, 2))[:, :ph, :pw]  # centre (0, 0) back to (ph // 2, pw // 2)
-    return out / out.sum(axis=(1, 2), keepdims=True)
+    return psfs, np.ascontiguousarray(model_psf, dtype=np.float64), shape
+
+
+@njit(nogil=True, cache=True)
+def _deconvolve_on_grid(psfs, filt, n1, n2):
+    """The compiled core of :func:`psf_difference_kernels`: every PSF (B, Ph, Pw) placed with its centre at
+    pixel (0, 0) of an (n1, n2) grid, transformed, multiplied by the deconvolution filter ``filt``
+    (n1, n2 // 2 + 1), transformed back, cropped around its centre to (Ph, Pw) and normalised to sum 1."""
+    nb, ph, pw = psfs.shape
+    ys = (np.arange(ph) - ph // 2) % n1  # grid row of each PSF row, its centre at 0
+    xs = (np.arange(pw) - pw // 2) % n2
+    grid = np.zeros((nb, n1, n2))
+    for b in range(nb):
+        for y in range(ph):
+            for x in range(pw):
+                grid[b, ys[y], xs[x]] = psfs[b, y, x]
+    spec = np.fft.rfft2(grid)
+    for b in range(nb):
+        spec[b] *= filt
+    d = np.fft.irfft2(spec, s=(n1, n2))
+    out = np.empty((nb, ph, pw))
+    for b in range(nb):
+        total = 0.0
+        for y in range(ph):
+            for x in range(pw):
+                v = d[b, ys[y], xs[x]]
+                out[b, y, x] = v
+                total += v
+        out[b] /= total
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -228,9 +277,7 @@ def crop_kernel(kernel: np.ndarray, radius: int, renormalize: bool = True) -> np
     """
     k = np.asarray(kernel, dtype=np.float64)
     r = int(radius)
-    lead = k.shape[:-2]
-    flat = k.reshape((-1,) + k.shape[-2:])
-    out = np.stack([_pad_centered(plane, (2 * r + 1, 2 * r + 1)) for plane in flat]).reshape(lead + (2 * r + 1,) * 2)
+    out = _pad_centered(k, (2 * r + 1, 2 * r + 1))
     if renormalize:
         total = k.sum(axis=(-2, -1), keepdims=True)
         out *= total / out.sum(axis=(-2, -1), keepdims=True)
@@ -300,10 +347,25 @@ def kernel_transfer_function(kernels: np.ndarray, fft_shape: tuple, dtype=np.com
     """
     b, kh, kw = kernels.shape
     hp, wp = fft_shape
-    r_y, r_x = kh // 2, kw // 2
-    real = np.float32 if np.dtype(dtype) == np.complex64 else np.float64
-    grid = np.zeros((b, hp, wp), dtype=real)
-    ys = (np.arange(kh) - r_y) % hp
-    xs = (np.arange(kw) - r_x) % wp
+    if np.dtype(dtype) == np.complex64:  # compiled, the same values (the fits' transfer functions)
+        return _transfer_on_grid(np.ascontiguousarray(kernels, dtype=np.float32), int(hp), int(wp))
+    grid = np.zeros((b, hp, wp))
+    ys = (np.arange(kh) - kh // 2) % hp
+    xs = (np.arange(kw) - kw // 2) % wp
     grid[:, ys[:, None], xs[None, :]] = kernels
     return scipy.fft.rfft2(grid, workers=1).astype(dtype, copy=False)
+
+
+@njit(nogil=True, cache=True)
+def _transfer_on_grid(kernels, hp, wp):
+    """:func:`kernel_transfer_function` in float32 (complex64 result), compiled: each centred kernel (B, Kh, Kw)
+    placed with its centre at pixel (0, 0) of a zero (hp, wp) grid, then one real 2-D FFT of the stack."""
+    nb, kh, kw = kernels.shape
+    ys = (np.arange(kh) - kh // 2) % hp
+    xs = (np.arange(kw) - kw // 2) % wp
+    grid = np.zeros((nb, hp, wp), dtype=np.float32)
+    for b in range(nb):
+        for y in range(kh):
+            for x in range(kw):
+                grid[b, ys[y], xs[x]] = kernels[b, y, x]
+    return np.fft.rfft2(grid)

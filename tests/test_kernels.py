@@ -55,6 +55,21 @@ def test_psf_difference_kernel_rectangular_real_like():
     assert np.abs(rec - p).max() < 1e-3 * p.max()
 
 
+@pytest.mark.parametrize("psf_shape, model_size, regularization", [((41, 43), 43, 1e-7), ((25, 25), 41, 1e-5),
+                                                                  ((43, 41), 31, 1e-7)])
+def test_psf_difference_kernels_compiled_match_numpy_reference(psf_shape, model_size, regularization):
+    """The compiled deconvolution (rocket-fft, one call) against the NumPy/SciPy reference, on a stack of
+    different asymmetric PSFs, PSFs smaller and larger than the model PSF."""
+    psfs = np.stack([_real_like_psf(psf_shape), _double_gaussian(psf_shape), np.roll(_real_like_psf(psf_shape), 1, 1)])
+    psfs /= psfs.sum(axis=(1, 2), keepdims=True)
+    m = psf.gaussian_psf(model_size, 0.8)
+    got = psf.psf_difference_kernels(psfs, m, regularization)
+    ref = psf.psf_difference_kernels_reference(psfs, m, regularization)
+    assert got.shape == ref.shape == psfs.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+    assert not np.allclose(got[0], got[1])  # the planes are not mixed up
+
+
 # ---------------------------------------------------------------- convolution
 
 
@@ -66,6 +81,16 @@ def conv_setup():
     hp, wp = psf.fft_shape_for((30, 37), 4)
     t = psf.kernel_transfer_function(k, (hp, wp))
     return img, k, hp, wp, t
+
+
+def test_kernel_transfer_function_compiled_matches_numpy_reference():
+    """The compiled complex64 transfer functions against the complex128 NumPy/SciPy path, on a non-square
+    grid with kernels whose wings wrap to the far edges."""
+    kernels = np.random.default_rng(5).random((3, 11, 11)) - 0.2
+    fast = psf.kernel_transfer_function(kernels, (24, 30))
+    ref = psf.kernel_transfer_function(kernels, (24, 30), dtype=np.complex128)
+    assert fast.dtype == np.complex64 and fast.shape == ref.shape == (3, 24, 16)
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
 def test_convolve_bands_matches_fftconvolve(conv_setup):

@@ -76,18 +76,27 @@ class DifferenceKernels:
         their absolute values, on ``fft_shape``."""
         tkey = (key, tuple(fft_shape), bool(absolute))
         hit = self._transfer.get(tkey)
-        if hit is None:
+        if hit is None:  # both at once, in one transform call: every fit needs both
             kernels = self._kernels[key][0]
-            hit = self._transfer[tkey] = psf.kernel_transfer_function(np.abs(kernels) if absolute else kernels,
-                                                                      tuple(fft_shape))
+            both = psf.kernel_transfer_function(np.concatenate([kernels, np.abs(kernels)]), tuple(fft_shape))
+            self._transfer[tkey[:2] + (False,)], self._transfer[tkey[:2] + (True,)] = np.split(both, 2)
+            hit = self._transfer[tkey]
         return hit
+
+
+@functools.lru_cache(maxsize=8)
+def _model_psf(size: int, sigma: float) -> np.ndarray:
+    """The Gaussian model PSF (size, size) float64, read-only: every blend of a run has the same one."""
+    model_psf = psf.gaussian_psf(size, sigma)
+    model_psf.flags.writeable = False
+    return model_psf
 
 
 def _difference_kernels(psfs: np.ndarray, config: DeblendConfig) -> Tuple[np.ndarray, np.ndarray, int]:
     """The model PSF and the PSF-difference kernels cropped at ``config.kernel_tolerance``."""
     size = max(psfs.shape[1], psfs.shape[2])
     size += 1 - size % 2
-    model_psf = psf.gaussian_psf(size, config.model_psf_sigma)
+    model_psf = _model_psf(size, float(config.model_psf_sigma))
     kernels = psf.psf_difference_kernels(psfs, model_psf, config.psf_regularization)
     radius = psf.kernel_radius_for_tolerance(kernels, config.kernel_tolerance)
     return psf.crop_kernel(kernels, radius, renormalize=True), model_psf, radius
@@ -161,13 +170,14 @@ def _check_psfs(blend: BlendData) -> np.ndarray:
         raise PsfError(f"{blend.source}: key 'psfs': expected shape (B={blend.n_bands}, Ph, Pw), got {psfs.shape}")
     if psfs.shape[1] % 2 == 0 or psfs.shape[2] % 2 == 0:
         raise PsfError(f"{blend.source}: key 'psfs': sides must be odd, got {psfs.shape[1:]}")
+    finite = np.isfinite(psfs).all(axis=(1, 2))
+    sums = psfs.sum(axis=(1, 2), keepdims=True)
     for b in range(psfs.shape[0]):  # the readers' check again: a BlendData may come from a caller, not a file
-        if not np.all(np.isfinite(psfs[b])):
+        if not finite[b]:
             raise PsfError(f"{blend.source}: key 'psfs': band {blend.bands[b]} PSF has non-finite pixels")
-        s = psfs[b].sum()
-        if abs(s - 1.0) > PSF_SUM_TOLERANCE:
-            raise PsfError(f"{blend.source}: key 'psfs': band {blend.bands[b]} PSF sums to {s:.4g}, not ~1")
-    return psfs / psfs.sum(axis=(1, 2), keepdims=True)
+        if abs(sums[b, 0, 0] - 1.0) > PSF_SUM_TOLERANCE:
+            raise PsfError(f"{blend.source}: key 'psfs': band {blend.bands[b]} PSF sums to {sums[b, 0, 0]:.4g}, not ~1")
+    return psfs / sums
 
 
 def _checked_data(blend: BlendData, weights: np.ndarray):
@@ -185,6 +195,26 @@ def _checked_data(blend: BlendData, weights: np.ndarray):
     if not np.all(np.isfinite(images[good])):
         raise BlendDataError(f"{blend.source}: key 'images': NaN or inf at weighted pixels")
     return np.where(good, images, 0.0).astype(np.float32), good
+
+
+def _noise_rms(variance: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Background σ_b per band (B,) float64: the square root of the median ``variance`` (B, H, W) over the
+    band's pixels where ``good`` (B, H, W) bool (each band has some).
+
+    The median as ``np.median`` of float64 values gives it (the middle value, or the mean of the two middle
+    values in float64), but found by partitioning the band's own values, without a float64 copy of the cube.
+    """
+    out = np.empty(variance.shape[0])
+    for b in range(variance.shape[0]):
+        values = variance[b][good[b]]
+        half = values.size // 2
+        if values.size % 2:
+            median = float(np.partition(values, half)[half])
+        else:
+            middle = np.partition(values, (half - 1, half))
+            median = (float(middle[half - 1]) + float(middle[half])) / 2.0
+        out[b] = median
+    return np.sqrt(out)
 
 
 def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional[np.ndarray] = None,
@@ -218,8 +248,7 @@ def build_observation(blend: BlendData, config: DeblendConfig, weights: Optional
         weights = blend.weights(config.bad_mask_planes)
     weights = weights.astype(np.float32)
     images, good = _checked_data(blend, weights)
-    var = np.asarray(blend.variance, dtype=np.float64)
-    noise_rms = np.array([np.sqrt(np.median(var[b][good[b]])) for b in range(images.shape[0])])
+    noise_rms = _noise_rms(np.asarray(blend.variance), good)
     psfs = _check_psfs(blend)
     cache = kernels if kernels is not None else DifferenceKernels(single=True)
     diff_kernels, model_psf, key = cache.kernels(psfs, config)
