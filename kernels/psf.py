@@ -1,9 +1,10 @@
 """PSF kernels: the Gaussian model PSF and per-band PSF-difference kernels.
 
-Plain NumPy (these run once per blend, outside the fit loop), except the deconvolution of
-:func:`psf_difference_kernels`, which runs compiled (Numba + rocket-fft) in one call: its numpy and
-scipy transforms on 60² grids cost Python overhead five times their arithmetic (tested against
-:func:`psf_difference_kernels_reference`).
+Plain NumPy (these run once per blend, outside the fit loop), except two transforms that run compiled
+(Numba + rocket-fft), each in one call: the deconvolution of :func:`psf_difference_kernels` (tested
+against :func:`psf_difference_kernels_reference`) and the complex64 transfer functions of
+:func:`kernel_transfer_function` (tested against its complex128 NumPy path). On 60² grids the numpy and
+scipy calls cost Python overhead five times their arithmetic.
 
 The deblender models every source at a common, narrow *model PSF*
 ``P_model`` (a circular Gaussian) and maps the model into each observed band
