@@ -113,6 +113,10 @@ def test_truth_metrics_on_a_run(tmp_path, bright, capsys):
     bad = flux_accuracy(cat, paths, isolation_arcsec=0.0)
     hit = [o for o in bad["outliers"] if o["file"] == os.path.basename(bright[0]) and o["peak_index"] == k]
     assert hit and hit[0]["dff_model"]["i"] < -0.5 and hit[0]["dff_conserving"]["i"] < -0.5
+    assert hit[0]["off_by"] == ["model", "conserving"]
+    by_model = sum("model" in o["off_by"] for o in bad["outliers"])
+    assert f": {len(bad['outliers'])} (model flux {by_model}, conserving flux only {len(bad['outliers']) - by_model})" \
+        in format_accuracy(bad)
     before = [o for o in m["outliers"] if o["file"] == hit[0]["file"] and o["peak_index"] == k]
     if before:  # already off before: the error grew exactly as the tripled truth says
         np.testing.assert_allclose(hit[0]["dff_model"]["i"], (1.0 + before[0]["dff_model"]["i"]) / 3.0 - 1.0)

@@ -136,9 +136,9 @@ def _stats(dff: np.ndarray, snr: np.ndarray) -> dict:
 def _outliers(rows: dict, dff: dict, snr_min: float, isolation_arcsec: float, tolerance: float) -> list:
     """Scored peaks with S/N_i > ``snr_min``, no other peak within ``isolation_arcsec``, off by > ``tolerance``."""
     bright = rows["snr"] > snr_min
-    off = np.zeros(len(rows["status"]), dtype=bool)
-    for est, _ in ESTIMATORS:
-        off |= np.any(bright & (np.abs(np.nan_to_num(dff[est], nan=np.inf)) > tolerance), axis=1)
+    off_by = {est: np.any(bright & (np.abs(np.nan_to_num(dff[est], nan=np.inf)) > tolerance), axis=1)
+              for est, _ in ESTIMATORS}
+    off = np.logical_or.reduce(list(off_by.values()))
     sel = (rows["status"] == "ok") & (rows["snr_i"] > snr_min) & (rows["nn_arcsec"] >= isolation_arcsec) & off
     worst = np.nanmax(np.abs(dff["model"]), axis=1, initial=0.0)
     out = []
@@ -146,6 +146,7 @@ def _outliers(rows: dict, dff: dict, snr_min: float, isolation_arcsec: float, to
         out.append({"file": os.path.basename(str(rows["file"][i])), "parent_id": int(rows["parent_id"][i]),
                     "peak_index": int(rows["peak_index"][i]), "kind": str(rows["kind"][i]),
                     "snr_i": float(rows["snr_i"][i]), "nn_arcsec": float(rows["nn_arcsec"][i]),
+                    "off_by": [est for est, _ in ESTIMATORS if off_by[est][i]],
                     **{f"dff_{est}": dict(zip(rows["bands"], dff[est][i].tolist())) for est, _ in ESTIMATORS}})
     return out
 
@@ -176,8 +177,8 @@ def flux_accuracy(catalog_path: Union[str, os.PathLike], blend_paths_or_glob, *,
         ``catalog``, ``n_files``, ``n_peaks``, ``bands``, ``truth``, ``snr_min``, ``status`` ({status: count},
         :data:`STATUSES`), ``per_band`` ({band: {estimator: stats}}), ``pooled`` ({estimator: stats}), each
         stats ``{"n", "bias", "median_abs", "p90_abs", "noise"}`` (Δf/f, dimensionless), ``outliers`` (list of
-        dicts: file, parent_id, peak_index, kind, snr_i, nn_arcsec, ``dff_model`` and ``dff_conserving``
-        {band: Δf/f}), and the outlier criteria.
+        dicts: file, parent_id, peak_index, kind, snr_i, nn_arcsec, ``off_by`` (the estimators off: "model",
+        "conserving" or both), ``dff_model`` and ``dff_conserving`` {band: Δf/f}), and the outlier criteria.
 
     Raises
     ------
@@ -228,9 +229,11 @@ def format_accuracy(m: dict, top: int = 20) -> str:
         lines.append(f"{name:<7}{s['n']:>6} {s['noise']:7.4f}  | {_cells(s):>30}  | {_cells(per['conserving']):>35}")
     c = m["outlier_criteria"]
     out = m["outliers"]
+    by_model = sum("model" in o["off_by"] for o in out)
     lines.append(f"outliers: S/N_i > {c['snr_i']:g}, no other peak within {c['isolation_arcsec']:g}\", |Δf/f| > "
-                 f"{c['tolerance']:.0%} in a band with S/N > {c['snr_i']:g}: {len(out)}"
-                 + (f" (the {top} worst by model flux)" if len(out) > top else ""))
+                 f"{c['tolerance']:.0%} in a band with S/N > {c['snr_i']:g}: {len(out)} (model flux {by_model}, "
+                 f"conserving flux only {len(out) - by_model})"
+                 + (f"; the {top} worst by model flux" if len(out) > top else ""))
     bands = m["bands"]
     if out:
         nn = 'nn"'
