@@ -165,17 +165,14 @@ def _deconvolve_on_grid(psfs, filt, n1, n2):
     pixel (0, 0) of an (n1, n2) grid, transformed, multiplied by the deconvolution filter ``filt``
     (n1, n2 // 2 + 1), transformed back, cropped around its centre to (Ph, Pw) and normalised to sum 1."""
     nb, ph, pw = psfs.shape
-    ys = (np.arange(ph) - ph // 2) % n1  # grid row of each PSF row, its centre at 0
-    xs = (np.arange(pw) - pw // 2) % n2
     grid = np.zeros((nb, n1, n2))
-    for b in range(nb):
-        for y in range(ph):
-            for x in range(pw):
-                grid[b, ys[y], xs[x]] = psfs[b, y, x]
+    _place_at_origin_compiled(psfs, grid)
     spec = np.fft.rfft2(grid)
     for b in range(nb):
         spec[b] *= filt
     d = np.fft.irfft2(spec, s=(n1, n2))
+    ys = (np.arange(ph) - ph // 2) % n1  # grid row of each PSF row, its centre at 0
+    xs = (np.arange(pw) - pw // 2) % n2
     out = np.empty((nb, ph, pw))
     for b in range(nb):
         total = 0.0
@@ -346,14 +343,12 @@ def kernel_transfer_function(kernels: np.ndarray, fft_shape: tuple, dtype=np.com
     -------
     transfer : ndarray, shape (B, Hp, Wp // 2 + 1), complex
     """
-    b, kh, kw = kernels.shape
+    b = kernels.shape[0]
     hp, wp = fft_shape
     if np.dtype(dtype) == np.complex64:  # compiled, the same values (the fits' transfer functions)
         return _transfer_on_grid(np.ascontiguousarray(kernels, dtype=np.float32), int(hp), int(wp))
     grid = np.zeros((b, hp, wp))
-    ys = (np.arange(kh) - kh // 2) % hp
-    xs = (np.arange(kw) - kw // 2) % wp
-    grid[:, ys[:, None], xs[None, :]] = kernels
+    _place_at_origin(np.asarray(kernels, dtype=np.float64), grid)
     return scipy.fft.rfft2(grid, workers=1).astype(dtype, copy=False)
 
 
@@ -361,12 +356,19 @@ def kernel_transfer_function(kernels: np.ndarray, fft_shape: tuple, dtype=np.com
 def _transfer_on_grid(kernels, hp, wp):
     """:func:`kernel_transfer_function` in float32 (complex64 result), compiled: each centred kernel (B, Kh, Kw)
     placed with its centre at pixel (0, 0) of a zero (hp, wp) grid, then one real 2-D FFT of the stack."""
-    nb, kh, kw = kernels.shape
-    ys = (np.arange(kh) - kh // 2) % hp
-    xs = (np.arange(kw) - kw // 2) % wp
-    grid = np.zeros((nb, hp, wp), dtype=np.float32)
-    for b in range(nb):
-        for y in range(kh):
-            for x in range(kw):
-                grid[b, ys[y], xs[x]] = kernels[b, y, x]
+    grid = np.zeros((kernels.shape[0], hp, wp), dtype=np.float32)
+    _place_at_origin_compiled(kernels, grid)
     return np.fft.rfft2(grid)
+
+
+@njit(nogil=True, cache=True)
+def _place_at_origin_compiled(images, grid):
+    """:func:`_place_at_origin` compiled: centred odd-sided images (N, h, w) into grids (N, Hg, Wg) with their
+    centre at pixel (0, 0), negative offsets wrapped to the far edges."""
+    nb, h, w = images.shape
+    ys = (np.arange(h) - h // 2) % grid.shape[1]
+    xs = (np.arange(w) - w // 2) % grid.shape[2]
+    for b in range(nb):
+        for y in range(h):
+            for x in range(w):
+                grid[b, ys[y], xs[x]] = images[b, y, x]
