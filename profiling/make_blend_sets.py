@@ -1,11 +1,13 @@
 """Write a seeded set of simulated HSC-like blends with their truth (``hpcblend.simulate.blend_sets``).
 
-    .venv/bin/python profiling/make_blend_sets.py OUT_DIR --set large|bright|stars --n N --seed S [--cosmos DIR]
+    .venv/bin/python profiling/make_blend_sets.py OUT_DIR --set large|bright|stars --n N --seed S [--cosmos DIR] \
+        [--psf-scale X]
 
 ``large``: crowded 200-340 px blends, 30-100 galaxies and 1-3 saturated stars each (what held-out real
 HSC blends of up to 88 peaks on 286 x 340 px look like); ``bright``: 64-100 px blends of one bright extended
 galaxy (i-band S/N 100-500) with 1-3 faint neighbours 0.8-2" away. The truth sits in every file
-(``truth_*`` members, read with ``hpcblend.simulate.blend_sets.read_blend_truth``). ``stars``: 64 x 64 px
+(``truth_*`` members, read with ``hpcblend.io.blend_truth.read_blend_truth``); ``--psf-scale`` draws them
+in other seeing (every PSF FWHM times X; 0.7: 0.41-0.60", 1.6: 0.93-1.36"). ``stars``: 64 x 64 px
 blends of one point-like star of 10^4.5-10^7.5 counts per band (noise 1) whose pixels above 1-20 % of the
 brightest are clipped and flagged SAT, a third of them within 6 px of an edge, with three faint galaxies
 (``hpcblend.simulate.synthetic.make_saturated_star_blend``; no truth members: compare with
@@ -65,11 +67,16 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, required=True, help="number of blends")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cosmos", metavar="DIR", help="GalSim COSMOS sample: real galaxy morphologies")
+    p.add_argument("--psf-scale", type=float, default=1.0,
+                   help="every PSF FWHM times this (other seeing; large and bright sets only)")
     args = p.parse_args(argv)
     make = {"large": make_large_blends, "bright": make_bright_galaxy_blends, "stars": make_star_blends}[args.set]
+    if args.set == "stars" and args.psf_scale != 1.0:
+        p.error("--psf-scale: the stars set has its own PSF")
+    extra = {} if args.set == "stars" else {"psf_scale": args.psf_scale}
     t0 = time.perf_counter()
     try:
-        paths = make(args.out_dir, args.n, args.seed, cosmos_dir=args.cosmos)
+        paths = make(args.out_dir, args.n, args.seed, cosmos_dir=args.cosmos, **extra)
     except HpcblendError as exc:
         print(f"make_blend_sets: error: {exc}", file=sys.stderr)
         return 2

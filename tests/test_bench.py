@@ -161,7 +161,8 @@ def test_bench_tract_reports_every_stage_and_throughput(tmp_path, capsys):
 def test_bench_deblend_scores_files_with_truth(tmp_path, capfd, monkeypatch):
     """Files of the simulated sets carry their truth: the bench scores each deblender's model flux against it."""
     from hpcblend.analysis.truth_metrics import OUTLIER_TOLERANCE
-    from hpcblend.simulate.blend_sets import make_bright_galaxy_blends, read_blend_truth
+    from hpcblend.io.blend_truth import read_blend_truth
+    from hpcblend.simulate.blend_sets import make_bright_galaxy_blends
 
     monkeypatch.setitem(sys.modules, "lsst.scarlet.lite", None)  # hpcblend alone: the same figures either way
     paths = make_bright_galaxy_blends(tmp_path / "bright", 2, seed=7)

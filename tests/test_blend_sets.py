@@ -10,10 +10,12 @@ import pytest
 from hpcblend.analysis.truth_metrics import flux_accuracy, format_accuracy
 from hpcblend.cli import main as cli_main
 from hpcblend.config import job_from_dict
+from hpcblend.errors import ConfigError
+from hpcblend.io.blend_truth import read_blend_truth
 from hpcblend.io.blends import MASK_PLANES, peek_blend, read_blend
 from hpcblend.io.npz import atomic_write, npz_bytes
 from hpcblend.parallel.driver import run_job
-from hpcblend.simulate.blend_sets import read_blend_truth, make_bright_galaxy_blends, make_large_blends
+from hpcblend.simulate.blend_sets import make_bright_galaxy_blends, make_large_blends
 
 SAT = 1 << MASK_PLANES["SAT"]
 SMALL = dict(shape_range=(72, 96), n_sources_range=(8, 12), n_saturated_range=(2, 2))
@@ -86,6 +88,20 @@ def test_truth_flux_is_the_noiseless_stamp(tmp_path):
     share = t["flux_image"][0] / t["flux"][0]  # the box holds nearly all of the profile's flux
     assert np.all((share > 0.95) & (share <= 1.0 + 1e-6))
     assert np.isinf(t["nn_arcsec"][0]) and not t["saturated"][0]
+
+
+def test_psf_scale_widens_the_psf_and_nothing_else(tmp_path, bright):
+    """``psf_scale`` (other seeing): the same blend (positions, S/N), every PSF FWHM times the scale."""
+    (p,) = make_bright_galaxy_blends(str(tmp_path / "wide"), 1, 3, psf_scale=1.6)
+    b0, t0, b1, t1 = read_blend(bright[0]), read_blend_truth(bright[0]), read_blend(p), read_blend_truth(p)
+    np.testing.assert_allclose(t1["psf_fwhm"], 1.6 * t0["psf_fwhm"], rtol=1e-12)
+    np.testing.assert_allclose(t1["yx"], t0["yx"])
+    np.testing.assert_allclose(t1["snr_i"], t0["snr_i"], rtol=1e-9)  # the bright set draws S/N, not flux
+    assert b1.psfs.max() < 0.5 * b0.psfs.max()  # a wider PSF: its peak pixel (1/FWHM²) well below
+    np.testing.assert_allclose(b1.psfs.sum(axis=(1, 2)), 1.0)
+    for bad in (0.2, 5.0, "1.6"):
+        with pytest.raises(ConfigError, match="psf_scale"):
+            make_large_blends(str(tmp_path / "bad"), 1, 5, psf_scale=bad, **SMALL)
 
 
 def test_truth_metrics_on_a_run(tmp_path, bright, capsys):

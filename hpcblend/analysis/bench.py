@@ -38,7 +38,7 @@ from hpcblend.io.blends import BlendData, expand_inputs, read_blend
 from hpcblend.io.json_values import json_default
 from hpcblend.kernels.convolution import convolve_bands, correlate_bands
 from hpcblend.parallel.allocator import keep_freed_memory
-from hpcblend.simulate.blend_sets import read_blend_truth
+from hpcblend.io.blend_truth import read_blend_truth
 
 __all__ = ["REFERENCES", "REFERENCE_README", "ScarletLiteSettings", "ScarletLiteRunner", "load_scarlet_lite",
            "run_bench_deblend", "format_report", "write_json"]

@@ -32,7 +32,7 @@ from hpcblend.errors import HpcblendError, InputError
 from hpcblend.io.blends import expand_inputs
 from hpcblend.io.catalog import read_table
 from hpcblend.io.json_values import json_default
-from hpcblend.simulate.blend_sets import read_blend_truth
+from hpcblend.io.blend_truth import read_blend_truth
 
 __all__ = ["ESTIMATORS", "ISOLATION_ARCSEC", "MAX_MASKED_FRACTION", "OUTLIER_SNR", "OUTLIER_TOLERANCE", "SNR_MIN",
            "STATUSES", "flux_accuracy", "format_accuracy", "main"]

@@ -5,13 +5,14 @@ blends (30-100 galaxies, a few saturated stars; held-out real HSC blends reach 8
 :func:`make_bright_galaxy_blends` one bright extended galaxy (i-band S/N 100-500) with 1-3 faint
 neighbours 0.8-2" away. Files are in the ``hsc_blends`` layout of :func:`hpcblend.io.blends.write_blend`
 (``footprint`` stored True OUTSIDE the parent, as hpcblend's writer and the real files do) plus ``truth_*``
-members, which :func:`~hpcblend.io.blends.read_blend` never loads; :func:`read_blend_truth` reads them,
-:mod:`hpcblend.analysis.truth_metrics` scores a run against them.
+members, which :func:`~hpcblend.io.blends.read_blend` never loads; :func:`hpcblend.io.blend_truth.read_blend_truth`
+reads them, :mod:`hpcblend.analysis.truth_metrics` scores a run against them.
 
 Model (HSC coadds: 0.168"/px, ``counts = 10**(-0.4 (mag - 27))``, bands grizy):
 
 * PSF per blend and band: :class:`galsim.Moffat`, FWHM :data:`~hpcblend.simulate.tract.HSC_PSF_FWHM`
-  ± 0.06" (clipped to 0.58-0.85"), one beta in [2.8, 4]; drawn pixel-convolved on 41 x 41 px, as the sources.
+  ± 0.06" (clipped to 0.58-0.85") times ``psf_scale`` (1: HSC seeing), one beta in [2.8, 4]; drawn
+  pixel-convolved on 41 x 41 px: the PSF images given (a source's wings run on beyond them).
 * Noise: Gaussian sky, constant per band, from the 5-sigma point-source depth :data:`HSC_DEEP_DEPTH`
   (i = 26.0) as :mod:`hpcblend.simulate.tract` does (``sigma = F5 / (5 sqrt(n_eff))``, ``n_eff = 1/sum(psf²)``);
   the variance plane is that sky variance (no source photon noise).
@@ -69,19 +70,19 @@ from scipy import ndimage
 from scipy.signal import fftconvolve
 from scipy.special import gammainc
 
-from hpcblend.errors import ConfigError, InputError
+from hpcblend.errors import ConfigError
 from hpcblend.io.blend_data import BlendData
 from hpcblend.io.blend_files import blend_arrays
 from hpcblend.io.blend_read import DEFAULT_BANDS
 from hpcblend.io.masks import DEFAULT_BAD_MASK_PLANES, mask_bits
-from hpcblend.io.npz import atomic_write, npz_array, npz_bytes, open_npz
+from hpcblend.io.npz import atomic_write, npz_bytes
 from hpcblend.simulate.cosmos import COSMOS_PIXEL_SCALE, load_cosmos_catalog
 from hpcblend.simulate.inject import PIXEL_SCALE, ZERO_POINT, load_cosmos_sample
 from hpcblend.simulate.tract import HSC_PSF_FWHM, draw_psf_image
 from hpcblend.simulate.tract_catalog import BULGE_COLORS, DISK_COLORS, counts_of_mag, draw_catalog
 
 __all__ = ["HSC_DEEP_DEPTH", "SATURATION_MAG", "DETECTION_SNR", "COSMOS_MAX_EXCESS", "FOOTPRINT_SNR", "FOOTPRINT_GROW",
-           "TRUTH_VERSION", "make_large_blends", "make_bright_galaxy_blends", "read_blend_truth"]
+           "TRUTH_VERSION", "make_large_blends", "make_bright_galaxy_blends"]
 
 #: 5-sigma point-source depths (AB mag) of the sets: HSC-deep-like, i = 26.0.
 HSC_DEEP_DEPTH: dict = {"g": 26.5, "r": 26.3, "i": 26.0, "z": 25.4, "y": 24.6}
@@ -144,9 +145,10 @@ def _load_cosmos(cosmos_dir) -> Optional[_Cosmos]:
                    np.asarray(fit["HSC_i"], dtype=np.float64), good)
 
 
-def _field(rng: np.random.Generator, shape) -> _Field:
-    """PSFs (Moffat, per-band FWHM jittered), sky sigma from :data:`HSC_DEEP_DEPTH`, saturation levels."""
+def _field(rng: np.random.Generator, shape, psf_scale: float) -> _Field:
+    """PSFs (Moffat, per-band FWHM jittered, times ``psf_scale``), sky sigma from :data:`HSC_DEEP_DEPTH`, saturation."""
     fwhm = np.clip(np.array([HSC_PSF_FWHM[b] for b in _BANDS]) + rng.uniform(-0.06, 0.06, len(_BANDS)), 0.58, 0.85)
+    fwhm = fwhm * float(psf_scale)
     beta = float(rng.uniform(2.8, 4.0))
     profiles = [galsim.Moffat(beta=beta, fwhm=float(f)) for f in fwhm]
     wcs = galsim.PixelScale(PIXEL_SCALE)
@@ -316,7 +318,9 @@ def _write_blend(path: str, blend_id: int, set_name: str, sources: list, stamps:
     return path
 
 
-def _check(n_blends: int, seed: int, ranges: dict) -> None:
+def _check(n_blends: int, seed: int, ranges: dict, psf_scale: float) -> None:
+    if not (isinstance(psf_scale, (int, float, np.floating)) and 0.5 <= psf_scale <= 3.0):
+        raise ConfigError(f"psf_scale: expected a number in [0.5, 3], got {psf_scale!r}")
     if not (isinstance(n_blends, (int, np.integer)) and 0 <= n_blends < 10 ** 6):
         raise ConfigError(f"n_blends: expected an integer in [0, 1e6), got {n_blends!r}")
     if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 10 ** 9):
@@ -326,7 +330,8 @@ def _check(n_blends: int, seed: int, ranges: dict) -> None:
             raise ConfigError(f"{name}: expected (low, high) with 0 <= low <= high, got {(lo, hi)!r}")
 
 
-def _write_set(out_dir, set_name: str, n_blends: int, seed: int, shape_range, draw: Callable, noise: bool) -> list:
+def _write_set(out_dir, set_name: str, n_blends: int, seed: int, shape_range, draw: Callable, noise: bool,
+               psf_scale: float) -> list:
     """Blend ``i``: child ``i`` of ``SeedSequence(seed)`` -> shape, conditions, ``draw(rng, shape, field)`` ->
     (sources, unit stamps), written as ``<prefix><seed:09d><i:06d>.npz``; the paths in order."""
     paths = []
@@ -334,7 +339,7 @@ def _write_set(out_dir, set_name: str, n_blends: int, seed: int, shape_range, dr
         cat_seq, noise_seq = seq.spawn(2)
         rng = np.random.default_rng(cat_seq)
         shape = tuple(int(v) for v in rng.integers(shape_range[0], shape_range[1] + 1, 2))
-        field = _field(rng, shape)
+        field = _field(rng, shape, psf_scale)
         sources, stamps = draw(rng, shape, field)
         blend_id = _SET_PREFIX[set_name] * 10 ** 15 + int(seed) * 10 ** 6 + i
         path = os.path.join(os.fspath(out_dir), f"{blend_id}.npz")
@@ -400,7 +405,7 @@ def _large_sources(rng, shape, cosmos, n_sources_range, n_saturated_range) -> li
 def make_large_blends(out_dir: Union[str, os.PathLike], n_blends: int, seed: int,
                       cosmos_dir: Optional[Union[str, os.PathLike]] = None, *,
                       shape_range: Tuple[int, int] = (200, 340), n_sources_range: Tuple[float, float] = (30, 100),
-                      n_saturated_range: Tuple[int, int] = (1, 3), noise: bool = True) -> list:
+                      n_saturated_range: Tuple[int, int] = (1, 3), noise: bool = True, psf_scale: float = 1.0) -> list:
     """Write ``n_blends`` crowded HSC-like blends with saturated stars and their truth (module docstring).
 
     Parameters
@@ -420,6 +425,8 @@ def make_large_blends(out_dir: Union[str, os.PathLike], n_blends: int, seed: int
         Saturated stars per blend, uniform integers in this range (inclusive).
     noise : bool
         Add sky noise (False: noiseless images, for checks; saturation still applies).
+    psf_scale : float
+        Every PSF FWHM times this, in [0.5, 3] (other seeing; 1.6: 0.93-1.36").
 
     Returns
     -------
@@ -432,14 +439,14 @@ def make_large_blends(out_dir: Union[str, os.PathLike], n_blends: int, seed: int
         A bad count, seed or range; :class:`InputError` when ``cosmos_dir`` lacks the sample.
     """
     _check(n_blends, seed, {"shape_range": shape_range, "n_sources_range": n_sources_range,
-                            "n_saturated_range": n_saturated_range})
+                            "n_saturated_range": n_saturated_range}, psf_scale)
     cosmos = _load_cosmos(cosmos_dir)
 
     def draw(rng, shape, field):
         sources = _large_sources(rng, shape, cosmos, n_sources_range, n_saturated_range)
         return sources, [_unit_stamps(s, field) for s in sources]
 
-    return _write_set(out_dir, "large", n_blends, seed, shape_range, draw, noise)
+    return _write_set(out_dir, "large", n_blends, seed, shape_range, draw, noise, psf_scale)
 
 
 def _bulge_disk_hlr(hb: float, bt: float) -> float:
@@ -529,7 +536,8 @@ def _bright_sources(rng, shape, field, cosmos, n_neighbours_range) -> tuple:
 def make_bright_galaxy_blends(out_dir: Union[str, os.PathLike], n_blends: int, seed: int,
                               cosmos_dir: Optional[Union[str, os.PathLike]] = None, *,
                               shape_range: Tuple[int, int] = (64, 100),
-                              n_neighbours_range: Tuple[int, int] = (1, 3), noise: bool = True) -> list:
+                              n_neighbours_range: Tuple[int, int] = (1, 3), noise: bool = True,
+                              psf_scale: float = 1.0) -> list:
     """Write ``n_blends`` blends of one bright extended galaxy with faint close neighbours, and their truth.
 
     Parameters
@@ -547,6 +555,8 @@ def make_bright_galaxy_blends(out_dir: Union[str, os.PathLike], n_blends: int, s
         Neighbours per blend, uniform integers in this range (inclusive; (0, 0): the galaxy alone).
     noise : bool
         Add sky noise (False: noiseless images, for checks).
+    psf_scale : float
+        Every PSF FWHM times this, in [0.5, 3].
 
     Returns
     -------
@@ -558,38 +568,10 @@ def make_bright_galaxy_blends(out_dir: Union[str, os.PathLike], n_blends: int, s
     ConfigError
         A bad count, seed or range; :class:`InputError` when ``cosmos_dir`` lacks the sample.
     """
-    _check(n_blends, seed, {"shape_range": shape_range, "n_neighbours_range": n_neighbours_range})
+    _check(n_blends, seed, {"shape_range": shape_range, "n_neighbours_range": n_neighbours_range}, psf_scale)
     if min(shape_range) < 48:
         raise ConfigError(f"shape_range: at least 48 px for a bright galaxy and its neighbours, got {shape_range!r}")
     cosmos = _load_cosmos(cosmos_dir)
     return _write_set(out_dir, "bright", n_blends, seed, shape_range,
-                      lambda rng, shape, field: _bright_sources(rng, shape, field, cosmos, n_neighbours_range), noise)
-
-
-def read_blend_truth(path: Union[str, os.PathLike]) -> dict:
-    """The truth of a file of :func:`make_large_blends` or :func:`make_bright_galaxy_blends`.
-
-    Returns
-    -------
-    dict
-        The ``truth_*`` members without the prefix (``flux``, ``flux_image``, ``yx``, ... : module
-        docstring), 0-d ones as Python scalars, plus ``bands`` (tuple of str) and ``n_peaks``.
-
-    Raises
-    ------
-    InputError
-        The file cannot be read or has no truth (``truth_version`` missing).
-    """
-    path = os.fspath(path)
-    with open_npz(path) as data:
-        if "truth_version" not in data.files:
-            raise InputError(f"{path}: no truth_* members (not a file of hpcblend.simulate.blend_sets)")
-        out = {}
-        for key in data.files:
-            if key.startswith("truth_"):
-                v = npz_array(data, path, key)
-                out[key[len("truth_"):]] = v[()].item() if v.ndim == 0 else v
-        bands = npz_array(data, path, "filters")
-    out["bands"] = tuple(str(b) for b in bands)
-    out["n_peaks"] = int(len(out["yx"]))
-    return out
+                      lambda rng, shape, field: _bright_sources(rng, shape, field, cosmos, n_neighbours_range), noise,
+                      psf_scale)
