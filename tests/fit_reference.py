@@ -123,14 +123,15 @@ def _residual_and_loss(sed, morph, boxes, alive, images, weights, transfer, hp, 
 
 def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, boxes, noise_rms,
                         max_iter, min_iter, e_rel, bg_thresh, margin, kernel_radius, step_scale, caps=None,
-                        oscillation_test=True, stall_switch=True, lull_test=True):
+                        oscillation_test=True, stall_switch=True, lull_test=True, best_test=True):
     """FISTA of :func:`hpcblend.kernels.fit.fit_blend` (monotonic, not symmetric), whole-array NumPy.
 
     ``oscillation_test=False``: the loop as it was before the oscillation test (no return to the best
     state on rise-fall-rise, convergence tolerance not scaled with the step). ``stall_switch=False``: the
     loop as it was before the stall test (after ``STALL_RISES`` rises in a row, back to the best state and
     exact monotonicity projections from then on). ``lull_test=False``: convergence on one small change
-    even amid a steep descent (:func:`_settled` not required).
+    even amid a steep descent (:func:`_settled` not required). ``best_test=False``: convergence even at a
+    loss more than the tolerance above the lowest one evaluated.
     Returns (loss history, sed, morph, boxes, alive, converged, number of returns to the best state).
     """
     sed, morph, boxes = sed.copy(), morph.copy(), boxes.copy()
@@ -154,7 +155,8 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
         # a fall larger than e_rel
         tolerance = e_rel * (step_mult if oscillation_test else 1.0)
         if (it >= min_iter and not rose and abs(prev_loss - loss) < tolerance * abs(loss)
-                and not (fell and loss > prev_loss) and (not lull_test or _settled(losses, tolerance))):
+                and not (fell and loss > prev_loss) and (not lull_test or _settled(losses, tolerance))
+                and (not best_test or loss - best_loss <= tolerance * abs(loss))):
             converged = True
             break
         rose, fell = loss > prev_loss, prev_loss - loss > e_rel * abs(loss)

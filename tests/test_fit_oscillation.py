@@ -56,8 +56,13 @@ def test_saturated_star_fit_does_not_stop_on_a_lull_between_oscillations():
     # rises of more than OSCILLATION_TOL at every other evaluation before that
     assert np.any((rel[:-2] > fit.OSCILLATION_TOL) & (rel[1:-1] < 0) & (rel[2:] > fit.OSCILLATION_TOL))
     r = deblend_blend(blend, config)
-    assert r.converged and r.iterations > len(hist)
+    assert r.iterations > len(hist)
     assert r.chi2_per_pixel < before / 3, (r.chi2_per_pixel, before)
+    # converged, or still falling at max_iter: since the fit may no longer converge above its best loss
+    # (test below) this star runs to max_iter, its loss falling 0.6 % per iteration (it had stopped at
+    # iteration 191, 6.5 % above its best, χ²/px 76; now 39)
+    losses = r.loss_history[:r.iterations]
+    assert r.converged or losses[-1] < (1 - 10 * config.e_rel) * losses[-11]
 
 
 def test_one_small_change_amid_a_steep_descent_is_not_convergence():
@@ -88,5 +93,38 @@ def test_one_small_change_amid_a_steep_descent_is_not_convergence():
                                                  obs.kernel_radius, settings, history)
     assert status == fit.STATUS_OK and converged and n_iter > 2 * len(old)
     assert history[n_iter - 1] < 0.9 * old[-1], (history[n_iter - 1], old[-1])
+    reference = fit_blend_reference(*reference_args, caps=caps)[0]  # the kernel's loop, step by step
+    np.testing.assert_allclose(history[:n_iter], reference, rtol=1e-4)
+
+
+def test_a_fit_does_not_converge_above_its_best_loss():
+    """A galaxy with a knot of half its flux (:func:`test_fit_stall.galaxy_with_knot_blend`, 10⁴ counts, knot at
+    (2, 4) px, seed 0): FISTA's loss rose after a run of falls, the adaptive restart took the momentum, and the
+    loop without the test "converged" at iteration 27 on the small first steps after the restarts, 1.1 % above the
+    lowest loss it had evaluated. Convergence now also needs the loss within the tolerance of that lowest one
+    (``kernels.fit._converged``): the fit goes on, with momentum again, to a loss 11 % below that lowest one.
+    (Found on simulated bright COSMOS galaxies: χ²/px 2.20 → 1.25 and 1.61 → 1.15 on two of them.)"""
+    blend = galaxy_with_knot_blend(1e4, 0.5, (2, 4), seed=0)
+    config = DeblendConfig()
+    obs = build_observation(blend, config)
+    peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
+    sed, morph, boxes, caps = initialize_sources(obs, peaks, config)
+    args = (obs.images, obs.weights, obs.curvature, obs.transfer, *obs.fft_shape, peaks)
+    reference_args = (*args, sed, morph, boxes, obs.noise_rms, config.max_iter, config.min_iter, config.e_rel,
+                      config.bg_thresh, config.box_margin, obs.kernel_radius, config.step_scale)
+    old, *_, old_converged, _ = fit_blend_reference(*reference_args, caps=caps, best_test=False)
+    old = np.asarray(old)
+    assert old_converged and len(old) < 40
+    assert old[-1] > (1 + 5 * config.e_rel) * old.min(), (old[-1], old.min())  # "converged" above its best
+    settings = fit.FitSettings(optimizer=fit.OPT_FISTA, max_iter=config.max_iter, min_iter=config.min_iter,
+                               e_rel=config.e_rel, bg_thresh=config.bg_thresh, monotonic=True, symmetric=False,
+                               sed_step_factor=0.0, morph_step=0.0, margin=config.box_margin,
+                               step_scale=config.step_scale)
+    history = np.zeros(config.max_iter)
+    n_iter, converged, status, _ = fit.fit_blend(*args, caps, sed.copy(), morph.copy(), boxes.copy(), obs.noise_rms,
+                                                 obs.kernel_radius, settings, history)
+    assert status == fit.STATUS_OK and converged and n_iter > len(old)
+    assert history[n_iter - 1] <= (1 + config.e_rel) * history[:n_iter].min()  # ends at (nearly) its best
+    assert history[n_iter - 1] < 0.95 * old.min(), (history[n_iter - 1], old.min())
     reference = fit_blend_reference(*reference_args, caps=caps)[0]  # the kernel's loop, step by step
     np.testing.assert_allclose(history[:n_iter], reference, rtol=1e-4)
