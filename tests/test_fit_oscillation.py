@@ -65,6 +65,29 @@ def test_saturated_star_fit_does_not_stop_on_a_lull_between_oscillations():
     assert r.converged or losses[-1] < (1 - 10 * config.e_rel) * losses[-11]
 
 
+def _knot_fit_inputs(blend, config):
+    """(kernel arguments up to the peaks, reference-loop arguments, box caps, initial SEDs, morphologies, boxes)."""
+    obs = build_observation(blend, config)
+    peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
+    sed, morph, boxes, caps = initialize_sources(obs, peaks, config)
+    args = (obs.images, obs.weights, obs.curvature, obs.transfer, *obs.fft_shape, peaks)
+    reference_args = (*args, sed, morph, boxes, obs.noise_rms, config.max_iter, config.min_iter, config.e_rel,
+                      config.bg_thresh, config.box_margin, obs.kernel_radius, config.step_scale)
+    return obs, args, reference_args, caps, sed, morph, boxes
+
+
+def _fit_kernel(obs, args, caps, sed, morph, boxes, config):
+    """:func:`hpcblend.kernels.fit.fit_blend` (FISTA, monotonic) from copies: (n_iter, converged, status, history)."""
+    settings = fit.FitSettings(optimizer=fit.OPT_FISTA, max_iter=config.max_iter, min_iter=config.min_iter,
+                               e_rel=config.e_rel, bg_thresh=config.bg_thresh, monotonic=True, symmetric=False,
+                               sed_step_factor=0.0, morph_step=0.0, margin=config.box_margin,
+                               step_scale=config.step_scale)
+    history = np.zeros(config.max_iter)
+    n_iter, converged, status, _ = fit.fit_blend(*args, caps, sed.copy(), morph.copy(), boxes.copy(), obs.noise_rms,
+                                                 obs.kernel_radius, settings, history)
+    return n_iter, converged, status, history
+
+
 def test_one_small_change_amid_a_steep_descent_is_not_convergence():
     """A galaxy with an off-peak knot (:func:`test_fit_stall.galaxy_with_knot_blend`, seed 1): FISTA's
     loss fell by turns 2.5–3.7 % and 0.1–0.2 % per step, and the loop without the lull test
@@ -73,24 +96,13 @@ def test_one_small_change_amid_a_steep_descent_is_not_convergence():
     iteration 85 and χ²/px 1.49."""
     blend = galaxy_with_knot_blend(1e4, 0.25, (3, -2), seed=1)
     config = replace(DeblendConfig(), bg_thresh=1.0)  # the case as found: scarlet's 1σ threshold in the fit
-    obs = build_observation(blend, config)
-    peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
-    sed, morph, boxes, caps = initialize_sources(obs, peaks, config)
-    args = (obs.images, obs.weights, obs.curvature, obs.transfer, *obs.fft_shape, peaks)
-    reference_args = (*args, sed, morph, boxes, obs.noise_rms, config.max_iter, config.min_iter, config.e_rel,
-                      config.bg_thresh, config.box_margin, obs.kernel_radius, config.step_scale)
+    obs, args, reference_args, caps, sed, morph, boxes = _knot_fit_inputs(blend, config)
     old, *_, old_converged, _ = fit_blend_reference(*reference_args, caps=caps, lull_test=False)
     window = fit.SETTLE_WINDOW
     assert old_converged and len(old) < 40
     assert abs(old[-1] - old[-2]) < config.e_rel * old[-1]  # one small change ...
     assert old[-1 - window] - old[-1] > window * fit.SETTLE_RATE * config.e_rel * old[-1]  # ... amid a descent
-    settings = fit.FitSettings(optimizer=fit.OPT_FISTA, max_iter=config.max_iter, min_iter=config.min_iter,
-                               e_rel=config.e_rel, bg_thresh=config.bg_thresh, monotonic=True, symmetric=False,
-                               sed_step_factor=0.0, morph_step=0.0, margin=config.box_margin,
-                               step_scale=config.step_scale)
-    history = np.zeros(config.max_iter)
-    n_iter, converged, status, _ = fit.fit_blend(*args, caps, sed.copy(), morph.copy(), boxes.copy(), obs.noise_rms,
-                                                 obs.kernel_radius, settings, history)
+    n_iter, converged, status, history = _fit_kernel(obs, args, caps, sed, morph, boxes, config)
     assert status == fit.STATUS_OK and converged and n_iter > 2 * len(old)
     assert history[n_iter - 1] < 0.9 * old[-1], (history[n_iter - 1], old[-1])
     reference = fit_blend_reference(*reference_args, caps=caps)[0]  # the kernel's loop, step by step
@@ -106,23 +118,12 @@ def test_a_fit_does_not_converge_above_its_best_loss():
     (Found on simulated bright COSMOS galaxies: χ²/px 2.20 → 1.25 and 1.61 → 1.15 on two of them.)"""
     blend = galaxy_with_knot_blend(1e4, 0.5, (2, 4), seed=0)
     config = DeblendConfig()
-    obs = build_observation(blend, config)
-    peaks = np.ascontiguousarray(blend.peaks, dtype=np.int64)
-    sed, morph, boxes, caps = initialize_sources(obs, peaks, config)
-    args = (obs.images, obs.weights, obs.curvature, obs.transfer, *obs.fft_shape, peaks)
-    reference_args = (*args, sed, morph, boxes, obs.noise_rms, config.max_iter, config.min_iter, config.e_rel,
-                      config.bg_thresh, config.box_margin, obs.kernel_radius, config.step_scale)
+    obs, args, reference_args, caps, sed, morph, boxes = _knot_fit_inputs(blend, config)
     old, *_, old_converged, _ = fit_blend_reference(*reference_args, caps=caps, best_test=False)
     old = np.asarray(old)
     assert old_converged and len(old) < 40
     assert old[-1] > (1 + 5 * config.e_rel) * old.min(), (old[-1], old.min())  # "converged" above its best
-    settings = fit.FitSettings(optimizer=fit.OPT_FISTA, max_iter=config.max_iter, min_iter=config.min_iter,
-                               e_rel=config.e_rel, bg_thresh=config.bg_thresh, monotonic=True, symmetric=False,
-                               sed_step_factor=0.0, morph_step=0.0, margin=config.box_margin,
-                               step_scale=config.step_scale)
-    history = np.zeros(config.max_iter)
-    n_iter, converged, status, _ = fit.fit_blend(*args, caps, sed.copy(), morph.copy(), boxes.copy(), obs.noise_rms,
-                                                 obs.kernel_radius, settings, history)
+    n_iter, converged, status, history = _fit_kernel(obs, args, caps, sed, morph, boxes, config)
     assert status == fit.STATUS_OK and converged and n_iter > len(old)
     assert history[n_iter - 1] <= (1 + config.e_rel) * history[:n_iter].min()  # ends at (nearly) its best
     assert history[n_iter - 1] < 0.95 * old.min(), (history[n_iter - 1], old.min())
