@@ -134,7 +134,14 @@ def psf_difference_kernels(psfs: np.ndarray, model_psf: np.ndarray, regularizati
 
 def psf_difference_kernels_reference(psfs: np.ndarray, model_psf: np.ndarray, regularization: float = 1e-7,
                                      padding: int = 8) -> np.ndarray:
-    """:func:`psf_difference_kernels` in plain NumPy/SciPy (the reference its compiled core is tested against)."""
+    """:func:`psf_difference_kernels` in plain NumPy/SciPy (the reference its compiled core is tested against).
+
+    The same Tikhonov-regularised deconvolution (Melchior et al. 2018, Sect. 2.2), computed with
+    ``scipy.fft`` and NumPy indexing instead of one compiled call; the same arguments, result and errors:
+    ``psfs`` (B, Ph, Pw) and ``model_psf`` (Mh, Mw), odd sides, each summing to 1; returns the kernels
+    (B, Ph, Pw) float64 centred on ``(Ph // 2, Pw // 2)``, each summing to 1; ValueError for a stack that
+    is not 3-D or an even side.
+    """
     psfs, model_psf, shape = _difference_grid(psfs, model_psf, padding)
     grid_p = np.zeros((psfs.shape[0],) + shape)
     _place_at_origin(psfs, grid_p)
