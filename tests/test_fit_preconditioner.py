@@ -29,8 +29,9 @@ def _convolution_matrix(kernel, h, w):
 
 def _case(tight):
     """Kernels, weights, boxes and SEDs of a frame with a bright source, a faint one beside it and a faint red
-    one; ``tight``: positive kernels, uniform weights and boxes that cover one another, where the bound is
-    nearly the Hessian's largest eigenvalue (a too-small diagonal shows), else a varied case."""
+    one; ``tight``: nearly-delta positive kernels, uniform weights and boxes that all cover the frame, where
+    the bound is nearly the Hessian's largest eigenvalue (a diagonal 10 % too small fails), else a varied case
+    (negative kernel lobe, a low-weight core, partly overlapping boxes)."""
     rng = np.random.default_rng(3)
     nb, h, w, r = 2, 14, 15, 2
     kernels = np.abs(rng.normal(0.0, 0.01, (nb, 2 * r + 1, 2 * r + 1)))  # nearly a delta: λ_max(CᵀC) ≈ c
@@ -75,7 +76,3 @@ def test_morphology_preconditioner_majorises_the_hessian_with_a_source_a_thousan
     scale = np.sqrt(diagonal)
     normalised = hessian / np.outer(scale, scale)  # P^-½ H P^-½ ⪯ I  ⇔  P ⪰ H
     assert np.linalg.eigvalsh(normalised).max() <= 1.0 + 1e-9
-    # the faint source beside the bright one is not held to the bright one's curvature (its plain Gershgorin
-    # row, Σ_l a_lb, is the bright SED)
-    plain = sed[:2].sum(axis=0)
-    assert np.all(neighbour_sed[1] < 0.1 * plain), neighbour_sed[1]
