@@ -167,7 +167,14 @@ def cmd_bench_deblend(args) -> int:
     """Deblend every blend on one core after a warm-up, optionally beside scarlet_lite (:mod:`hpcblend.analysis.bench`)."""
     from hpcblend.analysis.bench import format_report, run_bench_deblend, write_json
 
-    report = run_bench_deblend(args.paths, reference=args.reference, note=_stderr_line)
+    from hpcblend.config import default_job
+    from hpcblend.errors import ConfigError
+
+    overrides = tuple(args.set or ())
+    if any(not o.startswith("deblend.") for o in overrides):
+        raise ConfigError(f"--set: bench deblend takes deblend.KEY=VALUE only, got {list(overrides)}")
+    config = default_job(overrides).deblend
+    report = run_bench_deblend(args.paths, reference=args.reference, config=config, note=_stderr_line)
     print("\n".join(format_report(report, top=args.top)))
     if args.json:
         write_json(report, args.json)
@@ -292,6 +299,7 @@ def main(argv=None) -> int:
                     help="also run this reference deblender on every blend, interleaved, and compare")
     bd.add_argument("--json", metavar="OUT", help="write every figure and the per-blend rows here")
     bd.add_argument("--top", type=int, default=10, metavar="N", help="list the N slowest blends")
+    bd.add_argument("--set", action="append", metavar="deblend.KEY=VALUE", help="hpcblend's deblender settings")
     bd.set_defaults(func=cmd_bench_deblend)
     bt = bsub.add_parser("tract", help="a tract job on one core: seconds and share per stage, throughput")
     bt.add_argument("job", nargs="?", help="tract job file (default: the built-in job)")

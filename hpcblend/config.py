@@ -1,8 +1,7 @@
 """Job configuration: a frozen dataclass tree loaded from YAML and validated once.
 
-Every default lives here, documented next to its field; a job file only
-overrides. Unknown or mistyped keys are errors that name the key (with a
-suggestion), so a typo never silently falls back to a default.
+Every default lives here, documented next to its field; a job file only overrides. Unknown or mistyped
+keys are errors that name the key (with a suggestion), so a typo never silently falls back to a default.
 
 Example job file::
 
@@ -231,11 +230,15 @@ class DeblendConfig:
     morph_step : float
         Adaprox morphology step (peak-normalised units).
     step_scale : float
-        FISTA step as a fraction of 1/L, L the Gershgorin row-sum bound of the Hessian (per pixel for
-        morphologies, per band for SEDs). The bound is usually loose, so steps of 2/L descend: on the 164 HSC
-        blends 2.0 took 23 % fewer iterations than 1.0 and gave a lower median chi2. For a bright, extended
-        source under near-uniform (sky-only) weights it is tight and 2/L overshoots; the fit's divergence guard
-        (a large rise, or rise-fall-rise) then returns to the best state and halves the step (``kernels.fit``).
+        FISTA step as a fraction of 1/L, L the Gershgorin row-sum bound of the Hessian (per pixel for morphologies,
+        per band for SEDs). The bound is usually loose, so steps of 2/L descend: on the 164 HSC blends 2.0 took 23 %
+        fewer iterations than 1.0 and gave a lower median chi2. For a bright, extended source under near-uniform
+        (sky-only) weights it is tight and 2/L overshoots; the divergence guard (a large rise, or rise-fall-rise)
+        then returns to the best state and halves the step (``kernels.fit``).
+    morph_row_gamma : float
+        FISTA: γ > 0 steps each morphology pixel by the longer of its Gershgorin row and a whole step of the row
+        weighted by ``(ā_k/ā_l)^γ`` (``kernels.fit_steps.fista_update``): a faint source beside a bright one steps by
+        its own curvature; better fits of crowded parents, at a cost in speed (profiling/README.md); 0: off.
     box_margin : int
         Zero pixels kept around each source's support so its box can grow.
     sed_ridge : float
@@ -253,10 +256,9 @@ class DeblendConfig:
     max_area_times_peaks : float
         Blends with ``footprint_area × n_peaks`` above this are skipped (``flag_skipped_too_large``).
     max_model_memory_mb : float
-        Blends whose ``(components, H, W)`` float32 model arrays would need more MB are skipped
-        (``flag_skipped_too_large``; :func:`hpcblend.deblend.result.model_memory_bytes`: ~250 MB for 94 peaks on
-        295 × 324 px), a flagged row instead of a killed rank that ``--resume`` would meet again. Size it to the
-        memory per rank (Slurm ``--mem-per-cpu``) less the patch's own arrays.
+        Blends whose (components, H, W) float32 model arrays need more MB are skipped (``flag_skipped_too_large``;
+        ``deblend.result.model_memory_bytes``: ~250 MB for 94 peaks on 295 × 324 px): a flagged row, not a killed
+        rank that ``--resume`` would meet again. Size it to the memory per rank less the patch's own arrays.
     sub_blends : bool
         Fit groups of sources whose models cannot meet (boxes farther apart than the PSF-difference kernel
         reaches) as independent sub-blends, each on its own crop and to its own convergence
@@ -288,6 +290,7 @@ class DeblendConfig:
     sed_step_factor: float = 1e-2
     morph_step: float = 1e-2
     step_scale: float = 2.0
+    morph_row_gamma: float = 0.0
     box_margin: int = 2
     sed_ridge: float = 1e-6
     max_chi2_per_pixel: float = 1e3
@@ -467,7 +470,7 @@ _NON_NEGATIVE = {("run", "numba_threads"), ("run", "write_every_units"), ("profi
                  ("deblend", "min_iter"), ("deblend", "bg_thresh"), ("deblend", "init_bg_thresh"),
                  ("deblend", "box_margin"), ("deblend", "sed_ridge"), ("deblend", "init_deconvolve"),
                  ("deblend", "psf_regularization"), ("deblend", "slope_peak_ratio"), ("deblend", "slope_peak_box"),
-                 ("deblend", "slope_peak_resolved_snr")}
+                 ("deblend", "slope_peak_resolved_snr"), ("deblend", "morph_row_gamma")}
 
 
 def _validate(job: JobConfig, source: str) -> JobConfig:
@@ -581,8 +584,7 @@ def job_to_dict(job: JobConfig) -> dict:
 DEFAULT_JOB = {
     "name": "demo-tract",
     "input": {"kind": "tract", "tract_dir": ".hpcblend_cache/demo_tract", "patch_inner_size": 1000,
-              "patch_overlap": 100,
-              "simulate": {"enabled": True, "shape": [2000, 2000], "density": 30.0, "seed": 1}},
+              "patch_overlap": 100, "simulate": {"enabled": True, "shape": [2000, 2000], "density": 30.0, "seed": 1}},
     "output": {"path": "output/demo.h5"},
 }
 
@@ -590,11 +592,9 @@ DEFAULT_JOB = {
 def default_job(overrides: Tuple[str, ...] = ()) -> JobConfig:
     """The built-in job (``hpcblend run`` without a job file): needs no external data.
 
-    Simulates (GalSim, once, into ``.hpcblend_cache/demo_tract`` of the
-    current directory) a 2000 × 2000 px grizy tract with a few hundred
-    galaxies and stars, cuts it into 2 × 2 patches of 1000 px with 100 px
-    overlap, detects, deblends and measures it, and writes
-    ``output/demo.h5``. The same job is ``jobs/demo.yaml``.
+    Simulates (GalSim, once, into ``.hpcblend_cache/demo_tract`` of the current directory) a 2000 × 2000 px
+    grizy tract with a few hundred galaxies and stars, cuts it into 2 × 2 patches of 1000 px with 100 px
+    overlap, detects, deblends and measures it, and writes ``output/demo.h5``. The same job is ``jobs/demo.yaml``.
     """
     data = apply_overrides(DEFAULT_JOB, overrides, source="--set")
     return job_from_dict(data, source="<built-in demo job>", base_dir=os.getcwd())

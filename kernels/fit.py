@@ -91,6 +91,9 @@ class FitSettings(NamedTuple):
         rises more than ``DIVERGENCE_TOL`` above the best loss so far, or
         oscillates (rises more than ``OSCILLATION_TOL`` now and two evaluations
         before, with a fall between), after putting the best state back.
+    row_gamma : float
+        FISTA: γ of the weighted morphology row (:func:`~hpcblend.kernels.fit_steps.fista_update`); 0: the
+        Gershgorin row alone.
     """
 
     optimizer: int
@@ -104,6 +107,7 @@ class FitSettings(NamedTuple):
     morph_step: float
     margin: int
     step_scale: float
+    row_gamma: float = 0.0
 
 
 @njit(nogil=True, cache=True)
@@ -256,7 +260,7 @@ def _work_space(morph, nb, fista):
     Returns ``(m1, m2, m3, s1, s2, s3, grad_sed, neighbour_sed, lip_sed, coupling, support, support_block_max)``:
     adaprox's moments m1, m2, m3 (K, H, W) and s1, s2, s3 (K, B); FISTA's previous iterate in m2, with
     m1 and m3 (K, 0, 0) (m3 becomes the exact monotonicity projection's multipliers if the fit stalls);
-    the SED gradient (B,), neighbour SED sums (K, B), SED curvature and coupling (B,), Σ_k S_k (H, W)
+    the SED gradient (B,), neighbour SED sums (K, 2B), SED curvature (B,) and coupling (2B,), Σ_k S_k (H, W)
     and its ``SUPPORT_BLOCK``² block maxima.
     """
     nk, h, w = morph.shape
@@ -264,7 +268,7 @@ def _work_space(morph, nb, fista):
     m2 = np.zeros(morph.shape, dtype=np.float32)
     m3 = np.zeros(m1.shape, dtype=np.float32)
     s1, s2, s3 = np.zeros((nk, nb)), np.zeros((nk, nb)), np.zeros((nk, nb))
-    neighbour_sed, lip_sed, coupling = np.zeros((nk, nb)), np.zeros(nb), np.zeros(nb)
+    neighbour_sed, lip_sed, coupling = np.zeros((nk, 2 * nb)), np.zeros(nb), np.zeros(2 * nb)
     support = np.zeros((h, w), dtype=np.float32)
     support_block_max = np.zeros(((h + SUPPORT_BLOCK - 1) // SUPPORT_BLOCK, (w + SUPPORT_BLOCK - 1) // SUPPORT_BLOCK),
                                  dtype=np.float32)
@@ -338,7 +342,7 @@ def _step_sources(settings, step, momentum, bc1, bc2, grad, curvature, noise_rms
                            settings.morph_step, settings.sed_step_factor, noise_rms)
         else:
             fista_update(k, sed, mk, y0, y1, x0, x1, grad, curvature, support_block_max, neighbour_sed,
-                         kernel_radius, step, lip_sed, grad_sed, coupling)
+                         kernel_radius, step, lip_sed, grad_sed, coupling, settings.row_gamma > 0.0)
         prox_source(k, sed, morph, boxes, peaks, alive, noise_rms, settings.bg_thresh, settings.monotonic,
                     settings.symmetric, settings.margin, h, w, m1, m2, m3, box_cap[k])
         if settings.optimizer == OPT_FISTA and alive[k]:
@@ -525,7 +529,7 @@ def fit_blend(images, weights, curvature, transfer, hp, wp, peaks, box_cap, sed,
         if fista:
             t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t_fista * t_fista))
             momentum, t_fista = (t_fista - 1.0) / t_new, t_new
-            neighbour_sums(sed, boxes, alive, kernel_radius, neighbour_sed)
+            neighbour_sums(sed, boxes, alive, kernel_radius, neighbour_sed, settings.row_gamma)
             support_sum(morph, boxes, alive, support, support_block_max)
         _step_sources(settings, settings.step_scale * step_mult, momentum, bc1, bc2, grad, curvature, noise_rms,
                       kernel_radius, peaks, box_cap, sed, morph, boxes, alive, m1, m2, m3, s1, s2, s3, sed_prev,

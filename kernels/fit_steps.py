@@ -210,12 +210,35 @@ def support_sum(morph, boxes, alive, out, block_max):
 
 
 @njit(nogil=True, cache=True)
-def neighbour_sums(sed, boxes, alive, radius, neighbour_sed):
-    """For every source k: ``Σ_l a_lb`` over the live sources l (k included) whose boxes,
-    dilated by ``radius``, intersect k's, written into ``neighbour_sed`` (K, B)."""
+def neighbour_sums(sed, boxes, alive, radius, neighbour_sed, gamma=0.0):
+    """The row-sum factors of FISTA's morphology preconditioners (:func:`fista_update`), for every source k.
+
+    Over the live sources l (k included) whose boxes, dilated by ``radius``, intersect k's:
+    ``neighbour_sed[k, b] = Σ_l a_lb`` (the Gershgorin row) and, when ``gamma > 0``,
+    ``neighbour_sed[k, B + b] = Σ_l a_lb (ā_k / ā_l)^γ`` (the row weighted by ``v_l = ā_l^−γ``, Schur's test),
+    with ``ā_l = Σ_b a_lb``; a source with no flux weighs 1 (its terms are zero).
+
+    Parameters
+    ----------
+    sed : ndarray, shape (K, B), float64
+    boxes : ndarray, shape (K, 4), int64
+    alive : ndarray, shape (K,), bool
+    radius : int
+        Pixels (the PSF-difference kernel radius).
+    neighbour_sed : ndarray, shape (K, 2B), float64
+        Overwritten (the weighted half with zeros when ``gamma`` is 0).
+    gamma : float
+        γ ≥ 0 of the weighted row (``deblend.morph_row_gamma``); 0: the Gershgorin row alone.
+    """
     nk, nb = sed.shape
-    for k in range(nk):
+    scale = np.zeros(nk)  # ā_l^γ
+    for l in range(nk):
+        total = 0.0
         for b in range(nb):
+            total += sed[l, b]
+        scale[l] = total ** gamma if total > 0.0 else 0.0
+    for k in range(nk):
+        for b in range(2 * nb):
             neighbour_sed[k, b] = 0.0
         if not alive[k]:
             continue
@@ -224,8 +247,11 @@ def neighbour_sums(sed, boxes, alive, radius, neighbour_sed):
                 continue
             if (boxes[l, 0] - radius < boxes[k, 1] + radius and boxes[k, 0] - radius < boxes[l, 1] + radius
                     and boxes[l, 2] - radius < boxes[k, 3] + radius and boxes[k, 2] - radius < boxes[l, 3] + radius):
+                weight = scale[k] / scale[l] if l != k and scale[k] > 0.0 and scale[l] > 0.0 else 1.0
                 for b in range(nb):
                     neighbour_sed[k, b] += sed[l, b]
+                    if gamma > 0.0:
+                        neighbour_sed[k, nb + b] += sed[l, b] * weight
 
 
 @njit(nogil=True, cache=True)
@@ -345,21 +371,26 @@ def adaprox_update(k, sed, mk, y0, y1, x0, x1, grad, m1, m2, m3, s1, s2, s3, gra
 
 @njit(nogil=True, cache=True)
 def fista_update(k, sed, mk, y0, y1, x0, x1, grad, curvature, support_block_max, neighbour_sed, kernel_radius,
-                 step, lip_sed, grad_sed, coupling):
+                 step, lip_sed, grad_sed, coupling, weighted_row=False):
     """One preconditioned proximal-gradient (FISTA) step of source k's morphology and SED, in place.
 
     The step is diagonally preconditioned by Gershgorin row sums of the Hessian (Beck & Teboulle
     2009 with a variable metric):
 
-    * morphology pixel p of source k: ``Σ_b a_kb A_kb c_b(p)``, ``A_kb = Σ_l a_lb`` over the sources
-      l whose grown boxes meet k's (k included; ``neighbour_sed``);
+    * morphology pixel p of source k: ``P_k(p) = Σ_b a_kb A_kb c_b(p)``, ``A_kb = Σ_l a_lb`` over the
+      sources l whose grown boxes meet k's (k included; ``neighbour_sed[:, :B]``);
     * SED entry (k, b): ``S_max,k Σ_p S_k(p) c_b(p)``, ``S_max,k = max Σ_l S_l`` near k,
 
     with ``c_b = ||D_b||₁ (|D_b|ᵀ * W_b)`` (``curvature``); both majorise the Hessian's blocks, so a
     step of ``step`` / row-sum (``step`` ≤ 2) decreases the loss. Bright sources (low weights at
-    their cores) get large steps where a global bound would crawl. One pass over the box gathers
-    both gradients and both preconditioners; the morphology step uses the SEDs before their own
-    step (a simultaneous update).
+    their cores) get large steps where a global bound would crawl. With ``weighted_row`` the morphology
+    steps by the longer of ``step / P`` and ``1 / Q``, ``Q_k(p) = Σ_b a_kb A'_kb c_b(p)`` the weighted row
+    (``A'_kb = Σ_l a_lb (ā_k/ā_l)^γ``, ``neighbour_sed[:, B:]``; Schur's test, ``diag(Σ_j |H_ij| v_j / v_i) ⪰ H``
+    for any ``v > 0``, here ``v_l = ā_l^−γ``): a whole step of a majorant, as the tighter row cannot take
+    twice it. Beside a source 10⁴ times brighter, ``P`` is the bright one's SED and, at γ = ½, ``Q`` only
+    √10⁴ of it, so a faint source's morphology no longer crawls. One pass over the box gathers both
+    gradients and the preconditioners; the morphology step uses the SEDs before their own step (a
+    simultaneous update).
 
     Parameters
     ----------
@@ -372,14 +403,18 @@ def fista_update(k, sed, mk, y0, y1, x0, x1, grad, curvature, support_block_max,
     curvature : ndarray, shape (B, H, W), float32
     support_block_max : ndarray, shape (⌈H/8⌉, ⌈W/8⌉), float32
         Block maxima of ``Σ_l S_l`` (:func:`support_sum`).
-    neighbour_sed : ndarray, shape (K, B), float64
-        ``A_kb`` (:func:`neighbour_sums`).
+    neighbour_sed : ndarray, shape (K, 2B), float64
+        ``A_kb`` and ``A'_kb`` (:func:`neighbour_sums`).
     kernel_radius : int
         Pixels: the SED bound looks at k's box grown by this.
     step : float
         Fraction of 1/row-sum to step.
-    lip_sed, grad_sed, coupling : ndarray, shape (B,), float64
+    lip_sed, grad_sed : ndarray, shape (B,), float64
         Work space.
+    coupling : ndarray, shape (2B,), float64
+        Work space.
+    weighted_row : bool
+        Step by the longer of the two rows (``deblend.morph_row_gamma > 0``).
     """
     nb = sed.shape[1]
     h, w = mk.shape
@@ -396,10 +431,12 @@ def fista_update(k, sed, mk, y0, y1, x0, x1, grad, curvature, support_block_max,
         lip_sed[b] = 0.0
         grad_sed[b] = 0.0
         coupling[b] = sed[k, b] * neighbour_sed[k, b]
+        coupling[nb + b] = sed[k, b] * neighbour_sed[k, nb + b]
     for y in range(y0, y1):
         for x in range(x0, x1):
             g = 0.0
             pre = 0.0
+            pre_weighted = 0.0
             v = mk[y, x]
             for b in range(nb):
                 gb = grad[b, y, x]
@@ -407,9 +444,13 @@ def fista_update(k, sed, mk, y0, y1, x0, x1, grad, curvature, support_block_max,
                 grad_sed[b] += gb * v
                 g += sed[k, b] * gb
                 pre += coupling[b] * cb
+                pre_weighted += coupling[nb + b] * cb
                 lip_sed[b] += v * cb
             if pre > 0.0:
-                mk[y, x] = v - step * g / pre
+                length = step / pre
+                if weighted_row and pre_weighted > 0.0:
+                    length = max(length, 1.0 / pre_weighted)
+                mk[y, x] = v - length * g
     for b in range(nb):
         lip = smax * lip_sed[b]
         if lip > 0.0:

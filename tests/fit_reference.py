@@ -123,7 +123,7 @@ def _residual_and_loss(sed, morph, boxes, alive, images, weights, transfer, hp, 
 
 def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed, morph, boxes, noise_rms,
                         max_iter, min_iter, e_rel, bg_thresh, margin, kernel_radius, step_scale, caps=None,
-                        oscillation_test=True, stall_switch=True, lull_test=True, best_test=True):
+                        oscillation_test=True, stall_switch=True, lull_test=True, best_test=True, row_gamma=0.0):
     """FISTA of :func:`hpcblend.kernels.fit.fit_blend` (monotonic, not symmetric), whole-array NumPy.
 
     ``oscillation_test=False``: the loop as it was before the oscillation test (no return to the best
@@ -131,7 +131,8 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
     loop as it was before the stall test (after ``STALL_RISES`` rises in a row, back to the best state and
     exact monotonicity projections from then on). ``lull_test=False``: convergence on one small change
     even amid a steep descent (:func:`_settled` not required). ``best_test=False``: convergence even at a
-    loss more than the tolerance above the lowest one evaluated.
+    loss more than the tolerance above the lowest one evaluated. ``row_gamma > 0``: morphology steps by the
+    longer of the Gershgorin row and a whole step of the weighted row (``FitSettings.row_gamma``).
     Returns (loss history, sed, morph, boxes, alive, converged, number of returns to the best state).
     """
     sed, morph, boxes = sed.copy(), morph.copy(), boxes.copy()
@@ -207,14 +208,19 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
         t_new = 0.5 * (1 + math.sqrt(1 + 4 * t_f * t_f))
         momentum, t_f = (t_f - 1) / t_new, t_new
         step = step_scale * step_mult
-        # A_kb: SED sums of the live sources whose boxes, grown by the kernel radius, meet k's
+        # A_kb: SED sums of the live sources whose boxes, grown by the kernel radius, meet k's; A'_kb: the same
+        # weighted by (ā_k/ā_m)^γ (ā: the summed SED; 1 for k itself or a source with no flux)
         near = np.zeros((nk, nb))
+        near_weighted = np.zeros((nk, nb))
         r = kernel_radius
+        total = sed.sum(axis=1)
         for k in np.flatnonzero(alive):
             for m in np.flatnonzero(alive):
                 if (boxes[m, 0] - r < boxes[k, 1] + r and boxes[k, 0] - r < boxes[m, 1] + r
                         and boxes[m, 2] - r < boxes[k, 3] + r and boxes[k, 2] - r < boxes[m, 3] + r):
                     near[k] += sed[m]
+                    weighted = m != k and total[k] > 0 and total[m] > 0
+                    near_weighted[k] += sed[m] * ((total[k] / total[m]) ** row_gamma if weighted else 1.0)
         support = np.zeros((h, w), np.float32)
         for k in np.flatnonzero(alive):
             y0, y1, x0, x1 = boxes[k]
@@ -230,7 +236,12 @@ def fit_blend_reference(images, weights, curvature, transfer, hp, wp, peaks, sed
             c = curvature[:, y0:y1, x0:x1].astype(np.float64)
             grad_sed, lip_sed = (g * v).sum(axis=(1, 2)), (c * v).sum(axis=(1, 2))
             pre = np.tensordot(sed[k] * near[k], c, axes=1)
-            delta = np.where(pre > 0, step * np.tensordot(sed[k], g, axes=1) / np.where(pre > 0, pre, 1), 0)
+            length = step / np.where(pre > 0, pre, 1)
+            if row_gamma > 0:
+                pre_weighted = np.tensordot(sed[k] * near_weighted[k], c, axes=1)
+                length = np.where(pre_weighted > 0, np.maximum(length, 1 / np.where(pre_weighted > 0, pre_weighted, 1)),
+                                  length)
+            delta = np.where(pre > 0, length * np.tensordot(sed[k], g, axes=1), 0)
             morph[k, y0:y1, x0:x1] = (v - delta).astype(np.float32)
             lip = smax * lip_sed
             sed[k] = np.where(lip > 0, sed[k] - step * grad_sed / np.where(lip > 0, lip, 1), sed[k])

@@ -192,3 +192,26 @@ def test_bench_deblend_without_truth_reports_none(blend_files, tmp_path, capfd, 
     rc, report, text = _run(blend_files[:1], tmp_path / "bench.json", capfd)
     assert rc == 0 and report["truth"] is None and "vs truth" not in text
     assert "truth_flux" not in report["blends"][0]
+
+
+def test_bench_deblend_takes_deblender_settings(blend_files, tmp_path, capfd):
+    """``--set deblend.KEY=VALUE`` reaches hpcblend's fit and is named in the output; other sections and bad
+    values stop with one line and exit 2."""
+    out = tmp_path / "set.json"
+    runs = {}
+    for label, extra in (("default", []), ("weighted", ["--set", "deblend.morph_row_gamma=0.5"])):
+        rc = main(["bench", "deblend", *blend_files, "--json", str(out), *extra])
+        text = capfd.readouterr().out
+        assert rc == 0, text
+        with open(out) as fh:
+            runs[label] = json.load(fh)
+        line = [x for x in text.splitlines() if x.startswith("hpcblend settings")]
+        assert line == ["hpcblend settings   " + ("default" if label == "default" else "deblend.morph_row_gamma=0.5")]
+    assert runs["default"]["settings_changed"] == {}
+    assert runs["weighted"]["settings_changed"] == {"morph_row_gamma": 0.5}
+    paths = [[r["iterations"], r["chi2_per_pixel"]] for label in runs for r in runs[label]["blends"]]
+    assert paths[:len(blend_files)] != paths[len(blend_files):]  # the setting changed the fits
+    for bad, message in ((["--set", "run.numba_threads=2"], "deblend.KEY=VALUE only"),
+                         (["--set", "deblend.morph_row_gamma=-1"], "key 'deblend.morph_row_gamma': must be >= 0")):
+        assert main(["bench", "deblend", *blend_files, *bad]) == 2
+        assert message in capfd.readouterr().err

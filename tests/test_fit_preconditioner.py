@@ -1,10 +1,11 @@
 """FISTA's morphology preconditioner majorises the loss's Hessian (so a step of 1/row-sum descends).
 
 The Hessian of ``½ Σ_b ||W_b^½ (Y_b − D_b * Σ_k a_kb S_k)||²`` in the morphologies, for fixed SEDs, has
-blocks ``Σ_b a_kb a_lb C_bᵀ W_b C_b`` (``C_b``: convolution by ``D_b``). The step's diagonal,
-``Σ_b a_kb A_kb c_b(p)`` with ``A_kb`` from :func:`~hpcblend.kernels.fit_steps.neighbour_sums` and ``c_b``
-from :func:`~hpcblend.kernels.fit_steps.curvature_bound`, must be at least that Hessian in the PSD order,
-here checked on explicit matrices of a small frame.
+blocks ``Σ_b a_kb a_lb C_bᵀ W_b C_b`` (``C_b``: convolution by ``D_b``). Both diagonals of the step,
+``Σ_b a_kb A_kb c_b(p)`` with the Gershgorin row ``A_kb`` and with the weighted row ``A'_kb`` (Schur's test,
+``deblend.morph_row_gamma``), both from :func:`~hpcblend.kernels.fit_steps.neighbour_sums`, and ``c_b`` from
+:func:`~hpcblend.kernels.fit_steps.curvature_bound`, must be at least that Hessian in the PSD order, here
+checked on explicit matrices of a small frame.
 """
 
 import numpy as np
@@ -44,8 +45,9 @@ def _case(tight):
     return kernels, weights, boxes, sed
 
 
+@pytest.mark.parametrize("gamma", [0.5, 1.0])
 @pytest.mark.parametrize("tight", [True, False])
-def test_morphology_preconditioner_majorises_the_hessian_with_a_source_a_thousand_times_brighter(tight):
+def test_morphology_preconditioners_majorise_the_hessian_with_a_source_a_thousand_times_brighter(tight, gamma):
     kernels, weights, boxes, sed = _case(tight)
     nb, h, w = weights.shape
     r = kernels.shape[1] // 2
@@ -54,19 +56,30 @@ def test_morphology_preconditioner_majorises_the_hessian_with_a_source_a_thousan
     abs_k = np.abs(kernels)
     curvature = fit_steps.curvature_bound(weights, psf.kernel_transfer_function(abs_k, (hp, wp)),
                                           abs_k.sum(axis=(1, 2)), hp, wp).astype(np.float64)
-    neighbour_sed = np.zeros_like(sed)
-    fit_steps.neighbour_sums(sed, boxes, alive, r, neighbour_sed)
-    # explicit Hessian over the pixels of the boxes, and the step's diagonal
+    neighbour_sed = np.zeros((sed.shape[0], 2 * nb))  # the Gershgorin row's sums, then the weighted row's
+    fit_steps.neighbour_sums(sed, boxes, alive, r, neighbour_sed, gamma)
+    # explicit Hessian over the pixels of the boxes, and both diagonals of the step
     index = [(k, y, x) for k, (y0, y1, x0, x1) in enumerate(boxes) for y in range(y0, y1) for x in range(x0, x1)]
     flat = np.array([y * w + x for _, y, x in index])
     owner = np.array([k for k, _, _ in index])
     hessian = np.zeros((len(index), len(index)))
-    diagonal = np.zeros(len(index))
+    diagonals = np.zeros((2, len(index)))
     for b in range(nb):
         conv = _convolution_matrix(kernels[b], h, w)
         block = (conv.T * weights[b].ravel().astype(np.float64)) @ conv
         hessian += np.outer(sed[owner, b], sed[owner, b]) * block[np.ix_(flat, flat)]
-        diagonal += sed[owner, b] * neighbour_sed[owner, b] * curvature[b].ravel()[flat]
-    scale = np.sqrt(diagonal)
-    normalised = hessian / np.outer(scale, scale)  # P^-½ H P^-½ ⪯ I  ⇔  P ⪰ H
-    assert np.linalg.eigvalsh(normalised).max() <= 1.0 + 1e-9
+        for row in range(2):
+            diagonals[row] += sed[owner, b] * neighbour_sed[owner, row * nb + b] * curvature[b].ravel()[flat]
+    for diagonal in diagonals:
+        scale = np.sqrt(diagonal)
+        normalised = hessian / np.outer(scale, scale)  # P^-½ H P^-½ ⪯ I  ⇔  P ⪰ H
+        assert np.linalg.eigvalsh(normalised).max() <= 1.0 + 1e-9
+    # the weighted row holds the faint source beside the bright one by far less than the bright one's SED
+    assert np.all(neighbour_sed[1, nb:] < 0.1 * neighbour_sed[1, :nb]), neighbour_sed[1]
+
+
+def test_without_gamma_the_weighted_row_is_not_computed():
+    kernels, weights, boxes, sed = _case(False)
+    neighbour_sed = np.full((sed.shape[0], 2 * sed.shape[1]), np.nan)
+    fit_steps.neighbour_sums(sed, boxes, np.ones(3, dtype=np.bool_), kernels.shape[1] // 2, neighbour_sed)
+    assert np.all(neighbour_sed[:, sed.shape[1]:] == 0.0) and np.all(neighbour_sed[:, :sed.shape[1]] > 0)

@@ -321,7 +321,8 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
         (None, "ok" or the notice), ``comparison`` (ratios, or None), ``truth`` (for files
         with truth: ``hpcblend`` and ``scarlet_lite`` model-flux accuracy in :data:`FLUX_BAND` by the
         criteria of ``hpcblend truth``, :mod:`hpcblend.analysis.truth_metrics`; None otherwise) and
-        ``blends`` (one row per blend; reference fields prefixed ``ref_``, truth fields ``truth_``).
+        ``blends`` (one row per blend; reference fields prefixed ``ref_``, truth fields ``truth_``), and
+        ``settings_changed`` (hpcblend's deblender settings that are not the defaults, by name).
 
     Raises
     ------
@@ -368,8 +369,10 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
     if any("truth_flux" in r for r in rows):
         truth = dict(hpcblend=_truth_accuracy(rows, ""),
                      scarlet_lite=_truth_accuracy(rows, "ref_") if runner is not None else None)
+    changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+               if getattr(config, f.name) != f.default}
     return dict(summary=summary, reference=ref, reference_status=status, comparison=comparison, truth=truth,
-                blends=rows)
+                blends=rows, settings_changed=changed)
 
 
 def _fmt(v, spec: str) -> str:
@@ -400,6 +403,8 @@ def format_report(report: dict, top: int = 10) -> list:
         lines.append(line)
     for k, v in report["summary"].items():
         lines.append(f"{k:20s} {v}")
+    changed = report.get("settings_changed") or {}
+    lines.append("hpcblend settings   " + (", ".join(f"deblend.{k}={v}" for k, v in changed.items()) or "default"))
     if ref is None:
         return lines + _truth_lines(report.get("truth"))
     hp, c = _side_summary(rows, ""), cmp_

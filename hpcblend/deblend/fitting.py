@@ -34,7 +34,7 @@ def fit_settings(config: DeblendConfig) -> fit.FitSettings:
     config : DeblendConfig
         ``optimizer`` ("adaprox" or "fista"), ``max_iter``, ``min_iter``, ``e_rel``,
         ``bg_thresh``, ``monotonic``, ``symmetric``, ``sed_step_factor``,
-        ``morph_step``, ``box_margin`` and ``step_scale``.
+        ``morph_step``, ``box_margin``, ``step_scale`` and ``morph_row_gamma``.
 
     Returns
     -------
@@ -45,7 +45,8 @@ def fit_settings(config: DeblendConfig) -> fit.FitSettings:
         max_iter=int(config.max_iter), min_iter=int(config.min_iter), e_rel=float(config.e_rel),
         bg_thresh=float(config.bg_thresh), monotonic=bool(config.monotonic), symmetric=bool(config.symmetric),
         sed_step_factor=float(config.sed_step_factor), morph_step=float(config.morph_step),
-        margin=int(config.box_margin), step_scale=float(config.step_scale))
+        margin=int(config.box_margin), step_scale=float(config.step_scale),
+        row_gamma=float(config.morph_row_gamma))
 
 
 def fit_sources(obs: Observation, peaks: np.ndarray, sed: np.ndarray, morphs: np.ndarray, boxes: np.ndarray,
