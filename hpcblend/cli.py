@@ -166,7 +166,6 @@ def cmd_summary(args) -> int:
 def cmd_bench_deblend(args) -> int:
     """Deblend every blend on one core after a warm-up, optionally beside scarlet_lite (:mod:`hpcblend.analysis.bench`)."""
     from hpcblend.analysis.bench import format_report, run_bench_deblend, write_json
-
     from hpcblend.config import default_job
     from hpcblend.errors import ConfigError
 

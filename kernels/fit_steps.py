@@ -231,8 +231,8 @@ def neighbour_sums(sed, boxes, alive, radius, neighbour_sed, gamma=0.0):
         γ ≥ 0 of the weighted row (``deblend.morph_row_gamma``); 0: the Gershgorin row alone.
     """
     nk, nb = sed.shape
-    scale = np.zeros(nk)  # ā_l^γ
-    for l in range(nk):
+    scale = np.zeros(nk)  # ā_l^γ (only with gamma > 0)
+    for l in range(nk if gamma > 0.0 else 0):
         total = 0.0
         for b in range(nb):
             total += sed[l, b]
@@ -444,7 +444,8 @@ def fista_update(k, sed, mk, y0, y1, x0, x1, grad, curvature, support_block_max,
                 grad_sed[b] += gb * v
                 g += sed[k, b] * gb
                 pre += coupling[b] * cb
-                pre_weighted += coupling[nb + b] * cb
+                if weighted_row:
+                    pre_weighted += coupling[nb + b] * cb
                 lip_sed[b] += v * cb
             if pre > 0.0:
                 length = step / pre
