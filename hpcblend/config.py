@@ -192,8 +192,7 @@ class DeblendConfig:
     psf_regularization : float
         Tikhonov λ of the Fourier-space difference-kernel solution, relative to the model PSF's peak power.
     kernel_tolerance : float
-        Difference-kernel pixels below this fraction of the kernel's peak outside the central square are dropped
-        (sets the FFT padding).
+        Difference-kernel pixels below this fraction of its peak outside the central square are dropped (FFT padding).
     optimizer : str
         ``"adaprox"`` (proximal AMSGrad, scarlet's default) or ``"fista"``.
     e_rel : float
@@ -211,20 +210,19 @@ class DeblendConfig:
         whose centre is off its pixel's centre cannot be fitted (hsc_cosmos_35: χ²/px 34.7 with it, 1.27
         without), so it is off by default, as in scarlet_lite.
     max_components : int
-        1, or 2: a bright source (peak S/N ≥ ``multi_component_snr`` in the detection image) is modelled as a
-        compact core plus a halo, each with its own SED (scarlet_lite's two-component sources for bright
-        objects, e.g. bulge and disk); its child is their sum.
+        1, or 2: a bright source (peak S/N ≥ ``multi_component_snr`` in the detection image) is a core plus a
+        halo, each with its own SED (scarlet's bulge and disk); its child is their sum.
     multi_component_snr : float
-        Detection-image S/N at the peak above which a source gets two components. 500 (measured): hsc_cosmos_35's
-        two bright galaxies (S/N 1512, 568) get a core (chi2/pixel 1.34 → 1.27); lower thresholds cost more on the
-        164 HSC blends and swap more flux between close single-profile sources in the synthetic tests.
+        Detection-image S/N at the peak from which a source gets two components. 300 (measured on the 164 HSC
+        blends; profiling/README.md, "Two components as scarlet splits them"): a colour gradient needs them.
     core_fraction : float
-        The core starts as the source's initial morphology where it is above this fraction of its peak.
+        ``t`` in (0, 1) of scarlet's split of the initial morphology S (peak 1): core ``max(S − t, 0)``, halo
+        ``min(S, t)`` (:func:`hpcblend.deblend.initialization.initialize_sources`).
     init_symmetric : bool
         Symmetrise the initial morphologies (scarlet does).
     init_deconvolve : float
-        Tikhonov λ of the deconvolution of the detection image by the band-weighted difference kernel before the
-        morphologies are cut from it (model frame vs observed frame); 0 disables.
+        Tikhonov λ deconvolving the detection image by the band-weighted difference kernel (to the model frame)
+        before the morphologies are cut from it; 0 disables.
     sed_step_factor : float
         Adaprox SED step ``max(sed_step_factor · mean(a_k), σ_b)``.
     morph_step : float
@@ -283,7 +281,7 @@ class DeblendConfig:
     monotonic: bool = True
     symmetric: bool = False
     max_components: int = 2
-    multi_component_snr: float = 500.0
+    multi_component_snr: float = 300.0
     core_fraction: float = 0.1
     init_symmetric: bool = True
     init_deconvolve: float = 0.03
@@ -490,6 +488,8 @@ def _validate(job: JobConfig, source: str) -> JobConfig:
     if d.max_components not in (1, 2):
         raise ConfigError(f"{source}: key 'deblend.max_components': must be 1 or 2, "
                           f"got {quote_value(d.max_components)}")
+    if not d.core_fraction < 1:
+        raise ConfigError(f"{source}: key 'deblend.core_fraction': must be < 1, got {quote_value(d.core_fraction)}")
     if d.min_iter > d.max_iter:
         raise ConfigError(f"{source}: key 'deblend.min_iter': {quote_value(d.min_iter)} exceeds "
                           f"deblend.max_iter = {quote_value(d.max_iter)}")

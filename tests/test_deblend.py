@@ -36,25 +36,28 @@ def _errors(truth, r):
 
 # Three Gaussian sources (sigma 1-3 px, PSF sigma ~1.6 px) whose centres are >= 8 px apart: their
 # light overlaps (FWHM up to ~8 px) — a blend — but each has its own core. Every seed must pass, with
-# the default configuration (bright sources, peak S/N >= 500, get two components) and with one
-# component per source (the model family of the truth).
-@pytest.mark.parametrize("components", [2, 1])
+# one component per source (the model family of the truth: within 2 % in every band) and with the
+# default configuration (sources of peak S/N >= 300 get a core and a halo, each with its own SED:
+# that freedom, which real galaxies' colour gradients need, costs these single-profile sources up to
+# 2.9 % in their faintest band over the 16 seeds; 1.9 % with the threshold at 500; 7.9 % at 300 with
+# the core started as the inner part of the profile instead of scarlet's split).
+@pytest.mark.parametrize("components, tolerance", [(2, 0.03), (1, 0.02)])
 @pytest.mark.parametrize("seed", range(16))
-def test_synthetic_three_sources_flux_and_centroid(seed, components):
+def test_synthetic_three_sources_flux_and_centroid(seed, components, tolerance):
     _, truth, r = _deblend_synthetic(seed, max_components=components)
     assert r.fitted and r.converged
     assert r.children["alive"].all()
     m, dist, rel = _errors(truth, r)
     assert sorted(m) == [0, 1, 2]  # one-to-one
     assert np.all(dist < 0.2), dist
-    assert np.all(rel < 0.02), rel
+    assert np.all(rel < tolerance), rel
 
 
 def test_synthetic_close_pairs_statistics():
     """Centres only >= 6 px apart: the monotonic model cannot always tell which source owns the
     light between two close, broad cores, so some fluxes swap a few per cent (measured on seeds
-    0-15, default configuration: 9 of 16 blends within 2 % / 0.2 px, worst 19 % / 0.46 px, median
-    error 0.4 %; with one component per source 10 of 16, worst 14 %).
+    0-15, default configuration: 11 of 16 blends within 2 % / 0.2 px, worst 21 % / 0.43 px, median
+    error 0.3 %; with one component per source 10 of 16, worst 44 % / 0.72 px).
     Guard the statistics so a regression shows."""
     n_ok, medians = 0, []
     for seed in range(16):
