@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from scipy.signal import fftconvolve
 
-from hpcblend.config import DeblendConfig
+from hpcblend.config import DeblendConfig, default_job
 from hpcblend.deblend import build_observation, deblend_blend, detection_snr
 from hpcblend.deblend.initialization import split_core_and_halo
+from hpcblend.errors import ConfigError
 from hpcblend.io.blend_data import BlendData
 from hpcblend.simulate.synthetic import double_gaussian_psf
 
@@ -88,3 +89,11 @@ def test_a_colour_gradient_needs_two_components():
     assert len(two.owner) == 2 and two.converged
     assert two.chi2_per_pixel < 1.1
     np.testing.assert_allclose(two.children["flux"][0], truth, rtol=0.02)
+
+
+@pytest.mark.parametrize("value", [1.0, 1.5])
+def test_core_fraction_must_be_below_one(value):
+    """``core_fraction`` divides the split (``1 − t``): 1 or more is refused once, naming the key."""
+    with pytest.raises(ConfigError, match=r"key 'deblend.core_fraction': must be < 1"):
+        default_job((f"deblend.core_fraction={value}",))
+    assert default_job(("deblend.core_fraction=0.5",)).deblend.core_fraction == 0.5
