@@ -21,7 +21,8 @@ from hpcblend.deblend.observation import Observation, convolve_sources
 from hpcblend.kernels import initialization
 
 __all__ = ["DEAD_SOURCE_SED_FRACTION", "SLOPE_PEAK_REACH", "SLOPE_PEAK_RESOLVED_RISE", "SLOPE_PEAK_UNRESOLVED_RATIO",
-           "detection_image", "detection_snr", "component_layout", "initialize_sources", "slope_peak_caps"]
+           "detection_image", "detection_snr", "component_layout", "initialize_sources", "split_core_and_halo",
+           "slope_peak_caps"]
 
 #: A source whose initial SED fit gives no flux in any band starts at this fraction of the noise σ_b
 #: in every band, so that the fit can still grow it (a zero SED has a zero morphology gradient).
@@ -247,15 +248,15 @@ def split_core_and_halo(morphs: np.ndarray, peaks: np.ndarray, core: np.ndarray,
         halo = np.flatnonzero(~core & (py == py[i]) & (px == px[i]))
         if halo.size != 1:
             raise ValueError(f"core component {i} at {tuple(peaks[i])} has {halo.size} halo components")
-        source = morphs[i]
+        core_morph, halo_morph = morphs[i], morphs[halo[0]]
         if not full_data[i]:
-            source[source < fraction] = 0.0
+            core_morph[core_morph < fraction] = 0.0
             continue
-        profile = source.copy()
-        np.maximum(profile - fraction, 0.0, out=source)
-        source /= 1.0 - fraction
-        np.minimum(profile, fraction, out=morphs[halo[0]])
-        morphs[halo[0]] /= fraction
+        profile = core_morph.copy()
+        np.maximum(profile - fraction, 0.0, out=core_morph)
+        core_morph /= 1.0 - fraction
+        np.minimum(profile, fraction, out=halo_morph)
+        halo_morph /= fraction
 
 
 def slope_peak_caps(detect: np.ndarray, threshold: float, peaks: np.ndarray, morphs: np.ndarray,
