@@ -11,7 +11,7 @@ from scipy.signal import fftconvolve
 
 from hpcblend.config import DeblendConfig, default_job
 from hpcblend.deblend import build_observation, deblend_blend, detection_snr
-from hpcblend.deblend.initialization import split_core_and_halo
+from hpcblend.deblend.initialization import component_layout, initialize_sources, split_core_and_halo
 from hpcblend.errors import ConfigError
 from hpcblend.io.blend_data import BlendData
 from hpcblend.simulate.synthetic import double_gaussian_psf
@@ -27,10 +27,10 @@ def test_split_core_and_halo_adds_up_to_the_profile():
     profile, neighbour = _profile(), _profile(centre=(3, 3))
     morphs = np.stack([profile, neighbour, profile])  # the halo, another source, the halo's core
     peaks = np.array([[7, 7], [3, 3], [7, 7]])
-    core = np.array([False, False, True])
+    owner = np.array([0, 1, 0])  # component_layout's: the core (2) belongs to child 0, whose halo is component 0
     weights = np.ones((5, 15, 15), dtype=np.float32)
     t = 0.25
-    split_core_and_halo(morphs, peaks, core, weights, t)
+    split_core_and_halo(morphs, peaks, owner, weights, t)
     halo, other, inner = morphs
     assert halo.max() == pytest.approx(1.0) and inner.max() == pytest.approx(1.0)
     np.testing.assert_allclose(t * halo + (1 - t) * inner, profile, atol=1e-6)
@@ -45,16 +45,28 @@ def test_split_keeps_the_plain_core_where_a_band_has_no_data():
     morphs = np.stack([profile, profile])
     weights = np.ones((5, 15, 15), dtype=np.float32)
     weights[2, 6:9, 6:9] = 0.0  # i band saturated at the core
-    split_core_and_halo(morphs, np.array([[7, 7], [7, 7]]), np.array([False, True]), weights, 0.1)
+    split_core_and_halo(morphs, np.array([[7, 7], [7, 7]]), np.array([0, 0]), weights, 0.1)
     np.testing.assert_array_equal(morphs[0], profile)
     np.testing.assert_array_equal(morphs[1], np.where(profile >= 0.1, profile, 0.0))
 
 
-def test_split_needs_a_halo_at_the_core_peak():
-    morphs = np.stack([_profile(), _profile()])
-    with pytest.raises(ValueError, match="halo"):
-        split_core_and_halo(morphs, np.array([[7, 7], [3, 3]]), np.array([False, True]),
-                            np.ones((1, 15, 15), dtype=np.float32), 0.1)
+def test_initialize_sources_splits_the_cores_component_layout_gives():
+    """The deblender's path: ``component_layout``'s owner tells ``initialize_sources`` which halo each core
+    splits with; the pair adds back up to the one-component start, and the faint neighbour is untouched."""
+    blend, _ = _colour_gradient_galaxy()
+    peaks = np.array([[25, 25], [45, 8]])  # the galaxy and a peak on its faint outskirts
+    config = DeblendConfig()
+    obs = build_observation(blend, config)
+    owner, core = component_layout(obs, peaks, config)
+    np.testing.assert_array_equal(owner, [0, 1, 0])  # only the galaxy reaches multi_component_snr
+    np.testing.assert_array_equal(core, [False, False, True])
+    _, single, _, _ = initialize_sources(obs, peaks, config)
+    _, split, _, _ = initialize_sources(obs, peaks[owner], config, owner=owner)
+    t = config.core_fraction
+    np.testing.assert_allclose(t * split[0] + (1 - t) * split[2], single[0], atol=1e-6)
+    assert split[0].max() == pytest.approx(1.0) and split[2].max() == pytest.approx(1.0)
+    assert np.count_nonzero(split[2]) < np.count_nonzero(split[0])  # the core is the inner part
+    np.testing.assert_array_equal(split[1], single[1])
 
 
 def _colour_gradient_galaxy(seed=0):

@@ -172,13 +172,13 @@ def deblend_blend(blend: BlendData, config: DeblendConfig, sampler=None,
     _set_stage(sampler, "init", blend.id)
     data, obs = _observe(blend, config, result, kernels)
     child_peaks = np.ascontiguousarray(blend.peaks[kept], dtype=np.int64)
-    owner, core = component_layout(obs, child_peaks, config)
+    owner, _ = component_layout(obs, child_peaks, config)
     if exceeds_memory_guard(len(owner), obs.images.shape[0], obs.images.shape[1:], config):
         result.flags["flag_skipped_too_large"] = True  # the bright sources' cores took it over the guard
         result.t_init = time.perf_counter() - t0
         return result
     peaks = np.ascontiguousarray(child_peaks[owner])
-    sed, morphs, boxes, caps = initialize_sources(obs, peaks, config, core=core)
+    sed, morphs, boxes, caps = initialize_sources(obs, peaks, config, owner=owner)
     t1 = time.perf_counter()
     result.t_init = t1 - t0
     _set_stage(sampler, "fit", blend.id)

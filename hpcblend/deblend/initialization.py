@@ -157,7 +157,7 @@ def _detection_image(obs: Observation, config: DeblendConfig) -> Tuple[np.ndarra
 
 
 def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfig,
-                       core: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       owner: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Initial morphologies and SEDs of all sources (scarlet's initialisation).
 
     Morphologies come from the detection image ``Σ_b Y_b/σ_b² / Σ_b 1/σ_b²``
@@ -171,11 +171,11 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
     peaks : ndarray, shape (K, 2), int
         Peaks (y, x).
     config : DeblendConfig
-    core : ndarray, shape (K,), bool, optional
-        Components that are the core of a two-component source (at the same peak
-        as its other component, the halo): the two morphologies start as
-        :func:`split_core_and_halo` divides the source's; every SED is then
-        fitted jointly.
+    owner : ndarray, shape (K,), int, optional
+        The child of each component, as :func:`component_layout` lays them out: a component ``c`` with
+        ``owner[c] != c`` is the core of a two-component source, whose halo is component ``owner[c]`` (at the
+        same peak). The two morphologies start as :func:`split_core_and_halo` divides the source's; every
+        SED is then fitted jointly. None: one component per peak.
 
     Returns
     -------
@@ -194,8 +194,8 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
     for i in range(k):
         boxes[i] = initialization.init_morphology(detect, int(peaks[i, 0]), int(peaks[i, 1]), threshold,
                                                   config.init_symmetric, config.box_margin, morphs[i])
-    if core is not None and np.any(core):
-        split_core_and_halo(morphs, peaks, np.asarray(core, dtype=bool), obs.weights, config.core_fraction)
+    if owner is not None:
+        split_core_and_halo(morphs, peaks, np.asarray(owner, dtype=np.int64), obs.weights, config.core_fraction)
     caps = slope_peak_caps(detect, threshold, peaks, morphs, config, obs.no_data, sigma_det)
     for i in np.flatnonzero(caps):
         _cap_box(morphs[i], boxes[i], peaks[i], int(caps[i]))
@@ -206,7 +206,7 @@ def initialize_sources(obs: Observation, peaks: np.ndarray, config: DeblendConfi
     return sed, morphs, boxes, caps
 
 
-def split_core_and_halo(morphs: np.ndarray, peaks: np.ndarray, core: np.ndarray, weights: np.ndarray,
+def split_core_and_halo(morphs: np.ndarray, peaks: np.ndarray, owner: np.ndarray, weights: np.ndarray,
                         fraction: float) -> None:
     """Divide each two-component source's initial morphology between its core and its halo, in place.
 
@@ -226,29 +226,21 @@ def split_core_and_halo(morphs: np.ndarray, peaks: np.ndarray, core: np.ndarray,
     Parameters
     ----------
     morphs : ndarray, shape (K, H, W), float32
-        Initial morphologies; a core and its halo (the component at the same peak that is not a core) both
-        hold the source's S on entry.
+        Initial morphologies; a core and its halo both hold the source's S on entry.
     peaks : ndarray, shape (K, 2), int
         Peak pixel (y, x) of each component.
-    core : ndarray, shape (K,), bool
-        The core components.
+    owner : ndarray, shape (K,), int
+        :func:`component_layout`'s owner: component ``c`` with ``owner[c] != c`` is a core, and component
+        ``owner[c]`` its halo; the others are left as they are.
     weights : ndarray, shape (B, H, W)
         Inverse variance; 0 where a band has no data.
     fraction : float
         ``t``, in (0, 1).
-
-    Raises
-    ------
-    ValueError
-        A core without a halo at its peak.
     """
     py, px = peaks[:, 0], peaks[:, 1]
     full_data = (weights[:, py, px] > 0).all(axis=0)
-    for i in np.flatnonzero(core):
-        halo = np.flatnonzero(~core & (py == py[i]) & (px == px[i]))
-        if halo.size != 1:
-            raise ValueError(f"core component {i} at {tuple(peaks[i])} has {halo.size} halo components")
-        core_morph, halo_morph = morphs[i], morphs[halo[0]]
+    for i in np.flatnonzero(owner != np.arange(len(owner))):
+        core_morph, halo_morph = morphs[i], morphs[owner[i]]
         if not full_data[i]:
             core_morph[core_morph < fraction] = 0.0
             continue
