@@ -16,6 +16,7 @@ from hpcblend.io.blends import MASK_PLANES, peek_blend, read_blend
 from hpcblend.io.npz import atomic_write, npz_bytes
 from hpcblend.parallel.driver import run_job
 from hpcblend.simulate.blend_sets import make_bright_galaxy_blends, make_large_blends
+from hpcblend.simulate.known_shapes import known_shape_fluxes
 
 SAT = 1 << MASK_PLANES["SAT"]
 SMALL = dict(shape_range=(72, 96), n_sources_range=(8, 12), n_saturated_range=(2, 2))
@@ -90,6 +91,36 @@ def test_truth_flux_is_the_noiseless_stamp(tmp_path):
     assert np.isinf(t["nn_arcsec"][0]) and not t["saturated"][0]
 
 
+def test_known_shape_floor_is_exact_without_noise_and_noise_limited_with_it(tmp_path, bright):
+    """``truth_flux_known_shape``: weighted least squares with the true shapes recovers every flux exactly from
+    a noiseless blend, and from a noisy one to within its noise (the floor ``hpcblend truth`` prints)."""
+    paths = make_bright_galaxy_blends(str(tmp_path), 2, 3, noise=False)
+    for p in paths:
+        t = read_blend_truth(p)
+        np.testing.assert_allclose(t["flux_known_shape"], t["flux"], rtol=1e-5)
+    for p in bright:  # the same blends with noise: within 5σ of the truth, σ = 1/S/N of the source alone or more
+        t = read_blend_truth(p)
+        dff = t["flux_known_shape"] / t["flux"] - 1.0
+        assert np.all(np.isfinite(dff))
+        assert np.all(np.abs(dff[0]) < 5.0 / t["snr"][0])  # the bright galaxy: neighbours faint beside it
+        assert np.any(dff != 0.0)
+
+
+def test_known_shape_fluxes_fits_only_the_usable_pixels():
+    """Two overlapping sources: both fluxes exact; in a band where one has no usable pixel, NaN for it and the
+    other's flux from the pixels left."""
+    y, x = np.mgrid[:20, :20]
+    a = np.exp(-0.5 * ((y - 8) ** 2 + (x - 8) ** 2) / 2.0 ** 2)
+    b = np.exp(-0.5 * ((y - 11) ** 2 + (x - 11) ** 2) / 2.0 ** 2) * (np.hypot(y - 11, x - 11) <= 4)
+    stamps = [(0, 0, np.stack([a, a]) / a.sum()), (0, 0, np.stack([b, b]) / b.sum())]
+    images = 300.0 * stamps[0][2] + 100.0 * stamps[1][2]
+    usable = np.ones((2, 20, 20), dtype=bool)
+    usable[1][b > 0] = False  # band 1: the second source's pixels all masked
+    got = known_shape_fluxes(images, np.ones_like(images), usable, stamps)
+    np.testing.assert_allclose(got[:, 0], [300.0, 100.0], rtol=1e-9)
+    assert got[0, 1] == pytest.approx(300.0) and np.isnan(got[1, 1])
+
+
 def test_psf_scale_widens_the_psf_and_nothing_else(tmp_path, bright):
     """``psf_scale`` (other seeing): the same blend (positions, S/N), every PSF FWHM times the scale."""
     (p,) = make_bright_galaxy_blends(str(tmp_path / "wide"), 1, 3, psf_scale=1.6)
@@ -116,6 +147,9 @@ def test_truth_metrics_on_a_run(tmp_path, bright, capsys):
         assert m["pooled"][est]["n"] > 0
         assert all(np.isfinite(m["pooled"][est][k]) for k in ("bias", "median_abs", "p90_abs", "noise"))
     assert "pooled" in format_accuracy(m)
+    floor = m["pooled"]["known_shape"]  # the known-shape floor on the same sources, and printed beside them
+    assert floor["n"] == m["pooled"]["model"]["n"] and floor["median_abs"] < m["pooled"]["model"]["median_abs"]
+    assert "known shapes" in format_accuracy(m).splitlines()[3]
 
     # a corrupted flux is caught: the truth of the brightest peak of the first file tripled
     corrupt = tmp_path / "corrupt"

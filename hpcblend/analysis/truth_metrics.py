@@ -7,8 +7,11 @@ relative flux error Δf/f = (f - f_true) / f_true of the model flux ``flux_model
 flux-conserving ``flux_<b>``, per band and pooled over bands: the bias (median Δf/f), the median and 90th
 percentile of |Δf/f|, and the noise floor (median 1/S/N) of the sources whose S/N *in that band* exceeds
 ``snr_min``, plus the list of bright (S/N_i > 50), isolated (no other peak within 1") sources that are off by
-more than 10 % in a band where they have S/N > 50. :func:`format_accuracy` prints it; :func:`main` is the
-command line.
+more than 10 % in a band where they have S/N > 50. Beside them it scores, on the same sources, the files'
+known-shape floor ``truth_flux_known_shape`` (truth version 2; :mod:`hpcblend.simulate.known_shapes`): the
+error left when every source's true shape is known, from the noise alone. "noise" (1/S/N of each source
+alone) is that floor only for isolated sources; the known-shape floor also counts the overlap.
+:func:`format_accuracy` prints it; :func:`main` is the command line.
 
 A peak is scored only when its row exists, its parent was deblended (not failed or skipped), it was
 fitted (no ``flag_peak_*`` but ``flag_peak_merged``), its own light does not saturate
@@ -34,11 +37,13 @@ from hpcblend.io.catalog import read_table
 from hpcblend.io.json_values import json_default
 from hpcblend.io.blend_truth import read_blend_truth
 
-__all__ = ["ESTIMATORS", "ISOLATION_ARCSEC", "MAX_MASKED_FRACTION", "OUTLIER_SNR", "OUTLIER_TOLERANCE", "SNR_MIN",
+__all__ = ["ESTIMATORS", "KNOWN_SHAPE", "ISOLATION_ARCSEC", "MAX_MASKED_FRACTION", "OUTLIER_SNR", "OUTLIER_TOLERANCE", "SNR_MIN",
            "STATUSES", "flux_accuracy", "format_accuracy", "main"]
 
 #: Flux estimators scored: (name, catalog column pattern).
 ESTIMATORS = (("model", "flux_model_{b}"), ("conserving", "flux_{b}"))
+#: The floor scored beside them: the file's ``truth_flux_known_shape`` (:mod:`hpcblend.simulate.known_shapes`).
+KNOWN_SHAPE = "known_shape"
 #: A peak with more of its i-band light than this on masked (e.g. saturated) pixels is not scored.
 MAX_MASKED_FRACTION: float = 0.05
 #: Default criteria: a source is scored in a band where its S/N exceeds ``SNR_MIN``; an outlier has S/N_i above
@@ -79,13 +84,26 @@ def _truth_status(t: dict) -> np.ndarray:
     return np.where(np.asarray(t["saturated"], dtype=bool), "saturated", np.where(masked, "masked", "ok"))
 
 
+def _scored_estimators() -> tuple:
+    """The names :func:`flux_accuracy` scores: the run's estimators, then the known-shape floor."""
+    return tuple(est for est, _ in ESTIMATORS) + (KNOWN_SHAPE,)
+
+
+def _known_shape_estimate(t: dict, truth_key: str) -> np.ndarray:
+    """The known-shape floor's flux (K, B) on the scale of ``t[truth_key]``; NaN for files before truth version 2."""
+    if "flux_known_shape" not in t:
+        return np.full(np.shape(t[truth_key]), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a fitted profile's share of f_true: flux_image / flux
+        return t["flux_known_shape"] * (t[truth_key] / t["flux"])
+
+
 def _peak_rows(paths: list, blends: np.ndarray, src: np.ndarray, truth_key: str) -> dict:
     """Every truth peak of ``paths`` with its status and measured fluxes: arrays over the N peaks."""
     row_of_file = _files_of_blends(blends, paths)
     key = {(int(p), int(k)): i for i, (p, k) in enumerate(zip(src["parent_id"], src["peak_index"]))}
     drop = [c for c in src.dtype.names if c.startswith("flag_peak_") and c != "flag_peak_merged"]
     cols = {name: [] for name in ("file", "parent_id", "peak_index", "kind", "status", "f_true", "snr", "snr_i",
-                                  "nn_arcsec", "model", "conserving")}
+                                  "nn_arcsec", "model", "conserving", KNOWN_SHAPE)}
     bands = None
     for path in paths:
         t = read_blend_truth(path)
@@ -100,6 +118,7 @@ def _peak_rows(paths: list, blends: np.ndarray, src: np.ndarray, truth_key: str)
                                          or blends["flag_skipped_too_large"][bi])
         pid = int(blends["id"][bi]) if bi is not None else -1
         truth_status = _truth_status(t)
+        known = _known_shape_estimate(t, truth_key)
         for k in range(t["n_peaks"]):
             i = key.get((pid, k)) if bi is not None else None
             status = ("missing" if i is None else "parent_failed" if failed
@@ -112,12 +131,13 @@ def _peak_rows(paths: list, blends: np.ndarray, src: np.ndarray, truth_key: str)
             cols["kind"].append(str(t["kind"][k]))
             cols["status"].append(status)
             cols["f_true"].append(t[truth_key][k])
+            cols[KNOWN_SHAPE].append(known[k])
             cols["snr"].append(t["snr"][k])
             cols["snr_i"].append(float(t["snr_i"][k]))
             cols["nn_arcsec"].append(float(t["nn_arcsec"][k]))
     nb = len(bands or ())
     out = {n: np.asarray(v) for n, v in cols.items()}
-    for n in ("f_true", "snr", "model", "conserving"):
+    for n in ("f_true", "snr", "model", "conserving", KNOWN_SHAPE):
         out[n] = np.asarray(cols[n], dtype=np.float64).reshape(-1, nb)
     out["bands"] = tuple(bands or ())
     return out
@@ -175,7 +195,8 @@ def flux_accuracy(catalog_path: Union[str, os.PathLike], blend_paths_or_glob, *,
     -------
     dict
         ``catalog``, ``n_files``, ``n_peaks``, ``bands``, ``truth``, ``snr_min``, ``status`` ({status: count},
-        :data:`STATUSES`), ``per_band`` ({band: {estimator: stats}}), ``pooled`` ({estimator: stats}), each
+        :data:`STATUSES`), ``per_band`` ({band: {estimator: stats}}), ``pooled`` ({estimator: stats}), the
+        estimators ``model``, ``conserving`` and :data:`KNOWN_SHAPE` (``n`` 0 for files before truth version 2), each
         stats ``{"n", "bias", "median_abs", "p90_abs", "noise"}`` (Δf/f, dimensionless), ``outliers`` (list of
         dicts: file, parent_id, peak_index, kind, snr_i, nn_arcsec, ``off_by`` (the estimators off: "model",
         "conserving" or both), ``dff_model`` and ``dff_conserving`` {band: Δf/f}), and the outlier criteria.
@@ -197,11 +218,11 @@ def flux_accuracy(catalog_path: Union[str, os.PathLike], blend_paths_or_glob, *,
         if missing:
             raise InputError(f"{catalog_path}: /sources lacks {missing}")
     with np.errstate(divide="ignore", invalid="ignore"):
-        dff = {est: (rows[est] - rows["f_true"]) / rows["f_true"] for est, _ in ESTIMATORS}
+        dff = {est: (rows[est] - rows["f_true"]) / rows["f_true"] for est in _scored_estimators()}
     scored = (rows["status"] == "ok")[:, None] & (rows["snr"] > snr_min)
-    per_band = {b: {est: _stats(dff[est][scored[:, j], j], rows["snr"][scored[:, j], j]) for est, _ in ESTIMATORS}
+    per_band = {b: {est: _stats(dff[est][scored[:, j], j], rows["snr"][scored[:, j], j]) for est in dff}
                 for j, b in enumerate(bands)}
-    pooled = {est: _stats(dff[est][scored], rows["snr"][scored]) for est, _ in ESTIMATORS}
+    pooled = {est: _stats(dff[est][scored], rows["snr"][scored]) for est in dff}
     return {"catalog": os.fspath(catalog_path), "n_files": len(paths), "n_peaks": int(len(rows["status"])),
             "bands": list(bands), "truth": truth, "snr_min": float(snr_min),
             "status": {s: int(np.sum(rows["status"] == s)) for s in STATUSES},
@@ -223,10 +244,14 @@ def format_accuracy(m: dict, top: int = 20) -> str:
              f"scored: status ok and S/N in the band > {m['snr_min']:g}",
              f"{'band':<7}{'n':>6} {'noise':>7}  | {'model: bias':>12} {'med|.|':>8} {'p90|.|':>8}  "
              f"| {'conserving: bias':>17} {'med|.|':>8} {'p90|.|':>8}"]
+    known = m["pooled"].get(KNOWN_SHAPE, {}).get("n", 0) > 0
+    if known:
+        lines[-1] += f"  | {'known shapes: bias':>19} {'med|.|':>8} {'p90|.|':>8}"
     rows = list(m["per_band"].items()) + [("pooled", m["pooled"])]
     for name, per in rows:
         s = per["model"]
-        lines.append(f"{name:<7}{s['n']:>6} {s['noise']:7.4f}  | {_cells(s):>30}  | {_cells(per['conserving']):>35}")
+        lines.append(f"{name:<7}{s['n']:>6} {s['noise']:7.4f}  | {_cells(s):>30}  | {_cells(per['conserving']):>35}"
+                     + (f"  | {_cells(per[KNOWN_SHAPE]):>37}" if known else ""))
     c = m["outlier_criteria"]
     out = m["outliers"]
     by_model = sum("model" in o["off_by"] for o in out)

@@ -41,7 +41,9 @@ Model (HSC coadds: 0.168"/px, ``counts = 10**(-0.4 (mag - 27))``, bands grizy):
 
 Truth members, K peaks in peak order, B bands, M undetected sources; (y, x) 0-based pixels of the blend:
 ``truth_flux`` (K, B) total flux of the profile (counts), ``truth_flux_image`` (K, B) the part inside the box
-(the sum of the noiseless stamp clipped to it), ``truth_yx`` (K, 2) true centre, ``truth_snr`` (K, B) and
+(the sum of the noiseless stamp clipped to it), ``truth_flux_known_shape`` (K, B) the flux fitted with every
+source's true shape known (weighted least squares over the footprint's unmasked pixels,
+:mod:`hpcblend.simulate.known_shapes`: the noise's floor; version 2 on), ``truth_yx`` (K, 2) true centre, ``truth_snr`` (K, B) and
 ``truth_snr_i`` (K,) optimal S/N of the source alone (``sqrt(sum(stamp²)) / sigma``), ``truth_det_snr`` (K,),
 ``truth_nn_arcsec`` / ``truth_nn_all_arcsec`` (K,) to the nearest other peak / any other source (inf: none),
 ``truth_is_star``, ``truth_saturated`` (K,) bool (its own noiseless peak saturates in some band),
@@ -78,6 +80,7 @@ from hpcblend.io.masks import DEFAULT_BAD_MASK_PLANES, mask_bits
 from hpcblend.io.npz import atomic_write, npz_bytes
 from hpcblend.simulate.cosmos import COSMOS_PIXEL_SCALE, load_cosmos_catalog
 from hpcblend.simulate.inject import PIXEL_SCALE, ZERO_POINT, load_cosmos_sample
+from hpcblend.simulate.known_shapes import known_shape_fluxes
 from hpcblend.simulate.tract import HSC_PSF_FWHM, draw_psf_image
 from hpcblend.simulate.tract_catalog import BULGE_COLORS, DISK_COLORS, counts_of_mag, draw_catalog
 
@@ -96,8 +99,8 @@ FOOTPRINT_SNR: float = 2.0
 FOOTPRINT_GROW: int = 2
 #: A COSMOS galaxy is not used when its unit-flux image at HSC resolution encloses more than 1 + this.
 COSMOS_MAX_EXCESS: float = 0.02
-#: Version of the ``truth_*`` members.
-TRUTH_VERSION: int = 1
+#: Version of the ``truth_*`` members (2: ``truth_flux_known_shape`` added).
+TRUTH_VERSION: int = 2
 
 _BANDS = DEFAULT_BANDS
 _I = _BANDS.index("i")
@@ -256,7 +259,7 @@ def _nearest(yx: np.ndarray, others: np.ndarray, self_in_others: bool) -> np.nda
     return d.min(axis=1) * PIXEL_SCALE
 
 
-def _truth(sources, stamps, field, peaks, det, noisy_mask) -> dict:
+def _truth(sources, stamps, field, peaks, det, noisy_mask, known) -> dict:
     """The ``truth_*`` members (see the module docstring)."""
     yx = np.array([[s.y, s.x] for s in sources]).reshape(-1, 2)
     flux = np.array([s.flux for s in sources]).reshape(-1, len(_BANDS))
@@ -271,7 +274,8 @@ def _truth(sources, stamps, field, peaks, det, noisy_mask) -> dict:
             masked[k] = float((img * bad_i[y0:y0 + img.shape[0], x0:x0 + img.shape[1]]).sum() / tot) if tot > 0 else 0.0
     undet = np.setdiff1d(np.arange(len(sources)), peaks)
     return {
-        "truth_flux": flux[peaks], "truth_flux_image": flux_image[peaks], "truth_yx": yx[peaks],
+        "truth_flux": flux[peaks], "truth_flux_image": flux_image[peaks], "truth_flux_known_shape": known[peaks],
+        "truth_yx": yx[peaks],
         "truth_snr": snr[peaks], "truth_snr_i": snr[peaks, _I], "truth_det_snr": det[peaks],
         "truth_nn_arcsec": _nearest(yx[peaks], yx[peaks], True),
         "truth_nn_all_arcsec": _nearest(yx[peaks], yx, True),
@@ -309,10 +313,11 @@ def _write_blend(path: str, blend_id: int, set_name: str, sources: list, stamps:
                      dtype=np.int64).reshape(-1, 2)
     footprint = _footprint(images[_I], field, peaks)
     mask[:, footprint] |= np.int32(_DETECTED_BIT)
+    known = known_shape_fluxes(images, variance, footprint[None] & ((mask & _BAD_BITS) == 0), stamps)
     blend = BlendData(id=int(blend_id), source=path, bands=_BANDS, images=images, variance=variance, mask=mask,
                       footprint=footprint, psfs=field.psf_images, peaks=peaks)
     arrays = blend_arrays(blend)
-    arrays.update(_truth(sources, stamps, field, order, det, mask))
+    arrays.update(_truth(sources, stamps, field, order, det, mask, known))
     arrays["truth_set"] = np.array(set_name)
     atomic_write(path, npz_bytes(arrays))
     return path
