@@ -185,6 +185,9 @@ def test_bench_deblend_scores_files_with_truth(tmp_path, capfd, monkeypatch):
     assert got["n_bright_isolated"] == len(bright)
     assert got["outliers"] == sum(abs(v) > OUTLIER_TOLERANCE for v in bright)
     assert "model flux vs truth, band i" in text
+    floor = truth["known shapes"]  # the files' known-shape floor, on the same sources
+    assert floor["n"] == got["n"] and floor["median_abs"] < got["median_abs"]
+    assert "flux with the true shapes known (the noise's floor) vs truth, band i" in text
 
 
 def test_bench_deblend_without_truth_reports_none(blend_files, tmp_path, capfd, monkeypatch):

@@ -29,8 +29,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from hpcblend.analysis.bench_reference import ScarletLiteRunner, ScarletLiteSettings, load_scarlet_lite
-from hpcblend.analysis.truth_metrics import (ISOLATION_ARCSEC, OUTLIER_SNR, OUTLIER_TOLERANCE, SNR_MIN, _stats,
-                                             _truth_status)
+from hpcblend.analysis.truth_metrics import (ISOLATION_ARCSEC, OUTLIER_SNR, OUTLIER_TOLERANCE, SNR_MIN,
+                                             _known_shape_estimate, _stats, _truth_status)
 from hpcblend.config import DeblendConfig
 from hpcblend.deblend import build_observation, deblend_blend, warm_up
 from hpcblend.errors import InputError, is_programming_error
@@ -110,15 +110,19 @@ def _truth_row(path: str, blend: BlendData) -> dict:
     snr = np.asarray(t["snr"], dtype=np.float64)[:, b]
     scored = (_truth_status(t) == "ok") & (snr > SNR_MIN)
     isolated = np.asarray(t["nn_arcsec"], dtype=np.float64) >= ISOLATION_ARCSEC
+    known = _known_shape_estimate(t, "flux_image")[:, b]
     return dict(truth_flux=[float(v) for v in np.asarray(t["flux_image"], dtype=np.float64)[:, b]],
+                truth_known_shape=[float(v) for v in known],
                 truth_snr=[float(v) for v in snr], truth_scored=[bool(v) for v in scored],
                 truth_bright_isolated=[bool(v) for v in scored & (snr > OUTLIER_SNR) & isolated])
 
 
-def _truth_accuracy(rows: Sequence[dict], prefix: str) -> Optional[dict]:
+def _truth_accuracy(rows: Sequence[dict], key: str) -> Optional[dict]:
     """Model flux against the truth (Δf/f = (f − f_true)/f_true) of one deblender over the rows with truth.
 
-    Returns None when no row has truth; else ``n``, ``bias`` (median Δf/f), ``median_abs``, ``p90_abs`` and
+    ``key``: the rows' flux, ``flux_model`` (hpcblend), ``ref_flux_model`` (scarlet_lite) or ``truth_known_shape``
+    (the known-shape floor, :mod:`hpcblend.simulate.known_shapes`). Returns None when no row has truth, or
+    none has ``key`` finite (files before truth version 2 for the floor); else ``n``, ``bias`` (median Δf/f), ``median_abs``, ``p90_abs`` and
     ``noise`` (median 1/S/N) of the modelled sources (:func:`hpcblend.analysis.truth_metrics._stats`),
     ``n_not_modelled``, ``n_bright_isolated`` and ``outliers`` (bright isolated sources off by more than the
     tolerance; a source the deblender did not model, NaN, counts as one).
@@ -127,7 +131,7 @@ def _truth_accuracy(rows: Sequence[dict], prefix: str) -> Optional[dict]:
     for r in rows:
         if "truth_flux" not in r:
             continue
-        f = np.asarray(r[prefix + "flux_model"], dtype=np.float64)
+        f = np.asarray(r[key], dtype=np.float64)
         f_true = np.asarray(r["truth_flux"])
         d = (f - f_true) / f_true
         scored = np.asarray(r["truth_scored"])
@@ -137,6 +141,8 @@ def _truth_accuracy(rows: Sequence[dict], prefix: str) -> Optional[dict]:
     if not dff:
         return None
     d, db = np.concatenate(dff), np.concatenate(bright)
+    if key == "truth_known_shape" and not np.isfinite(d).any():
+        return None
     return dict(band=FLUX_BAND, n_not_modelled=int((~np.isfinite(d)).sum()), **_stats(d, np.concatenate(snr)),
                 n_bright_isolated=int(db.size), outliers=int(np.sum(~(np.abs(db) <= OUTLIER_TOLERANCE))))
 
@@ -320,7 +326,8 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
         reference's figures and settings, or None), ``reference_status``
         (None, "ok" or the notice), ``comparison`` (ratios, or None), ``truth`` (for files
         with truth: ``hpcblend`` and ``scarlet_lite`` model-flux accuracy in :data:`FLUX_BAND` by the
-        criteria of ``hpcblend truth``, :mod:`hpcblend.analysis.truth_metrics`; None otherwise) and
+        criteria of ``hpcblend truth``, :mod:`hpcblend.analysis.truth_metrics`, and ``known shapes``, the
+        files' known-shape floor on the same sources (None before truth version 2); None otherwise) and
         ``blends`` (one row per blend; reference fields prefixed ``ref_``, truth fields ``truth_``), and
         ``settings_changed`` (hpcblend's deblender settings that are not the defaults, by name).
 
@@ -367,8 +374,9 @@ def run_bench_deblend(paths: Sequence[str], reference: Optional[str] = None, con
         comparison = _comparison(rows, hp, ref)
     truth = None
     if any("truth_flux" in r for r in rows):
-        truth = dict(hpcblend=_truth_accuracy(rows, ""),
-                     scarlet_lite=_truth_accuracy(rows, "ref_") if runner is not None else None)
+        truth = {"hpcblend": _truth_accuracy(rows, "flux_model"),
+                 "scarlet_lite": _truth_accuracy(rows, "ref_flux_model") if runner is not None else None,
+                 "known shapes": _truth_accuracy(rows, "truth_known_shape")}
     changed = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                if getattr(config, f.name) != f.default}
     return dict(summary=summary, reference=ref, reference_status=status, comparison=comparison, truth=truth,
@@ -451,7 +459,8 @@ def _truth_lines(truth: Optional[dict]) -> list:
     for name, a in truth.items():
         if a is None:
             continue
-        lines.append(f"model flux vs truth, band {a['band']}, S/N > {SNR_MIN:g} ({name}, n={a['n']}"
+        what = "flux with the true shapes known (the noise's floor)" if name == "known shapes" else "model flux"
+        lines.append(f"{what} vs truth, band {a['band']}, S/N > {SNR_MIN:g} ({name}, n={a['n']}"
                      f"{', %d not modelled' % a['n_not_modelled'] if a['n_not_modelled'] else ''}): median "
                      f"|df/f| {_fmt(a['median_abs'], '.4f')}  p90 {_fmt(a['p90_abs'], '.4f')}  bias "
                      f"{_fmt(a['bias'], '+.4f')}; off > {OUTLIER_TOLERANCE:.0%} at S/N > {OUTLIER_SNR:g} "
