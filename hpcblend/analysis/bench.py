@@ -110,26 +110,28 @@ def _truth_row(path: str, blend: BlendData) -> dict:
     snr = np.asarray(t["snr"], dtype=np.float64)[:, b]
     scored = (_truth_status(t) == "ok") & (snr > SNR_MIN)
     isolated = np.asarray(t["nn_arcsec"], dtype=np.float64) >= ISOLATION_ARCSEC
-    known = _known_shape_estimate(t, "flux_image")[:, b]
-    return dict(truth_flux=[float(v) for v in np.asarray(t["flux_image"], dtype=np.float64)[:, b]],
-                truth_known_shape=[float(v) for v in known],
-                truth_snr=[float(v) for v in snr], truth_scored=[bool(v) for v in scored],
-                truth_bright_isolated=[bool(v) for v in scored & (snr > OUTLIER_SNR) & isolated])
+    row = dict(truth_flux=[float(v) for v in np.asarray(t["flux_image"], dtype=np.float64)[:, b]],
+               truth_snr=[float(v) for v in snr], truth_scored=[bool(v) for v in scored],
+               truth_bright_isolated=[bool(v) for v in scored & (snr > OUTLIER_SNR) & isolated])
+    if "flux_known_shape" in t:  # truth version 2 on
+        row["truth_known_shape"] = [float(v) for v in _known_shape_estimate(t, "flux_image")[:, b]]
+    return row
 
 
 def _truth_accuracy(rows: Sequence[dict], key: str) -> Optional[dict]:
     """Model flux against the truth (Δf/f = (f − f_true)/f_true) of one deblender over the rows with truth.
 
-    ``key``: the rows' flux, ``flux_model`` (hpcblend), ``ref_flux_model`` (scarlet_lite) or ``truth_known_shape``
-    (the known-shape floor, :mod:`hpcblend.simulate.known_shapes`). Returns None when no row has truth, or
-    none has ``key`` finite (files before truth version 2 for the floor); else ``n``, ``bias`` (median Δf/f), ``median_abs``, ``p90_abs`` and
+    ``key``: the rows' flux, ``flux_model`` (hpcblend), ``ref_flux_model`` (scarlet_lite) or
+    ``truth_known_shape`` (the known-shape floor, :mod:`hpcblend.simulate.known_shapes`; only files of truth
+    version 2 on have it). Returns None when no row has truth and ``key``; else ``n``, ``bias`` (median Δf/f),
+    ``median_abs``, ``p90_abs`` and
     ``noise`` (median 1/S/N) of the modelled sources (:func:`hpcblend.analysis.truth_metrics._stats`),
     ``n_not_modelled``, ``n_bright_isolated`` and ``outliers`` (bright isolated sources off by more than the
     tolerance; a source the deblender did not model, NaN, counts as one).
     """
     dff, snr, bright = [], [], []
     for r in rows:
-        if "truth_flux" not in r:
+        if "truth_flux" not in r or key not in r:
             continue
         f = np.asarray(r[key], dtype=np.float64)
         f_true = np.asarray(r["truth_flux"])
@@ -141,8 +143,6 @@ def _truth_accuracy(rows: Sequence[dict], key: str) -> Optional[dict]:
     if not dff:
         return None
     d, db = np.concatenate(dff), np.concatenate(bright)
-    if key == "truth_known_shape" and not np.isfinite(d).any():
-        return None
     return dict(band=FLUX_BAND, n_not_modelled=int((~np.isfinite(d)).sum()), **_stats(d, np.concatenate(snr)),
                 n_bright_isolated=int(db.size), outliers=int(np.sum(~(np.abs(db) <= OUTLIER_TOLERANCE))))
 

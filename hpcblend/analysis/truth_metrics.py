@@ -37,13 +37,15 @@ from hpcblend.io.catalog import read_table
 from hpcblend.io.json_values import json_default
 from hpcblend.io.blend_truth import read_blend_truth
 
-__all__ = ["ESTIMATORS", "KNOWN_SHAPE", "ISOLATION_ARCSEC", "MAX_MASKED_FRACTION", "OUTLIER_SNR", "OUTLIER_TOLERANCE", "SNR_MIN",
-           "STATUSES", "flux_accuracy", "format_accuracy", "main"]
+__all__ = ["ESTIMATORS", "KNOWN_SHAPE", "ISOLATION_ARCSEC", "MAX_MASKED_FRACTION", "OUTLIER_SNR", "OUTLIER_TOLERANCE",
+           "SNR_MIN", "STATUSES", "flux_accuracy", "format_accuracy", "main"]
 
 #: Flux estimators scored: (name, catalog column pattern).
 ESTIMATORS = (("model", "flux_model_{b}"), ("conserving", "flux_{b}"))
 #: The floor scored beside them: the file's ``truth_flux_known_shape`` (:mod:`hpcblend.simulate.known_shapes`).
 KNOWN_SHAPE = "known_shape"
+#: What :func:`flux_accuracy` scores: the run's estimators, then the known-shape floor.
+_SCORED = tuple(est for est, _ in ESTIMATORS) + (KNOWN_SHAPE,)
 #: A peak with more of its i-band light than this on masked (e.g. saturated) pixels is not scored.
 MAX_MASKED_FRACTION: float = 0.05
 #: Default criteria: a source is scored in a band where its S/N exceeds ``SNR_MIN``; an outlier has S/N_i above
@@ -82,11 +84,6 @@ def _truth_status(t: dict) -> np.ndarray:
     (more than ``MAX_MASKED_FRACTION`` of its i-band light on masked pixels) or "ok" (scorable)."""
     masked = np.asarray(t["masked_fraction"], dtype=np.float64) > MAX_MASKED_FRACTION
     return np.where(np.asarray(t["saturated"], dtype=bool), "saturated", np.where(masked, "masked", "ok"))
-
-
-def _scored_estimators() -> tuple:
-    """The names :func:`flux_accuracy` scores: the run's estimators, then the known-shape floor."""
-    return tuple(est for est, _ in ESTIMATORS) + (KNOWN_SHAPE,)
 
 
 def _known_shape_estimate(t: dict, truth_key: str) -> np.ndarray:
@@ -218,7 +215,7 @@ def flux_accuracy(catalog_path: Union[str, os.PathLike], blend_paths_or_glob, *,
         if missing:
             raise InputError(f"{catalog_path}: /sources lacks {missing}")
     with np.errstate(divide="ignore", invalid="ignore"):
-        dff = {est: (rows[est] - rows["f_true"]) / rows["f_true"] for est in _scored_estimators()}
+        dff = {est: (rows[est] - rows["f_true"]) / rows["f_true"] for est in _SCORED}
     scored = (rows["status"] == "ok")[:, None] & (rows["snr"] > snr_min)
     per_band = {b: {est: _stats(dff[est][scored[:, j], j], rows["snr"][scored[:, j], j]) for est in dff}
                 for j, b in enumerate(bands)}

@@ -43,7 +43,8 @@ Truth members, K peaks in peak order, B bands, M undetected sources; (y, x) 0-ba
 ``truth_flux`` (K, B) total flux of the profile (counts), ``truth_flux_image`` (K, B) the part inside the box
 (the sum of the noiseless stamp clipped to it), ``truth_flux_known_shape`` (K, B) the flux fitted with every
 source's true shape known (weighted least squares over the footprint's unmasked pixels,
-:mod:`hpcblend.simulate.known_shapes`: the noise's floor; version 2 on), ``truth_yx`` (K, 2) true centre, ``truth_snr`` (K, B) and
+:mod:`hpcblend.simulate.known_shapes`: the noise's floor; version 2 on), ``truth_yx`` (K, 2) true centre,
+``truth_snr`` (K, B) and
 ``truth_snr_i`` (K,) optimal S/N of the source alone (``sqrt(sum(stamp²)) / sigma``), ``truth_det_snr`` (K,),
 ``truth_nn_arcsec`` / ``truth_nn_all_arcsec`` (K,) to the nearest other peak / any other source (inf: none),
 ``truth_is_star``, ``truth_saturated`` (K,) bool (its own noiseless peak saturates in some band),
