@@ -39,6 +39,12 @@ def known_shape_fluxes(images: np.ndarray, variance: np.ndarray, usable: np.ndar
     ndarray, shape (N, B), float64
         Flux (counts) of each of the N sources, as the scale of its unit-flux image: compare it with the
         source's true total flux.
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        Only if the least-squares SVD does not converge (non-finite pixels); degenerate shapes give the
+        minimum-norm solution.
     """
     nb, h, w = images.shape
     out = np.full((len(stamps), nb), np.nan)
